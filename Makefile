@@ -1,0 +1,37 @@
+# GVSL Studio: `make demo` and `make test` set everything up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test venv system-deps app-bundle bench clean
+
+$(BIN)/gvsl: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned requirement may pull a multi-GB CUDA build.
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[gui,test]"
+	touch $(BIN)/gvsl
+
+venv: $(BIN)/gvsl
+
+system-deps:
+	bash scripts/install_system_deps.sh
+
+# The desktop app with the synthetic cardiac pair, demo weights and the GVSL widgets.
+demo: venv system-deps
+	bash scripts/demo.sh
+
+test: venv system-deps
+	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_model.py
+
+app-bundle: venv
+	$(BIN)/pip install -q ".[app]"
+	$(BIN)/pyinstaller --noconfirm app.spec
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

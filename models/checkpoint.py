@@ -1,0 +1,151 @@
+"""Checkpoints as data: atomic writes, safe loads, and the official release's key names."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+FORMAT = "gvsl-studio"
+
+# Official release prefix -> our module prefix. The backbone keeps the same names.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("f_conv.", "affine_head.conv."),
+    ("fc_rot.", "affine_head.rotation."),
+    ("fc_trans.", "affine_head.translation."),
+    ("fc_scl.", "affine_head.scaling."),
+    ("fc_shear.", "affine_head.shearing."),
+    ("sp_conv.", "deformable_head.conv."),
+    ("out_flow.", "deformable_head.flow."),
+    ("res_conv.", "restoration_head.layers."),
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a state dict was loaded into a model."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    source_format: str = FORMAT
+
+    def __str__(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors ({self.source_format} format)"]
+        if self.missing:
+            lines.append(f"missing from checkpoint ({len(self.missing)}): " + ", ".join(self.missing[:8])
+                         + (" ..." if len(self.missing) > 8 else ""))
+        if self.unexpected:
+            lines.append(f"unexpected in checkpoint ({len(self.unexpected)}): " + ", ".join(self.unexpected[:8])
+                         + (" ..." if len(self.unexpected) > 8 else ""))
+        return "\n".join(lines)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Write with ``torch.save`` to a temporary file in the same folder, fsync, then rename.
+
+    A crash or ``kill -9`` at any moment leaves either the previous file or the new one,
+    never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint file as data (``weights_only=True``); clear errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file contains Python objects that would run code, "
+            f"not only tensors ({str(exc).splitlines()[0]}). Re-save it as a plain state_dict "
+            "with torch.save(model.state_dict(), ...)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
+    return dict(obj)
+
+
+def model_state(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """Extract a state dict from one of our checkpoints, a bare state dict or a wrapped one.
+
+    Returns the state dict in our key names and the detected source format.
+    """
+    if obj.get("format") == FORMAT:
+        return dict(obj["model"]), FORMAT
+    for key in ("model", "state_dict", "net", "model_state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith(p) for k in state for p, _ in OFFICIAL_PREFIXES):
+        return official_to_ours(state), "official GVSL"
+    return state, "state_dict"
+
+
+def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the authors' release keys (``f_conv``, ``fc_rot``, ...) to ours."""
+    out = {}
+    for key, value in state.items():
+        for old, new in OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
+def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
+                    source_format: str = FORMAT, prefix_filter: str | None = None) -> LoadReport:
+    """Copy tensors into ``model``; a shape mismatch always fails, naming the key.
+
+    ``strict`` also fails on missing or unexpected keys. ``prefix_filter`` restricts the
+    comparison to keys starting with it (e.g. ``"unet."`` to initialise only a backbone).
+    """
+    own = model.state_dict()
+    if prefix_filter:
+        own = {k: v for k, v in own.items() if k.startswith(prefix_filter)}
+        state = {k: v for k, v in state.items() if k.startswith(prefix_filter)}
+    report = LoadReport(source_format=source_format)
+    report.missing = sorted(k for k in own if k not in state)
+    report.unexpected = sorted(k for k in state if k not in own)
+    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        widths = getattr(model, "widths", None)
+        raise CheckpointError("checkpoint does not fit the model (another width or architecture?); "
+                              f"model widths {widths}; mismatched shapes: " + "; ".join(bad[:5])
+                              + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError("checkpoint keys do not match the model:\n" + str(report))
+    with torch.no_grad():
+        for k, v in own.items():
+            if k in state:
+                v.copy_(state[k].to(v.dtype))
+                report.loaded.append(k)
+    return report

@@ -1,0 +1,102 @@
+"""The GVSL network: shared U-Net backbone, Z-Matching head and restoration head."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .heads import AffineHead, DeformableHead, RestorationHead
+from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coordinates, warp
+from .unet import PAPER_WIDTHS, UNet3D
+
+
+@dataclass
+class GVSLOutput:
+    """Named outputs of a GVSL forward pass (all on the working grid of the fixed scan).
+
+    ``warped``: the moving (or ``source``) image resampled once through the composed map.
+    ``affine``: ``(B, 3, 4)`` voxel-space matrix. ``displacement``: deformable part
+    ``(B, 3, D, H, W)`` in voxels (dz, dy, dx), applied before the affine.
+    ``coordinates``: the total map ``p -> A(p + u(p))`` as voxel coordinates in the moving
+    grid, ``(B, 3, D, H, W)``; ``coordinates - p`` is the total displacement for export.
+    ``restored``: the restoration head's output for the moving scan, or ``None``.
+    """
+
+    warped: torch.Tensor
+    affine: torch.Tensor
+    displacement: torch.Tensor
+    coordinates: torch.Tensor
+    restored: torch.Tensor | None = None
+    affine_parameters: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def total_displacement(self) -> torch.Tensor:
+        """``coordinates - p``: the total displacement in voxels of the working grid."""
+        from .spatial import voxel_grid
+
+        p = voxel_grid(tuple(self.coordinates.shape[2:]), device=self.coordinates.device)
+        return self.coordinates - p.unsqueeze(0)
+
+
+class GVSL(nn.Module):
+    """Geometric Visual Similarity Learning network (He et al., CVPR 2023).
+
+    ``GVSL()`` has the paper's widths (32,440,739 parameters, the same as the authors'
+    release); ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
+    ``use_affine=False`` gives the "w/o affine head" ablation (the affine stays identity).
+    Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
+    """
+
+    def __init__(self, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1,
+                 use_affine: bool = True, bounds: AffineBounds = AffineBounds()):
+        super().__init__()
+        self.unet = UNet3D(widths, in_channels)
+        w = self.unet.widths
+        self.affine_head = AffineHead(w[4])
+        self.deformable_head = DeformableHead(w[8])
+        self.restoration_head = RestorationHead(w[8])
+        self.use_affine = use_affine
+        self.bounds = bounds
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.unet.widths
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (stored in every checkpoint)."""
+        return {"widths": list(self.widths), "in_channels": self.unet.inc.double_conv[0].in_channels,
+                "use_affine": self.use_affine}
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features ``(global, local)`` of a batch of volumes."""
+        return self.unet(x)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, *, source: torch.Tensor | None = None,
+                restore: bool = True) -> GVSLOutput:
+        """Match ``moving`` onto ``fixed``; optionally restore ``moving``.
+
+        ``source`` (default ``moving``) is the image that is warped: during pre-training the
+        backbone sees the appearance-transformed moving scan while the clean scan is warped
+        and compared. ``restore=False`` skips the restoration head (registration-only).
+        """
+        if moving.shape != fixed.shape:
+            raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape")
+        b = moving.shape[0]
+        shape = tuple(fixed.shape[2:])
+        g, f = self.unet(torch.cat([moving, fixed], dim=0))
+        g_m, g_f, f_m, f_f = g[:b], g[b:], f[:b], f[b:]
+
+        if self.use_affine:
+            params = self.affine_head(g_m, g_f)
+            affine = bounded_affine(params, shape, self.bounds)
+        else:
+            params = {}
+            affine = identity_affine(b, device=moving.device)
+        aligned = warp(f_m, sampling_coordinates(shape, affine=affine, batch=b)).to(f_f.dtype)
+        displacement = self.deformable_head(aligned, f_f)
+        coords = sampling_coordinates(shape, affine=affine, displacement=displacement)
+        warped = warp(moving if source is None else source, coords)
+        restored = self.restoration_head(f_m).float() if restore else None
+        return GVSLOutput(warped=warped, affine=affine, displacement=displacement, coordinates=coords,
+                          restored=restored, affine_parameters=params)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what napari needs to open a window on a headless Linux machine: Xvfb, Mesa's
+# software OpenGL and Qt's xcb libraries. Does nothing where they are already present
+# or where this is not a Debian/Ubuntu machine we may install on.
+set -euo pipefail
+need=(xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libxkbcommon-x11-0 libxcb-icccm4
+      libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
+      libxcb-xfixes0 libxcb-cursor0 libdbus-1-3 libxi6 libxrender1 libxext6 libsm6 libice6 x11-utils)
+missing=()
+if command -v dpkg-query >/dev/null; then
+  for p in "${need[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "install_system_deps: not a Debian/Ubuntu machine; please install Xvfb, Mesa OpenGL and Qt xcb libraries: ${missing[*]}" >&2
+  exit 0
+fi
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install_system_deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
