@@ -15,15 +15,18 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
     """
     with torch.autocast(device_type=a.device.type, enabled=False):
         a, b = a.float(), b.float()
-        pad = window // 2
-
-        def mean(x: torch.Tensor) -> torch.Tensor:
-            return F.avg_pool3d(x, window, stride=1, padding=pad, count_include_pad=False)
-
-        mu_a, mu_b = mean(a), mean(b)
-        var_a = (mean(a * a) - mu_a * mu_a).clamp_min(0)
-        var_b = (mean(b * b) - mu_b * mu_b).clamp_min(0)
-        cov = mean(a * b) - mu_a * mu_b
+        c = a.shape[1]
+        # One grouped box-filter convolution for the five local sums; zero padding with an
+        # explicit count keeps borders and sides smaller than the window exact.
+        stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+        kernel = torch.ones(5 * c, 1, window, window, window, device=a.device, dtype=a.dtype)
+        sums = F.conv3d(stack, kernel, padding=window // 2, groups=5 * c)
+        ones = torch.ones(1, 1, *a.shape[2:], device=a.device, dtype=a.dtype)
+        count = F.conv3d(ones, kernel[:1], padding=window // 2)
+        mu_a, mu_b, m_aa, m_bb, m_ab = (sums / count).split(c, dim=1)
+        var_a = (m_aa - mu_a * mu_a).clamp_min(0)
+        var_b = (m_bb - mu_b * mu_b).clamp_min(0)
+        cov = m_ab - mu_a * mu_b
         cc = cov * cov / (var_a * var_b + eps)
         return -cc.mean()
 

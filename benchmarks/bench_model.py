@@ -1,0 +1,102 @@
+"""Training-step and pair-forward time and peak memory of the GVSL network.
+
+Usage: python benchmarks/bench_model.py [--sizes 64 96] [--bases 8 32] [--device auto] [--repeats 3]
+
+Each configuration runs in its own subprocess so that peak memory (CPU: max RSS; CUDA:
+max allocated) belongs to it alone. The official code needs 12.5 s per 64^3 training
+step at the paper's width on the project's 2-core CPU (reference/official_code_findings.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+OFFICIAL_STEP_S = {(32, 64): 12.5}
+OFFICIAL_FORWARD_S = {(32, 64): 2.0, (32, 96): 7.3, (8, 64): 0.4}
+
+
+def run_one(base: int, size: int, device: str, repeats: int) -> dict:
+    import resource
+
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from models import GVSL, local_ncc, resolve_device, restoration_mse, smoothness, widths_from_base
+    from models.device import autocast
+
+    dev = resolve_device(device)
+    torch.manual_seed(0)
+    model = GVSL(widths=widths_from_base(base)).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    a = torch.rand(1, 1, size, size, size, device=dev)
+    b = torch.rand(1, 1, size, size, size, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        with autocast(dev):
+            out = model(a, b)
+        loss = local_ncc(out.warped, b) + smoothness(out.displacement) + restoration_mse(out.restored, a)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        with torch.no_grad(), autocast(dev):
+            model(a, b, restore=False)
+
+    res = {"base": base, "size": size, "device": str(dev), "threads": torch.get_num_threads()}
+    for name, fn in (("train_step_s", step), ("pair_forward_s", forward)):
+        fn()  # warm-up
+        sync()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        res[name] = min(times)
+    if dev.type == "cuda":
+        res["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        res["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 96])
+    ap.add_argument("--bases", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], args.one[1], args.device, args.repeats)))
+        return
+    print(f"{'width':>5} {'size':>5} {'device':>6} {'step s':>8} {'fwd s':>8} {'peak MB':>9}  vs official")
+    for base in args.bases:
+        for size in args.sizes:
+            out = subprocess.run([sys.executable, __file__, "--one", str(base), str(size), "--device", args.device,
+                                  "--repeats", str(args.repeats)], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{base:>5} {size:>5} failed: {out.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            ref = []
+            if (base, size) in OFFICIAL_STEP_S and r["device"] == "cpu":
+                ref.append(f"step {OFFICIAL_STEP_S[(base, size)] / r['train_step_s']:.2f}x faster")
+            if (base, size) in OFFICIAL_FORWARD_S and r["device"] == "cpu":
+                ref.append(f"forward {OFFICIAL_FORWARD_S[(base, size)] / r['pair_forward_s']:.2f}x faster")
+            print(f"{base:>5} {size:>5} {r['device']:>6} {r['train_step_s']:8.3f} {r['pair_forward_s']:8.3f} "
+                  f"{r['peak_mem_mb']:9.0f}  {', '.join(ref)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

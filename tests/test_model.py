@@ -1,0 +1,98 @@
+"""The GVSL network: shapes, batching, gradients, initial identity."""
+import pytest
+import torch
+
+from models import DEMO_WIDTHS, GVSL, local_ncc, smoothness, widths_from_base
+from models.spatial import voxel_grid
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return GVSL(widths=DEMO_WIDTHS)
+
+
+def test_paper_model_has_the_authors_parameter_count():
+    assert sum(p.numel() for p in GVSL().parameters()) == 32_440_739
+
+
+def test_widths_from_base_scales_the_paper_pattern():
+    assert widths_from_base(32) == (32, 64, 128, 256, 512, 256, 128, 64, 32)
+    assert widths_from_base(8) == DEMO_WIDTHS
+
+
+def test_odd_non_cubic_sizes_come_out_the_same_size(small):
+    x, y = torch.rand(1, 1, 37, 45, 29), torch.rand(1, 1, 37, 45, 29)
+    out = small(x, y)
+    assert out.warped.shape == x.shape
+    assert out.restored.shape == x.shape
+    assert out.displacement.shape == (1, 3, 37, 45, 29)
+    assert out.coordinates.shape == (1, 3, 37, 45, 29)
+    assert out.affine.shape == (1, 3, 4)
+
+
+def test_starts_at_identity_affine_and_near_zero_displacement(small):
+    x, y = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = small(x, y)
+    assert torch.allclose(out.affine[0, :, :3], torch.eye(3), atol=1e-3)
+    assert out.affine[0, :, 3].abs().max() < 1e-2
+    assert out.displacement.abs().max() < 1e-2
+    assert (out.warped - x).abs().max() < 1e-2
+
+
+def test_every_affine_and_deformable_parameter_gets_a_gradient(small):
+    small.zero_grad()
+    torch.manual_seed(1)
+    x, y = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32)
+    out = small(x, y)
+    loss = local_ncc(out.warped, y) + smoothness(out.displacement) + ((out.restored - x) ** 2).mean()
+    loss.backward()
+    for prefix in ("affine_head.", "deformable_head."):
+        params = [(n, p) for n, p in small.named_parameters() if n.startswith(prefix)]
+        assert params
+        for name, p in params:
+            assert p.grad is not None, name
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_batch_of_two_equals_two_single_calls(small):
+    torch.manual_seed(2)
+    x, y = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32)
+    # move the heads away from the identity so the comparison is not trivially zero
+    with torch.no_grad():
+        for p in small.affine_head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        small.deformable_head.flow.weight.add_(torch.randn_like(small.deformable_head.flow.weight) * 0.05)
+        both = small(x, y)
+        one = [small(x[i:i + 1], y[i:i + 1]) for i in range(2)]
+    for i in range(2):
+        assert torch.allclose(both.warped[i], one[i].warped[0], atol=1e-4)
+        assert torch.allclose(both.affine[i], one[i].affine[0], atol=1e-5)
+        assert torch.allclose(both.displacement[i], one[i].displacement[0], atol=1e-4)
+    assert not torch.allclose(both.affine[0], both.affine[1])
+
+
+def test_registration_only_call_skips_restoration(small):
+    x = torch.rand(1, 1, 32, 32, 32)
+    out = small(x, x, restore=False)
+    assert out.restored is None
+
+
+def test_no_affine_variant_keeps_the_identity():
+    m = GVSL(widths=DEMO_WIDTHS, use_affine=False)
+    x, y = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    out = m(x, y)
+    assert torch.equal(out.affine[0], torch.eye(3, 4))
+
+
+def test_total_displacement_is_coordinates_minus_grid(small):
+    x = torch.rand(1, 1, 24, 20, 16)
+    out = small(x, x)
+    p = voxel_grid((24, 20, 16)).unsqueeze(0)
+    assert torch.allclose(out.total_displacement(), out.coordinates - p)
+
+
+def test_rejects_mismatched_pair(small):
+    with pytest.raises(ValueError, match="same shape"):
+        small(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 24))
