@@ -1,18 +1,75 @@
-"""Reading and writing volumes through SimpleITK, keeping physical geometry."""
+"""Reading and writing volumes through SimpleITK, keeping physical geometry.
+
+Everything the engine reads from disk comes through :func:`read_volume` (images) and
+:func:`read_labels` (label maps). Both turn every way a file can be unusable into a
+:class:`VolumeReadError` whose message names the file, says what is wrong and what to do,
+because these messages end up in the GUI and on the command line, where a SimpleITK/ITK
+traceback helps nobody.
+"""
 from __future__ import annotations
 
+import contextlib
+import gzip
+import logging
 import os
+import struct
+import uuid
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from .volume import Volume
 
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "VolumeReadError",
+    "GEOMETRY_RTOL",
+    "volume_to_sitk",
+    "volume_from_sitk",
+    "write_volume",
+    "read_volume",
+    "read_labels",
+    "same_geometry",
+    "geometry_differences",
+]
+
+#: Relative tolerance used when two grids are compared (spacing relative to itself, origin
+#: relative to the voxel size, direction cosines absolutely): files written by different
+#: tools round geometry differently (float32 NIfTI headers, DICOM decimal strings).
+GEOMETRY_RTOL = 1e-3
+
+# Formats whose writer produces a second file named after the header (header + raw data):
+# writing them to a temporary name and renaming would leave the header pointing at the
+# temporary data file, so they are written in place.
+_MULTI_FILE_SUFFIXES = (".mhd", ".hdr", ".img", ".img.gz")
+
+
+class VolumeReadError(ValueError):
+    """A volume or label file that cannot be used; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------------------
+# SimpleITK <-> Volume
+# --------------------------------------------------------------------------------------
+
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:
-    """A SimpleITK image with the volume's voxels and geometry."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
+    """A SimpleITK image with the volume's voxels and geometry.
+
+    The array is passed as is except for types SimpleITK has no pixel type for (``bool``
+    becomes ``uint8``, ``float16`` becomes ``float32``), so that a volume built anywhere in
+    the engine can be written or resampled without the caller thinking about pixel types.
+    """
+    arr = np.asarray(volume.array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
     img.SetSpacing(volume.spacing)
     img.SetOrigin(volume.origin)
     img.SetDirection(volume.direction)
@@ -20,31 +77,434 @@ def volume_to_sitk(volume: Volume) -> sitk.Image:
 
 
 def volume_from_sitk(img: sitk.Image, source: str = "", dtype: str | None = None) -> Volume:
-    """A ``Volume`` from a 3D scalar SimpleITK image."""
+    """A ``Volume`` from a 3D scalar SimpleITK image.
+
+    ``dtype`` overrides the recorded original pixel type (used when the caller converted
+    the image before handing it over); by default it is the image's own numpy type name.
+    """
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(
+            f"{source or 'image'}: expected a 3D scalar image, got {img.GetDimension()}D with "
+            f"{img.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+        )
     arr = sitk.GetArrayFromImage(img)
     return Volume(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(),
                   dtype=dtype or str(arr.dtype), source=source)
 
 
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def _label_dtype(lo: int, hi: int) -> type:
+    """Smallest common integer type that holds [lo, hi] (what label files are stored as)."""
+    if lo >= 0 and hi < 256:
+        return np.uint8
+    if lo >= 0 and hi < 65536:
+        return np.uint16
+    if -32768 <= lo and hi < 32768:
+        return np.int16
+    if -(2 ** 31) <= lo and hi < 2 ** 31:
+        return np.int32
+    return np.int64
+
+
+def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False) -> Path:
     """Write a volume (any format SimpleITK writes, chosen by extension) with its geometry.
 
-    Label maps are stored as the smallest unsigned/signed integer type that holds them.
+    Spacing, origin and direction are written exactly as the ``Volume`` holds them, so a
+    round trip through NIfTI, MHA or NRRD returns the same grid. Label maps are stored as
+    the smallest integer type that holds them (float label arrays, e.g. after a warp, are
+    rounded first; NaN labels are refused). ``float64`` images are stored as ``float32``
+    because no downstream tool needs the extra precision and it halves the file. Single
+    file formats are written to a temporary name and renamed, so an interrupted write
+    never leaves a half-written file that would later read as a valid volume.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = volume.array
+    arr = np.asarray(volume.array)
     if is_label:
-        lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
-        arr = arr.astype(np.uint8 if lo >= 0 and hi < 256 else np.int16 if -32768 <= lo and hi < 32768 else np.int32)
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{path.name}: label map to write contains NaN/inf values")
+            arr = np.rint(arr)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        arr = arr.astype(_label_dtype(lo, hi), copy=False)
     elif arr.dtype == np.float64 or arr.dtype == bool:
         arr = arr.astype(np.float32)
-    sitk.WriteImage(volume_to_sitk(volume.with_array(arr)), str(path), useCompression=str(path).endswith(".gz"))
+    img = volume_to_sitk(volume.with_array(arr))
+    compress = path.name.lower().endswith(".gz")
+    try:
+        if _has_suffix(path, _MULTI_FILE_SUFFIXES):
+            sitk.WriteImage(img, str(path), useCompression=compress)
+        else:
+            # The temporary name keeps the extension because SimpleITK picks the format from it.
+            tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+            try:
+                sitk.WriteImage(img, str(tmp), useCompression=compress)
+                os.replace(tmp, path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+    except RuntimeError as exc:
+        raise ValueError(
+            f"cannot write {path}: {_first_line(exc)}. Use an extension SimpleITK writes "
+            "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable."
+        ) from None
     return path
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read a 3D scalar volume (provisional: hardened with clear errors in a later step)."""
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative part of an ITK exception (they start with a C++ source location)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "ERROR" in ln and ":" in ln:
+            return ln.split(":", 1)[1].strip() if ln.startswith("sitk::ERROR") else ln
+    return lines[-1] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """Silence ITK's own stderr warnings while probing files: we report problems ourselves."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file.
+
+    ITK's NIfTI reader silently fills a truncated file (a partial download, a full disk)
+    with zeros, so the image would look valid with half of it missing. We compare the data
+    size the header promises with what the file holds, decompressing ``.nii.gz`` as a
+    stream so a cut-off gzip stream is detected as well.
+    """
+    gz = path.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(540)
+            if len(head) < 348:
+                raise VolumeReadError(f"{path}: the NIfTI header is incomplete (file truncated); re-export or re-download it.")
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return  # not a NIfTI header we understand: let ITK decide
+            if size == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                dims = struct.unpack(endian + "8q", head[16:80])
+                bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                offset = struct.unpack(endian + "q", head[168:176])[0]
+            ndim = dims[0]
+            if not 1 <= ndim <= 7:
+                return
+            n_vox = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
+            expected = max(offset, size) + n_vox * max(int(bitpix), 8) // 8
+            if gz:
+                total = len(head)
+                while chunk := fh.read(1 << 20):
+                    total += len(chunk)
+            else:
+                total = path.stat().st_size
+    except (EOFError, OSError, zlib.error) as exc:
+        raise VolumeReadError(
+            f"{path}: the compressed data is truncated or corrupt ({exc}); re-export or re-download the file."
+        ) from None
+    if total < expected:
+        raise VolumeReadError(
+            f"{path}: the file is truncated ({total} of {expected} bytes of image data); "
+            "re-export or re-download it."
+        )
+
+
+def _check_shape(path: Path, dim: int, size: tuple[int, ...], comps: int) -> None:
+    """Explain why an image of this header shape cannot be used (or return when it can).
+
+    Called on the file header before the voxels are loaded (a 4D or RGB file may be
+    large) and again on the decoded image (DICOM series have no separate header step).
+    """
+    if comps != 1:
+        raise VolumeReadError(
+            f"{path}: it is a multi-component image ({comps} values per voxel, e.g. RGB or a vector "
+            "field); GVSL needs a scalar (grey-value) volume. Convert it to a single channel first."
+        )
+    if 0 in size:
+        raise VolumeReadError(f"{path}: the image has a zero-size dimension (size {size}); the file holds no voxels.")
+    if dim == 2:
+        raise VolumeReadError(
+            f"{path}: it is a 2D image (size {size}); GVSL works on 3D volumes. "
+            "For DICOM, open the folder that holds the whole series, not a single slice."
+        )
+    if dim == 4 and size[3] != 1:
+        raise VolumeReadError(
+            f"{path}: it is a 4D image (size {size}, e.g. a time series or multi-channel stack); "
+            "GVSL needs one 3D volume. Extract the time point or channel you want first."
+        )
+    if dim not in (3, 4):
+        raise VolumeReadError(f"{path}: it is a {dim}D image (size {size}); GVSL needs a 3D volume.")
+    if 1 in size[:3]:
+        # A single slice stored as 3D: the 3D network, the 9^3 NCC window and trilinear
+        # resampling all need extent along every axis, so treat it as the 2D image it is.
+        raise VolumeReadError(
+            f"{path}: the volume is a single slice (size {size[:3]}, x, y, z); GVSL needs a 3D volume "
+            "with at least 2 voxels along every axis. For DICOM, open the folder that holds the whole series."
+        )
+
+
+def _squeeze_to_3d(img: sitk.Image, path: Path) -> sitk.Image:
+    """Bring an image to 3D scalar form or explain why it cannot be used."""
+    size = img.GetSize()
+    _check_shape(path, img.GetDimension(), size, img.GetNumberOfComponentsPerPixel())
+    if img.GetDimension() == 4:
+        # A 3D scan saved with a singleton time axis (common for NIfTI/MHA exports): drop it.
+        img = sitk.Extract(img, list(size[:3]) + [0], [0, 0, 0, 0],
+                           sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    return img
+
+
+def _dicom_meta(reader: sitk.ImageSeriesReader, tag: str, index: int = 0) -> str:
+    try:
+        if reader.HasMetaDataKey(index, tag):
+            return reader.GetMetaData(index, tag).strip()
+    except RuntimeError:
+        pass
+    return ""
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, dict]:
+    """Read one DICOM series from a folder; several series -> the one with most slices."""
+    with _quiet_itk():
+        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise VolumeReadError(
+            f"{folder}: the folder holds no DICOM series (subfolders are not searched). Point to the folder that "
+            "contains the .dcm slices, or to an image file (.nii.gz, .mha, .nrrd)."
+        )
+    files = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise VolumeReadError(
+                f"{folder}: no DICOM series with UID {series_uid!r}; the folder holds: "
+                + ", ".join(f"{u} ({len(files[u])} slices)" for u in uids)
+            )
+        chosen = series_uid
+    else:
+        chosen = max(uids, key=lambda u: (len(files[u]), u))  # UID tie-break: deterministic
+    others = [u for u in uids if u != chosen]
+    if others and series_uid is None:
+        logger.warning(
+            "%s holds %d DICOM series; reading %s (%d slices), the one with most slices. Others: %s. "
+            "Pass series_uid to choose another.",
+            folder, len(uids), chosen, len(files[chosen]),
+            ", ".join(f"{u} ({len(files[u])} slices)" for u in others),
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files[chosen])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        with _quiet_itk():
+            img = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(
+            f"{folder}: DICOM series {chosen} could not be read ({_first_line(exc)}); "
+            "the slices may be incomplete or use an unsupported transfer syntax."
+        ) from None
+    dicom = {
+        "series_uid": chosen,
+        "other_series_uids": others,
+        "n_files": len(files[chosen]),
+        "modality": _dicom_meta(reader, "0008|0060"),
+        "series_description": _dicom_meta(reader, "0008|103e"),
+        "patient_id": _dicom_meta(reader, "0010|0020"),
+    }
+    dicom["nonuniform_slice_spacing"] = _nonuniform_spacing(reader, len(files[chosen]), img, folder)
+    return img, dicom
+
+
+def _nonuniform_spacing(reader: sitk.ImageSeriesReader, n: int, img: sitk.Image, folder: Path) -> bool:
+    """Warn when slice positions are not evenly spaced (missing slices, variable thickness).
+
+    ITK assumes one slice spacing for the whole series, so gaps silently stretch anatomy;
+    we cannot fix that here but the user must know the geometry is approximate.
+    """
+    if n < 3:
+        return False
+    normal = np.asarray(img.GetDirection(), float).reshape(3, 3)[:, 2]
+    pos = []
+    for i in range(n):
+        ipp = _dicom_meta(reader, "0020|0032", i)
+        try:
+            pos.append(float(np.dot(normal, [float(v) for v in ipp.split("\\")])))
+        except ValueError:
+            return False
+    gaps = np.diff(np.sort(pos))
+    if gaps.size and np.ptp(gaps) > max(1e-3, GEOMETRY_RTOL * abs(float(np.median(gaps)))) * 10:
+        logger.warning(
+            "%s: DICOM slice spacing is not uniform (gaps %.3g to %.3g mm); the volume uses %.3g mm, "
+            "so distances along the slice axis are approximate (missing slices?).",
+            folder, gaps.min(), gaps.max(), img.GetSpacing()[2],
+        )
+        return True
+    return False
+
+
+def _read_file(path: Path) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeReadError(
+            f"{path}: not a readable image ({_first_line(exc)}). Use a format SimpleITK reads "
+            "(.nii, .nii.gz, .mha, .mhd, .nrrd, DICOM) and check the file is not damaged."
+        ) from None
+    # Check the header before loading voxels: a 4D or RGB file may be large.
+    _check_shape(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents())
+    if _has_suffix(path, (".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    try:
+        with _quiet_itk():
+            return reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(
+            f"{path}: the image data could not be read ({_first_line(exc)}); the file is probably "
+            "truncated or corrupt. Re-export or re-download it."
+        ) from None
+
+
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+    """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
+
+    Files: NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD and anything else SimpleITK
+    opens. A folder is read as a DICOM series; when it holds several series the one with
+    most slices is read (a warning is logged) unless ``series_uid`` names one, and
+    ``meta["dicom"]`` records the chosen and the other series UIDs, the modality and the
+    description. The voxels keep their stored numeric type and ``Volume.dtype`` names it. A
+    4D file with a single time point is squeezed to 3D. Every unusable input (missing,
+    not an image, truncated, 2D or single-slice, 4D, multi-component, zero-size, all-NaN)
+    raises :class:`VolumeReadError` naming the file; a constant volume is valid data and is
+    returned (normalisation deals with it). NaN voxels in a partly-NaN volume are kept and
+    counted in ``meta["nan_voxels"]``.
+    """
     path = Path(path)
-    img = sitk.ReadImage(str(path))
-    return volume_from_sitk(img, source=str(path))
+    if not path.exists():
+        hint = " (the parent folder does not exist either)" if not path.parent.exists() else ""
+        raise VolumeReadError(f"{path}: no such file or folder{hint}; check the path.")
+    meta: dict = {}
+    if path.is_dir():
+        img, meta["dicom"] = _read_dicom_series(path, series_uid)
+    else:
+        if series_uid is not None:
+            logger.warning("%s is a file, not a DICOM folder: series_uid %r is ignored", path, series_uid)
+        img = _read_file(path)
+    img = _squeeze_to_3d(img, path)
+    if "complex" in img.GetPixelIDTypeAsString():
+        raise VolumeReadError(f"{path}: the image is complex-valued; GVSL needs real grey values (use the magnitude).")
+    vol = volume_from_sitk(img, source=str(path))
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        nan = np.isnan(arr)
+        n_nan = int(nan.sum())
+        if n_nan == arr.size:
+            raise VolumeReadError(f"{path}: every voxel is NaN; the file holds no image data. Re-export it.")
+        if n_nan:
+            logger.warning("%s: %d of %d voxels are NaN", path, n_nan, arr.size)
+        meta["nan_voxels"] = n_nan
+    vol.meta.update(meta)
+    return vol
+
+
+def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Volume:
+    """Read a label map (integer values), optionally checking it lies on ``reference``'s grid.
+
+    Integer files are returned with their stored integer type. Float files whose values are
+    all integral (many tools save masks as float) are converted to the smallest integer type
+    that holds them; a fractional value means the file is an image or an interpolated
+    (linearly resampled) label map, which would corrupt every Dice and overlay, so it is an
+    error, as is NaN. With ``reference``, the label map must have the same shape and the
+    same geometry (spacing relative tolerance ``GEOMETRY_RTOL``, origin within
+    ``GEOMETRY_RTOL`` of a voxel, direction cosines within ``GEOMETRY_RTOL``); otherwise the
+    error names both files and the differing property.
+    """
+    vol = read_volume(path)
+    path = Path(path)
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        if np.isnan(arr).any():
+            raise VolumeReadError(f"{path}: the label map contains NaN values; labels must be integers.")
+        rounded = np.rint(arr)
+        bad = np.abs(arr - rounded) > 1e-3
+        if bad.any():
+            raise VolumeReadError(
+                f"{path}: the label map has non-integral values (e.g. {float(arr[bad].flat[0]):g}); it looks like an "
+                "image or a linearly interpolated label map. Labels must be integers; resample labels with "
+                "nearest-neighbour interpolation."
+            )
+        lo, hi = (int(rounded.min()), int(rounded.max()))
+        vol = vol.with_array(rounded.astype(_label_dtype(lo, hi)), dtype=vol.dtype)
+    elif arr.dtype.kind == "b":
+        vol = vol.with_array(arr.astype(np.uint8), dtype=vol.dtype)
+    elif arr.dtype.kind not in "iu":
+        raise VolumeReadError(f"{path}: pixel type {arr.dtype} cannot hold labels; labels must be integers.")
+    vol.meta.pop("nan_voxels", None)
+    if reference is not None:
+        diffs = geometry_differences(vol, reference)
+        if diffs:
+            raise VolumeReadError(
+                f"label map {path} does not lie on the grid of image {reference.source or '(in memory)'}: "
+                + "; ".join(diffs)
+                + ". Use the label map made for this image, or resample it onto the image grid with "
+                "nearest-neighbour interpolation (preprocess.resample_to(..., is_label=True))."
+            )
+    return vol
+
+
+def geometry_differences(a: Volume, b: Volume, rtol: float = GEOMETRY_RTOL) -> list[str]:
+    """Human-readable list of how ``a``'s grid differs from ``b``'s (empty when the same).
+
+    Spacing is compared relatively, origin relative to the larger voxel size (a thousandth
+    of a voxel is far below anything visible, but absolute millimetre tolerances would be
+    wrong for both 0.3 mm and 5 mm grids), direction cosines absolutely.
+    """
+    out = []
+    if a.shape != b.shape:
+        out.append(f"shape (z, y, x) {a.shape} vs {b.shape}")
+    sa, sb = np.asarray(a.spacing), np.asarray(b.spacing)
+    if not np.allclose(sa, sb, rtol=rtol, atol=0):
+        out.append(f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm")
+    voxel = max(float(sa.max()), float(sb.max()), 1e-9)
+    if not np.allclose(a.origin, b.origin, rtol=0, atol=rtol * voxel):
+        out.append(f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm")
+    if not np.allclose(a.direction, b.direction, rtol=0, atol=rtol):
+        out.append(f"direction {_fmt(a.direction)} vs {_fmt(b.direction)}")
+    return out
+
+
+def same_geometry(a: Volume, b: Volume, rtol: float = GEOMETRY_RTOL) -> bool:
+    """True when ``a`` and ``b`` share shape, spacing, origin and direction (see ``geometry_differences``)."""
+    return not geometry_differences(a, b, rtol)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

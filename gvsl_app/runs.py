@@ -1,0 +1,113 @@
+"""The run folder: config, metrics log, checkpoints and report of one training run.
+
+Layout (DESIGN.md)::
+
+    RUN/config.yaml            the configuration actually used
+    RUN/metrics.jsonl          one JSON object per logged step, flushed as written
+    RUN/checkpoints/last.pt    latest state (model, optimiser, scheduler, RNG, iteration)
+    RUN/checkpoints/best.pt    best state on the validation split / fixed pair
+    RUN/report.json            final numbers
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
+
+
+class RunFolder:
+    """Paths and writers of a run folder; only rank 0 should write."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.json"
+
+    def create(self) -> "RunFolder":
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_config(self, config: Any) -> None:
+        data = asdict(config) if is_dataclass(config) else dict(config)
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.path}: not a run folder (no config.yaml)")
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line and flush it to disk, so followers see it at once."""
+        record = {"time": time.time(), **record}
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_metrics(self, after_iteration: int) -> None:
+        """Drop log lines past ``after_iteration`` (a resumed run rewrites them)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [r for r in read_metrics(self.metrics_path) if r.get("iteration", 0) <= after_iteration]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def save_checkpoint(self, which: str, state: dict) -> Path:
+        """Atomically write ``last`` or ``best`` (temp file + rename)."""
+        return atomic_torch_save({"format": FORMAT, **state}, self.last if which == "last" else self.best)
+
+    def load_checkpoint(self, which: str = "last") -> dict:
+        return read_checkpoint(self.last if which == "last" else self.best)
+
+    def write_report(self, report: dict) -> None:
+        tmp = self.report_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, self.report_path)
+
+    def read_report(self) -> dict | None:
+        return json.loads(self.report_path.read_text()) if self.report_path.is_file() else None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All complete JSON lines of a metrics file (a half-written last line is skipped)."""
+    return list(iter_metrics(path))
+
+
+def iter_metrics(path: str | os.PathLike, start: int = 0) -> Iterator[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path) as fh:
+        for i, line in enumerate(fh):
+            if i < start or not line.endswith("\n"):
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,73 @@
+"""Downstream networks built on the GVSL backbone: segmentation and classification."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .unet import PAPER_WIDTHS, UNet3D
+
+
+class SegmentationNet(nn.Module):
+    """U-Net backbone + a 1x1x1 convolution on the local features to class logits.
+
+    With a frozen backbone (``freeze_backbone()``) this is a true linear probe: the only
+    trainable layer is one linear map per voxel (the authors' "linear" evaluation used a
+    3x3x3 convolution instead).
+    """
+
+    def __init__(self, n_classes: int, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1):
+        super().__init__()
+        self.unet = UNet3D(widths, in_channels)
+        self.head = nn.Conv3d(self.unet.widths[8], n_classes, 1)
+        self.n_classes = n_classes
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.unet.widths
+
+    def config(self) -> dict:
+        return {"n_classes": self.n_classes, "widths": list(self.widths)}
+
+    def freeze_backbone(self) -> None:
+        """Freeze every backbone parameter (linear evaluation)."""
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, local = self.unet(x)
+        return self.head(local)
+
+
+class ClassificationNet(nn.Module):
+    """U-Net encoder's global (bottleneck) features -> global average pool -> linear layer.
+
+    Only the encoder is evaluated (the decoder's parameters exist so that checkpoints load
+    unchanged but receive no gradient).
+    """
+
+    def __init__(self, n_outputs: int = 1, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1):
+        super().__init__()
+        self.unet = UNet3D(widths, in_channels)
+        self.head = nn.Linear(self.unet.widths[4], n_outputs)
+        self.n_outputs = n_outputs
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.unet.widths
+
+    def config(self) -> dict:
+        return {"n_outputs": self.n_outputs, "widths": list(self.widths)}
+
+    def freeze_backbone(self) -> None:
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.unet
+        h = u.down4(u.down3(u.down2(u.down1(u.inc(x)))))
+        return h.mean(dim=(2, 3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x))
