@@ -77,6 +77,104 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return _drive(pretrain(cfg, stop), quiet=args.quiet)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .config import FinetuneConfig, load_config
+    from .finetune import finetune
+
+    cfg = load_config(FinetuneConfig, args.config, data=args.data, run=args.run, init=args.init, task=args.task,
+                      linear=args.linear, iters=args.iters, size=args.size, width=args.width, batch=args.batch,
+                      lr=args.lr, device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
+                      n_train=args.n_train, val_every=args.val_every)
+    stop = StopFlag()
+    _install_stop_handlers(stop)
+    return _drive(finetune(cfg, stop), quiet=args.quiet)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .finetune import evaluate_run
+
+    res = evaluate_run(args.run, args.data, device=args.device)
+    if "dice" in res:
+        print(f"{'label':>8} {'Dice':>7}")
+        for k, v in res["dice"].items():
+            print(f"{k:>8} {v:7.4f}")
+        print(f"{'mean':>8} {res['mean_dice']:7.4f}   ({res['n']} cases, {args.data})")
+    else:
+        print(f"AUC {res['auc']:.4f} ({res['n']} cases, {args.data})")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from .io import read_labels, read_volume
+    from .matching import match
+
+    fixed, moving = read_volume(args.fixed), read_volume(args.moving)
+    ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
+    fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
+    res = match(fixed, moving, weights=args.weights, size=args.size, device=args.device,
+                moving_labels=ml, fixed_labels=fl)
+    out = res.save(args.out)
+    r = res.report
+    print(f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
+          f"(network {r['seconds']['network_s']:.2f} s)")
+    print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
+    if "mean_dice_after" in r:
+        print(f"  mean Dice {r['mean_dice_before']:.4f} -> {r['mean_dice_after']:.4f}")
+    print(f"  wrote {out}/: warped.nii.gz, displacement.nii.gz, affine.tfm, jacobian.nii.gz, report.json"
+          + (", warped_labels.nii.gz" if ml is not None else ""))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .io import read_labels, read_volume, write_volume
+    from .segment import segment
+
+    image = read_volume(args.image)
+    ref = read_labels(args.reference, image) if args.reference else None
+    res = segment(image, args.weights, device=args.device, reference=ref)
+    write_volume(res.labels, args.out, is_label=True)
+    report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
+    report_path.write_text(json.dumps(res.report, indent=2))
+    names = res.report["label_names"]
+    print(f"{'label':>18} {'mL':>9}" + (f" {'Dice':>7}" if ref is not None else ""))
+    for k, v in res.report["volume_ml"].items():
+        dice = f" {res.report['dice'].get(k, float('nan')):7.4f}" if ref is not None else ""
+        print(f"{names.get(k, k):>18} {v:9.2f}{dice}")
+    if ref is not None:
+        print(f"{'mean Dice':>18} {'':>9} {res.report['mean_dice']:7.4f}")
+    print(f"wrote {args.out} and {report_path}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import embed
+    from .io import read_labels, read_volume
+
+    image = read_volume(args.image)
+    labels = read_labels(args.labels, image)
+    res = embed(image, labels, weights=args.weights, per_label=args.per_label, size=args.size, seed=args.seed,
+                device=args.device)
+    out = res.save(args.out)
+    r = res.report
+    print(f"{r['n_points']} voxels embedded; silhouette: features {r['silhouette_features']:.4f}, "
+          f"2D {r['silhouette_2d']:.4f}; wrote {out}/embedding.csv and report.json")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .samples import write_samples
+
+    out = write_samples(args.kind, args.out, n=args.n, seed=args.seed, classification=args.classification)
+    print(f"wrote {args.n} {args.kind} subjects to {out}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app import run_app
+
+    return run_app(args.files, sample=args.sample)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gvsl", description="GVSL Studio: self-supervised pre-training and "
                                  "Z-Matching of 3D medical volumes.")
@@ -92,6 +190,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_common_training(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune or linearly evaluate on a downstream task")
+    p.add_argument("--data", required=False, help="folder with images/ and labels/ (seg) or labels.csv (cls)")
+    p.add_argument("--run", help="run folder to write")
+    p.add_argument("--init", help="scratch, one of our checkpoints, or the authors' GVSL checkpoint")
+    p.add_argument("--task", choices=["seg", "cls"])
+    p.add_argument("--linear", action="store_true", default=None, help="freeze the backbone: linear probe")
+    p.add_argument("--n-train", type=int, help="use only the first N training subjects")
+    p.add_argument("--val-every", type=int)
+    p.add_argument("--quiet", action="store_true")
+    _add_common_training(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="Dice per label or AUC of a run's best checkpoint on a data folder")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("match", help="Z-Matching of MOVING onto FIXED")
+    p.add_argument("fixed")
+    p.add_argument("moving")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", help="GVSL checkpoint (default: shipped demo weights)")
+    p.add_argument("--moving-labels")
+    p.add_argument("--fixed-labels")
+    p.add_argument("--size", type=int, default=96, help="working cube side")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("segment", help="segment a volume with a fine-tuned checkpoint")
+    p.add_argument("image")
+    p.add_argument("--weights", help="segmentation checkpoint (default: shipped demo)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--reference", help="ground-truth labels: adds Dice to the report")
+    p.add_argument("--report", help="report JSON path (default: next to --out)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("embed", help="t-SNE of local features per anatomical label")
+    p.add_argument("image")
+    p.add_argument("labels")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights")
+    p.add_argument("--per-label", type=int, default=500)
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("sample", help="write synthetic cardiac CT or brain MR subjects")
+    p.add_argument("kind", choices=["cardiac", "brain"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classification", action="store_true", help="cardiac: add labels.csv with abnormal cases")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("app", help="the desktop app (napari with the GVSL widgets)")
+    p.add_argument("files", nargs="*")
+    p.add_argument("--sample", choices=["cardiac", "brain"])
+    p.set_defaults(func=cmd_app)
     return ap
 
 
@@ -100,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         if args.verbose:
             raise
         print(f"gvsl {args.command}: error: {exc}", file=sys.stderr)

@@ -1,0 +1,117 @@
+"""Local-feature embedding per anatomical label: balanced voxel sampling, t-SNE, silhouette."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models import GVSL, resolve_device
+
+from .preprocess import normalise, resize_array
+from .volume import Volume
+from .weights import load_gvsl
+
+
+@dataclass
+class EmbedResult:
+    """2D t-SNE coordinates of sampled voxels with their labels and voxel indices.
+
+    ``voxels`` are ``(z, y, x)`` indices on the *input image's* grid, so a selection in the
+    plot maps straight back to the viewer's layers.
+    """
+
+    xy: np.ndarray
+    labels: np.ndarray
+    voxels: np.ndarray
+    features: np.ndarray
+    report: dict = field(default_factory=dict)
+
+    def save(self, out: str | os.PathLike) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = ["x,y,label,z_index,y_index,x_index"]
+        rows += [f"{a:.5f},{b:.5f},{int(l)},{z},{y},{x}" for (a, b), l, (z, y, x) in
+                 zip(self.xy, self.labels, self.voxels)]
+        (out / "embedding.csv").write_text("\n".join(rows) + "\n")
+        (out / "report.json").write_text(json.dumps(self.report, indent=2))
+        return out
+
+
+def sample_voxels(labels: np.ndarray, per_label: int, seed: int) -> np.ndarray:
+    """Up to ``per_label`` random voxel indices ``(n, 3)`` of each non-zero label (balanced)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        idx = np.argwhere(labels == value)
+        if len(idx) > per_label:
+            idx = idx[rng.choice(len(idx), per_label, replace=False)]
+        picks.append(idx)
+    if not picks:
+        raise ValueError("the label map has no foreground label to embed")
+    return np.concatenate(picks)
+
+
+@torch.no_grad()
+def local_features(model: GVSL, image: np.ndarray, size: int, device: torch.device) -> np.ndarray:
+    """Local (last decoder level) features ``(C, size, size, size)`` of a normalised image."""
+    x = torch.from_numpy(resize_array(image, (size,) * 3))[None, None].to(device)
+    _, f = model.to(device).eval().features(x)
+    return f[0].float().cpu().numpy()
+
+
+def tsne_2d(features: np.ndarray, seed: int, perplexity: float = 30.0) -> np.ndarray:
+    """openTSNE (FFT-accelerated) 2D embedding of standardised features."""
+    from openTSNE import TSNE
+
+    z = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    perplexity = min(perplexity, max(2.0, (len(z) - 1) / 3.0))
+    return np.asarray(TSNE(n_components=2, perplexity=perplexity, random_state=seed, n_jobs=-1,
+                           verbose=False).fit(z))
+
+
+def embed(image: Volume, labels: Volume, *, weights: str | os.PathLike | None = None, model: GVSL | None = None,
+          per_label: int = 500, size: int = 96, seed: int = 0, device: str = "auto",
+          progress: Callable[[str, float], None] | None = None) -> EmbedResult:
+    """Embed the local features of labelled voxels with t-SNE and score their clustering.
+
+    Features are computed on a ``size^3`` working cube and read at the sampled voxels'
+    positions; the silhouette score of the labels is reported in feature space and in
+    the 2D map (scikit-learn).
+    """
+    from sklearn.metrics import silhouette_score
+
+    say = progress or (lambda s, f: None)
+    if labels.shape != image.shape:
+        raise ValueError(f"labels {labels.source} have shape {labels.shape}, image {image.source} has {image.shape}")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    say("features", 0.1)
+    info = "given model"
+    if model is None:
+        model, info = load_gvsl(weights, dev)
+    feats = local_features(model, normalise(image), size, dev)
+    vox = sample_voxels(np.asarray(labels.array), per_label, seed)
+    scale = np.array([(size - 1) / max(n - 1, 1) for n in image.shape])
+    w = np.rint(vox * scale).astype(int)
+    x = feats[:, w[:, 0], w[:, 1], w[:, 2]].T
+    lab = np.asarray(labels.array)[tuple(vox.T)]
+    t1 = time.perf_counter()
+    say("t-SNE", 0.4)
+    xy = tsne_2d(x, seed)
+    t2 = time.perf_counter()
+    multi = len(np.unique(lab)) > 1
+    report = {"image": image.source, "labels": labels.source, "weights": info, "n_points": int(len(lab)),
+              "per_label": per_label, "seed": seed, "working_size": size,
+              "silhouette_features": float(silhouette_score(x, lab)) if multi else None,
+              "silhouette_2d": float(silhouette_score(xy, lab)) if multi else None,
+              "seconds": {"features_s": t1 - t0, "tsne_s": t2 - t1}}
+    say("done", 1.0)
+    return EmbedResult(xy=xy, labels=lab, voxels=vox, features=x, report=report)
