@@ -1,0 +1,127 @@
+"""Pairwise matching service: outputs on the fixed grid, ITK interoperability, bad input."""
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from gvsl_app.io import volume_to_sitk
+from gvsl_app.matching import match
+from gvsl_app.volume import Volume
+from models import GVSL, DEMO_WIDTHS
+from models.checkpoint import CheckpointError
+
+
+def phantom(shape, centre, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    r2 = sum(((gi - c) / (n / 4)) ** 2 for gi, c, n in zip(g, centre, shape))
+    img = np.where(r2 < 1, 300.0, -800.0) + np.where(r2 < 0.3, 200.0, 0) + rng.normal(0, 5, shape)
+    lab = (r2 < 1).astype(np.uint8) + (r2 < 0.3).astype(np.uint8)
+    v = Volume(img.astype(np.float32), spacing, origin, direction, source=f"phantom{seed}")
+    return v, v.with_array(lab, source=f"phantom{seed}-labels")
+
+
+@pytest.fixture(scope="module")
+def perturbed_weights(tmp_path_factory):
+    """A width-8 GVSL whose heads predict a clearly non-identity map."""
+    torch.manual_seed(0)
+    m = GVSL(widths=DEMO_WIDTHS)
+    with torch.no_grad():
+        for lin in (m.affine_head.rotation, m.affine_head.translation, m.affine_head.scaling):
+            lin.bias.copy_(torch.tensor([0.3, -0.2, 0.25]))
+        m.deformable_head.flow.weight.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("w") / "gvsl_test.pt"
+    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()},
+               path)
+    return path
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    rot = np.array([[0.9848, -0.1736, 0], [0.1736, 0.9848, 0], [0, 0, 1]]).flatten()
+    fixed, fl = phantom((30, 40, 36), (15, 20, 18), (1.0, 1.2, 2.0), (-20.0, -25.0, -30.0), seed=1)
+    moving, ml = phantom((34, 36, 40), (16, 17, 21), (1.1, 1.0, 1.8), (-22.0, -20.0, -28.0), rot, seed=2)
+    return fixed, moving, fl, ml
+
+
+def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair, perturbed_weights, tmp_path):
+    fixed, moving, fl, ml = pair
+    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
+    out = res.save(tmp_path / "out")
+    for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
+                 "report.json"):
+        assert (out / name).is_file(), name
+    warped = sitk.ReadImage(str(out / "warped.nii.gz"))
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"), sitk.sitkVectorFloat64)
+    assert warped.GetSize() == tuple(reversed(fixed.shape)) == field.GetSize()
+    np.testing.assert_allclose(field.GetSpacing(), fixed.spacing)
+    np.testing.assert_allclose(field.GetOrigin(), fixed.origin)
+    assert np.abs(sitk.GetArrayFromImage(field)).max() > 1.0  # a real, non-identity map (mm)
+    # the moving image exactly as the engine saw it (a NIfTI round trip would round its
+    # rotated direction to the format's float32 quaternion)
+    mov_img = sitk.Cast(volume_to_sitk(moving), sitk.sitkFloat32)
+    ref = sitk.Resample(mov_img, warped, sitk.DisplacementFieldTransform(field), sitk.sitkLinear,
+                        float(moving.array.min()))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(warped), atol=1e-2)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("ncc_before", "ncc_after", "folding_percent", "dice_before", "dice_after", "seconds", "device"):
+        assert key in report
+    assert set(np.unique(res.warped_labels.array)) <= {0, 1, 2}
+
+
+def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights, tmp_path):
+    fixed, moving, _, _ = pair
+    model_path = perturbed_weights
+    res = match(fixed, moving, weights=model_path, size=32, device="cpu")
+    res.save(tmp_path / "o")
+    tfm = sitk.ReadTransform(str(tmp_path / "o" / "affine.tfm"))
+    # an affine-only model: the total displacement equals the affine part
+    m = GVSL(widths=DEMO_WIDTHS)
+    ck = torch.load(model_path, weights_only=True)
+    m.load_state_dict(ck["model"])
+    with torch.no_grad():
+        m.deformable_head.flow.weight.zero_()
+    res2 = match(fixed, moving, model=m, size=32, device="cpu")
+    mat = res2.affine_physical
+    idx = fixed.index_to_physical_matrix()
+    for voxel in [(3, 4, 5), (20, 30, 10), (15, 20, 18)]:
+        x = idx @ np.array([*voxel, 1.0])
+        expect = (mat @ x)[:3] - x[:3]
+        np.testing.assert_allclose(res2.displacement_mm[voxel], expect, atol=0.05)
+    np.testing.assert_allclose(np.array(tfm.TransformPoint((0.0, 0.0, 0.0))),
+                               res.affine_physical[:3, 3], atol=1e-4)
+
+
+def test_identity_network_warps_nothing(pair, tmp_path):
+    fixed, _, fl, _ = pair
+    m = GVSL(widths=DEMO_WIDTHS)
+    res = match(fixed, fixed, model=m, size=32, device="cpu", moving_labels=fl, fixed_labels=fl)
+    assert np.abs(res.displacement_mm).max() < 0.05
+    assert res.report["mean_dice_after"] > 0.99
+    assert res.report["folding_percent"] == 0.0
+
+
+def test_empty_overlap_is_refused(pair):
+    fixed, moving, _, _ = pair
+    far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), source="far.nii.gz")
+    with pytest.raises(ValueError, match="overlap"):
+        match(fixed, far, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu")
+
+
+def test_labels_on_another_grid_are_refused(pair):
+    fixed, moving, fl, _ = pair
+    with pytest.raises(ValueError, match="labels"):
+        match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu", moving_labels=fl)
+
+
+def test_checkpoint_of_another_width_is_refused_clearly(pair, tmp_path):
+    fixed, moving, _, _ = pair
+    m = GVSL(widths=(4, 8, 16, 32, 64, 32, 16, 8, 4))
+    sd = {k: v for k, v in m.state_dict().items()}
+    sd["unet.inc.double_conv.0.weight"] = torch.zeros(8, 1, 3, 3, 3)  # inconsistent file
+    p = tmp_path / "bad.pt"
+    torch.save(sd, p)
+    with pytest.raises(CheckpointError, match="widths"):
+        match(fixed, moving, weights=p, size=32, device="cpu")
