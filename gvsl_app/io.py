@@ -9,9 +9,11 @@ traceback helps nobody.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import logging
 import os
+import re
 import struct
 import uuid
 import zlib
@@ -171,8 +173,9 @@ def _first_line(exc: BaseException) -> str:
     """The informative part of an ITK exception (they start with a C++ source location)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
-        if "ERROR" in ln and ":" in ln:
-            return ln.split(":", 1)[1].strip() if ln.startswith("sitk::ERROR") else ln
+        m = re.search(r"ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.+)", ln)
+        if m:
+            return m.group(1).strip().rstrip(".:")
     return lines[-1] if lines else type(exc).__name__
 
 
@@ -187,15 +190,22 @@ def _quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a truncated NIfTI file.
+def _scan_nifti(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Refuse a truncated NIfTI file and find its non-finite voxels.
 
-    ITK's NIfTI reader silently fills a truncated file (a partial download, a full disk)
-    with zeros, so the image would look valid with half of it missing. We compare the data
-    size the header promises with what the file holds, decompressing ``.nii.gz`` as a
-    stream so a cut-off gzip stream is detected as well.
+    Two silent behaviours of ITK's NIfTI reader (nifti1_io) need this: a truncated file (a
+    partial download, a full disk) is filled up with zeros, so half a scan would look
+    valid; and NaN/inf voxels of float data are replaced by 0, so an all-NaN file would
+    look like a constant one and NaN voxels (outside a reconstruction field of view, say)
+    would become plausible grey values. We compare the data size the header promises with
+    what the file holds, decompressing ``.nii.gz`` as a stream so a cut-off gzip stream is
+    detected too, and return ``(flat indices, values)`` of the non-finite float voxels (in
+    file order, which is ITK's buffer order) so the caller can put them back; ``None`` when
+    there are none or the header is not NIfTI-1/2.
     """
     gz = path.name.lower().endswith(".gz")
+    bad_idx: list[np.ndarray] = []
+    bad_val: list[np.ndarray] = []
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             head = fh.read(540)
@@ -206,35 +216,55 @@ def _check_nifti_complete(path: Path) -> None:
                 if size in (348, 540):
                     break
             else:
-                return  # not a NIfTI header we understand: let ITK decide
+                return None  # not a NIfTI header we understand: let ITK decide
             if size == 348:
                 dims = struct.unpack(endian + "8h", head[40:56])
-                bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
                 offset = int(struct.unpack(endian + "f", head[108:112])[0])
             else:
                 dims = struct.unpack(endian + "8q", head[16:80])
-                bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
                 offset = struct.unpack(endian + "q", head[168:176])[0]
             ndim = dims[0]
             if not 1 <= ndim <= 7:
-                return
+                return None
+            offset = max(int(offset), size)
             n_vox = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
-            expected = max(offset, size) + n_vox * max(int(bitpix), 8) // 8
-            if gz:
-                total = len(head)
-                while chunk := fh.read(1 << 20):
-                    total += len(chunk)
+            n_bytes = n_vox * max(int(bitpix), 8) // 8
+            ftype = {16: "f4", 64: "f8"}.get(int(datatype))
+            if ftype is None and not gz:
+                total = path.stat().st_size - offset
             else:
-                total = path.stat().st_size
+                fh.seek(offset)
+                item = np.dtype(endian + ftype).itemsize if ftype else 1
+                total, pending = 0, b""
+                while total < n_bytes and (chunk := fh.read(min(1 << 22, n_bytes - total))):
+                    start_vox = (total - len(pending)) // item
+                    total += len(chunk)
+                    if ftype:
+                        data = pending + chunk
+                        usable = len(data) - len(data) % item
+                        vals = np.frombuffer(data[:usable], dtype=endian + ftype)
+                        pending = data[usable:]
+                        idx = np.flatnonzero(~np.isfinite(vals))
+                        if idx.size:
+                            bad_idx.append(idx + start_vox)
+                            bad_val.append(vals[idx])
+                if gz and total >= n_bytes:
+                    while fh.read(1 << 20):  # reach the gzip trailer: detects a cut-off stream
+                        pass
     except (EOFError, OSError, zlib.error) as exc:
         raise VolumeReadError(
             f"{path}: the compressed data is truncated or corrupt ({exc}); re-export or re-download the file."
         ) from None
-    if total < expected:
+    if total < n_bytes:
         raise VolumeReadError(
-            f"{path}: the file is truncated ({total} of {expected} bytes of image data); "
+            f"{path}: the file is truncated ({max(total, 0)} of {n_bytes} bytes of image data); "
             "re-export or re-download it."
         )
+    if not bad_idx:
+        return None
+    return np.concatenate(bad_idx), np.concatenate(bad_val)
 
 
 def _check_shape(path: Path, dim: int, size: tuple[int, ...], comps: int) -> None:
@@ -368,7 +398,7 @@ def _nonuniform_spacing(reader: sitk.ImageSeriesReader, n: int, img: sitk.Image,
     return False
 
 
-def _read_file(path: Path) -> sitk.Image:
+def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | None]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -381,16 +411,16 @@ def _read_file(path: Path) -> sitk.Image:
         ) from None
     # Check the header before loading voxels: a 4D or RGB file may be large.
     _check_shape(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents())
-    if _has_suffix(path, (".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+    nonfinite = _scan_nifti(path) if _has_suffix(path, (".nii", ".nii.gz")) else None
     try:
         with _quiet_itk():
-            return reader.Execute()
+            img = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(
             f"{path}: the image data could not be read ({_first_line(exc)}); the file is probably "
             "truncated or corrupt. Re-export or re-download it."
         ) from None
+    return img, nonfinite
 
 
 def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
@@ -412,17 +442,20 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
         hint = " (the parent folder does not exist either)" if not path.parent.exists() else ""
         raise VolumeReadError(f"{path}: no such file or folder{hint}; check the path.")
     meta: dict = {}
+    nonfinite = None
     if path.is_dir():
         img, meta["dicom"] = _read_dicom_series(path, series_uid)
     else:
         if series_uid is not None:
             logger.warning("%s is a file, not a DICOM folder: series_uid %r is ignored", path, series_uid)
-        img = _read_file(path)
+        img, nonfinite = _read_file(path)
     img = _squeeze_to_3d(img, path)
     if "complex" in img.GetPixelIDTypeAsString():
         raise VolumeReadError(f"{path}: the image is complex-valued; GVSL needs real grey values (use the magnitude).")
     vol = volume_from_sitk(img, source=str(path))
     arr = vol.array
+    if nonfinite is not None and arr.dtype.kind == "f" and nonfinite[0].max() < arr.size:
+        arr.reshape(-1)[nonfinite[0]] = nonfinite[1]  # undo the NIfTI reader's NaN -> 0
     if arr.dtype.kind == "f":
         nan = np.isnan(arr)
         n_nan = int(nan.sum())
@@ -462,9 +495,9 @@ def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Vol
                 "nearest-neighbour interpolation."
             )
         lo, hi = (int(rounded.min()), int(rounded.max()))
-        vol = vol.with_array(rounded.astype(_label_dtype(lo, hi)), dtype=vol.dtype)
+        vol = dataclasses.replace(vol, array=rounded.astype(_label_dtype(lo, hi)))  # dtype keeps the file's type
     elif arr.dtype.kind == "b":
-        vol = vol.with_array(arr.astype(np.uint8), dtype=vol.dtype)
+        vol = dataclasses.replace(vol, array=arr.astype(np.uint8))
     elif arr.dtype.kind not in "iu":
         raise VolumeReadError(f"{path}: pixel type {arr.dtype} cannot hold labels; labels must be integers.")
     vol.meta.pop("nan_voxels", None)
