@@ -45,7 +45,9 @@ class Volume:
 
     def with_array(self, array: np.ndarray, **changes) -> "Volume":
         """Same geometry, new voxels (e.g. a label map or a warped image on this grid)."""
-        return replace(self, array=np.asarray(array), dtype=str(np.asarray(array).dtype), **changes)
+        array = np.asarray(array)
+        changes.setdefault("dtype", str(array.dtype))
+        return replace(self, array=array, **changes)
 
     def index_to_physical_matrix(self) -> np.ndarray:
         """4x4 matrix mapping (z, y, x, 1) array indices to physical (x, y, z, 1) millimetres."""
