@@ -1,0 +1,78 @@
+"""Physical geometry between engine ``Volume`` objects and napari layers.
+
+A ``Volume`` holds ITK geometry: spacing/origin in (x, y, z) order and a direction matrix
+whose columns are the (x, y, z) index axes. napari layers are displayed in world
+coordinates that we define as physical millimetres in (z, y, x) order, so that every
+layer of every grid overlays in millimetres. napari composes a layer's data-to-world map
+as ``affine @ (rotate * shear * scale + translate)``; we use
+
+* ``scale = spacing[::-1]`` and ``translate = origin[::-1]`` (what the user sees in the
+  layer controls, and exact when the direction is the identity);
+* ``affine`` = the direction matrix in (z, y, x) order as a rotation about the origin
+  (identity for axis-aligned volumes).
+
+The inverse (``volume_from_layer``) reads back any combination of scale, translate,
+rotate, shear and affine a user may have set, so writing a layer keeps what is shown.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gvsl_app.volume import Volume
+
+_REV = np.eye(3)[::-1]  # swaps (x, y, z) <-> (z, y, x)
+
+
+def layer_geometry(volume: Volume) -> dict:
+    """``scale``, ``translate`` and ``affine`` keyword arguments placing ``volume`` in mm."""
+    d_world = _REV @ volume.direction_matrix @ _REV
+    origin_w = np.asarray(volume.origin, dtype=float)[::-1]
+    affine = np.eye(4)
+    affine[:3, :3] = d_world
+    affine[:3, 3] = origin_w - d_world @ origin_w
+    return {"scale": tuple(float(s) for s in volume.spacing[::-1]),
+            "translate": tuple(float(t) for t in origin_w), "affine": affine}
+
+
+def data_to_world(layer) -> np.ndarray:
+    """The 4x4 map from a 3D layer's data (z, y, x) indices to world (z, y, x) mm."""
+    if layer.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} is {layer.ndim}D; GVSL works on 3D volumes")
+    return np.asarray(layer._data_to_world.affine_matrix, dtype=float)
+
+
+def geometry_from_matrix(matrix: np.ndarray) -> dict:
+    """ITK ``spacing``/``origin``/``direction`` from a data-to-world (z, y, x) 4x4 matrix."""
+    lin = _REV @ np.asarray(matrix, dtype=float)[:3, :3] @ _REV  # physical xyz per xyz index
+    spacing = np.linalg.norm(lin, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError("the layer's transform has a zero scale; cannot derive a voxel spacing")
+    direction = lin / spacing
+    origin = _REV @ np.asarray(matrix, dtype=float)[:3, 3]
+    return {"spacing": tuple(spacing.tolist()), "origin": tuple(origin.tolist()),
+            "direction": tuple(direction.flatten().tolist())}
+
+
+def state_matrix(meta: dict, ndim: int = 3) -> np.ndarray:
+    """The data-to-world matrix from a layer state dict (what npe2 writers receive)."""
+    from napari.utils.transforms import Affine
+
+    inner = Affine(scale=meta.get("scale", (1.0,) * ndim), translate=meta.get("translate", (0.0,) * ndim),
+                   rotate=meta.get("rotate"), shear=meta.get("shear"), ndim=ndim)
+    outer = meta.get("affine")
+    outer = np.eye(ndim + 1) if outer is None else np.asarray(getattr(outer, "affine_matrix", outer), dtype=float)
+    return outer @ inner.affine_matrix
+
+
+def volume_from_layer(layer, *, labels: bool | None = None) -> Volume:
+    """The layer's voxels and physical geometry as an engine ``Volume`` (a copy of the data)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    array = np.array(data, copy=True)
+    if array.ndim != 3:
+        raise ValueError(f"layer {layer.name!r} has shape {array.shape}; GVSL needs a 3D volume")
+    if labels is None:
+        labels = layer.__class__.__name__ == "Labels"
+    if labels and array.dtype.kind not in "iub":
+        array = np.rint(array).astype(np.int32)
+    geo = geometry_from_matrix(data_to_world(layer))
+    return Volume(array, source=str(layer.name), **geo)

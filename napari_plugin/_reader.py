@@ -1,0 +1,91 @@
+"""npe2 reader: NIfTI, MetaImage, NRRD files and DICOM series folders, in physical space.
+
+Each file becomes one layer with ``scale``/``translate``/``affine`` from its geometry, so
+volumes with different grids overlay in millimetres. Label maps (a file name containing
+``label`` or ``seg``, or an integer volume with few distinct values) open as Labels layers.
+Unreadable inputs raise the engine's ``VolumeReadError``, whose message napari shows.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from gvsl_app.io import read_labels, read_volume
+from gvsl_app.volume import Volume
+
+from ._layers import image_layer_data, labels_layer_data
+
+SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
+_LABEL_NAME = re.compile(r"label|seg")
+MAX_LABEL_VALUES = 64
+
+
+def _name(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _looks_like_dicom_folder(folder: Path) -> bool:
+    for i, child in enumerate(sorted(folder.iterdir())):
+        if i >= 50:
+            break
+        if child.is_file() and (child.suffix.lower() == ".dcm" or _is_dicom_file(child)):
+            return True
+    return False
+
+
+def napari_get_reader(path):
+    """Return :func:`read_layers` when every path is a volume this plugin reads, else ``None``."""
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    for p in map(Path, paths):
+        if p.is_dir():
+            if not _looks_like_dicom_folder(p):
+                return None
+        elif not p.name.lower().endswith(SUFFIXES):
+            return None
+    return read_layers
+
+
+def is_label_volume(path: Path, volume: Volume | None = None) -> bool:
+    """A label map by name (``label``/``seg``) or by content (integers, few distinct values)."""
+    if _LABEL_NAME.search(_name(path).lower()):
+        return True
+    if volume is None or volume.array.dtype.kind not in "iub":
+        return False
+    arr = volume.array
+    if len(np.unique(arr[::4, ::4, ::4])) > MAX_LABEL_VALUES:
+        return False
+    return len(np.unique(arr)) <= MAX_LABEL_VALUES
+
+
+def layer_data_for(path) -> tuple:
+    """The napari layer data tuple of one file or DICOM folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".dcm":
+        path = path.parent  # one slice: open the series it belongs to
+    if path.is_file() and _LABEL_NAME.search(_name(path).lower()):
+        vol = read_labels(path)
+        return labels_layer_data(vol, _name(path), names=vol.meta.get("label_names"))
+    vol = read_volume(path)
+    if path.is_file() and is_label_volume(path, vol):
+        vol = vol.with_array(vol.array.astype(np.int32) if vol.array.dtype.kind == "b" else vol.array)
+        return labels_layer_data(vol, _name(path), names=vol.meta.get("label_names"))
+    return image_layer_data(vol, _name(path))
+
+
+def read_layers(path) -> list[tuple]:
+    paths = path if isinstance(path, (list, tuple)) else [path]
+    return [layer_data_for(p) for p in paths]

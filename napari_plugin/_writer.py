@@ -1,0 +1,43 @@
+"""npe2 writers: an image or labels layer to NIfTI (or MHA/NRRD) with its physical geometry.
+
+The geometry is taken from what the layer shows (``scale``, ``translate``, ``rotate``,
+``shear`` and ``affine``), so a volume opened with the GVSL reader and saved again keeps
+its spacing, origin and direction.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gvsl_app.io import write_volume
+from gvsl_app.volume import Volume
+
+from ._geometry import geometry_from_matrix, state_matrix
+
+EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+def _target(path: str) -> Path:
+    p = Path(path)
+    if not p.name.lower().endswith(EXTENSIONS):
+        p = p.with_name(p.name + ".nii.gz")
+    return p
+
+
+def _volume(data: Any, meta: dict) -> Volume:
+    data = data[0] if isinstance(data, list) else data  # multiscale: full resolution
+    array = np.asarray(data)
+    if array.ndim != 3:
+        raise ValueError(f"layer {meta.get('name', '')!r} has shape {array.shape}; only 3D volumes can be written")
+    geo = geometry_from_matrix(state_matrix(meta, ndim=3))
+    return Volume(array, source=str(meta.get("name", "")), **geo)
+
+
+def write_image(path: str, data: Any, meta: dict) -> list[str]:
+    return [str(write_volume(_volume(data, meta), _target(path)))]
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    return [str(write_volume(_volume(data, meta), _target(path), is_label=True))]
