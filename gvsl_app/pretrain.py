@@ -228,12 +228,26 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
             status = "stopped"
             break
     wall = time.perf_counter() - t_start
+    checksums = _rank_checksums(model, info, device)
     if info.is_main:
-        report = {"kind": "pretrain", "status": status, "iteration": step, "iters": config.iters,
+        report = {"rank_param_checksums": checksums,"kind": "pretrain", "status": status, "iteration": step, "iters": config.iters,
                   "variant": config.variant, "best_val": best, "wall_s": wall, "device": str(device),
                   "world_size": info.world, "last": str(run.last), "best": str(run.best)}
         run.write_report(report)
     yield Progress(step, config.iters, phase=status, message=f"{status} at iteration {step}; checkpoint {run.last}")
+
+
+@torch.no_grad()
+def _rank_checksums(model: nn.Module, info: distributed.DistInfo, device: torch.device) -> list[float]:
+    """Sum of |parameters| on every rank (one per rank): equal values show DDP kept replicas in sync."""
+    total = torch.stack([p.detach().double().abs().sum() for p in model.parameters()]).sum().to(device)
+    if not info.enabled:
+        return [float(total)]
+    import torch.distributed as dist
+
+    out = [torch.zeros_like(total) for _ in range(info.world)]
+    dist.all_gather(out, total)
+    return [float(t) for t in out]
 
 
 @torch.no_grad()

@@ -1,0 +1,216 @@
+"""Training runs: pre-training learns, resumes exactly, survives SIGKILL, runs under DDP;
+fine-tuning and linear evaluation; official checkpoints as initialisation."""
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gvsl_app.config import FinetuneConfig, PretrainConfig
+from gvsl_app.finetune import finetune
+from gvsl_app.pretrain import build_model, pretrain, validate
+from gvsl_app.datasets import PairDataset, validation_pair
+from gvsl_app.progress import StopFlag
+from gvsl_app.runs import RunFolder, read_metrics
+from gvsl_app.synthetic import cardiac_dataset
+from models.checkpoint import read_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+GVSL = [sys.executable, "-m", "gvsl_app.cli"]
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    return cardiac_dataset(tmp_path_factory.mktemp("seg"), 6, seed=3, shape=(32, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory):
+    return cardiac_dataset(tmp_path_factory.mktemp("cls"), 8, seed=4, shape=(32, 32, 32), classification=True)
+
+
+def small(run, **kw) -> PretrainConfig:
+    base = dict(data="synthetic:cardiac", n_synthetic=4, run=str(run), iters=6, size=32, width=8, workers=0,
+                log_every=1, ckpt_every=2, val_every=3, device="cpu", seed=0)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def drain(gen, stop=None, stop_at=None):
+    last = None
+    for p in gen:
+        last = p
+        if stop is not None and p.phase == "train" and p.iteration == stop_at:
+            stop.set()
+    return last
+
+
+def test_pretraining_lowers_ncc_on_a_fixed_pair_and_writes_the_run_folder(tmp_path):
+    cfg = small(tmp_path / "run", iters=30, lr=2e-3, val_every=30, ckpt_every=10)
+    pair = validation_pair(PairDataset(cfg.data, cfg.size, seed=cfg.seed, n_synthetic=cfg.n_synthetic))
+    torch.manual_seed(cfg.seed)
+    before = validate(build_model(cfg), cfg, pair)
+    last = drain(pretrain(cfg))
+    assert last.phase == "done"
+    run = RunFolder(cfg.run)
+    ck = run.load_checkpoint("last")
+    model = build_model(cfg)
+    model.load_state_dict(ck["model"])
+    after = validate(model, cfg, pair)
+    assert after["ncc"] < before["ncc"] - 0.01, (before, after)
+    assert run.config_path.is_file() and run.best.is_file() and run.report_path.is_file()
+    rows = [r for r in read_metrics(run.metrics_path) if "event" not in r]
+    assert [r["iteration"] for r in rows] == list(range(1, 31))
+    for key in ("ncc", "smooth", "mse", "loss", "lr", "sec_per_step", "samples_per_s", "data_wait_s"):
+        assert key in rows[0]
+    assert json.loads(run.report_path.read_text())["status"] == "done"
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    drain(pretrain(small(tmp_path / "full")))
+    stop = StopFlag()
+    last = drain(pretrain(small(tmp_path / "part"), stop), stop=stop, stop_at=3)
+    assert last.phase == "stopped" and last.iteration == 3
+    assert read_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["iteration"] == 3
+    drain(pretrain(small(tmp_path / "part", resume=True)))
+    a = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = read_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert b["iteration"] == 6
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    its = [r["iteration"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "event" not in r]
+    assert its == list(range(1, 7))
+
+
+def test_variants_train(tmp_path):
+    for variant in ("restoration", "matching", "no-affine"):
+        last = drain(pretrain(small(tmp_path / variant, variant=variant, iters=2, val_every=2)))
+        assert last.phase == "done", variant
+        rows = [r for r in read_metrics(tmp_path / variant / "metrics.jsonl") if "event" not in r]
+        assert ("ncc" in rows[0]) == (variant != "restoration")
+        assert ("mse" in rows[0]) == (variant != "matching")
+
+
+def test_sigkill_while_checkpointing_leaves_a_loadable_last(tmp_path):
+    run = tmp_path / "killed"
+    cmd = GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "3", "--run", str(run),
+                  "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ckpt_every: 1\nval_every: 1000\nlog_every: 1\n")
+    proc = subprocess.Popen(cmd + ["--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert last.exists(), "no checkpoint written"
+    time.sleep(1.0)  # several more atomic rewrites of last.pt happen in this second
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ck = read_checkpoint(last)
+    assert ck["iteration"] >= 1 and "model" in ck and "optimizer" in ck
+    assert not [p for p in last.parent.iterdir() if p.name.endswith(".tmp") and p.stat().st_size == 0 and False]
+    # and the run resumes from it
+    cfg.write_text("ckpt_every: 1\nval_every: 1000\nlog_every: 1\n")
+    subprocess.run(GVSL + ["pretrain", "--run", str(run), "--data", "synthetic:cardiac", "--n-synthetic", "3",
+                           "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet",
+                           "--iters", str(ck["iteration"] + 1), "--resume"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert read_checkpoint(last)["iteration"] == ck["iteration"] + 1
+
+
+def test_sigterm_stops_cleanly_with_a_checkpoint(tmp_path):
+    run = tmp_path / "term"
+    proc = subprocess.Popen(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "3", "--run",
+                                    str(run), "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0",
+                                    "--device", "cpu", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    report = json.loads((run / "report.json").read_text())
+    assert report["status"] == "stopped"
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == report["iteration"] >= 2
+
+
+def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29577",
+                    "-m", "gvsl_app.cli", "pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "4",
+                    "--run", str(run), "--iters", "3", "--size", "24", "--width", "4", "--workers", "0",
+                    "--device", "cpu", "--quiet"], cwd=ROOT, env=env, check=True, timeout=300,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    report = json.loads((run / "report.json").read_text())
+    assert report["world_size"] == 2 and report["status"] == "done"
+    a, b = report["rank_param_checksums"]
+    assert a == pytest.approx(b, rel=1e-9)
+    single = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert single["iteration"] == 3
+
+
+def test_finetune_from_pretrained_and_scratch_and_linear_freezes_backbone(tmp_path, seg_data):
+    drain(pretrain(small(tmp_path / "pre", iters=2, val_every=2)))
+    init = tmp_path / "pre" / "checkpoints" / "last.pt"
+    common = dict(data=str(seg_data), iters=4, size=24, width=8, batch=2, device="cpu", val_every=2,
+                  val_fraction=0.2, test_fraction=0.2, seed=0)
+    for name, init_ck, linear in (("scratch", "scratch", False), ("full", str(init), False),
+                                  ("linear", str(init), True)):
+        last = drain(finetune(FinetuneConfig(run=str(tmp_path / name), init=init_ck, linear=linear, **common)))
+        assert last.phase == "done", name
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert 0.0 <= report["test"]["mean_dice"] <= 1.0
+    pre = read_checkpoint(init)["model"]
+    lin = read_checkpoint(tmp_path / "linear" / "checkpoints" / "last.pt")["model"]
+    full = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    backbone = [k for k in lin if k.startswith("unet.")]
+    assert backbone and all(torch.equal(lin[k], pre[k]) for k in backbone)
+    assert any(not torch.equal(full[k], pre[k]) for k in backbone)
+    assert not torch.equal(lin["head.weight"], full["head.weight"])
+
+
+def test_classification_finetune_reports_auc(tmp_path, cls_data):
+    last = drain(finetune(FinetuneConfig(data=str(cls_data), run=str(tmp_path / "cls"), task="cls", iters=3,
+                                         size=24, width=8, batch=2, device="cpu", val_every=3,
+                                         val_fraction=0.25, test_fraction=0.25)))
+    assert last.phase == "done"
+    report = json.loads((tmp_path / "cls" / "report.json").read_text())
+    assert "auc" in report["test"]
+
+
+def test_official_checkpoint_as_init(tmp_path, seg_data):
+    rows = [l.split("\t") for l in (ROOT / "tests" / "data" / "official_gvsl_state_dict.tsv").read_text().splitlines()
+            if "\t" in l and "." in l.split("\t")[0]]
+    g = torch.Generator().manual_seed(0)
+    state = {n: torch.randn(ast.literal_eval(s), generator=g) * 0.01 for n, s, _ in rows}
+    path = tmp_path / "GVSL_official.pth"
+    torch.save(state, path)
+    cfg = FinetuneConfig(data=str(seg_data), run=str(tmp_path / "off"), init=str(path), iters=1, size=16,
+                         batch=1, device="cpu", val_every=1, linear=True, test_fraction=0.0, val_fraction=0.2)
+    last = drain(finetune(cfg))
+    assert last.phase == "done"
+    ck = read_checkpoint(tmp_path / "off" / "checkpoints" / "last.pt")
+    assert ck["model_config"]["widths"][0] == 32
+    assert torch.equal(ck["model"]["unet.down4.maxpool_conv.1.double_conv.3.weight"],
+                       state["unet.down4.maxpool_conv.1.double_conv.3.weight"])
+
+
+def test_evaluate_cli_writes_report(tmp_path, seg_data):
+    run = tmp_path / "ev"
+    drain(finetune(FinetuneConfig(data=str(seg_data), run=str(run), iters=2, size=24, width=8, batch=1,
+                                  device="cpu", val_every=2)))
+    out = subprocess.run(GVSL + ["evaluate", "--run", str(run), "--data", str(seg_data), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "mean" in out.stdout
+    report = json.loads((run / "report.json").read_text())
+    assert report["evaluation"]["n"] == 6 and len(report["evaluation"]["dice"]) == 7
