@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="GVSL checkpoint (default: shipped demo weights)")
     p.add_argument("--moving-labels")
     p.add_argument("--fixed-labels")
-    p.add_argument("--size", type=int, default=96, help="working cube side")
+    p.add_argument("--size", type=int, help="working cube side (default: the weights' training size)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_match)
 

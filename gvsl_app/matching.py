@@ -84,14 +84,15 @@ def _working_to_fixed_scale(fixed_shape, size) -> np.ndarray:
     return np.array([(n - 1) / max(s - 1, 1) for n, s in zip(fixed_shape, size)], dtype=np.float64)
 
 
-def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = None, size: int = 96,
+def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = None, size: int | None = None,
           device: str | torch.device = "auto", moving_labels: Volume | None = None,
           fixed_labels: Volume | None = None, model: GVSL | None = None,
           progress: ProgressFn | None = None) -> MatchResult:
     """Match ``moving`` onto ``fixed`` with a GVSL network (demo weights by default).
 
     The moving volume is first brought onto the fixed grid in physical space, both are
-    normalised and resized to a ``size^3`` working cube, the network predicts one composed
+    normalised and resized to a ``size^3`` working cube (default: the cube the weights were
+    trained on, else 96), the network predicts one composed
     map, and that map comes back to the fixed grid in millimetres. The warped image is then
     produced by SimpleITK from the original moving volume and the exported displacement
     field, so ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly.
@@ -111,7 +112,14 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
         raise ValueError(f"fixed labels {fixed_labels.source} have shape {fixed_labels.shape} but the fixed "
                          f"image {fixed.source} has {fixed.shape}: the labels must be on the image's grid")
     dev = resolve_device(device)
-    say("preprocess", 0.05)
+    say("load weights", 0.05)
+    weights_info = "given model"
+    if model is None:
+        model, weights_info = load_gvsl(weights, dev)
+    size = int(size or getattr(model, "working_size", None) or 96)
+    times["load_weights_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("preprocess", 0.1)
     moving_on_fixed = resample_to(moving, fixed)
     shape = (size, size, size)
     f_norm = normalise(fixed)
@@ -121,10 +129,6 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say("load weights", 0.15)
-    weights_info = "given model"
-    if model is None:
-        model, weights_info = load_gvsl(weights, dev)
     say("network", 0.25)
     try:
         out, used = _run_network(model, m_w, f_w, dev)

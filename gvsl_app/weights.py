@@ -49,5 +49,7 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
     model = GVSL(widths=widths, use_affine=use_affine)
     load_state_into(model, sd, strict=True, source_format=fmt)
     model.to(device).eval()
+    # The cube it was trained on is the best default working size for matching with it.
+    model.working_size = int((ck.get("config") or {}).get("size") or 0) or None
     name = "demo weights" if weights is None else str(path)
     return model, f"{name} ({fmt}, widths {list(widths)})"
