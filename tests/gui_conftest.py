@@ -14,6 +14,7 @@ pytest.importorskip("pytestqt")
 import torch  # noqa: E402
 
 import models  # noqa: E402
+import models.downstream  # noqa: E402
 
 SMALL = (48, 48, 48)
 WIDTHS = (8, 16, 32, 64, 128, 64, 32, 16, 8)

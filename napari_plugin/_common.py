@@ -1,0 +1,310 @@
+"""Qt building blocks shared by the widgets: layer and weights choosers, workers, errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QWidget
+
+from ._state import DONE, ERROR, RUNNING, JobState
+
+DEMO, RANDOM, NONE = None, "random", "none"
+_RESULT_WORDS = ("warped", "displacement", "jacobian", "folding", "segmentation", "embedded")
+
+
+def describe_error(exc: BaseException) -> str:
+    """The engine's message, with a hint for out-of-memory errors."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return (f"out of memory ({text.splitlines()[0][:160]}); choose a smaller working size, "
+                "fewer points or the CPU device")
+    return text
+
+
+def notify_error(exc: BaseException | str, what: str = "GVSL") -> str:
+    from napari.utils.notifications import show_error
+
+    msg = exc if isinstance(exc, str) else describe_error(exc)
+    show_error(f"{what}: {msg}")
+    return msg
+
+
+def notify_info(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+class LayerCombo(QComboBox):
+    """Layers of one type in ``viewer``, kept in sync with the layer list."""
+
+    def __init__(self, viewer, layer_type, optional: bool = False, prefer: tuple[str, ...] = (), parent=None):
+        super().__init__(parent)
+        self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event=None) -> None:
+        if event is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _default(self, names: list[str]) -> str | None:
+        plain = [n for n in names if not any(w in n.lower() for w in _RESULT_WORDS)]
+        for word in self._prefer:
+            for n in plain:
+                if word in n.lower():
+                    return n
+        if self._optional:
+            return None
+        return (plain or names or [None])[0]
+
+    def refresh(self, event=None) -> None:
+        try:
+            current = self.currentText()
+            names = [lay.name for lay in self._viewer.layers if isinstance(lay, self._type)]
+            self.blockSignals(True)
+            self.clear()
+            if self._optional:
+                self.addItem("(none)")
+            self.addItems(names)
+            keep = current if current in names else self._default(names)
+            if keep is not None:
+                self.setCurrentText(keep)
+            self.blockSignals(False)
+        except RuntimeError:  # the widget was deleted before the viewer
+            pass
+
+    def layer(self):
+        name = self.currentText()
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+    def set_layer(self, name: str) -> None:
+        self.setCurrentText(name)
+
+
+class WeightsChooser(QWidget):
+    """Demo weights, random initialisation, or a checkpoint file (browse or pushed by a run)."""
+
+    def __init__(self, shared=None, kind: str = "gvsl", allow_random: bool = False, allow_none: bool = False,
+                 parent=None):
+        super().__init__(parent)
+        from gvsl_app.weights import DEMO_GVSL, DEMO_SEG
+
+        demo = DEMO_GVSL if kind == "gvsl" else DEMO_SEG
+        self.kind = kind
+        self.combo = QComboBox()
+        if allow_none:
+            self.combo.addItem("(none)", NONE)
+        self.combo.addItem("demo weights" + ("" if demo.is_file() else " (not installed)"), DEMO)
+        if allow_random:
+            self.combo.addItem("random init", RANDOM)
+        if allow_none:
+            self.combo.setCurrentIndex(0)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.combo, 1)
+        row.addWidget(browse)
+        if shared is not None:
+            getattr(shared.events, kind).connect(self._on_shared)
+
+    def _on_shared(self, path: str) -> None:
+        try:
+            if path:
+                self.add_path(path)
+        except RuntimeError:
+            pass
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt *.tar);;All files (*)")
+        if path:
+            self.add_path(path)
+
+    def add_path(self, path: str, select: bool = True) -> None:
+        path = str(path)
+        idx = self.combo.findData(path)
+        if idx < 0:
+            p = Path(path)
+            self.combo.addItem(f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name, path)
+            idx = self.combo.count() - 1
+            self.combo.setItemData(idx, path, Qt.ToolTipRole)
+        if select:
+            self.combo.setCurrentIndex(idx)
+
+    def value(self):
+        """``None`` (demo), ``"random"``, ``"none"`` or a checkpoint path."""
+        return self.combo.currentData()
+
+
+def device_combo() -> QComboBox:
+    from models.device import available_devices
+
+    combo = QComboBox()
+    combo.addItems(available_devices())
+    return combo
+
+
+class _Bridge(QObject):
+    """Carries progress callbacks from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(str, float)
+
+    def __init__(self, state: JobState):
+        super().__init__()
+        self._state = state
+        self.progress.connect(self._apply, Qt.QueuedConnection)
+
+    def _apply(self, stage: str, fraction: float) -> None:
+        self._state.stage = stage
+        self._state.fraction = fraction
+
+
+def run_staged(steps: list[Callable], done: Callable, failed: Callable) -> None:
+    """Run GUI-thread steps one per event-loop turn (e.g. one layer each), then ``done``.
+
+    Adding a napari layer costs tens of milliseconds; doing six at once would freeze the
+    viewer for half a second, so the result is shown in slices the event loop interleaves.
+    """
+    from qtpy.QtCore import QTimer
+
+    def next_step() -> None:
+        if not steps:
+            done()
+            return
+        try:
+            steps.pop(0)()
+        except Exception as exc:
+            failed(exc)
+            return
+        QTimer.singleShot(STEP_DELAY_MS, next_step)  # room for a repaint between layers
+
+    next_step()
+
+
+STEP_DELAY_MS = 20
+_GC_FROZEN = False
+
+
+def calm_gc() -> None:
+    """Collect once, then exempt everything alive (napari, Qt, torch: ~10^6 objects) from
+    the cyclic garbage collector (``gc.freeze``). Otherwise a full collection, triggered by
+    whichever thread allocates, holds the interpreter lock for 200-400 ms and the viewer
+    visibly freezes during jobs. Done once per process, when the first widget is built.
+    """
+    global _GC_FROZEN
+    if not _GC_FROZEN:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        _GC_FROZEN = True
+
+
+def warm_imports(*modules: str) -> None:
+    """Import engine modules in the GUI thread now: an import inside a worker thread holds
+    the interpreter lock for its whole duration and would freeze the viewer."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def start_job(func: Callable, state: JobState, on_result: Callable, what: str):
+    """Run ``func(progress)`` in a napari worker thread, tracking it in ``state``.
+
+    ``progress(stage, fraction)`` may be called from the worker; ``on_result`` runs in the
+    GUI thread with the return value and may return a list of further GUI steps (see
+    :func:`run_staged`); the job is ``done`` after the last. Exceptions become a napari
+    error notification.
+    """
+    from napari.qt.threading import create_worker
+
+    bridge = _Bridge(state)
+    state.message, state.stage, state.fraction = "", "starting", 0.0
+    state.status = RUNNING
+
+    def finish() -> None:
+        state.fraction = 1.0
+        state.status = DONE
+
+    def returned(result) -> None:
+        try:
+            steps = on_result(result)
+        except Exception as exc:  # showing the result failed: report, never crash the viewer
+            errored(exc)
+            return
+        run_staged(list(steps or []), finish, errored)
+
+    def errored(exc: BaseException) -> None:
+        state.message = notify_error(exc, what)
+        state.status = ERROR
+
+    worker = create_worker(func, bridge.progress.emit, _connect={"returned": returned, "errored": errored},
+                           _start_thread=False)
+    worker._gvsl_bridge = bridge  # keep the bridge alive as long as the worker
+    worker.start()
+    return worker
+
+
+class JobControls(QWidget):
+    """Run button, progress bar and status line bound to a ``JobState``."""
+
+    def __init__(self, state: JobState, run_text: str = "Run", parent=None):
+        super().__init__(parent)
+        from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout
+
+        self.state = state
+        self.run_button = QPushButton(run_text)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 100)
+        self.bar.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        state.events.fraction.connect(self._on_fraction)
+        state.events.stage.connect(self._on_text)
+        state.events.status.connect(self._on_text)
+        state.events.message.connect(self._on_text)
+
+    def _on_fraction(self, fraction: float) -> None:
+        try:
+            self.bar.setValue(int(round(100 * fraction)))
+        except RuntimeError:
+            pass
+
+    def _on_text(self, *_) -> None:
+        s = self.state
+        try:
+            self.run_button.setEnabled(s.status != RUNNING)
+            if s.status == RUNNING:
+                self.bar.setFormat(f"{s.stage} %p%")
+                self.status.setText(f"running: {s.stage}")
+            elif s.status == ERROR:
+                self.bar.setFormat("failed")
+                self.status.setText(f"<span style='color:#e06060'>error: {s.message}</span>")
+            elif s.status == DONE:
+                self.bar.setFormat("done")
+                self.status.setText("done")
+        except RuntimeError:
+            pass
+
+
+def random_model(width: int = 8, seed: int = 0):
+    """An untrained GVSL network (the "random init" baseline), seeded for repeatability."""
+    import torch
+
+    from models import GVSL, widths_from_base
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GVSL(widths=widths_from_base(width))

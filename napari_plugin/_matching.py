@@ -1,0 +1,179 @@
+"""Z-Matching widget: match a moving volume onto a fixed one and show every output as layers."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from gvsl_app.matching import match
+
+from ._common import (RANDOM, JobControls, LayerCombo, WeightsChooser, device_combo, notify_error, notify_info,
+                      calm_gc, random_model, start_job, warm_imports)
+from ._geometry import layer_geometry, volume_from_layer
+from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
+from ._state import JobState, shared_checkpoints
+
+WARPED, WARPED_LABELS = "warped moving", "warped labels"
+DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
+JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
+
+
+def displacement_vectors(result, per_axis: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors-layer data on a subsampled fixed grid, in the fixed volume's index units.
+
+    The field holds physical (x, y, z) mm; a layer with the fixed volume's geometry shows
+    index-space vectors mapped to mm, so each vector is ``M^-1 d`` with ``M`` the fixed
+    grid's index-to-physical matrix. Returns ``(data (N, 2, 3), magnitude_mm (N,))``.
+    """
+    field = result.displacement_mm
+    step = max(1, int(np.ceil(max(field.shape[:3]) / per_axis)))
+    grid = np.stack(np.meshgrid(*(np.arange(step // 2, n, step) for n in field.shape[:3]), indexing="ij"), -1)
+    pos = grid.reshape(-1, 3)
+    d_mm = field[pos[:, 0], pos[:, 1], pos[:, 2]].astype(np.float64)
+    m = result.fixed.index_to_physical_matrix()[:3, :3]
+    vec = np.linalg.solve(m, d_mm.T).T
+    return np.stack([pos.astype(np.float32), vec.astype(np.float32)], axis=1), np.linalg.norm(d_mm, axis=1)
+
+
+class MatchingWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = JobState()
+        self.result = None
+        self._worker = None
+        warm_imports("monai.metrics")
+        calm_gc()
+        v = napari_viewer
+        self.fixed = LayerCombo(v, Image, prefer=("fixed",))
+        self.moving = LayerCombo(v, Image, prefer=("moving",))
+        self.moving_labels = LayerCombo(v, Labels, optional=True, prefer=("moving",))
+        self.fixed_labels = LayerCombo(v, Labels, optional=True, prefer=("fixed",))
+        self.weights = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
+        self.device = device_combo()
+        self.size = QSpinBox()
+        self.size.setRange(16, 256)
+        self.size.setSingleStep(16)
+        self.size.setValue(96)
+        self.size.setSuffix(" voxels")
+        self.size.setToolTip("side of the working cube both volumes are resized to")
+        form = QFormLayout()
+        for label, w in (("fixed image", self.fixed), ("moving image", self.moving),
+                         ("moving labels", self.moving_labels), ("fixed labels", self.fixed_labels),
+                         ("weights", self.weights), ("device", self.device), ("working size", self.size)):
+            form.addRow(label, w)
+        self.controls = JobControls(self.state, "Run Z-Matching")
+        self.controls.run_button.clicked.connect(self.run)
+        self.report = QLabel("")
+        self.report.setWordWrap(True)
+        self.export_button = QPushButton("Export outputs…")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.controls)
+        lay.addWidget(self.report)
+        lay.addWidget(self.export_button)
+        lay.addStretch(1)
+
+    # -- running -------------------------------------------------------------------------
+    def run(self):
+        if self.state.running:
+            return None
+        fl, ml = self.fixed.layer(), self.moving.layer()
+        if fl is None or ml is None:
+            notify_error("choose a fixed and a moving image layer", "Z-Matching")
+            return None
+        mll, fll = self.moving_labels.layer(), self.fixed_labels.layer()
+        try:
+            fixed, moving = volume_from_layer(fl), volume_from_layer(ml)
+            mlv = volume_from_layer(mll, labels=True) if mll is not None else None
+            flv = volume_from_layer(fll, labels=True) if fll is not None else None
+        except Exception as exc:
+            notify_error(exc, "Z-Matching")
+            return None
+        weights, device, size = self.weights.value(), self.device.currentText(), self.size.value()
+        style = copy_label_style(mll) if mll is not None else {}
+        clim = tuple(ml.contrast_limits)
+        names = label_names_of(mll) if mll is not None else {}
+
+        def work(progress):
+            model = random_model() if weights == RANDOM else None
+            r = match(fixed, moving, weights=None if weights == RANDOM else weights, model=model, size=size,
+                      device=device, moving_labels=mlv, fixed_labels=flv, progress=progress)
+            return r, result_layers(r, clim, style)
+
+        self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names),
+                                 "Z-Matching")
+        return self._worker
+
+    # -- results -------------------------------------------------------------------------
+    def _show(self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict) -> list:
+        """Style the inputs and return one step per result layer (run across event-loop turns)."""
+        self.result = r
+        layers = self.viewer.layers
+        if fixed_name in layers:
+            layers[fixed_name].colormap = "green"
+            layers[fixed_name].blending = "additive"
+        if moving_name in layers:
+            layers[moving_name].visible = False
+        self.report.setText(report_html(r.report, names))
+        self.export_button.setEnabled(True)
+        return [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
+
+    def _export_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export Z-Matching outputs")
+        if folder:
+            self.export_to(folder)
+
+    def export_to(self, folder: str):
+        if self.result is None:
+            notify_error("run Z-Matching first", "Export")
+            return None
+        try:
+            out = self.result.save(folder)
+        except Exception as exc:
+            notify_error(exc, "Export")
+            return None
+        notify_info(f"Z-Matching outputs written to {out}")
+        return out
+
+
+def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None = None) -> list[tuple]:
+    """Layer data of every matching output (computed in the worker, added in the GUI thread)."""
+    geo = layer_geometry(r.fixed)
+    out = [image_layer_data(r.warped, WARPED, colormap="magenta", blending="additive",
+                            **({"contrast_limits": moving_clim} if moving_clim else {}))]
+    if r.warped_labels is not None:
+        out.append(labels_layer_data(r.warped_labels, WARPED_LABELS, **(label_style or {})))
+    mag = np.linalg.norm(r.displacement_mm, axis=-1)
+    out.append(image_layer_data(r.fixed.with_array(mag), MAGNITUDE, colormap="inferno",
+                                contrast_limits=(0.0, max(float(mag.max()), 1e-3)), visible=False))
+    out.append(image_layer_data(r.jacobian, JACOBIAN, colormap="PiYG", contrast_limits=(0.0, 2.0), visible=False))
+    folding = r.fixed.with_array((r.jacobian.array <= 0).astype(np.uint8))
+    out.append(labels_layer_data(folding, FOLDING, {1: "folding"}, {1: (255, 40, 40)}, opacity=0.9))
+    data, magnitude = displacement_vectors(r)
+    out.append((data, {"name": DISPLACEMENT, **geo, "features": {"magnitude_mm": magnitude},
+                       "edge_color": "magnitude_mm", "edge_colormap": "viridis", "edge_width": 0.4,
+                       "length": 1.0, "vector_style": "arrow"}, "vectors"))
+    return out
+
+
+def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
+    """The matching report as a compact table (NCC, Dice, folding, displacement, time)."""
+    names = names or {}
+    rows = [("NCC", f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}")]
+    if rep.get("mean_dice_after") is not None:
+        rows.append(("mean Dice", f"{rep['mean_dice_before']:.4f} → {rep['mean_dice_after']:.4f}"))
+    rows.append(("folding", f"{rep['folding_percent']:.3f} % (det J min {rep['jacobian_min']:.3f})"))
+    rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
+    sec = rep.get("seconds", {})
+    rows.append(("time", f"{sec.get('total_s', 0):.2f} s on {rep.get('device', '?')} "
+                         f"(network {sec.get('network_s', 0):.2f} s)"))
+    for key, after in (rep.get("dice_after") or {}).items():
+        name = names.get(int(key), f"label {key}")
+        rows.append((f"Dice {name}", f"{rep['dice_before'][key]:.3f} → {after:.3f}"))
+    body = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"

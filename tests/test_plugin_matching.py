@@ -1,0 +1,134 @@
+"""Z-Matching widget: the real flow in a worker thread, result layers, export, errors, responsiveness."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from gui_conftest import cardiac_viewer, gvsl_ckpt, notifications, rotated, seg_ckpt, small_samples  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+def _widget(viewer, ckpt, size=32):
+    from napari_plugin._matching import MatchingWidget
+
+    w = MatchingWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Z-Matching")
+    w.weights.add_path(str(ckpt))
+    w.device.setCurrentText("cpu")
+    w.size.setValue(size)
+    return w
+
+
+def _run(qtbot, w, timeout=120_000):
+    qtbot.mouseClick(w.controls.run_button, qtbot_button())
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=timeout)
+    qtbot.waitUntil(lambda: w._worker is None or not w._worker.is_running, timeout=10_000)
+
+
+def qtbot_button():
+    from qtpy.QtCore import Qt
+
+    return Qt.LeftButton
+
+
+def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tmp_path):
+    from napari_plugin import _matching as m
+
+    viewer = cardiac_viewer
+    w = _widget(viewer, gvsl_ckpt)
+    assert w.fixed.currentText() == "cardiac fixed" and w.moving.currentText() == "cardiac moving"
+    assert w.moving_labels.currentText() == "cardiac moving labels"
+    assert w.fixed_labels.currentText() == "cardiac fixed labels"
+    _run(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    rep = w.result.report
+    fixed = viewer.layers["cardiac fixed"]
+    for name in (m.WARPED, m.WARPED_LABELS, m.DISPLACEMENT, m.MAGNITUDE, m.JACOBIAN, m.FOLDING):
+        layer = viewer.layers[name]
+        np.testing.assert_allclose(layer._data_to_world.affine_matrix, fixed._data_to_world.affine_matrix, atol=1e-9)
+    warped = viewer.layers[m.WARPED]
+    assert warped.data.shape == fixed.data.shape and warped.blending == "additive"
+    assert fixed.colormap.name == "green" and warped.colormap.name == "magenta"
+    assert not viewer.layers["cardiac moving"].visible
+    np.testing.assert_array_equal(viewer.layers[m.WARPED_LABELS].data, w.result.warped_labels.array)
+    assert "LV" in set(viewer.layers[m.WARPED_LABELS].features["name"])
+    vec = viewer.layers[m.DISPLACEMENT]
+    assert vec.data.ndim == 3 and vec.data.shape[1:] == (2, 3) and 100 < len(vec.data) < 5000
+    np.testing.assert_array_equal(viewer.layers[m.FOLDING].data, (w.result.jacobian.array <= 0).astype(np.uint8))
+    text = w.report.text()
+    assert f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}" in text
+    assert f"{rep['mean_dice_before']:.4f} → {rep['mean_dice_after']:.4f}" in text
+    assert f"{rep['folding_percent']:.3f} %" in text and "Dice Myocardium" in text
+
+    # Running again updates the same layers instead of adding new ones.
+    n_layers, warped_id = len(viewer.layers), id(warped)
+    warped.visible = False  # a user choice that an update keeps
+    _run(qtbot, w)
+    assert w.state.status == "done"
+    assert len(viewer.layers) == n_layers and id(viewer.layers[m.WARPED]) == warped_id
+    assert not viewer.layers[m.WARPED].visible
+
+    out = w.export_to(str(tmp_path / "export"))
+    for f in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
+              "report.json"):
+        assert (out / f).is_file(), f
+
+
+def test_displacement_vectors_are_physical_on_oblique_grids(make_napari_viewer):
+    """A constant physical displacement must appear as that displacement in world mm."""
+    from types import SimpleNamespace
+
+    from gvsl_app.volume import Volume
+    from napari_plugin._geometry import layer_geometry
+    from napari_plugin._matching import displacement_vectors
+
+    fixed = rotated(Volume(np.zeros((20, 24, 28), np.float32), spacing=(0.9, 1.4, 2.2)), 35.0)
+    d_xyz = np.array([3.0, -2.0, 1.5])
+    res = SimpleNamespace(fixed=fixed, displacement_mm=np.broadcast_to(d_xyz, (*fixed.shape, 3)).astype(np.float32))
+    data, mag = displacement_vectors(res)
+    np.testing.assert_allclose(mag, np.linalg.norm(d_xyz), rtol=1e-5)
+    viewer = make_napari_viewer()
+    layer = viewer.add_vectors(data, **layer_geometry(fixed))
+    start = layer._data_to_world(data[5, 0])
+    end = layer._data_to_world(data[5, 0] + data[5, 1])
+    np.testing.assert_allclose(end - start, d_xyz[::-1], atol=1e-4)
+
+
+def test_matching_error_becomes_notification(qtbot, cardiac_viewer, seg_ckpt, notifications):
+    w = _widget(cardiac_viewer, seg_ckpt)
+    n_layers = len(cardiac_viewer.layers)
+    _run(qtbot, w)
+    assert w.state.status == "error"
+    assert "segmentation checkpoint" in w.state.message
+    assert any("segmentation checkpoint" in msg for msg in notifications)
+    assert len(cardiac_viewer.layers) == n_layers and w.controls.run_button.isEnabled()
+
+
+def test_matching_without_layers_is_a_notification(make_napari_viewer, gvsl_ckpt, notifications):
+    w = _widget(make_napari_viewer(), gvsl_ckpt)
+    assert w.run() is None
+    assert any("choose a fixed and a moving image layer" in msg for msg in notifications)
+
+
+def test_gui_stays_responsive_while_matching(qtbot, cardiac_viewer, gvsl_ckpt):
+    from qtpy.QtCore import QTimer
+
+    w = _widget(cardiac_viewer, gvsl_ckpt, size=48)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    qtbot.wait(500)  # let the viewer finish its first paint before measuring
+    t0 = time.perf_counter()
+    _run(qtbot, w)  # the job, and the result layers added afterwards in the GUI thread
+    qtbot.wait(50)
+    timer.stop()
+    assert w.state.status == "done", w.state.message
+    gaps = np.diff([t for t in beats if t >= t0])
+    print(f"heartbeat while matching: {len(beats)} beats, worst gap {gaps.max() * 1000:.1f} ms, "
+          f"median {np.median(gaps) * 1000:.1f} ms")
+    assert gaps.max() < 0.25
