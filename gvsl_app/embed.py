@@ -10,9 +10,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models import GVSL, resolve_device
 
+from .io import geometry_differences
 from .preprocess import normalise, resize_array
 from .volume import Volume
 from .weights import load_gvsl
@@ -44,7 +46,13 @@ class EmbedResult:
 
 
 def sample_voxels(labels: np.ndarray, per_label: int, seed: int) -> np.ndarray:
-    """Up to ``per_label`` random voxel indices ``(n, 3)`` of each non-zero label (balanced)."""
+    """Up to ``per_label`` random voxel indices ``(n, 3)`` of each non-zero label (balanced).
+
+    Labels come in increasing order, each drawn without replacement with one seeded
+    generator, so the same (labels, per_label, seed) always gives the same voxels.
+    """
+    if per_label < 1:
+        raise ValueError(f"per_label must be >= 1, got {per_label}")
     rng = np.random.default_rng(seed)
     picks = []
     for value in np.unique(labels):
@@ -67,6 +75,20 @@ def local_features(model: GVSL, image: np.ndarray, size: int, device: torch.devi
     return f[0].float().cpu().numpy()
 
 
+@torch.no_grad()
+def features_at(features: np.ndarray, voxels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Features ``(n, C)`` at input-grid voxels ``(n, 3)``, read trilinearly from a working cube.
+
+    The working cube spans the input grid with aligned corners (as ``resize_array`` does),
+    so input voxel ``i`` on an axis of ``n`` voxels sits at ``i / (n - 1)`` of the cube.
+    """
+    f = torch.from_numpy(np.ascontiguousarray(features))[None]  # (1, C, D, H, W)
+    pos = np.asarray(voxels, dtype=np.float64) / np.maximum(np.asarray(shape, dtype=np.float64) - 1, 1)
+    grid = torch.from_numpy((pos * 2 - 1)[:, ::-1].copy()).float().view(1, -1, 1, 1, 3)  # (x, y, z) order
+    out = F.grid_sample(f, grid, mode="bilinear", align_corners=True)  # (1, C, n, 1, 1)
+    return out[0, :, :, 0, 0].T.numpy()
+
+
 def tsne_2d(features: np.ndarray, seed: int, perplexity: float = 30.0) -> np.ndarray:
     """openTSNE (FFT-accelerated) 2D embedding of standardised features."""
     from openTSNE import TSNE
@@ -82,15 +104,20 @@ def embed(image: Volume, labels: Volume, *, weights: str | os.PathLike | None = 
           progress: Callable[[str, float], None] | None = None) -> EmbedResult:
     """Embed the local features of labelled voxels with t-SNE and score their clustering.
 
-    Features are computed on a ``size^3`` working cube and read at the sampled voxels'
-    positions; the silhouette score of the labels is reported in feature space and in
-    the 2D map (scikit-learn).
+    Features are computed on a ``size^3`` working cube and read (trilinearly) at the
+    sampled voxels' positions; the silhouette score of the labels is reported in feature
+    space and in the 2D map (scikit-learn), ``None`` when only one label is present.
+    ``labels`` must lie on ``image``'s grid (shape, spacing, origin, direction), else
+    ``ValueError``.
     """
     from sklearn.metrics import silhouette_score
 
     say = progress or (lambda s, f: None)
-    if labels.shape != image.shape:
-        raise ValueError(f"labels {labels.source} have shape {labels.shape}, image {image.source} has {image.shape}")
+    diffs = geometry_differences(labels, image)
+    if diffs:
+        raise ValueError(f"labels {labels.source or '(in memory)'} do not lie on the grid of image "
+                         f"{image.source or '(in memory)'}: " + "; ".join(diffs))
+    vox = sample_voxels(np.asarray(labels.array), per_label, seed)
     dev = resolve_device(device)
     t0 = time.perf_counter()
     say("features", 0.1)
@@ -98,10 +125,7 @@ def embed(image: Volume, labels: Volume, *, weights: str | os.PathLike | None = 
     if model is None:
         model, info = load_gvsl(weights, dev)
     feats = local_features(model, normalise(image), size, dev)
-    vox = sample_voxels(np.asarray(labels.array), per_label, seed)
-    scale = np.array([(size - 1) / max(n - 1, 1) for n in image.shape])
-    w = np.rint(vox * scale).astype(int)
-    x = feats[:, w[:, 0], w[:, 1], w[:, 2]].T
+    x = features_at(feats, vox, image.shape)
     lab = np.asarray(labels.array)[tuple(vox.T)]
     t1 = time.perf_counter()
     say("t-SNE", 0.4)
@@ -109,7 +133,8 @@ def embed(image: Volume, labels: Volume, *, weights: str | os.PathLike | None = 
     t2 = time.perf_counter()
     multi = len(np.unique(lab)) > 1
     report = {"image": image.source, "labels": labels.source, "weights": info, "n_points": int(len(lab)),
-              "per_label": per_label, "seed": seed, "working_size": size,
+              "per_label": per_label, "seed": seed, "working_size": size, "feature_dim": int(x.shape[1]),
+              "points_per_label": {str(int(v)): int(c) for v, c in zip(*np.unique(lab, return_counts=True))},
               "silhouette_features": float(silhouette_score(x, lab)) if multi else None,
               "silhouette_2d": float(silhouette_score(xy, lab)) if multi else None,
               "seconds": {"features_s": t1 - t0, "tsne_s": t2 - t1}}
