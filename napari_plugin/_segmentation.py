@@ -1,0 +1,108 @@
+"""Segmentation widget: run a fine-tuned checkpoint on an image layer; Dice and volume table."""
+from __future__ import annotations
+
+from napari.layers import Image, Labels
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+from gvsl_app.segment import segment
+
+from ._common import (JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error, start_job,
+                      warm_imports)
+from ._geometry import volume_from_layer
+from ._layers import label_rgba, labels_layer_data, upsert_layer
+from ._state import JobState, shared_checkpoints
+
+COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
+
+
+def result_name(image_name: str) -> str:
+    return f"{image_name} segmentation"
+
+
+class SegmentationWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = JobState()
+        self.result = None
+        self._worker = None
+        warm_imports("monai.inferers", "monai.metrics")
+        calm_gc()
+        v = napari_viewer
+        self.image = LayerCombo(v, Image)
+        self.reference = LayerCombo(v, Labels, optional=True)
+        self.weights = WeightsChooser(shared_checkpoints(v), "seg")
+        self.device = device_combo()
+        form = QFormLayout()
+        form.addRow("image", self.image)
+        form.addRow("ground truth", self.reference)
+        form.addRow("checkpoint", self.weights)
+        form.addRow("device", self.device)
+        self.controls = JobControls(self.state, "Segment")
+        self.controls.run_button.clicked.connect(self.run)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
+        self.summary = QLabel("")
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.controls)
+        lay.addWidget(self.table, 1)
+        lay.addWidget(self.summary)
+
+    def run(self):
+        if self.state.running:
+            return None
+        il, rl = self.image.layer(), self.reference.layer()
+        if il is None:
+            notify_error("choose an image layer", "Segmentation")
+            return None
+        try:
+            image = volume_from_layer(il)
+            ref = volume_from_layer(rl, labels=True) if rl is not None else None
+        except Exception as exc:
+            notify_error(exc, "Segmentation")
+            return None
+        weights, device, name = self.weights.value(), self.device.currentText(), result_name(il.name)
+
+        def work(progress):
+            progress("segmenting", 0.1)
+            res = segment(image, weights, device=device, reference=ref)
+            names = {int(k): v for k, v in res.report.get("label_names", {}).items()}
+            progress("layers", 0.9)
+            return res, labels_layer_data(res.labels, name, names or None, opacity=0.6)
+
+        self._worker = start_job(work, self.state, lambda out: self._show(*out), "Segmentation")
+        return self._worker
+
+    def _show(self, res, layer_data) -> list:
+        self.result = res
+        return [lambda: self._fill_table(upsert_layer(self.viewer, layer_data), res.report)]
+
+    def _fill_table(self, layer, rep: dict) -> None:
+        names = rep.get("label_names", {})
+        vols, ref_vols, dice = rep.get("volume_ml", {}), rep.get("reference_volume_ml", {}), rep.get("dice", {})
+        keys = sorted({*names, *vols, *dice}, key=int)
+        self.table.setRowCount(len(keys))
+        for row, key in enumerate(keys):
+            cells = (names.get(key, f"label {key}"), _fmt(vols.get(key, 0.0), 2),
+                     _fmt(ref_vols.get(key), 2), _fmt(dice.get(key), 3))
+            for col, text in enumerate(cells):
+                self.table.setItem(row, col, QTableWidgetItem(text))
+            rgba = label_rgba(layer, int(key))
+            self.table.item(row, 0).setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
+        secs = rep.get("seconds", 0.0)
+        secs = secs.get("total_s", 0.0) if isinstance(secs, dict) else float(secs)
+        found = sum(1 for v in vols.values() if v > 0)
+        if "mean_dice" in rep:
+            self.summary.setText(f"mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; "
+                                 f"{secs:.1f} s on {rep.get('device')}")
+        else:
+            self.summary.setText(f"{found} structures found; {secs:.1f} s on {rep.get('device')} "
+                                 "(choose a ground-truth layer for Dice)")
+
+
+def _fmt(value, digits: int) -> str:
+    return "" if value is None else f"{float(value):.{digits}f}"
