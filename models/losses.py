@@ -16,19 +16,30 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
     with torch.autocast(device_type=a.device.type, enabled=False):
         a, b = a.float(), b.float()
         c = a.shape[1]
-        # One grouped box-filter convolution for the five local sums; zero padding with an
-        # explicit count keeps borders and sides smaller than the window exact.
         stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
-        kernel = torch.ones(5 * c, 1, window, window, window, device=a.device, dtype=a.dtype)
-        sums = F.conv3d(stack, kernel, padding=window // 2, groups=5 * c)
         ones = torch.ones(1, 1, *a.shape[2:], device=a.device, dtype=a.dtype)
-        count = F.conv3d(ones, kernel[:1], padding=window // 2)
+        # Box means as three 1D passes (27 instead of 729 multiply-adds per voxel for a 9^3
+        # window); zero padding with an explicit count keeps borders and small sides exact.
+        sums, count = _box_sum(stack, window), _box_sum(ones, window)
         mu_a, mu_b, m_aa, m_bb, m_ab = (sums / count).split(c, dim=1)
         var_a = (m_aa - mu_a * mu_a).clamp_min(0)
         var_b = (m_bb - mu_b * mu_b).clamp_min(0)
         cov = m_ab - mu_a * mu_b
         cc = cov * cov / (var_a * var_b + eps)
         return -cc.mean()
+
+
+def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Sum over a ``window^3`` neighbourhood (zero padded), as separable 1D convolutions."""
+    ch, pad = x.shape[1], window // 2
+    k = torch.ones(ch, 1, window, device=x.device, dtype=x.dtype)
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = window
+        pads = [0, 0, 0]
+        pads[axis] = pad
+        x = F.conv3d(x, k.view(ch, 1, *shape), padding=tuple(pads), groups=ch)
+    return x
 
 
 def smoothness(displacement: torch.Tensor) -> torch.Tensor:
