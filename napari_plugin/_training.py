@@ -1,0 +1,270 @@
+"""Training widget: launch, follow, stop, resume or attach to a pre-training / fine-tuning run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from gvsl_app.config import VARIANTS
+
+from ._common import calm_gc, device_combo, notify_error, notify_info
+from ._scatter import LossPlot
+from ._state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
+from ._training_job import TrainingJob, TrainingSpec, resume_command, run_kind
+
+TASKS = {"pre-training (GVSL)": "pretrain", "fine-tune: segmentation": "seg", "fine-tune: classification": "cls"}
+POLL_MS = 500
+
+
+def _spin(lo: int, hi: int, value: int) -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setValue(value)
+    return s
+
+
+def _path_row(edit: QLineEdit, pick) -> QHBoxLayout:
+    row = QHBoxLayout()
+    button = QPushButton("…")
+    button.setMaximumWidth(30)
+    button.clicked.connect(pick)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class _CloseWatcher(QObject):
+    """Stops the job when the viewer window closes (the dock widget may outlive it briefly)."""
+
+    def __init__(self, holder: dict):
+        super().__init__()
+        self._holder = holder
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Close:
+            _shutdown(self._holder)
+        return False
+
+
+def _shutdown(holder: dict) -> None:
+    job = holder.get("job")
+    if job is not None:
+        job.shutdown()
+
+
+class TrainingWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = TrainingState()
+        self._holder: dict = {"job": None}  # shared with the close hooks, which must not hold `self`
+        calm_gc()
+        self.task = QComboBox()
+        self.task.addItems(list(TASKS))
+        self.variant = QComboBox()
+        self.variant.addItems(list(VARIANTS))
+        self.synthetic = QCheckBox("synthetic cardiac generator")
+        self.synthetic.setChecked(True)
+        self.data = QLineEdit()
+        self.data.setPlaceholderText("folder with images/ (and labels/ for fine-tuning)")
+        self.init = QLineEdit("scratch")
+        self.linear = QCheckBox("linear probe (frozen backbone)")
+        self.size, self.width, self.iters = _spin(16, 512, 64), _spin(1, 64, 8), _spin(1, 10_000_000, 1000)
+        self.workers = _spin(0, 32, 2)
+        self.n_synthetic = _spin(2, 10_000, 16)
+        self.n_synthetic.setToolTip("subjects the synthetic generator makes")
+        self.device = device_combo()
+        self.run_dir = QLineEdit(str(Path.home() / "gvsl-runs" / time.strftime("run-%Y%m%d-%H%M%S")))
+        form = QFormLayout()
+        form.addRow("task", self.task)
+        form.addRow("variant", self.variant)
+        form.addRow("data", self.synthetic)
+        form.addRow("", _path_row(self.data, lambda: self._pick_dir(self.data, "Data folder")))
+        form.addRow("init", _path_row(self.init, self._pick_init))
+        form.addRow("", self.linear)
+        for label, w in (("size", self.size), ("width", self.width), ("iterations", self.iters),
+                         ("device", self.device), ("loader workers", self.workers),
+                         ("synthetic subjects", self.n_synthetic)):
+            form.addRow(label, w)
+        form.addRow("run folder", _path_row(self.run_dir, lambda: self._pick_dir(self.run_dir, "Run folder")))
+        self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
+        self.resume_button, self.attach_button = QPushButton("Resume"), QPushButton("Attach…")
+        self.use_button = QPushButton("Use this checkpoint in the other widgets")
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.stop_button, self.resume_button, self.attach_button):
+            buttons.addWidget(b)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.attach_button.clicked.connect(self._attach_dialog)
+        self.use_button.clicked.connect(self.use_checkpoint)
+        self.bar = QProgressBar()
+        self.status = QLabel("no run")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot(self)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.use_button)
+        self.task.currentTextChanged.connect(self._on_task)
+        self.synthetic.toggled.connect(self._on_synthetic)
+        self.data.setEnabled(False)
+        self._on_task()
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        for name in ("status", "iteration", "total", "eta_s", "message"):
+            getattr(self.state.events, name).connect(self._render)
+        self._render()
+        holder = self._holder
+        self.destroyed.connect(lambda *_: _shutdown(holder))
+        self._watcher = _CloseWatcher(holder)
+        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
+        if qt_window is not None:
+            qt_window.installEventFilter(self._watcher)
+
+    @property
+    def job(self) -> TrainingJob | None:
+        return self._holder["job"]
+
+    # -- form ------------------------------------------------------------------------------
+    def _on_task(self, *_) -> None:
+        pre = TASKS[self.task.currentText()] == "pretrain"
+        self.variant.setEnabled(pre)
+        self.init.setEnabled(not pre)
+        self.linear.setEnabled(not pre)
+
+    def _on_synthetic(self, on: bool) -> None:
+        self.data.setEnabled(not on)
+        self.n_synthetic.setEnabled(on)
+
+    def _pick_dir(self, edit: QLineEdit, title: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, title, edit.text())
+        if folder:
+            edit.setText(folder)
+
+    def _pick_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Initial checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)")
+        if path:
+            self.init.setText(path)
+
+    def spec(self) -> TrainingSpec:
+        return TrainingSpec(task=TASKS[self.task.currentText()], run=self.run_dir.text().strip(),
+                            data="synthetic:cardiac" if self.synthetic.isChecked() else self.data.text().strip(),
+                            variant=self.variant.currentText(), init=self.init.text().strip() or "scratch",
+                            linear=self.linear.isChecked(), size=self.size.value(), width=self.width.value(),
+                            iters=self.iters.value(), device=self.device.currentText(), workers=self.workers.value(),
+                            n_synthetic=self.n_synthetic.value())
+
+    # -- actions ---------------------------------------------------------------------------
+    def _begin(self, job: TrainingJob) -> TrainingJob | None:
+        old = self.job
+        if old is not None and old.alive:
+            notify_error("a run is in progress; stop it first", "Training")
+            return None
+        self._holder["job"] = job
+        self.plot.clear()
+        try:
+            job.start()
+        except OSError as exc:
+            notify_error(exc, "Training")
+            return None
+        self.poll()
+        self.timer.start()
+        return job
+
+    def start(self) -> TrainingJob | None:
+        spec = self.spec()
+        if not spec.run:
+            notify_error("choose a run folder", "Training")
+            return None
+        if (Path(spec.run) / "config.yaml").exists():
+            notify_error(f"{spec.run} already holds a run; press Resume to continue it or choose a new folder",
+                         "Training")
+            return None
+        if not spec.data:
+            notify_error("choose a data folder or the synthetic generator", "Training")
+            return None
+        return self._begin(TrainingJob(spec.run, self.state, spec.commands(), total=spec.iters))
+
+    def resume(self) -> TrainingJob | None:
+        run = self.run_dir.text().strip()
+        try:
+            cmd = resume_command(run)
+        except FileNotFoundError as exc:
+            notify_error(exc, "Training")
+            return None
+        return self._begin(TrainingJob(run, self.state, [cmd]))
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.stop()
+
+    def _attach_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Attach to a run folder")
+        if folder:
+            self.attach(folder)
+
+    def attach(self, folder: str) -> TrainingJob | None:
+        p = Path(folder)
+        if not (p / "config.yaml").is_file() and not (p / "metrics.jsonl").is_file():
+            notify_error(f"{folder}: not a run folder (no config.yaml or metrics.jsonl)", "Training")
+            return None
+        self.run_dir.setText(str(p))
+        return self._begin(TrainingJob(p, self.state))
+
+    def use_checkpoint(self) -> str | None:
+        job = self.job
+        ckpt = job.checkpoint() if job is not None else None
+        if ckpt is None:
+            notify_error("this run has no checkpoint yet", "Training")
+            return None
+        kind = run_kind(job.run.path)
+        shared = shared_checkpoints(self.viewer)
+        if kind == "gvsl":
+            shared.gvsl = str(ckpt)
+            notify_info(f"{ckpt} selected in the Z-Matching and Feature clusters widgets")
+        elif kind == "seg":
+            shared.seg = str(ckpt)
+            notify_info(f"{ckpt} selected in the Segmentation widget")
+        else:
+            notify_error("a classification checkpoint has no use in the viewer widgets", "Training")
+            return None
+        return str(ckpt)
+
+    # -- following -------------------------------------------------------------------------
+    def poll(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        if job.poll():
+            self.plot.update_curves(job.history)
+        if self.state.status in (DONE, STOPPED, ERROR):
+            self.timer.stop()
+            if self.state.status == ERROR:
+                notify_error(self.state.message, "Training")
+
+    def _render(self, *_) -> None:
+        s = self.state
+        try:
+            busy = s.active
+            self.start_button.setEnabled(not busy)
+            self.resume_button.setEnabled(not busy)
+            self.attach_button.setEnabled(not busy)
+            self.stop_button.setEnabled(self.job is not None and self.job.alive)
+            self.bar.setRange(0, max(s.total, 1))
+            self.bar.setValue(min(s.iteration, max(s.total, 1)))
+            eta = f" · {s.sec_per_step:.2f} s/it · ETA {format_seconds(s.eta_s)}" if s.status == "running" else ""
+            self.bar.setFormat(f"{s.iteration}/{s.total}{eta}")
+            text = f"{s.status}: {s.run_dir}" if s.run_dir else "no run"
+            if s.message and s.status == ERROR:
+                text += f"<br><span style='color:#e06060'>{s.message}</span>"
+            self.status.setText(text)
+        except RuntimeError:
+            pass

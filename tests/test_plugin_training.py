@@ -1,0 +1,182 @@
+"""Training widget: a real (tiny) run as a child process, live metrics, stop/resume, attach, no orphans."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from gui_conftest import notifications  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_children(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the child trains on one of the two shared cores
+
+
+def _widget(viewer, run_dir, iters=400):
+    from napari_plugin._training import TrainingWidget
+
+    w = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Training")
+    w.run_dir.setText(str(run_dir))
+    w.size.setValue(32)
+    w.width.setValue(8)
+    w.iters.setValue(iters)
+    w.workers.setValue(0)
+    w.n_synthetic.setValue(2)
+    w.device.setCurrentText("cpu")
+    return w
+
+
+def _click(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button, Qt.LeftButton)
+
+
+def test_training_run_progress_stop_resume_and_use_checkpoint(qtbot, make_napari_viewer, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    from napari_plugin._matching import MatchingWidget
+    from napari_plugin._state import shared_checkpoints
+
+    viewer = make_napari_viewer()
+    run = tmp_path / "run"
+    w = _widget(viewer, run)
+    matching = MatchingWidget(viewer)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    _click(qtbot, w.start_button)
+    assert w.job is not None and w.job.alive
+    cmd = " ".join(w.job.proc.args)
+    assert "napari_plugin._child pretrain --data synthetic:cardiac --variant gvsl" in cmd and "--size 32" in cmd
+    qtbot.waitUntil(lambda: w.state.iteration >= 2, timeout=240_000)
+    timer.stop()
+    gaps = np.diff(beats)
+    print(f"heartbeat while training: {len(beats)} beats, worst gap {gaps.max() * 1000:.1f} ms")
+    assert gaps.max() < 0.25
+    assert w.state.status == "running" and w.state.total == 400
+    assert "ETA" in w.bar.format() and w.bar.value() == w.state.iteration
+    assert {"ncc", "smooth", "mse", "loss"} <= set(w.job.history)
+    assert {line.get_label() for line in w.plot.ax.get_lines()} >= {"ncc", "smooth", "mse", "loss"}
+
+    _click(qtbot, w.stop_button)
+    qtbot.waitUntil(lambda: w.state.status == "stopped", timeout=120_000)
+    stopped_at = json.loads((run / "report.json").read_text())["iteration"]
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert json.loads((run / "report.json").read_text())["status"] == "stopped"
+    assert 2 <= stopped_at < 400
+
+    # Start is refused on a folder that holds a run; Resume continues it.
+    assert w.start() is None
+    _click(qtbot, w.resume_button)
+    assert "--resume" in w.job.proc.args
+    qtbot.waitUntil(lambda: w.state.iteration > stopped_at, timeout=240_000)
+    _click(qtbot, w.stop_button)
+    qtbot.waitUntil(lambda: w.state.status == "stopped", timeout=120_000)
+    assert json.loads((run / "report.json").read_text())["iteration"] > stopped_at
+
+    path = w.use_checkpoint()
+    assert path is not None and path.endswith(".pt")
+    assert shared_checkpoints(viewer).gvsl == path
+    assert matching.weights.value() == path
+
+
+def test_closing_the_viewer_leaves_no_orphan(qtbot, make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    run = tmp_path / "run"
+    w = _widget(viewer, run, iters=1000)
+    job = w.start()
+    qtbot.waitUntil(lambda: w.state.iteration >= 1, timeout=240_000)
+    proc = job.proc
+    viewer.close()
+    assert proc.poll() is not None  # shutdown waited for the child
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_attach_follows_a_run_started_elsewhere(qtbot, make_napari_viewer, tmp_path):
+    run = tmp_path / "cluster_run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": "x", "variant": "gvsl", "iters": 6}))
+    viewer = make_napari_viewer()
+    w = _widget(viewer, tmp_path / "unused")
+    w.attach(str(run))
+    assert w.state.status == "following" and w.state.total == 6
+    with open(run / "metrics.jsonl", "a") as fh:
+        for i in range(1, 5):
+            fh.write(json.dumps({"iteration": i, "ncc": -0.1 * i, "smooth": 0.01, "mse": 0.2, "loss": 0.1,
+                                 "sec_per_step": 2.0}) + "\n")
+        fh.write('{"iteration": 5, "ncc"')  # a line being written: not read yet
+    qtbot.waitUntil(lambda: w.state.iteration == 4, timeout=10_000)
+    assert w.state.eta_s == pytest.approx(4.0) and w.job.history["ncc"][1] == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(': -0.5, "loss": 0.0, "sec_per_step": 2.0}\n')
+        fh.write(json.dumps({"iteration": 6, "event": "validate", "val_ncc": -0.6}) + "\n")
+    (run / "report.json").write_text(json.dumps({"status": "done", "iteration": 6}))
+    qtbot.waitUntil(lambda: w.state.status == "done", timeout=10_000)
+    assert w.state.iteration == 6 and w.job.history["val_ncc"] == ([6], [-0.6])
+    assert w.job.proc is None  # nothing to stop: the run belongs to another process
+
+
+def test_failed_run_shows_the_engine_error(qtbot, make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    w = _widget(viewer, tmp_path / "ft")
+    w.task.setCurrentText("fine-tune: segmentation")
+    w.synthetic.setChecked(False)
+    w.data.setText(str(tmp_path / "no_such_data"))
+    w.start()
+    qtbot.waitUntil(lambda: w.state.status == "error", timeout=120_000)
+    assert "no_such_data" in w.state.message
+    assert any(m.startswith("Training:") and "no_such_data" in m for m in notifications)
+    w.attach(str(tmp_path / "empty"))
+    assert any("not a run folder" in m for m in notifications)
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_child_stops_when_the_gui_process_dies(tmp_path):
+    """Even a killed GUI leaves no orphan: the child gets SIGTERM and saves its checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from napari_plugin._training_job import TrainingSpec
+
+    run = tmp_path / "run"
+    spec = TrainingSpec(run=str(run), size=32, width=8, iters=1000, device="cpu", workers=0, n_synthetic=2)
+    (cmd,) = spec.commands()
+    gui = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        f"p = subprocess.Popen({cmd!r}, env={{**os.environ, 'GVSL_GUI_PID': str(os.getpid())}})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    child = int(gui.stdout.readline())
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.5)
+    assert (run / "metrics.jsonl").is_file()
+    gui.send_signal(signal.SIGKILL)
+    gui.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{child}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] == "Z"
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not gone():
+        time.sleep(0.5)
+    assert gone()
+    assert (run / "checkpoints" / "last.pt").is_file()
