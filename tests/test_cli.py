@@ -1,0 +1,149 @@
+"""The ``gvsl`` command line end to end, in subprocesses, on real files.
+
+Every command starts a fresh Python that imports torch (several seconds on the 2-core
+machines), so the data folder is written once per module and each command runs once.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import models
+from gvsl_app.io import read_labels, read_volume
+from models.downstream import SegmentationNet
+
+GVSL_CLI = [sys.executable, "-m", "gvsl_app.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gvsl(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([*GVSL_CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def ok(proc):
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "D"
+    proc = ok(gvsl("sample", "cardiac", "--out", d, "--n", 3, "--seed", 1))
+    assert "3 cardiac" in proc.stdout
+    return d
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    w = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    m = models.GVSL(widths=models.DEMO_WIDTHS)
+    with torch.no_grad():  # a visibly non-identity map, so the outputs are not trivially the input
+        m.affine_head.translation.bias.copy_(torch.tensor([0.3, -0.2, 0.25]))
+    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()},
+               w / "gvsl.pt")
+    s = SegmentationNet(8, models.DEMO_WIDTHS)
+    # one 96^3 window covers a whole sample volume (many 32^3 windows take ~20 s on 2 busy cores)
+    torch.save({"format": "gvsl-studio", "kind": "segmentation", "model_config": s.config(), "model": s.state_dict(),
+                "preprocess": {"size": 96}, "label_names": {1: "LV"}}, w / "seg.pt")
+    return w
+
+
+def test_sample_writes_readable_images_and_labels(data):
+    images = sorted((data / "images").glob("*.nii.gz"))
+    labels = sorted((data / "labels").glob("*.nii.gz"))
+    assert [p.name for p in images] == [p.name for p in labels] and len(images) == 3
+    for im, lb in zip(images, labels):
+        image = read_volume(im)
+        lab = read_labels(lb, image)  # also checks that the labels lie on the image grid
+        assert image.array.ndim == 3 and image.array.std() > 0
+        assert set(np.unique(lab.array)) == set(range(8))
+
+
+def test_match_writes_all_outputs_and_a_report(data, weights, tmp_path):
+    out = tmp_path / "match"
+    fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
+    proc = ok(gvsl("match", fixed, moving, "--out", out, "--weights", weights / "gvsl.pt",
+                   "--moving-labels", data / "labels" / "case_001.nii.gz",
+                   "--fixed-labels", data / "labels" / "case_000.nii.gz", "--size", 32, "--device", "cpu"))
+    assert "mean Dice" in proc.stdout
+    for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
+                 "report.json"):
+        assert (out / name).is_file(), name
+    f = sitk.ReadImage(str(fixed))
+    for name in ("warped.nii.gz", "warped_labels.nii.gz", "jacobian.nii.gz", "displacement.nii.gz"):
+        img = sitk.ReadImage(str(out / name))
+        assert img.GetSize() == f.GetSize(), name
+        np.testing.assert_allclose(img.GetSpacing(), f.GetSpacing(), rtol=1e-5)
+        np.testing.assert_allclose(img.GetOrigin(), f.GetOrigin(), atol=1e-3)
+    assert sitk.ReadImage(str(out / "displacement.nii.gz")).GetNumberOfComponentsPerPixel() == 3
+    sitk.ReadTransform(str(out / "affine.tfm"))
+    r = json.loads((out / "report.json").read_text())
+    assert r["working_size"] == 32 and r["device"] == "cpu"
+    assert set(r["dice_before"]) == set(r["dice_after"]) == {str(k) for k in range(1, 8)}
+    assert 0.0 <= r["mean_dice_after"] <= 1.0 and 0.0 <= r["folding_percent"] <= 100.0
+    assert r["max_displacement_mm"] > 1.0
+    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz"))))) <= set(range(8))
+
+
+def test_segment_writes_a_label_map_on_the_image_grid_and_a_report(data, weights, tmp_path):
+    image = data / "images" / "case_002.nii.gz"
+    out = tmp_path / "seg" / "case_002_seg.nii.gz"
+    proc = ok(gvsl("segment", image, "--weights", weights / "seg.pt", "--out", out,
+                   "--reference", data / "labels" / "case_002.nii.gz", "--device", "cpu"))
+    assert "mean Dice" in proc.stdout and "LV" in proc.stdout
+    seg, img = read_labels(out), read_volume(image)
+    assert seg.shape == img.shape
+    np.testing.assert_allclose(seg.spacing, img.spacing, rtol=1e-5)
+    np.testing.assert_allclose(seg.origin, img.origin, atol=1e-3)
+    report = json.loads((tmp_path / "seg" / "case_002_seg_report.json").read_text())
+    assert set(report["volume_ml"]) == set(report["dice"]) == {str(k) for k in range(1, 8)}
+    voxel_ml = float(np.prod(img.spacing)) / 1000
+    for k, v in report["volume_ml"].items():
+        assert v == pytest.approx(float((seg.array == int(k)).sum()) * voxel_ml, rel=1e-5)
+
+
+def test_embed_writes_the_csv_and_a_report(data, weights, tmp_path):
+    out = tmp_path / "emb"
+    proc = ok(gvsl("embed", data / "images" / "case_000.nii.gz", data / "labels" / "case_000.nii.gz",
+                   "--out", out, "--weights", weights / "gvsl.pt", "--per-label", 12, "--size", 32,
+                   "--device", "cpu"))
+    assert "silhouette" in proc.stdout
+    lines = (out / "embedding.csv").read_text().splitlines()
+    assert lines[0] == "x,y,label,z_index,y_index,x_index"
+    assert len(lines) == 1 + 7 * 12
+    r = json.loads((out / "report.json").read_text())
+    assert r["n_points"] == 84 and isinstance(r["silhouette_2d"], float)
+
+
+def _assert_one_line_error(proc, name):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0] and "error" in lines[0]
+
+
+def test_missing_file_is_a_one_line_error_naming_it(data, weights, tmp_path):
+    missing = tmp_path / "no_such_scan.nii.gz"
+    proc = gvsl("match", data / "images" / "case_000.nii.gz", missing, "--out", tmp_path / "o",
+                "--weights", weights / "gvsl.pt", "--device", "cpu")
+    _assert_one_line_error(proc, "no_such_scan.nii.gz")
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_file_as_image_is_a_one_line_error_naming_it(weights, tmp_path):
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("this is not an image\n")
+    proc = gvsl("segment", text, "--weights", weights / "seg.pt", "--out", tmp_path / "s.nii.gz", "--device", "cpu")
+    _assert_one_line_error(proc, "notes.nii.gz")
+    assert not (tmp_path / "s.nii.gz").exists()
