@@ -42,6 +42,8 @@ class LayerCombo(QComboBox):
     def __init__(self, viewer, layer_type, optional: bool = False, prefer: tuple[str, ...] = (), parent=None):
         super().__init__(parent)
         self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
+        self._chosen = False  # True once the user picked a layer: keep it; until then follow the defaults
+        self.activated.connect(self._on_user_choice)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self.refresh)
         for layer in viewer.layers:
@@ -72,7 +74,7 @@ class LayerCombo(QComboBox):
             if self._optional:
                 self.addItem("(none)")
             self.addItems(names)
-            keep = current if current in names else self._default(names)
+            keep = current if (self._chosen and current in names) else self._default(names)
             if keep is not None:
                 self.setCurrentText(keep)
             self.blockSignals(False)
@@ -83,7 +85,11 @@ class LayerCombo(QComboBox):
         name = self.currentText()
         return self._viewer.layers[name] if name in self._viewer.layers else None
 
+    def _on_user_choice(self, *_) -> None:
+        self._chosen = True
+
     def set_layer(self, name: str) -> None:
+        self._chosen = True
         self.setCurrentText(name)
 
 

@@ -23,13 +23,17 @@ JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
 def displacement_vectors(result, per_axis: int = 14) -> tuple[np.ndarray, np.ndarray]:
     """Vectors-layer data on a subsampled fixed grid, in the fixed volume's index units.
 
+    About ``per_axis`` arrows along y and x, on every z slice, so that every axial slice
+    the viewer shows carries its arrows (napari draws a vector only on its own slice).
+
     The field holds physical (x, y, z) mm; a layer with the fixed volume's geometry shows
     index-space vectors mapped to mm, so each vector is ``M^-1 d`` with ``M`` the fixed
     grid's index-to-physical matrix. Returns ``(data (N, 2, 3), magnitude_mm (N,))``.
     """
     field = result.displacement_mm
-    step = max(1, int(np.ceil(max(field.shape[:3]) / per_axis)))
-    grid = np.stack(np.meshgrid(*(np.arange(step // 2, n, step) for n in field.shape[:3]), indexing="ij"), -1)
+    step = max(1, int(np.ceil(max(field.shape[1:3]) / per_axis)))
+    axes = [np.arange(field.shape[0])] + [np.arange(step // 2, n, step) for n in field.shape[1:3]]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
     pos = grid.reshape(-1, 3)
     d_mm = field[pos[:, 0], pos[:, 1], pos[:, 2]].astype(np.float64)
     m = result.fixed.index_to_physical_matrix()[:3, :3]
