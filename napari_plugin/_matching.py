@@ -20,25 +20,44 @@ DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
 JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
 
 
-def displacement_vectors(result, per_axis: int = 14) -> tuple[np.ndarray, np.ndarray]:
+def displacement_vectors(result, per_axis: int = 12) -> tuple[np.ndarray, np.ndarray, int]:
     """Vectors-layer data on a subsampled fixed grid, in the fixed volume's index units.
-
-    About ``per_axis`` arrows along y and x, on every z slice, so that every axial slice
-    the viewer shows carries its arrows (napari draws a vector only on its own slice).
 
     The field holds physical (x, y, z) mm; a layer with the fixed volume's geometry shows
     index-space vectors mapped to mm, so each vector is ``M^-1 d`` with ``M`` the fixed
-    grid's index-to-physical matrix. Returns ``(data (N, 2, 3), magnitude_mm (N,))``.
+    grid's index-to-physical matrix. About ``per_axis`` arrows per axis (napari builds
+    every arrow's mesh in the GUI thread, so their number is kept near 2000). Returns
+    ``(data (N, 2, 3), magnitude_mm (N,), step)``.
     """
     field = result.displacement_mm
-    step = max(1, int(np.ceil(max(field.shape[1:3]) / per_axis)))
-    axes = [np.arange(field.shape[0])] + [np.arange(step // 2, n, step) for n in field.shape[1:3]]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1)
+    step = max(1, int(np.ceil(max(field.shape[:3]) / per_axis)))
+    grid = np.stack(np.meshgrid(*(np.arange(step // 2, n, step) for n in field.shape[:3]), indexing="ij"), -1)
     pos = grid.reshape(-1, 3)
     d_mm = field[pos[:, 0], pos[:, 1], pos[:, 2]].astype(np.float64)
     m = result.fixed.index_to_physical_matrix()[:3, :3]
     vec = np.linalg.solve(m, d_mm.T).T
-    return np.stack([pos.astype(np.float32), vec.astype(np.float32)], axis=1), np.linalg.norm(d_mm, axis=1)
+    data = np.stack([pos.astype(np.float32), vec.astype(np.float32)], axis=1)
+    return data, np.linalg.norm(d_mm, axis=1), step
+
+
+def show_vectors_on_every_slice(viewer, layer, step: int) -> None:
+    """Give the sliced axes a margin of half an arrow-grid step (napari thick slicing).
+
+    napari draws a vector only on its own slice; with ``projection_mode='all'`` and this
+    margin every slice shows the nearest plane of arrows. Only layers whose projection
+    mode is not ``none`` are affected (images and labels keep their thin slices), and a
+    margin the user set is left alone.
+    """
+    dims = viewer.dims
+    half = 0.5 * step * float(np.max(np.abs(layer.scale))) + 1e-3
+    left, right = list(dims.margin_left), list(dims.margin_right)
+    changed = False
+    for axis in dims.not_displayed:
+        if left[axis] == 0 and right[axis] == 0:
+            left[axis] = right[axis] = half
+            changed = True
+    if changed:
+        dims.margin_left, dims.margin_right = tuple(left), tuple(right)
 
 
 class MatchingWidget(QWidget):
@@ -125,7 +144,14 @@ class MatchingWidget(QWidget):
             layers[moving_name].visible = False
         self.report.setText(report_html(r.report, names))
         self.export_button.setEnabled(True)
-        return [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
+        steps = [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
+        vec = layer_data[-1][1]
+
+        def thick_slices() -> None:
+            if DISPLACEMENT in layers:
+                show_vectors_on_every_slice(self.viewer, layers[DISPLACEMENT], vec["metadata"]["gvsl_grid_step"])
+
+        return steps + [thick_slices]
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export Z-Matching outputs")
@@ -158,10 +184,11 @@ def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None 
     out.append(image_layer_data(r.jacobian, JACOBIAN, colormap="PiYG", contrast_limits=(0.0, 2.0), visible=False))
     folding = r.fixed.with_array((r.jacobian.array <= 0).astype(np.uint8))
     out.append(labels_layer_data(folding, FOLDING, {1: "folding"}, {1: (255, 40, 40)}, opacity=0.9))
-    data, magnitude = displacement_vectors(r)
+    data, magnitude, step = displacement_vectors(r)
     out.append((data, {"name": DISPLACEMENT, **geo, "features": {"magnitude_mm": magnitude},
                        "edge_color": "magnitude_mm", "edge_colormap": "viridis", "edge_width": 0.4,
-                       "length": 1.0, "vector_style": "arrow"}, "vectors"))
+                       "length": 1.0, "vector_style": "arrow", "projection_mode": "all",
+                       "metadata": {"gvsl_grid_step": step}}, "vectors"))
     return out
 
 

@@ -10,7 +10,7 @@ from gvsl_app.segment import segment
 from ._common import (JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error, start_job,
                       warm_imports)
 from ._geometry import volume_from_layer
-from ._layers import label_rgba, labels_layer_data, upsert_layer
+from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
 from ._state import JobState, shared_checkpoints
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
@@ -66,13 +66,16 @@ class SegmentationWidget(QWidget):
             notify_error(exc, "Segmentation")
             return None
         weights, device, name = self.weights.value(), self.device.currentText(), result_name(il.name)
+        ref_names = label_names_of(rl) if rl is not None else {}
+        ref_colors = {v: tuple(int(round(255 * c)) for c in label_rgba(rl, v)[:3]) for v in ref_names} if rl else {}
 
         def work(progress):
             progress("segmenting", 0.1)
             res = segment(image, weights, device=device, reference=ref)
-            names = {int(k): v for k, v in res.report.get("label_names", {}).items()}
+            names = merge_names({int(k): v for k, v in res.report.get("label_names", {}).items()}, ref_names)
+            res.report["label_names"] = {str(k): v for k, v in names.items()}
             progress("layers", 0.9)
-            return res, labels_layer_data(res.labels, name, names or None, opacity=0.6)
+            return res, labels_layer_data(res.labels, name, names or None, ref_colors or None, opacity=0.6)
 
         self._worker = start_job(work, self.state, lambda out: self._show(*out), "Segmentation")
         return self._worker
@@ -102,6 +105,17 @@ class SegmentationWidget(QWidget):
         else:
             self.summary.setText(f"{found} structures found; {secs:.1f} s on {rep.get('device')} "
                                  "(choose a ground-truth layer for Dice)")
+
+
+def merge_names(model_names: dict[int, str], reference_names: dict[int, str]) -> dict[int, str]:
+    """The checkpoint's structure names, completed by the ground truth's where the checkpoint
+    has none or only numbers (a model fine-tuned on unnamed label files)."""
+    out = dict(reference_names)
+    for k, v in model_names.items():
+        generic = str(v).strip() in (str(k), f"label {k}", "")
+        if not generic or k not in out:
+            out[k] = v
+    return out
 
 
 def _fmt(value, digits: int) -> str:

@@ -112,3 +112,10 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     verts = [(c[0] - r[0], c[1] - r[1]), (c[0] + r[0], c[1] - r[1]), (c[0] + r[0], c[1] + r[1]), (c[0] - r[0], c[1] + r[1])]
     w.canvas._on_lasso(0, verts)
     assert 0 < layer.features["selected"].sum() < len(pts)
+
+
+def test_structure_names_fall_back_to_the_ground_truth():
+    from napari_plugin._segmentation import merge_names
+
+    assert merge_names({1: "1", 2: "label 2", 3: "Aorta"}, {1: "LV", 2: "RV", 3: "LA"}) == {1: "LV", 2: "RV", 3: "Aorta"}
+    assert merge_names({1: "LV"}, {}) == {1: "LV"}
