@@ -1,0 +1,101 @@
+"""Smoke test of the paper-table study (benchmarks/paper_table.py): the plumbing, with a micro budget.
+
+The ``tiny`` budget pre-trains every variant for a few iterations on 16^3 phantoms and runs
+all 30 downstream runs for two iterations each; the numbers mean nothing, the structure of
+results.json / RESULTS.md and the figures are what is checked.
+"""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("heart_seg", "heart_cls", "brain_seg")
+MODES = ("linear", "finetune")
+METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl")
+
+
+def _load():
+    if "paper_table" in sys.modules:
+        return sys.modules["paper_table"]
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["paper_table"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    pt = _load()
+    tmp = tmp_path_factory.mktemp("paper_table")
+    work, out = tmp / "work", tmp / "out"
+    argv = ["--budget", "tiny", "--work", str(work), "--out", str(out), "--quiet"]
+    results = pt.main(argv)
+    return pt, argv, work, out, results
+
+
+def test_results_json_structure(study):
+    pt, _, _, out, results = study
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == results
+    for task in TASKS:
+        assert set(results[task]) == set(MODES)
+        for mode in MODES:
+            assert set(results[task][mode]) == set(METHODS)
+            for method, v in results[task][mode].items():
+                assert v is None or (isinstance(v, float) and 0.0 <= v <= 1.0), (task, mode, method, v)
+            if task != "heart_cls":  # Dice is always defined; an AUC may be NaN (null) on a one-class test split
+                assert all(v is not None for v in results[task][mode].values())
+    assert set(results["silhouette"]) == set(METHODS)
+    assert all(v is None or -1.0 <= v <= 1.0 for v in results["silhouette"].values())
+    meta = results["meta"]
+    assert meta["budget"] == "tiny" and meta["smoke"] is True and meta["seeds"] == [0]
+    assert meta["wall_s"]["total"] > 0 and "data" in meta["wall_s"]
+    assert "paper_table.py --budget tiny" in meta["command"]
+    assert {r["variant"] for r in meta["pretrain_diagnostics"]} == {"restoration", "matching", "no-affine", "gvsl"}
+
+
+def test_results_md_and_figures(study):
+    pt, _, _, out, _ = study
+    md = (out / "RESULTS.md").read_text()
+    assert "SMOKE OUTPUT" in md
+    assert "| Pre-training | a) linear" in md and "b) fine-tune" in md
+    for title in pt.METHOD_TITLES.values():
+        assert f"| {title} |" in md
+    assert "(+" in md or "(-" in md  # differences to scratch
+    assert "Discussion" in md and "| **total** |" in md and "python benchmarks/paper_table.py" in md
+    for name in [f"tsne_{m}.png" for m in METHODS] + ["fig7_tsne.png"]:
+        png = out / "figures" / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"figures/{name}" in md
+
+
+def test_rerun_reuses_runs(study):
+    pt, argv, work, out, first = study
+    again = pt.main(argv + ["--no-estimate"])
+    assert again["meta"]["runs_reused"] == 4 + 30
+    for task in TASKS:
+        assert again[task] == first[task]
+
+
+def test_refusals(study, tmp_path):
+    pt = study[0]
+    with pytest.raises(SystemExit, match="smoke"):
+        pt.main(["--budget", "tiny", "--out", str(ROOT / "docs"), "--work", str(tmp_path), "--quiet"])
+    with pytest.raises(SystemExit, match="overlap"):
+        pt.main(["--budget", "tiny", "--seeds", "9001", "--work", str(tmp_path), "--out", str(tmp_path),
+                 "--quiet"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_summary_helpers():
+    pt = _load()
+    mean, std, n = pt._mean_std([0.5, float("nan"), 0.7])
+    assert n == 2 and math.isclose(mean, 0.6) and std > 0
+    assert pt._cell(0.512, 0.0, 1, 0.432, False, False) == "0.512 (+0.080)"
+    assert pt._cell(float("nan"), 0.0, 0, 0.4, False, False) == "n/a"
+    assert pt._nan_to_none({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
