@@ -156,15 +156,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
                 device=args.device)
     out = res.save(args.out)
     r = res.report
-    print(f"{r['n_points']} voxels embedded; silhouette: features {r['silhouette_features']:.4f}, "
-          f"2D {r['silhouette_2d']:.4f}; wrote {out}/embedding.csv and report.json")
+    fmt = lambda v: "n/a (one label)" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{r['n_points']} voxels embedded; silhouette: features {fmt(r['silhouette_features'])}, "
+          f"2D {fmt(r['silhouette_2d'])}; wrote {out}/embedding.csv and report.json")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .samples import write_samples
 
-    out = write_samples(args.kind, args.out, n=args.n, seed=args.seed, classification=args.classification)
+    out = write_samples(args.kind, args.out, n=args.n, seed=args.seed, classification=args.classification,
+                        shape=(args.shape,) * 3)
     print(f"wrote {args.n} {args.kind} subjects to {out}")
     return 0
 
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true", help="cardiac: add labels.csv with abnormal cases")
+    p.add_argument("--shape", type=int, default=96, help="side of the written cubes in voxels")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("app", help="the desktop app (napari with the GVSL widgets)")
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, TypeError) as exc:
         if args.verbose:
             raise
         print(f"gvsl {args.command}: error: {exc}", file=sys.stderr)

@@ -67,7 +67,8 @@ class MatchResult:
         write_volume(self.warped, out / "warped.nii.gz")
         if self.warped_labels is not None:
             write_volume(self.warped_labels, out / "warped_labels.nii.gz", is_label=True)
-        sitk.WriteImage(self.displacement_image(), str(out / "displacement.nii.gz"), True)
+        # Fast gzip level: the float64 field is the largest output and compresses poorly.
+        sitk.WriteImage(self.displacement_image(), str(out / "displacement.nii.gz"), True, 1)
         sitk.WriteTransform(self.affine_transform(), str(out / "affine.tfm"))
         write_volume(self.jacobian, out / "jacobian.nii.gz")
         (out / "report.json").write_text(json.dumps(self.report, indent=2))

@@ -80,12 +80,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to load: the file contains Python objects that would run code, "
-            f"not only tensors ({str(exc).splitlines()[0]}). Re-save it as a plain state_dict "
-            "with torch.save(model.state_dict(), ...)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects that would run code, "
+                f"not only tensors ({str(exc).splitlines()[0]}). Re-save it as a plain state_dict "
+                "with torch.save(model.state_dict(), ...)") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # torch raises KeyError, RuntimeError, EOFError... for foreign files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
     return dict(obj)

@@ -171,7 +171,8 @@ def jacobian_determinant(coords: torch.Tensor) -> torch.Tensor:
     Central differences inside, one-sided at the borders (``torch.gradient``); values
     <= 0 mark folding.
     """
-    grads = [torch.stack(torch.gradient(coords[:, i], dim=(1, 2, 3)), dim=1) for i in range(3)]
-    j = torch.stack(grads, dim=1)  # (B, 3 [component], 3 [derivative], D, H, W)
-    j = j.permute(0, 3, 4, 5, 1, 2)
-    return torch.linalg.det(j).unsqueeze(1)
+    grads = [torch.gradient(coords[:, i], dim=(1, 2, 3)) for i in range(3)]
+    (a, b, c), (d, e, f), (g, h, i) = grads  # row = component, column = derivative axis
+    # Explicit cofactor expansion: several times faster than batched linalg.det on CPU.
+    det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    return det.unsqueeze(1)
