@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWi
 from gvsl_app.embed import embed
 
 from ._common import (NONE, RANDOM, JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error,
-                      random_model, start_job, warm_imports)
+                      random_model, start_job, thick_slices, warm_imports)
 from ._geometry import layer_geometry, volume_from_layer
 from ._layers import label_names_of, label_rgba, upsert_layer
 from ._scatter import ScatterCanvas
@@ -38,7 +38,10 @@ def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
 def _describe(weights) -> str:
     if weights == RANDOM:
         return "random init"
-    return "demo weights" if weights is None else str(weights).replace("\\", "/").split("/")[-1]
+    if weights is None:
+        return "demo weights"
+    parts = str(weights).replace("\\", "/").split("/")
+    return "/".join(parts[-3::2]) if len(parts) >= 3 and parts[-2] == "checkpoints" else parts[-1]
 
 
 class ClustersWidget(QWidget):
@@ -79,7 +82,7 @@ class ClustersWidget(QWidget):
         tools.addWidget(self.mode)
         tools.addWidget(clear)
         self.label_list = QListWidget()
-        self.label_list.setMaximumHeight(110)
+        self.label_list.setMaximumHeight(140)
         self.label_list.currentRowChanged.connect(self._on_label_row)
         self.info = QLabel("")
         self.info.setWordWrap(True)
@@ -139,10 +142,12 @@ class ClustersWidget(QWidget):
         grey = (0.8, 0.8, 0.8, 1.0)
         face = np.array([colors.get(int(v), grey) for v in lab], dtype=float)
         kw = {"name": POINTS, **geo, "features": pd.DataFrame(feats), "face_color": face, "border_color": "white",
-              "border_width": 0.1, "size": 2.5, "shown": np.ones(len(lab), bool)}
+              "border_width": 0.1, "size": 2.0, "shown": np.ones(len(lab), bool),
+              "projection_mode": "all"}
 
         def add_points() -> None:
             layer = upsert_layer(self.viewer, (first.voxels.astype(float), kw, "points"))
+            thick_slices(self.viewer, 2.0 * float(np.max(np.abs(layer.scale))))  # +-2 voxels around the slice
             self._draw(layer, tags, results, names, colors)
 
         return [add_points]

@@ -305,6 +305,25 @@ class JobControls(QWidget):
             pass
 
 
+def thick_slices(viewer, half_width: float) -> None:
+    """Give the sliced axes a margin of ``half_width`` world units (napari thick slicing).
+
+    napari draws a vector or point only on its own slice; layers with
+    ``projection_mode='all'`` (our displacement arrows and embedded voxels) then also show
+    their neighbours within the margin. Images and labels keep thin slices (their
+    projection mode is ``none``), and a margin the user set is left alone.
+    """
+    dims = viewer.dims
+    left, right = list(dims.margin_left), list(dims.margin_right)
+    changed = False
+    for axis in dims.not_displayed:
+        if left[axis] == 0 and right[axis] == 0:
+            left[axis] = right[axis] = half_width + 1e-3
+            changed = True
+    if changed:
+        dims.margin_left, dims.margin_right = tuple(left), tuple(right)
+
+
 def random_model(width: int = 8, seed: int = 0):
     """An untrained GVSL network (the "random init" baseline), seeded for repeatability."""
     import torch

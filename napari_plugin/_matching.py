@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QLabel, QPushButton, QSpinB
 from gvsl_app.matching import match
 
 from ._common import (RANDOM, JobControls, LayerCombo, WeightsChooser, device_combo, notify_error, notify_info,
-                      calm_gc, random_model, start_job, warm_imports)
+                      calm_gc, random_model, start_job, thick_slices, warm_imports)
 from ._geometry import layer_geometry, volume_from_layer
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
 from ._state import JobState, shared_checkpoints
@@ -38,26 +38,6 @@ def displacement_vectors(result, per_axis: int = 12) -> tuple[np.ndarray, np.nda
     vec = np.linalg.solve(m, d_mm.T).T
     data = np.stack([pos.astype(np.float32), vec.astype(np.float32)], axis=1)
     return data, np.linalg.norm(d_mm, axis=1), step
-
-
-def show_vectors_on_every_slice(viewer, layer, step: int) -> None:
-    """Give the sliced axes a margin of half an arrow-grid step (napari thick slicing).
-
-    napari draws a vector only on its own slice; with ``projection_mode='all'`` and this
-    margin every slice shows the nearest plane of arrows. Only layers whose projection
-    mode is not ``none`` are affected (images and labels keep their thin slices), and a
-    margin the user set is left alone.
-    """
-    dims = viewer.dims
-    half = 0.5 * step * float(np.max(np.abs(layer.scale))) + 1e-3
-    left, right = list(dims.margin_left), list(dims.margin_right)
-    changed = False
-    for axis in dims.not_displayed:
-        if left[axis] == 0 and right[axis] == 0:
-            left[axis] = right[axis] = half
-            changed = True
-    if changed:
-        dims.margin_left, dims.margin_right = tuple(left), tuple(right)
 
 
 class MatchingWidget(QWidget):
@@ -147,11 +127,12 @@ class MatchingWidget(QWidget):
         steps = [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
         vec = layer_data[-1][1]
 
-        def thick_slices() -> None:
+        def margins() -> None:
             if DISPLACEMENT in layers:
-                show_vectors_on_every_slice(self.viewer, layers[DISPLACEMENT], vec["metadata"]["gvsl_grid_step"])
+                layer = layers[DISPLACEMENT]
+                thick_slices(self.viewer, 0.5 * vec["metadata"]["gvsl_grid_step"] * float(np.max(np.abs(layer.scale))))
 
-        return steps + [thick_slices]
+        return steps + [margins]
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export Z-Matching outputs")

@@ -51,9 +51,8 @@ class ScatterCanvas(FigureCanvasQTAgg):
             ax.set_xticks([])
             ax.set_yticks([])
         handles = [self._axes[-1].scatter([], [], color=c, s=18, label=n) for n, c in legend]
-        leg = self._axes[-1].legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.3, facecolor=BG,
-                                    labelcolor=FG, markerscale=1.0, borderpad=0.3, handletextpad=0.2)
-        leg.get_frame().set_edgecolor("#5a5f6a")
+        leg = self.figure.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=min(4, len(handles)),
+                                 frameon=False, labelcolor=FG, borderpad=0.2, handletextpad=0.1, columnspacing=0.8)
         self.set_mode(self.mode)
         self.draw_idle()
 
@@ -100,11 +99,11 @@ class LossPlot(FigureCanvasQTAgg):
     """
 
     def __init__(self, parent=None):
-        self.figure = Figure(figsize=(5.2, 2.6), facecolor=BG)
-        self.figure.subplots_adjust(left=0.13, right=0.98, top=0.96, bottom=0.17)
+        self.figure = Figure(figsize=(5.2, 3.0), facecolor=BG)
+        self.figure.subplots_adjust(left=0.13, right=0.98, top=0.86, bottom=0.15)
         super().__init__(self.figure)
         self.setParent(parent)
-        self.setMinimumHeight(200)
+        self.setMinimumHeight(280)
         self.ax = self.figure.add_subplot(111)
         self._lines: dict = {}
         self.clear()
@@ -127,7 +126,8 @@ class LossPlot(FigureCanvasQTAgg):
                 color = self._lines[key[4:]].get_color() if key[4:] in self._lines else "white"
                 (self._lines[key],) = self.ax.plot([], [], ls="--", marker="o", ms=3, lw=0.9, label=key, color=color)
             if history:
-                self.ax.legend(fontsize=7, ncol=3, framealpha=0.3, facecolor=BG, labelcolor=FG, loc="upper right")
+                self.ax.legend(fontsize=7, ncol=4, frameon=False, labelcolor=FG, loc="lower left",
+                               bbox_to_anchor=(0.0, 1.0), borderaxespad=0.2, columnspacing=0.8)
         for key, (xs, ys) in history.items():
             self._lines[key].set_data(xs, ys)
         self.ax.relim()
