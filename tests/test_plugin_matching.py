@@ -151,3 +151,11 @@ def test_layer_choosers_follow_layers_added_later(make_napari_viewer, small_samp
     w.moving.set_layer("cardiac fixed")  # a user's choice is kept when layers change
     viewer.add_image(np.zeros((4, 4, 4)), name="another moving")
     assert w.moving.currentText() == "cardiac fixed"
+
+
+def test_out_of_memory_message_gives_a_hint():
+    from napari_plugin._common import describe_error
+
+    msg = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "out of memory" in msg and "smaller working size" in msg
+    assert describe_error(ValueError("fixed.nii.gz: no such file")) == "fixed.nii.gz: no such file"
