@@ -175,8 +175,12 @@ def test_child_stops_when_the_gui_process_dies(tmp_path):
         with open(f"/proc/{child}/stat") as fh:
             return fh.read().split(")")[-1].split()[0] == "Z"
 
-    deadline = time.time() + 120
-    while time.time() < deadline and not gone():
-        time.sleep(0.5)
-    assert gone()
-    assert (run / "checkpoints" / "last.pt").is_file()
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not gone():
+            time.sleep(0.5)
+        assert gone()
+        assert (run / "checkpoints" / "last.pt").is_file()
+    finally:
+        if not gone():  # never leave the test's own orphan behind
+            os.kill(child, signal.SIGKILL)
