@@ -17,9 +17,9 @@ from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWi
 
 from gvsl_app.embed import embed
 
-from ._common import (NONE, RANDOM, JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error,
-                      random_model, start_job, thick_slices, warm_imports)
+from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, notify_error, random_model, thick_slices
 from ._geometry import layer_geometry, volume_from_layer
+from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, upsert_layer
 from ._scatter import ScatterCanvas
 from ._state import JobState, shared_checkpoints

@@ -9,9 +9,10 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QLabel, QPushButton, QSpinB
 
 from gvsl_app.matching import match
 
-from ._common import (RANDOM, JobControls, LayerCombo, WeightsChooser, device_combo, notify_error, notify_info,
-                      calm_gc, random_model, start_job, thick_slices, warm_imports)
+from ._common import (RANDOM, LayerCombo, WeightsChooser, device_combo, notify_error, notify_info, random_model,
+                      thick_slices)
 from ._geometry import layer_geometry, volume_from_layer
+from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
 from ._state import JobState, shared_checkpoints
 

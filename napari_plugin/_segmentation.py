@@ -7,9 +7,9 @@ from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTabl
 
 from gvsl_app.segment import segment
 
-from ._common import (JobControls, LayerCombo, WeightsChooser, calm_gc, device_combo, notify_error, start_job,
-                      warm_imports)
+from ._common import LayerCombo, WeightsChooser, device_combo, notify_error
 from ._geometry import volume_from_layer
+from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
 from ._state import JobState, shared_checkpoints
 

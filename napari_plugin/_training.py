@@ -10,7 +10,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from gvsl_app.config import VARIANTS
 
-from ._common import calm_gc, device_combo, notify_error, notify_info
+from ._common import device_combo, notify_error, notify_info
+from ._jobs import calm_gc
 from ._scatter import LossPlot
 from ._state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
 from ._training_job import TrainingJob, TrainingSpec, resume_command, run_kind

@@ -1,0 +1,164 @@
+"""Background jobs of the widgets: worker threads, progress, staged results, GUI latency.
+
+A job's state lives in a ``JobState`` (evented dataclass); the worker reports progress
+through a queued Qt signal, the result is shown by GUI-thread steps that the event loop
+interleaves, and ``JobControls`` only subscribes to the state.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import QPushButton, QWidget
+
+from ._common import notify_error
+from ._state import DONE, ERROR, RUNNING, JobState
+
+
+class _Bridge(QObject):
+    """Carries progress callbacks from the worker thread to the GUI thread (queued signal)."""
+
+    progress = Signal(str, float)
+
+    def __init__(self, state: JobState):
+        super().__init__()
+        self._state = state
+        self.progress.connect(self._apply, Qt.QueuedConnection)
+
+    def _apply(self, stage: str, fraction: float) -> None:
+        self._state.stage = stage
+        self._state.fraction = fraction
+
+
+def run_staged(steps: list[Callable], done: Callable, failed: Callable) -> None:
+    """Run GUI-thread steps one per event-loop turn (e.g. one layer each), then ``done``.
+
+    Adding a napari layer costs tens of milliseconds; doing six at once would freeze the
+    viewer for half a second, so the result is shown in slices the event loop interleaves.
+    """
+    from qtpy.QtCore import QTimer
+
+    def next_step() -> None:
+        if not steps:
+            done()
+            return
+        try:
+            steps.pop(0)()
+        except Exception as exc:
+            failed(exc)
+            return
+        QTimer.singleShot(STEP_DELAY_MS, next_step)  # room for a repaint between layers
+
+    next_step()
+
+
+STEP_DELAY_MS = 20
+_GC_FROZEN = False
+
+
+def calm_gc() -> None:
+    """Collect once, then exempt everything alive (napari, Qt, torch: ~10^6 objects) from
+    the cyclic garbage collector (``gc.freeze``). Otherwise a full collection, triggered by
+    whichever thread allocates, holds the interpreter lock for 200-400 ms and the viewer
+    visibly freezes during jobs. Done once per process, when the first widget is built.
+    """
+    global _GC_FROZEN
+    if not _GC_FROZEN:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        _GC_FROZEN = True
+
+
+def warm_imports(*modules: str) -> None:
+    """Import engine modules in the GUI thread now: an import inside a worker thread holds
+    the interpreter lock for its whole duration and would freeze the viewer."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+def start_job(func: Callable, state: JobState, on_result: Callable, what: str):
+    """Run ``func(progress)`` in a napari worker thread, tracking it in ``state``.
+
+    ``progress(stage, fraction)`` may be called from the worker; ``on_result`` runs in the
+    GUI thread with the return value and may return a list of further GUI steps (see
+    :func:`run_staged`); the job is ``done`` after the last. Exceptions become a napari
+    error notification.
+    """
+    from napari.qt.threading import create_worker
+
+    bridge = _Bridge(state)
+    state.message, state.stage, state.fraction = "", "starting", 0.0
+    state.status = RUNNING
+
+    def finish() -> None:
+        state.fraction = 1.0
+        state.status = DONE
+
+    def returned(result) -> None:
+        try:
+            steps = on_result(result)
+        except Exception as exc:  # showing the result failed: report, never crash the viewer
+            errored(exc)
+            return
+        run_staged(list(steps or []), finish, errored)
+
+    def errored(exc: BaseException) -> None:
+        state.message = notify_error(exc, what)
+        state.status = ERROR
+
+    worker = create_worker(func, bridge.progress.emit, _connect={"returned": returned, "errored": errored},
+                           _start_thread=False)
+    worker._gvsl_bridge = bridge  # keep the bridge alive as long as the worker
+    worker.start()
+    return worker
+
+
+class JobControls(QWidget):
+    """Run button, progress bar and status line bound to a ``JobState``."""
+
+    def __init__(self, state: JobState, run_text: str = "Run", parent=None):
+        super().__init__(parent)
+        from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout
+
+        self.state = state
+        self.run_button = QPushButton(run_text)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 100)
+        self.bar.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        state.events.fraction.connect(self._on_fraction)
+        state.events.stage.connect(self._on_text)
+        state.events.status.connect(self._on_text)
+        state.events.message.connect(self._on_text)
+
+    def _on_fraction(self, fraction: float) -> None:
+        try:
+            self.bar.setValue(int(round(100 * fraction)))
+        except RuntimeError:
+            pass
+
+    def _on_text(self, *_) -> None:
+        s = self.state
+        try:
+            self.run_button.setEnabled(s.status != RUNNING)
+            if s.status == RUNNING:
+                self.bar.setFormat(f"{s.stage} %p%")
+                self.status.setText(f"running: {s.stage}")
+            elif s.status == ERROR:
+                self.bar.setFormat("failed")
+                self.status.setText(f"<span style='color:#e06060'>error: {s.message}</span>")
+            elif s.status == DONE:
+                self.bar.setFormat("done")
+                self.status.setText("done")
+        except RuntimeError:
+            pass
