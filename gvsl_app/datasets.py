@@ -597,7 +597,13 @@ def worker_init(worker_id: int) -> None:
     """One compute thread per worker (no oversubscription) and seeded numpy/random for any
     third-party code; our own items never use these global generators."""
     import random
+    import signal
 
+    # Ctrl-C in a terminal (and a GUI's or a scheduler's kill of the process group) reaches
+    # the workers too; they must leave stopping to the main process, which saves last.pt
+    # and then shuts them down. Orphaned workers still exit through DataLoader's watchdog.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     s = torch.initial_seed() % 2 ** 32
     np.random.seed(s)

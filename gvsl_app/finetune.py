@@ -18,7 +18,7 @@ from models.downstream import ClassificationNet, SegmentationNet
 
 from .config import FinetuneConfig, as_dict
 from .metrics import auc, dice_per_label, mean_dice
-from .pretrain import StepSampler
+from .pretrain import StepSampler, close_loader
 from .progress import Progress, StopFlag
 from .runs import RunFolder
 
@@ -69,7 +69,7 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     """
     from . import datasets as ds
 
-    stop = stop or StopFlag()
+    stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     run = RunFolder(config.run).create()
@@ -130,48 +130,53 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     frozen = {k: v.detach().clone() for k, v in model.unet.state_dict().items()} if config.linear else None
     sampler = StepSampler(start * config.batch, (config.iters - start) * config.batch)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=sampler, num_workers=config.workers,
-                        persistent_workers=config.workers > 0)
+                        persistent_workers=config.workers > 0,
+                        worker_init_fn=ds.worker_init if config.workers > 0 else None)
     yield Progress(start, config.iters, message=f"{config.task} {'linear' if config.linear else 'fine-tuning'} on "
                    f"{device}: {len(train)} train / {len(val)} val / {len(test)} test; {init_msg}")
     step, t_last, n_acc, t0 = start, time.perf_counter(), 0, time.perf_counter()
     status = "done"
-    for batch in loader:
-        x = batch["image"].to(device)
-        y = batch["label"].to(device)
-        model.train()
-        with autocast(device, enabled=amp):
-            out = model(x)
-        out = out.float()
-        loss = loss_fn(out, y.unsqueeze(1).long()) if config.task == "seg" else loss_fn(out[:, 0], y.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            yield Progress(step, config.iters, phase="error", message=f"non-finite loss at iteration {step}; "
-                           f"stopped, keeping {run.last}")
-            return
-        opt.step()
-        step += 1
-        n_acc += 1
-        if step % config.log_every == 0 or step == config.iters:
-            sps = (time.perf_counter() - t_last) / n_acc
-            run.log({"iteration": step, "loss": value, "lr": config.lr, "sec_per_step": sps,
-                     "samples_per_s": config.batch / sps})
-            yield Progress(step, config.iters, losses={"loss": value}, lr=config.lr, sec_per_step=sps,
-                           samples_per_s=config.batch / sps, eta_s=sps * (config.iters - step))
-            t_last, n_acc = time.perf_counter(), 0
-        if step % config.val_every == 0 or step == config.iters:
-            metrics = evaluate(val_data)
-            run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in metrics.items()}})
-            if metrics[key] > best or not math.isfinite(best):
-                best = metrics[key] if math.isfinite(metrics[key]) else best
-                run.save_checkpoint("best", state(step))
-            yield Progress(step, config.iters, phase="validate", metrics=metrics)
-        if stop.is_set() or step % 50 == 0 or step == config.iters:
-            run.save_checkpoint("last", state(step))
-        if stop.is_set():
-            status = "stopped"
-            break
+    it = iter(loader)
+    try:
+        for batch in it:
+            x = batch["image"].to(device)
+            y = batch["label"].to(device)
+            model.train()
+            with autocast(device, enabled=amp):
+                out = model(x)
+            out = out.float()
+            loss = loss_fn(out, y.unsqueeze(1).long()) if config.task == "seg" else loss_fn(out[:, 0], y.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                yield Progress(step, config.iters, phase="error", message=f"non-finite loss at iteration {step}; "
+                               f"stopped, keeping {run.last}")
+                return
+            opt.step()
+            step += 1
+            n_acc += 1
+            if step % config.log_every == 0 or step == config.iters:
+                sps = (time.perf_counter() - t_last) / n_acc
+                run.log({"iteration": step, "loss": value, "lr": config.lr, "sec_per_step": sps,
+                         "samples_per_s": config.batch / sps})
+                yield Progress(step, config.iters, losses={"loss": value}, lr=config.lr, sec_per_step=sps,
+                               samples_per_s=config.batch / sps, eta_s=sps * (config.iters - step))
+                t_last, n_acc = time.perf_counter(), 0
+            if step % config.val_every == 0 or step == config.iters:
+                metrics = evaluate(val_data)
+                run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in metrics.items()}})
+                if metrics[key] > best or not math.isfinite(best):
+                    best = metrics[key] if math.isfinite(metrics[key]) else best
+                    run.save_checkpoint("best", state(step))
+                yield Progress(step, config.iters, phase="validate", metrics=metrics)
+            if stop.is_set() or step % 50 == 0 or step == config.iters:
+                run.save_checkpoint("last", state(step))
+            if stop.is_set():
+                status = "stopped"
+                break
+    finally:
+        close_loader(it)
     if frozen is not None:  # a linear probe must leave the backbone bit-identical
         changed = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, frozen[k])]
         if changed:

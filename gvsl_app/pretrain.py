@@ -58,6 +58,15 @@ class PretrainObjective(nn.Module):
         return terms
 
 
+def close_loader(iterator) -> None:
+    """Shut DataLoader workers down through their done event, also when leaving on an
+    exception; workers ignore SIGTERM (see ``datasets.worker_init``), so they must never be
+    left for multiprocessing's exit hook to terminate."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 class StepSampler(Sampler[int]):
     """Global sample indices from ``start`` on, interleaved across ranks.
 
@@ -100,13 +109,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _make_data(config: PretrainConfig, info: distributed.DistInfo, start_step: int, device: torch.device):
-    from .datasets import PairDataset, validation_pair
+    from .datasets import PairDataset, validation_pair, worker_init
 
     dataset = PairDataset(config.data, config.size, seed=config.seed, n_synthetic=config.n_synthetic)
     remaining = config.iters - start_step
     sampler = StepSampler(start_step * config.batch, remaining * config.batch, info.rank, info.world)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=sampler, num_workers=config.workers,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
+                        worker_init_fn=worker_init if config.workers > 0 else None,
                         prefetch_factor=4 if config.workers > 0 else None)
     return dataset, loader, validation_pair(dataset)
 
@@ -119,7 +129,7 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
     restoration variant) on a fixed validation pair improves, and ``report.json``. A
     non-finite loss stops the run with ``phase="error"`` without overwriting checkpoints.
     """
-    stop = stop or StopFlag()
+    stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
     info, device = distributed.setup(config.device)
     try:
         yield from _pretrain(config, stop, info, device)
@@ -173,60 +183,63 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
     step, t_last, wait_acc, n_acc = start, time.perf_counter(), 0.0, 0
     t_start = time.perf_counter()
     it = iter(loader)
-    status = "done"
-    while step < config.iters:
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
-        moving, fixed, moving_input = (batch[k].to(device, non_blocking=True) for k in ("moving", "fixed", "moving_input"))
-        wait_acc += time.perf_counter() - t0
-        objective.train()
-        terms = objective(moving, fixed, moving_input, amp_device=amp_device)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        step += 1
-        n_acc += 1
-        log_now = step % config.log_every == 0 or step == config.iters
-        if log_now or step % config.ckpt_every == 0:
-            values = {k: float(v.detach()) for k, v in terms.items()}  # the only host sync
-            if not all(math.isfinite(v) for v in values.values()):
-                msg = (f"non-finite loss at iteration {step} ({values}); stopped, keeping the last good "
-                       f"checkpoint {run.last}. Try a lower --lr or check the data.")
+    try:
+        status = "done"
+        while step < config.iters:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            moving, fixed, moving_input = (batch[k].to(device, non_blocking=True) for k in ("moving", "fixed", "moving_input"))
+            wait_acc += time.perf_counter() - t0
+            objective.train()
+            terms = objective(moving, fixed, moving_input, amp_device=amp_device)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            step += 1
+            n_acc += 1
+            log_now = step % config.log_every == 0 or step == config.iters
+            if log_now or step % config.ckpt_every == 0:
+                values = {k: float(v.detach()) for k, v in terms.items()}  # the only host sync
+                if not all(math.isfinite(v) for v in values.values()):
+                    msg = (f"non-finite loss at iteration {step} ({values}); stopped, keeping the last good "
+                           f"checkpoint {run.last}. Try a lower --lr or check the data.")
+                    if info.is_main:
+                        run.log({"iteration": step, "event": "error", "message": msg})
+                    yield Progress(step, config.iters, phase="error", losses=values, message=msg)
+                    return
+            opt.step()
+            sched.step()
+            if log_now:
+                now = time.perf_counter()
+                sps = (now - t_last) / n_acc
+                record = {"iteration": step, **values, "lr": sched.get_last_lr()[0], "sec_per_step": sps,
+                          "samples_per_s": config.batch * info.world / sps, "data_wait_s": wait_acc / n_acc}
+                eta = sps * (config.iters - step)
                 if info.is_main:
-                    run.log({"iteration": step, "event": "error", "message": msg})
-                yield Progress(step, config.iters, phase="error", losses=values, message=msg)
-                return
-        opt.step()
-        sched.step()
-        if log_now:
-            now = time.perf_counter()
-            sps = (now - t_last) / n_acc
-            record = {"iteration": step, **values, "lr": sched.get_last_lr()[0], "sec_per_step": sps,
-                      "samples_per_s": config.batch * info.world / sps, "data_wait_s": wait_acc / n_acc}
-            eta = sps * (config.iters - step)
-            if info.is_main:
-                run.log(record)
-            yield Progress(step, config.iters, losses={k: values[k] for k in values}, lr=record["lr"],
-                           sec_per_step=sps, samples_per_s=record["samples_per_s"],
-                           data_wait_s=record["data_wait_s"], eta_s=eta)
-            t_last, wait_acc, n_acc = time.perf_counter(), 0.0, 0
-        if step % config.val_every == 0 or step == config.iters:
-            val = validate(model, config, val_pair)
-            if info.is_main:
-                run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in val.items()}})
-                key = "mse" if config.variant == "restoration" else "ncc"
-                if val[key] < best:
-                    best = val[key]
-                    run.save_checkpoint("best", state(step))
-            yield Progress(step, config.iters, phase="validate", metrics=val)
-        stop_now = distributed.broadcast_flag(stop.is_set(), info, device)
-        if info.is_main and (step % config.ckpt_every == 0 or step == config.iters or stop_now):
-            run.save_checkpoint("last", state(step))
-        if stop_now:
-            status = "stopped"
-            break
+                    run.log(record)
+                yield Progress(step, config.iters, losses={k: values[k] for k in values}, lr=record["lr"],
+                               sec_per_step=sps, samples_per_s=record["samples_per_s"],
+                               data_wait_s=record["data_wait_s"], eta_s=eta)
+                t_last, wait_acc, n_acc = time.perf_counter(), 0.0, 0
+            if step % config.val_every == 0 or step == config.iters:
+                val = validate(model, config, val_pair)
+                if info.is_main:
+                    run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in val.items()}})
+                    key = "mse" if config.variant == "restoration" else "ncc"
+                    if val[key] < best:
+                        best = val[key]
+                        run.save_checkpoint("best", state(step))
+                yield Progress(step, config.iters, phase="validate", metrics=val)
+            stop_now = distributed.broadcast_flag(stop.is_set(), info, device)
+            if info.is_main and (step % config.ckpt_every == 0 or step == config.iters or stop_now):
+                run.save_checkpoint("last", state(step))
+            if stop_now:
+                status = "stopped"
+                break
+    finally:
+        close_loader(it)
     wall = time.perf_counter() - t_start
     checksums = _rank_checksums(model, info, device)
     if info.is_main:
