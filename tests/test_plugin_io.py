@@ -53,6 +53,9 @@ def test_manifest_validates_and_imports():
     assert {w.display_name for w in mf.contributions.widgets} == {"Z-Matching", "Training", "Segmentation",
                                                                      "Feature clusters"}
     assert {s.key for s in mf.contributions.sample_data} == {"cardiac", "brain"}
+    # claims volume files, not every file (napari would ask users to pick a reader for a .tif)
+    assert "gvsl-studio" in {r.plugin_name for r in pm.iter_compatible_readers(["scan.nii.gz"])}
+    assert "gvsl-studio" not in {r.plugin_name for r in pm.iter_compatible_readers(["photo.tif"])}
 
 
 def test_reader_keeps_physical_geometry(make_napari_viewer, oblique_ct):
