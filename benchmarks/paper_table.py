@@ -622,7 +622,7 @@ def write_outputs(out: Path, budget: Budget, seeds: list[int], per_seed: dict, s
     results["silhouette"] = sil
     results["meta"] = meta
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(_nan_to_none(results), indent=2, default=str) + "\n")
+    json_path.write_text(json.dumps(_nan_to_none(results), indent=2, default=str) + "\n", encoding="utf-8")
 
     L = []
     title = "GVSL Studio: the paper's Table 1 and Fig. 7 in miniature"
@@ -746,7 +746,7 @@ def write_outputs(out: Path, budget: Budget, seeds: list[int], per_seed: dict, s
                  f"({', '.join(f'{k} {_fmt_s(v)}' for k, v in est.items() if k != 'total')}).")
         L.append("")
     md_path = out / "RESULTS.md"
-    md_path.write_text("\n".join(L) + "\n")
+    md_path.write_text("\n".join(L) + "\n", encoding="utf-8")
     return md_path, json_path
 
 

@@ -40,7 +40,7 @@ def study(tmp_path_factory):
 
 def test_results_json_structure(study):
     pt, _, _, out, results = study
-    on_disk = json.loads((out / "results.json").read_text())
+    on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert on_disk == results
     for task in TASKS:
         assert set(results[task]) == set(MODES)
@@ -61,7 +61,7 @@ def test_results_json_structure(study):
 
 def test_results_md_and_figures(study):
     pt, _, _, out, _ = study
-    md = (out / "RESULTS.md").read_text()
+    md = (out / "RESULTS.md").read_text(encoding="utf-8")
     assert "SMOKE OUTPUT" in md
     assert "| Pre-training | a) linear" in md and "b) fine-tune" in md
     for title in pt.METHOD_TITLES.values():
