@@ -34,7 +34,9 @@ def _dock_widgets(viewer) -> list:
             dock = viewer.window.add_dock_widget(cls(viewer), name=name, area="right", tabify=True)
         docks.append(dock)
     if docks:
-        docks[0].raise_()
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
     return docks
 
 
