@@ -58,9 +58,10 @@ class MatchingWidget(QWidget):
         self.weights = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.device = device_combo()
         self.size = QSpinBox()
-        self.size.setRange(16, 256)
+        self.size.setRange(0, 256)
         self.size.setSingleStep(16)
-        self.size.setValue(96)
+        self.size.setSpecialValueText("auto (the weights' training cube)")
+        self.size.setValue(0)
         self.size.setSuffix(" voxels")
         self.size.setToolTip("side of the working cube both volumes are resized to")
         form = QFormLayout()
@@ -98,7 +99,7 @@ class MatchingWidget(QWidget):
         except Exception as exc:
             notify_error(exc, "Z-Matching")
             return None
-        weights, device, size = self.weights.value(), self.device.currentText(), self.size.value()
+        weights, device, size = self.weights.value(), self.device.currentText(), self.size.value() or None
         style = copy_label_style(mll) if mll is not None else {}
         clim = tuple(ml.contrast_limits)
         names = label_names_of(mll) if mll is not None else {}
