@@ -73,10 +73,22 @@ def build_viewer(files=(), sample: str | None = None, viewer=None):
     return viewer
 
 
-def run_app(files: list[str], sample: str | None = None) -> int:
-    """Open the desktop app and run its event loop until the window is closed."""
+def run_app(files: list[str], sample: str | None = None, screenshot: str | None = None) -> int:
+    """Open the desktop app and run its event loop until the window is closed.
+
+    With ``screenshot``, save a picture of the whole window once it is shown and exit
+    instead (used by ``make demo`` on a headless machine, under Xvfb).
+    """
     import napari
 
-    build_viewer(files, sample)
+    viewer = build_viewer(files, sample)
+    if screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        for _ in range(20):  # let docked widgets and layers lay themselves out
+            QApplication.processEvents()
+        viewer.screenshot(str(screenshot), canvas_only=False)
+        viewer.close()
+        return 0
     napari.run()
     return 0

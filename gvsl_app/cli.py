@@ -174,7 +174,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     from .app import run_app
 
-    return run_app(args.files, sample=args.sample)
+    return run_app(args.files, sample=args.sample, screenshot=args.screenshot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="GVSL pre-training (or an ablation variant)")
     p.add_argument("--data", help="folder of volumes (images/ or the folder itself) or synthetic:cardiac")
-    p.add_argument("--run", help="run folder to write")
+    # --run-dir: torchrun's own parser takes a bare "--run" for its --run-path option
+    p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
     p.add_argument("--variant", choices=["gvsl", "restoration", "matching", "no-affine"])
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--n-synthetic", type=int, help="subjects generated for synthetic:cardiac")
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune or linearly evaluate on a downstream task")
     p.add_argument("--data", required=False, help="folder with images/ and labels/ (seg) or labels.csv (cls)")
-    p.add_argument("--run", help="run folder to write")
+    p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
     p.add_argument("--init", help="scratch, one of our checkpoints, or the authors' GVSL checkpoint")
     p.add_argument("--task", choices=["seg", "cls"])
     p.add_argument("--linear", action="store_true", default=None, help="freeze the backbone: linear probe")
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="the desktop app (napari with the GVSL widgets)")
     p.add_argument("files", nargs="*")
     p.add_argument("--sample", choices=["cardiac", "brain"])
+    p.add_argument("--screenshot", help="save a PNG of the window once shown, then exit")
     p.set_defaults(func=cmd_app)
     return ap
 

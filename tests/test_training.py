@@ -149,7 +149,7 @@ def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29577",
                     "-m", "gvsl_app.cli", "pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "4",
-                    "--run", str(run), "--iters", "3", "--size", "24", "--width", "4", "--workers", "0",
+                    "--run-dir", str(run), "--iters", "3", "--size", "24", "--width", "4", "--workers", "0",
                     "--device", "cpu", "--quiet"], cwd=ROOT, env=env, check=True, timeout=300,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     report = json.loads((run / "report.json").read_text())
