@@ -28,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from .synthetic import _random_rotation
+from .synthetic import _rbf_basis as _rbf_basis_on
 from .volume import Volume
 
 __all__ = ["BRAIN_LABELS", "BRAIN_COLORS", "mni_template_files", "make_brain_subject", "brain_dataset"]
@@ -99,11 +101,8 @@ def _template():
 
 
 def _rbf_basis(n: int, n_ctrl: int) -> np.ndarray:
-    x = np.arange(n, dtype=np.float64)
-    centres = np.linspace(0, n - 1, n_ctrl)
-    width = 0.7 * (n - 1) / max(n_ctrl - 1, 1) + 1e-6
-    b = np.exp(-0.5 * ((x[:, None] - centres[None, :]) / width) ** 2)
-    return (b / b.sum(axis=1, keepdims=True)).astype(np.float32)
+    """Gaussian basis over voxel indices 0..n-1 (the cardiac generator's, on an index axis)."""
+    return _rbf_basis_on(np.arange(n, dtype=np.float64), n_ctrl)
 
 
 def _smooth(ctrl: np.ndarray, shape) -> np.ndarray:
@@ -111,14 +110,6 @@ def _smooth(ctrl: np.ndarray, shape) -> np.ndarray:
     out = np.tensordot(bz, ctrl.astype(np.float32), axes=(1, 0))
     out = np.tensordot(out, by, axes=(1, 1))
     return np.tensordot(out, bx, axes=(1, 1))
-
-
-def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    ang = np.deg2rad(rng.uniform(0.0, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(ang) * k + (1 - np.cos(ang)) * (k @ k)
 
 
 def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
