@@ -112,11 +112,12 @@ def cmd_match(args: argparse.Namespace) -> int:
     ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
     fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
     res = match(fixed, moving, weights=args.weights, size=args.size, device=args.device,
-                moving_labels=ml, fixed_labels=fl)
+                moving_labels=ml, fixed_labels=fl, refine=args.refine)
     out = res.save(args.out)
     r = res.report
+    refined = f", refinement {r['seconds']['refine_s']:.2f} s" if args.refine else ""
     print(f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
-          f"(network {r['seconds']['network_s']:.2f} s)")
+          f"(network {r['seconds']['network_s']:.2f} s{refined})")
     print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
     if "mean_dice_after" in r:
         print(f"  mean Dice {r['mean_dice_before']:.4f} -> {r['mean_dice_after']:.4f}")
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels")
     p.add_argument("--fixed-labels")
     p.add_argument("--size", type=int, help="working cube side (default: the weights' training size)")
+    p.add_argument("--refine", action="store_true",
+                   help="polish the network's map on this pair by instance optimisation (a few seconds on a CPU)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_match)
 
