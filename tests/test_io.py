@@ -372,3 +372,21 @@ def test_read_labels_mismatch_names_both_files_and_property(tmp_path, prop):
     assert prop in msg
     others = {"shape", "spacing", "origin", "direction"} - {prop}
     assert not any(f"{o} (" in msg for o in others)
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_write_image_gzips_nifti_at_the_given_level_and_leaves_no_temporaries(tmp_path, level):
+    from gvsl_app.io import write_image
+
+    rng = np.random.default_rng(0)
+    field = rng.normal(size=(6, 7, 8, 3))
+    img = sitk.GetImageFromArray(field, isVector=True)
+    img.SetSpacing((1.5, 2.0, 0.5))
+    img.SetOrigin((-3.0, 4.0, 5.0))
+    path = write_image(img, tmp_path / "field.nii.gz", compression_level=level)
+    assert path.read_bytes()[:2] == b"\x1f\x8b"  # a real gzip stream, whatever the level
+    back = sitk.ReadImage(str(path))
+    assert back.GetPixelID() == sitk.sitkVectorFloat64
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), field)
+    np.testing.assert_allclose(back.GetSpacing(), (1.5, 2.0, 0.5))
+    assert [p.name for p in tmp_path.iterdir()] == ["field.nii.gz"]
