@@ -118,9 +118,13 @@ def start_job(func: Callable, state: JobState, on_result: Callable, what: str):
 
 
 class JobControls(QWidget):
-    """Run button, progress bar and status line bound to a ``JobState``."""
+    """Run button, progress bar and status line bound to a ``JobState``.
 
-    def __init__(self, state: JobState, run_text: str = "Run", parent=None):
+    With ``stop_text`` a second button (``stop_button``, enabled only while the job runs)
+    is added; the owner connects it to whatever ends its job early.
+    """
+
+    def __init__(self, state: JobState, run_text: str = "Run", parent=None, stop_text: str | None = None):
         super().__init__(parent)
         from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout
 
@@ -134,6 +138,11 @@ class JobControls(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.run_button)
+        self.stop_button = None
+        if stop_text:
+            self.stop_button = QPushButton(stop_text)
+            self.stop_button.setEnabled(False)
+            lay.addWidget(self.stop_button)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         state.events.fraction.connect(self._on_fraction)
@@ -151,6 +160,8 @@ class JobControls(QWidget):
         s = self.state
         try:
             self.run_button.setEnabled(s.status != RUNNING)
+            if self.stop_button is not None:
+                self.stop_button.setEnabled(s.status == RUNNING)
             if s.status == RUNNING:
                 self.bar.setFormat(f"{s.stage} %p%")
                 self.status.setText(f"running: {s.stage}")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import html
+import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout,
+                            QWidget)
 
 from gvsl_app.matching import match
 
@@ -64,13 +66,19 @@ class MatchingWidget(QWidget):
         self.size.setValue(0)
         self.size.setSuffix(" voxels")
         self.size.setToolTip("side of the working cube both volumes are resized to")
+        self.refine = QCheckBox("polish on this pair (instance optimisation, a few seconds)")
+        self.refine.setToolTip("after the network, a few hundred gradient steps on this pair's local NCC: "
+                               "a global affine correction, then a smooth coarse-grid displacement")
+        self._stop = threading.Event()
         form = QFormLayout()
         for label, w in (("fixed image", self.fixed), ("moving image", self.moving),
                          ("moving labels", self.moving_labels), ("fixed labels", self.fixed_labels),
-                         ("weights", self.weights), ("device", self.device), ("working size", self.size)):
+                         ("weights", self.weights), ("device", self.device), ("working size", self.size),
+                         ("refine", self.refine)):
             form.addRow(label, w)
-        self.controls = JobControls(self.state, "Run Z-Matching")
+        self.controls = JobControls(self.state, "Run Z-Matching", stop_text="Stop refining (keep the map so far)")
         self.controls.run_button.clicked.connect(self.run)
+        self.controls.stop_button.clicked.connect(self._stop.set)
         self.report = QLabel("")
         self.report.setWordWrap(True)
         self.export_button = QPushButton("Export outputs…")
@@ -100,6 +108,8 @@ class MatchingWidget(QWidget):
             notify_error(exc, "Z-Matching")
             return None
         weights, device, size = self.weights.value(), self.device.currentText(), self.size.value() or None
+        refine, stop = self.refine.isChecked(), self._stop
+        stop.clear()
         style = copy_label_style(mll) if mll is not None else {}
         clim = tuple(ml.contrast_limits)
         names = label_names_of(mll) if mll is not None else {}
@@ -107,7 +117,8 @@ class MatchingWidget(QWidget):
         def work(progress):
             model = random_model() if weights == RANDOM else None
             r = match(fixed, moving, weights=None if weights == RANDOM else weights, model=model, size=size,
-                      device=device, moving_labels=mlv, fixed_labels=flv, progress=progress)
+                      device=device, moving_labels=mlv, fixed_labels=flv, progress=progress, refine=refine,
+                      should_stop=stop.is_set)
             return r, result_layers(r, clim, style)
 
         self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names),
@@ -184,8 +195,9 @@ def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
     rows.append(("folding", f"{rep['folding_percent']:.3f} % (det J min {rep['jacobian_min']:.3f})"))
     rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
     sec = rep.get("seconds", {})
+    refined = f", refinement {sec['refine_s']:.2f} s" if "refine_s" in sec else ""
     rows.append(("time", f"{sec.get('total_s', 0):.2f} s on {rep.get('device', '?')} "
-                         f"(network {sec.get('network_s', 0):.2f} s)"))
+                         f"(network {sec.get('network_s', 0):.2f} s{refined})"))
     for key, after in (rep.get("dice_after") or {}).items():
         name = names.get(int(key), f"label {key}")
         rows.append((f"Dice {name}", f"{rep['dice_before'][key]:.3f} → {after:.3f}"))

@@ -83,6 +83,25 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
         assert (out / f).is_file(), f
 
 
+def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, cardiac_viewer, gvsl_ckpt):
+    w = _widget(cardiac_viewer, gvsl_ckpt)
+    assert not w.controls.stop_button.isEnabled()
+    w.refine.setChecked(True)
+    qtbot.mouseClick(w.controls.run_button, qtbot_button())
+    qtbot.waitUntil(lambda: w.state.stage == "refine", timeout=60_000)
+    assert w.controls.stop_button.isEnabled()
+    qtbot.mouseClick(w.controls.stop_button, qtbot_button())
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    refined = w.result.report["refined"]
+    assert 0 < refined["steps_done"] < refined["steps"]
+    assert "refinement" in w.report.text()
+    assert not w.controls.stop_button.isEnabled()
+    # the next run starts with a cleared stop request and refines to the end
+    _run(qtbot, w)
+    assert w.result.report["refined"]["steps_done"] == w.result.report["refined"]["steps"]
+
+
 def test_displacement_vectors_are_physical_on_oblique_grids(make_napari_viewer):
     """A constant physical displacement must appear as that displacement in world mm."""
     from types import SimpleNamespace
