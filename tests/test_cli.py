@@ -93,6 +93,21 @@ def test_match_writes_all_outputs_and_a_report(data, weights, tmp_path):
     assert 0.0 <= r["mean_dice_after"] <= 1.0 and 0.0 <= r["folding_percent"] <= 100.0
     assert r["max_displacement_mm"] > 1.0
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz"))))) <= set(range(8))
+    assert r["refined"] is None
+
+
+def test_match_refine_records_the_refinement(data, weights, tmp_path):
+    out = tmp_path / "refined"
+    fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
+    ok(gvsl("match", fixed, moving, "--out", tmp_path / "plain", "--weights", weights / "gvsl.pt", "--size", 32,
+            "--device", "cpu"))
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    proc = ok(gvsl("match", fixed, moving, "--out", out, "--weights", weights / "gvsl.pt", "--size", 32,
+                   "--device", "cpu", "--refine"))
+    assert "refinement" in proc.stdout
+    r = json.loads((out / "report.json").read_text())
+    assert r["refined"]["steps_done"] == r["refined"]["steps"] > 0
+    assert r["ncc_after"] > plain["ncc_after"]
 
 
 def test_segment_writes_a_label_map_on_the_image_grid_and_a_report(data, weights, tmp_path):
