@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,17 +63,26 @@ class MatchResult:
         return t
 
     def save(self, out: str | os.PathLike) -> Path:
-        """Write warped image/labels, displacement field, affine .tfm, Jacobian and report."""
+        """Write warped image/labels, displacement field, affine .tfm, Jacobian and report.
+
+        The volumes are written concurrently: gzip and most of SimpleITK's writer release the
+        GIL, and writing is the largest stage of a CPU match after the network.
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_volume(self.warped, out / "warped.nii.gz")
+        jobs: list[Callable[[], object]] = [
+            lambda: write_volume(self.warped, out / "warped.nii.gz"),
+            # Stored gzip blocks: the float64 field is the largest output, deflate shrinks it by
+            # only ~15 % and would cost seconds at 128^3.
+            lambda: write_image(self.displacement_image(), out / "displacement.nii.gz", compression_level=0),
+            lambda: write_volume(self.jacobian, out / "jacobian.nii.gz"),
+        ]
         if self.warped_labels is not None:
-            write_volume(self.warped_labels, out / "warped_labels.nii.gz", is_label=True)
-        # Stored gzip blocks: the float64 field is the largest output, deflate shrinks it by only
-        # ~15 % and would cost seconds at 128^3.
-        write_image(self.displacement_image(), out / "displacement.nii.gz", compression_level=0)
+            jobs.append(lambda: write_volume(self.warped_labels, out / "warped_labels.nii.gz", is_label=True))
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()  # re-raises the first failure
         sitk.WriteTransform(self.affine_transform(), str(out / "affine.tfm"))
-        write_volume(self.jacobian, out / "jacobian.nii.gz")
         (out / "report.json").write_text(json.dumps(self.report, indent=2))
         return out
 
@@ -176,13 +186,14 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
     jac = jacobian_determinant(disp_f[None] + voxel_grid(fixed.shape).unsqueeze(0))[0, 0].numpy()
     to_mm = _index_matrix(fixed)
-    disp_mm = np.einsum("ij,jzyx->zyxi", to_mm, disp_f.numpy().astype(np.float64))
+    # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
+    disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
     affine_phys = _affine_to_physical(out["affine"][0].numpy().astype(np.float64), fixed, scale)
     times["upsample_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("warp", 0.75)
-    result = MatchResult(fixed=fixed, warped=fixed, displacement_mm=disp_mm.astype(np.float32),
+    result = MatchResult(fixed=fixed, warped=fixed, displacement_mm=disp_mm,
                          jacobian=fixed.with_array(jac.astype(np.float32)), affine_physical=affine_phys)
     field_img = result.displacement_image()
     transform = sitk.DisplacementFieldTransform(sitk.Image(field_img))
