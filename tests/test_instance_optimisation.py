@@ -1,4 +1,6 @@
 """Instance optimisation (``gvsl match --refine``): recovers known motion, stays consistent, stops."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,19 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
                     should_stop=lambda: calls.append(1) or len(calls) > 3)
     assert len(calls) == 4 and stopped.displacement_mm.shape == (*fixed.shape, 3)
     assert stopped.report["refined"]["steps_done"] == 4 < SMALL.total_steps
+
+
+def test_folding_penalty_unfolds_a_folded_starting_map(image):
+    from models.spatial import jacobian_determinant
+
+    start = voxel_grid(SHAPE)[None].clone()
+    z = torch.arange(32, dtype=torch.float32)
+    bump = torch.exp(-((z - 16) ** 2) / 8.0)  # a narrow wave along x that folds the map
+    start[:, 2] += 6.0 * bump.view(1, 1, 1, 32)  # x moves by a bump in x: dx/dx < 0 on one flank
+    assert (jacobian_determinant(start) <= 0).float().mean() > 0.02
+    fast = RefineSchedule(affine_levels=(), deformable_levels=((32, 32, 40),), deformable_lr=0.05)
+    folded = []
+    for weight in (0.0, 10.0):
+        coords, _ = refine_coordinates(image, image, start, dataclasses.replace(fast, folding=weight))
+        folded.append(float((jacobian_determinant(coords) <= 0).float().mean()))
+    assert folded[1] < 0.5 * folded[0], folded
