@@ -699,9 +699,18 @@ def write_outputs(out: Path, budget: Budget, seeds: list[int], per_seed: dict, s
     L.append("")
     L.extend(discussion(mean, spread, sil, several))
     L.append("")
-    L.append("### Findings of a person (fill in after a real run)")
+    # Written by a person after reading a run, kept in its own file so a rerun never erases it.
+    findings = out / f"findings_{budget.name}.md"
+    L.append("### Findings of a person")
     L.append("")
-    L.append("_Placeholder: what the numbers show, where GVSL does not win, and what was investigated._")
+    if findings.is_file() and not smoke:
+        L.append(f"_From [`{findings.name}`]({findings.name}), written after reading a run; check it against the "
+                 "numbers above, which this command regenerates._")
+        L.append("")
+        L.append(findings.read_text().strip())
+    else:
+        L.append(f"_Not written yet: put what the numbers show, where GVSL does not win and what was investigated "
+                 f"into `{findings.name}` next to this file; the next run includes it here._")
     L.append("")
     L.append("## Pre-training diagnostics")
     L.append("")
