@@ -236,7 +236,9 @@ def _same_config(run: Path, cfg) -> bool:
         return False
     have = yaml.safe_load(path.read_text()) or {}
     want = dataclasses.asdict(cfg)
-    return all(have.get(k) == v for k, v in want.items() if k not in _IGNORED_KEYS)
+    # an option added after the run was made counts as equal when it is at its default
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return all(have.get(k, defaults.get(k)) == v for k, v in want.items() if k not in _IGNORED_KEYS)
 
 
 def run_job(kind: str, cfg, label: str, clock: Clock) -> tuple[dict, bool]:

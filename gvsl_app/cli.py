@@ -71,7 +71,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.config, data=args.data, run=args.run, variant=args.variant,
                       iters=args.iters, size=args.size, width=args.width, batch=args.batch, lr=args.lr,
                       device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
-                      compile=args.compile, n_synthetic=args.n_synthetic)
+                      compile=args.compile, n_synthetic=args.n_synthetic, affine_warmup=args.affine_warmup)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(pretrain(cfg, stop), quiet=args.quiet)
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", choices=["gvsl", "restoration", "matching", "no-affine"])
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--n-synthetic", type=int, help="subjects generated for synthetic:cardiac")
+    p.add_argument("--affine-warmup", type=int, help="first N iterations match with the affine head alone")
     p.add_argument("--quiet", action="store_true")
     _add_common_training(p)
     p.set_defaults(func=cmd_pretrain)

@@ -17,7 +17,9 @@ class PretrainConfig:
 
     ``width`` is the base width (paper: 32; each level doubles it). Loss weights default
     to the paper's (all 1). ``workers`` DataLoader processes prepare augmented pairs
-    off the training loop.
+    off the training loop. ``warmup`` ramps the learning rate over that many iterations;
+    ``affine_warmup`` matches with the affine head alone for that many iterations first
+    (the deformable head otherwise fits the pair before the affine head learns anything).
     """
 
     data: str = "synthetic:cardiac"
@@ -29,6 +31,7 @@ class PretrainConfig:
     batch: int = 1
     lr: float = 1e-4
     warmup: int = 0
+    affine_warmup: int = 0
     device: str = "auto"
     seed: int = 0
     workers: int = 2

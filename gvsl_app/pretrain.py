@@ -37,7 +37,7 @@ class PretrainObjective(nn.Module):
         self.w = (config.w_ncc, config.w_smooth, config.w_mse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_input: torch.Tensor,
-                amp_device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                amp_device: torch.device | None = None, deformable: bool = True) -> dict[str, torch.Tensor]:
         w_ncc, w_smooth, w_mse = self.w
         terms: dict[str, torch.Tensor] = {}
         with autocast(amp_device or moving.device, enabled=amp_device is not None):
@@ -48,7 +48,7 @@ class PretrainObjective(nn.Module):
             else:
                 restore = self.variant != "matching"
                 inp = moving if self.variant == "matching" else moving_input
-                out = self.model(inp, fixed, source=moving, restore=restore)
+                out = self.model(inp, fixed, source=moving, restore=restore, deformable=deformable)
                 terms["ncc"] = local_ncc(out.warped, fixed)
                 terms["smooth"] = smoothness(out.displacement)
                 if restore:
@@ -194,7 +194,8 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
             moving, fixed, moving_input = (batch[k].to(device, non_blocking=True) for k in ("moving", "fixed", "moving_input"))
             wait_acc += time.perf_counter() - t0
             objective.train()
-            terms = objective(moving, fixed, moving_input, amp_device=amp_device)
+            terms = objective(moving, fixed, moving_input, amp_device=amp_device,
+                              deformable=step >= config.affine_warmup)
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             step += 1

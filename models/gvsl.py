@@ -73,12 +73,13 @@ class GVSL(nn.Module):
         return self.unet(x)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, *, source: torch.Tensor | None = None,
-                restore: bool = True) -> GVSLOutput:
+                restore: bool = True, deformable: bool = True) -> GVSLOutput:
         """Match ``moving`` onto ``fixed``; optionally restore ``moving``.
 
         ``source`` (default ``moving``) is the image that is warped: during pre-training the
         backbone sees the appearance-transformed moving scan while the clean scan is warped
-        and compared. ``restore=False`` skips the restoration head (registration-only).
+        and compared. ``restore=False`` skips the restoration head (registration-only);
+        ``deformable=False`` matches with the affine part alone (an affine warm-up).
         """
         if moving.shape != fixed.shape:
             raise ValueError(f"moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} must have the same shape")
@@ -95,6 +96,9 @@ class GVSL(nn.Module):
             affine = identity_affine(b, device=moving.device)
         aligned = warp(f_m, sampling_coordinates(shape, affine=affine, batch=b)).to(f_f.dtype)
         displacement = self.deformable_head(aligned, f_f)
+        if not deformable:
+            # Zeroed rather than skipped: DDP expects every parameter in every step's graph.
+            displacement = displacement * 0.0
         coords = sampling_coordinates(shape, affine=affine, displacement=displacement)
         warped = warp(moving if source is None else source, coords)
         restored = self.restoration_head(f_m).float() if restore else None

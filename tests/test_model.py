@@ -56,6 +56,25 @@ def test_every_affine_and_deformable_parameter_gets_a_gradient(small):
             assert p.grad.abs().sum() > 0, name
 
 
+def test_affine_only_call_trains_the_affine_head_and_not_the_deformable_one(small):
+    from models.spatial import sampling_coordinates
+
+    small.zero_grad()
+    torch.manual_seed(3)
+    x, y = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        small.deformable_head.flow.weight.add_(0.05)  # a clearly non-zero displacement normally
+        full = small(x, y, restore=False)
+    out = small(x, y, restore=False, deformable=False)
+    assert full.displacement.abs().max() > 0.05 and out.displacement.abs().max() == 0
+    torch.testing.assert_close(out.coordinates, sampling_coordinates((32, 32, 32), affine=out.affine))
+    local_ncc(out.warped, y).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in small.affine_head.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in small.deformable_head.parameters())
+    with torch.no_grad():
+        small.deformable_head.flow.weight.sub_(0.05)
+
+
 def test_batch_of_two_equals_two_single_calls(small):
     torch.manual_seed(2)
     x, y = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32)

@@ -97,6 +97,14 @@ def test_variants_train(tmp_path):
         assert ("mse" in rows[0]) == (variant != "matching")
 
 
+def test_affine_warmup_matches_without_displacement_first(tmp_path):
+    cfg = small(tmp_path / "warm", iters=4, affine_warmup=2, val_every=4, lr=1e-2)
+    assert drain(pretrain(cfg)).phase == "done"
+    rows = [r for r in read_metrics(tmp_path / "warm" / "metrics.jsonl") if "event" not in r]
+    smooth = [r["smooth"] for r in rows]
+    assert smooth[:2] == [0.0, 0.0] and min(smooth[2:]) > 0, smooth
+
+
 def test_sigkill_while_checkpointing_leaves_a_loadable_last(tmp_path):
     run = tmp_path / "killed"
     cmd = GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "3", "--run", str(run),
