@@ -86,14 +86,7 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
     scale = _scale(shape).to(dev)
     base = coords.detach().float() / scale - 1.0  # normalised (z, y, x)
     m, f = moving.detach().float(), fixed.detach().float()
-    total, done = max(schedule.total_steps, 1), 0
-    stopped = False
-
-    def tick() -> None:
-        nonlocal done, stopped
-        done += 1
-        if step is not None and step(done / total):
-            stopped = True
+    clock = _Steps(schedule.total_steps, step)
 
     with torch.enable_grad():
         lin = torch.zeros(1, 3, 3, device=dev, requires_grad=True)
@@ -109,14 +102,7 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
             side = min(side, max(shape))  # never optimise above the working resolution
             mm, ff, bb = _resize(m, side), _resize(f, side), _resize(base, side)
             s = _scale((side,) * 3).to(dev)
-            for _ in range(steps if not stopped else 0):
-                loss = local_ncc(warp(mm, (affine(bb) + 1.0) * s), ff, window=schedule.window)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tick()
-                if stopped:
-                    break
+            clock.minimise(opt, steps, lambda: local_ncc(warp(mm, (affine(bb) + 1.0) * s), ff, window=schedule.window))
         with torch.no_grad():
             aligned = affine(base)
 
@@ -129,24 +115,39 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
             s = _scale((side,) * 3).to(dev)
             residual = (torch.zeros(1, 3, grid, grid, grid, device=dev) if residual is None
                         else _resize(residual.detach(), grid)).requires_grad_(True)
-            opt = torch.optim.Adam([residual], lr=schedule.deformable_lr)
-            for _ in range(steps if not stopped else 0):
-                u = _resize(residual, side)
-                mapped = (aa + u + 1.0) * s
-                sim = local_ncc(warp(mm, mapped), ff, window=schedule.window)
-                loss = sim + schedule.smoothness * _squared_differences(residual * to_voxels)
+
+            def loss() -> torch.Tensor:
+                mapped = (aa + _resize(residual, side) + 1.0) * s
+                value = local_ncc(warp(mm, mapped), ff, window=schedule.window)
+                value = value + schedule.smoothness * _squared_differences(residual * to_voxels)
                 if schedule.folding:
-                    loss = loss + schedule.folding * F.relu(-jacobian_determinant(mapped)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tick()
-                if stopped:
-                    break
+                    value = value + schedule.folding * F.relu(-jacobian_determinant(mapped)).mean()
+                return value
+
+            clock.minimise(torch.optim.Adam([residual], lr=schedule.deformable_lr), steps, loss)
         with torch.no_grad():
             out = aligned if residual is None else aligned + F.interpolate(
                 residual, size=shape, mode="trilinear", align_corners=True)
             return (out + 1.0) * scale, _voxel_affine(eye + lin, shift, scale.view(3))
+
+
+class _Steps:
+    """Counts Adam steps across levels, reports the fraction done and remembers a stop request."""
+
+    def __init__(self, total: int, step: StepFn | None):
+        self.total, self.done, self.step, self.stopped = max(total, 1), 0, step, False
+
+    def minimise(self, opt: torch.optim.Optimizer, steps: int, loss: Callable[[], torch.Tensor]) -> None:
+        for _ in range(steps):
+            if self.stopped:
+                return
+            value = loss()
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            self.done += 1
+            if self.step is not None and self.step(self.done / self.total):
+                self.stopped = True
 
 
 def _voxel_affine(lin: torch.Tensor, shift: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
