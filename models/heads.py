@@ -59,7 +59,14 @@ class DeformableHead(nn.Module):
 
 
 class RestorationHead(nn.Module):
-    """Self-restoration: conv3 -> GroupNorm -> LeakyReLU -> conv1 to one channel."""
+    """Self-restoration: conv3 -> GroupNorm -> LeakyReLU -> conv1 to one channel.
+
+    The last convolution starts at zero, so every seed starts from the same restoration
+    (a constant 0, MSE ~0.16 on [0, 1] intensities). PyTorch's default init gave a width-8
+    head an initial MSE anywhere from 0.14 to 1.87 depending on the seed, and the unlucky
+    seeds spent the short schedules undoing it. Zeros draw no random numbers, so every
+    other parameter is initialised exactly as before.
+    """
 
     def __init__(self, local_channels: int):
         super().__init__()
@@ -70,6 +77,8 @@ class RestorationHead(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv3d(hidden, 1, 1),
         )
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
 
     def forward(self, f_local: torch.Tensor) -> torch.Tensor:
         return self.layers(f_local)
