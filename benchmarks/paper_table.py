@@ -105,6 +105,15 @@ class Budget:
     test_fraction: float = 0.3
     note: str = ""
 
+    def iters(self, mode: str) -> int:
+        """Iterations of one downstream run in ``mode`` ("linear" or "finetune")."""
+        return self.linear_iters if mode == "linear" else self.ft_iters
+
+    def validate_every(self, mode: str) -> int:
+        """Validation interval of a downstream run: ``val_every``, but at most ~10 validations."""
+        iters = self.iters(mode)
+        return min(max(self.val_every, iters // 10), iters)
+
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget("tiny", size=16, width=4, pre_iters=3, pre_lr=1e-3, pre_batch=1, n_synthetic=4,
@@ -296,12 +305,12 @@ def downstream_config(budget: Budget, task: str, mode: str, init: str, seed: int
     from gvsl_app.config import FinetuneConfig
 
     seg = task != "heart_cls"
-    iters = budget.linear_iters if mode == "linear" else budget.ft_iters
+    iters = budget.iters(mode)
     return FinetuneConfig(data=str(data), run=str(run), init=init, task="seg" if seg else "cls",
                           linear=mode == "linear", iters=iters,
                           size=budget.patch if seg else budget.cls_size, width=budget.width,
                           batch=budget.ft_batch, lr=budget.linear_lr if mode == "linear" else budget.ft_lr,
-                          device=device, seed=seed, workers=0, val_every=min(max(budget.val_every, iters // 10), iters),
+                          device=device, seed=seed, workers=0, val_every=budget.validate_every(mode),
                           val_fraction=budget.val_fraction, test_fraction=budget.test_fraction,
                           n_train=budget.n_train if seg else 0, log_every=max(1, iters // 20))
 
@@ -495,8 +504,7 @@ def estimate(budget: Budget, n_seeds: int, steps: dict[str, float]) -> dict[str,
     pre += len(VARIANTS) * per_run
     down = 0.0
     for mode in MODES:
-        iters = budget.linear_iters if mode == "linear" else budget.ft_iters
-        down += iters * len(METHODS) * (2 * steps[f"seg_{mode}"] + steps[f"cls_{mode}"]) * over
+        down += budget.iters(mode) * len(METHODS) * (2 * steps[f"seg_{mode}"] + steps[f"cls_{mode}"]) * over
         down += len(METHODS) * len(TASKS) * per_run
     clus = len(METHODS) * (budget.n_embed * (1.0 + 3 * steps["seg_linear"]) + 3.0 + 0.005 * 7 * budget.per_label)
     per_seed = {"pretrain": pre, "downstream": down, "clustering": clus}
@@ -741,8 +749,8 @@ def write_outputs(out: Path, budget: Budget, seeds: list[int], per_seed: dict, s
     L.append(f"- downstream: fine-tuning {b.ft_iters} iterations at Adam lr {b.ft_lr:g}; linear probe (frozen "
              f"backbone, 1x1x1 convolution or linear layer) {b.linear_iters} iterations at lr {b.linear_lr:g}; "
              f"batch {b.ft_batch}, segmentation patches {b.patch}^3 with sliding-window inference, classification "
-             f"volumes {b.cls_size}^3, validation every {min(max(b.val_every, b.ft_iters // 10), b.ft_iters)} "
-             f"(fine-tuning) / {min(max(b.val_every, b.linear_iters // 10), b.linear_iters)} (linear) iterations.")
+             f"volumes {b.cls_size}^3, validation every {b.validate_every('finetune')} "
+             f"(fine-tuning) / {b.validate_every('linear')} (linear) iterations.")
     L.append(f"- data seeds: {', '.join(f'{k} {v}' for k, v in DATA_SEEDS.items())} (checked disjoint from the "
              "pre-training subjects).")
     L.append("")

@@ -18,8 +18,9 @@ class PretrainConfig:
     ``width`` is the base width (paper: 32; each level doubles it). Loss weights default
     to the paper's (all 1). ``workers`` DataLoader processes prepare augmented pairs
     off the training loop. ``warmup`` ramps the learning rate over that many iterations;
-    ``affine_warmup`` matches with the affine head alone for that many iterations first
-    (the deformable head otherwise fits the pair before the affine head learns anything).
+    ``affine_warmup`` matches with the affine head alone for that many iterations first, to
+    test whether the deformable head takes the signal away from the affine head (at the
+    study's small budget it did not help: docs/findings_small.md).
     """
 
     data: str = "synthetic:cardiac"
