@@ -234,6 +234,16 @@ def _truncated_niigz(tmp_path):
     return p
 
 
+def _corrupt_niigz(tmp_path):
+    full = write_volume(make_volume((24, 24, 24), np.float32), tmp_path / "full.nii.gz")
+    data = bytearray(full.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = b"\xff" * 64  # a damaged deflate block, not a short file
+    p = tmp_path / "corrupt.nii.gz"
+    p.write_bytes(bytes(data))
+    return p
+
+
 def _truncated_nii(tmp_path):
     full = write_volume(make_volume((12, 12, 12), np.float32), tmp_path / "full.nii")
     data = full.read_bytes()
@@ -292,6 +302,7 @@ BAD = {
     "garbage_gz": (_garbage_gz, ""),
     "truncated_niigz": (_truncated_niigz, "truncated"),
     "truncated_nii": (_truncated_nii, "truncated"),
+    "corrupt_niigz": (_corrupt_niigz, "corrupt"),
     "truncated_mha": (_truncated_mha, "truncated"),
     "2d": (_image_2d, "2D"),
     "single_slice": (_single_slice, "single slice"),
@@ -374,7 +385,7 @@ def test_read_labels_mismatch_names_both_files_and_property(tmp_path, prop):
     assert not any(f"{o} (" in msg for o in others)
 
 
-@pytest.mark.parametrize("level", [0, 1])
+@pytest.mark.parametrize("level", [0, 1, 9])
 def test_write_image_gzips_nifti_at_the_given_level_and_leaves_no_temporaries(tmp_path, level):
     from gvsl_app.io import write_image
 
@@ -385,6 +396,10 @@ def test_write_image_gzips_nifti_at_the_given_level_and_leaves_no_temporaries(tm
     img.SetOrigin((-3.0, 4.0, 5.0))
     path = write_image(img, tmp_path / "field.nii.gz", compression_level=level)
     assert path.read_bytes()[:2] == b"\x1f\x8b"  # a real gzip stream, whatever the level
+    raw = tmp_path / "plain.nii"
+    sitk.WriteImage(img, str(raw))
+    assert gzip.decompress(path.read_bytes()) == raw.read_bytes()  # any gzip reader gets the plain NIfTI back
+    raw.unlink()
     back = sitk.ReadImage(str(path))
     assert back.GetPixelID() == sitk.sitkVectorFloat64
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), field)
