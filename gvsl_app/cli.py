@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .allocator import tune_cpu_allocator
 from .progress import StopFlag
 
 
@@ -267,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.command != "app":
+        # A job process: reusing freed tensor memory saves the page faults of every large
+        # activation (~20 % of a CPU forward or training step). The desktop app stays a good
+        # neighbour instead, returning memory it no longer uses.
+        tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, TypeError) as exc:
