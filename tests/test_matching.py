@@ -71,6 +71,19 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
     assert set(np.unique(res.warped_labels.array)) <= {0, 1, 2}
 
 
+
+def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights):
+    fixed, moving, _, _ = pair
+    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu")
+    first = res.displacement_image()
+    sitk.DisplacementFieldTransform(first)  # takes the image's buffer and leaves it empty
+    assert first.GetNumberOfPixels() == 0
+    again = res.displacement_image()
+    assert again.GetSize() == tuple(reversed(fixed.shape))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), res.displacement_mm)
+    res.displacement_mm = res.displacement_mm * 0.5  # a new array: the image follows it
+    np.testing.assert_allclose(sitk.GetArrayFromImage(res.displacement_image()), res.displacement_mm)
+
 def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights, tmp_path):
     fixed, moving, _, _ = pair
     model_path = perturbed_weights
