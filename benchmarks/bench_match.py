@@ -36,10 +36,15 @@ Usage:
 
 2) Latency: a ``--latency-shape``^3 fixed grid (128 by default) matched at working size
    ``--latency-size`` (96) end to end: read both NIfTI files from disk, match, write every
-   output (warped image, displacement field, affine .tfm, Jacobian, report). The network is
-   loaded once (what the GUI and a server see); loading it is reported separately, and
-   ``--cli`` also times the ``gvsl match`` command (process start + imports included).
-   Target: < 2 s on the project's 2-core CPU; on a GPU < 50 ms for the network.
+   output (warped image, displacement field, affine .tfm, Jacobian, report). Timed twice:
+   *first match of a process* (a fresh Python process per repeat that imports the engine
+   and loads the weights untimed, then times read -> written once: what one ``gvsl match``
+   costs beyond its start-up) and *warm* (repeats in one process with the network loaded
+   once: what the GUI and a server see). ``--cli`` also times the whole ``gvsl match``
+   command (process start and imports included). Like the ``gvsl`` command, the benchmark
+   tunes the C allocator (``gvsl_app.allocator``; ``GVSL_TUNE_MALLOC=0`` turns that off).
+   Target: < 2 s on the project's 2-core CPU; on a GPU < 50 ms for the network (the
+   network's GPU time is printed when CUDA is present).
 
 ``--weights random`` uses a random-init width-8 network (a smoke run before the demo
 weights exist); final numbers use the demo weights.
@@ -269,33 +274,85 @@ def summarise(rows: list[dict], args, info: str) -> dict:
 
 # ----------------------------------------------------------------------------- latency
 
-def run_latency(args, model, weights_load_s: float) -> dict:
-    from gvsl_app.io import read_volume, write_volume
+def time_one_match(folder: Path, out: Path, model, size: int, device: str) -> dict:
+    """Read both volumes of ``folder``, match, write into ``out``: seconds per stage."""
+    from gvsl_app.io import read_volume
     from gvsl_app.matching import match
+
+    t0 = time.perf_counter()
+    fixed, moving = read_volume(folder / "fixed.nii.gz"), read_volume(folder / "moving.nii.gz")
+    t1 = time.perf_counter()
+    r = match(fixed, moving, model=model, size=size, device=device)
+    t2 = time.perf_counter()
+    r.save(out)
+    t3 = time.perf_counter()
+    return {"total_s": t3 - t0, "read_s": t1 - t0, "match_s": t2 - t1, "write_s": t3 - t2,
+            **{k: v for k, v in r.report["seconds"].items() if k != "total_s"}, "device": r.report["device"]}
+
+
+def _print_run(label: str, run: dict) -> None:
+    print(f"  {label}: total {run['total_s']:.2f} s = read {run['read_s']:.2f} + match {run['match_s']:.2f} "
+          f"(preprocess {run['preprocess_s']:.2f}, network {run['network_s']:.3f}, upsample "
+          f"{run['upsample_s']:.2f}, warp {run['warp_s']:.2f}) + write {run['write_s']:.2f}", flush=True)
+
+
+def _cold_match(folder: str, size: int, device: str, weights: str | None) -> int:
+    """Child process of the latency benchmark: one timed match, JSON on stdout."""
+    from gvsl_app.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    model, _ = load_model(weights, device)
+    folder_p = Path(folder)
+    print(json.dumps(time_one_match(folder_p, folder_p / "cold-out", model, size, device)))
+    return 0
+
+
+def _network_gpu_ms(model, size: int, repeats: int = 20) -> float | None:
+    """Median milliseconds of the network alone on CUDA (synchronised), or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    from models.device import autocast
+
+    dev = torch.device("cuda")
+    net = model.to(dev).eval()
+    m, f = torch.rand(1, 1, size, size, size, device=dev), torch.rand(1, 1, size, size, size, device=dev)
+    times = []
+    with torch.no_grad(), autocast(dev):
+        for k in range(repeats + 3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            net(m, f, restore=False)
+            torch.cuda.synchronize()
+            if k >= 3:
+                times.append((time.perf_counter() - t) * 1000)
+    model.cpu()
+    return statistics.median(times)
+
+
+def run_latency(args, model, weights_load_s: float) -> dict:
+    from gvsl_app.io import write_volume
     from gvsl_app.synthetic import make_cardiac_subject
 
     n, size = args.latency_shape, args.latency_size
-    res = {"grid": n, "working_size": size, "weights_load_s": weights_load_s, "runs": []}
+    res = {"grid": n, "working_size": size, "weights_load_s": weights_load_s, "runs": [], "cold_runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, seed in (("fixed", args.seed_base + 900), ("moving", args.seed_base + 901)):
             image, _ = make_cardiac_subject(seed, (n, n, n))
             write_volume(image, tmp / f"{name}.nii.gz")
+        cold_cmd = [sys.executable, os.path.abspath(__file__), "--cold-match", str(tmp), "--latency-size", str(size),
+                    "--device", args.device] + (["--weights", args.weights] if args.weights else [])
         for k in range(args.repeats):
-            out = tmp / f"out{k}"
-            t0 = time.perf_counter()
-            fixed, moving = read_volume(tmp / "fixed.nii.gz"), read_volume(tmp / "moving.nii.gz")
-            t1 = time.perf_counter()
-            r = match(fixed, moving, model=model, size=size, device=args.device)
-            t2 = time.perf_counter()
-            r.save(out)
-            t3 = time.perf_counter()
-            run = {"total_s": t3 - t0, "read_s": t1 - t0, "match_s": t2 - t1, "write_s": t3 - t2,
-                   **{k2: v for k2, v in r.report["seconds"].items() if k2 != "total_s"}, "device": r.report["device"]}
+            p = subprocess.run(cold_cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise RuntimeError(f"cold match failed: {p.stderr.strip()}")
+            run = json.loads(p.stdout.strip().splitlines()[-1])
+            res["cold_runs"].append(run)
+            _print_run(f"first match of process {k}", run)
+        for k in range(args.repeats):
+            run = time_one_match(tmp, tmp / f"out{k}", model, size, args.device)
             res["runs"].append(run)
-            print(f"  run {k}: total {run['total_s']:.2f} s = read {run['read_s']:.2f} + match {run['match_s']:.2f} "
-                  f"(preprocess {run['preprocess_s']:.2f}, network {run['network_s']:.3f}, upsample "
-                  f"{run['upsample_s']:.2f}, warp {run['warp_s']:.2f}) + write {run['write_s']:.2f}", flush=True)
+            _print_run(f"warm run {k}", run)
         if args.cli:
             cmd = [sys.executable, "-m", "gvsl_app.cli", "match", str(tmp / "fixed.nii.gz"), str(tmp / "moving.nii.gz"),
                    "--out", str(tmp / "cli"), "--size", str(size), "--device", args.device]
@@ -311,9 +368,18 @@ def run_latency(args, model, weights_load_s: float) -> dict:
     res["median_total_s"] = statistics.median(totals)
     res["min_total_s"] = min(totals)
     res["median_network_s"] = statistics.median(r["network_s"] for r in res["runs"])
-    print(f"latency {n}^3 at {size}^3: median {res['median_total_s']:.2f} s (min {res['min_total_s']:.2f}), "
-          f"network median {res['median_network_s']:.3f} s, weights load {weights_load_s:.2f} s once; "
-          f"target < 2 s on CPU: {'yes' if res['median_total_s'] < 2 else 'NO'}")
+    res["median_cold_total_s"] = statistics.median(r["total_s"] for r in res["cold_runs"])
+    res["gpu_network_ms"] = _network_gpu_ms(model, size)
+    ok = max(res["median_total_s"], res["median_cold_total_s"]) < 2
+    print(f"latency {n}^3 at {size}^3: first match of a process median {res['median_cold_total_s']:.2f} s; "
+          f"warm median {res['median_total_s']:.2f} s (min {res['min_total_s']:.2f}), network median "
+          f"{res['median_network_s']:.3f} s, weights load {weights_load_s:.2f} s once; "
+          f"target < 2 s on CPU: {'yes' if ok else 'NO'}")
+    if res["gpu_network_ms"] is not None:
+        print(f"network on {torch.cuda.get_device_name()}: median {res['gpu_network_ms']:.1f} ms "
+              f"(target < 50 ms: {'yes' if res['gpu_network_ms'] < 50 else 'NO'})")
+    else:
+        print("no CUDA device here: the GPU network target is not measured")
     return res
 
 
@@ -342,7 +408,13 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 2 pairs of 64^3 at size 32, short classical, latency 64^3 at 48, 2 repeats")
     ap.add_argument("--json", help="write all results to this JSON file")
+    ap.add_argument("--cold-match", metavar="DIR", help=argparse.SUPPRESS)  # the latency benchmark's child
     args = ap.parse_args(argv)
+    if args.cold_match:
+        return _cold_match(args.cold_match, args.latency_size, args.device, args.weights)
+    from gvsl_app.allocator import tune_cpu_allocator
+
+    tuned = tune_cpu_allocator()  # as the gvsl command does
     if args.quick:
         args.pairs, args.shape, args.size = 2, 64, 32
         args.affine_iters, args.bspline_iters, args.sampling = 20, 8, 0.05
@@ -350,7 +422,7 @@ def main(argv=None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; SimpleITK "
           f"{sitk.Version.VersionString()}, {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()} threads; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; allocator tuned: {tuned}", flush=True)
     t0 = time.perf_counter()
     model, info = load_model(args.weights, args.device)
     load_s = time.perf_counter() - t0

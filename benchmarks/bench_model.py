@@ -3,7 +3,9 @@
 Usage: python benchmarks/bench_model.py [--sizes 64 96] [--bases 8 32] [--device auto] [--repeats 3]
 
 Each configuration runs in its own subprocess so that peak memory (CPU: max RSS; CUDA:
-max allocated) belongs to it alone. The official code needs 12.5 s per 64^3 training
+max allocated) belongs to it alone. Like the ``gvsl`` commands, each subprocess tunes the
+C allocator first (``gvsl_app.allocator``); ``GVSL_TUNE_MALLOC=0`` measures without it.
+The official code needs 12.5 s per 64^3 training
 step at the paper's width on the project's 2-core CPU (reference/official_code_findings.md).
 """
 from __future__ import annotations
@@ -27,7 +29,9 @@ def run_one(base: int, size: int, device: str, repeats: int) -> dict:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from models import GVSL, local_ncc, resolve_device, restoration_mse, smoothness, widths_from_base
     from models.device import autocast
+    from gvsl_app.allocator import tune_cpu_allocator
 
+    tuned = tune_cpu_allocator()
     dev = resolve_device(device)
     torch.manual_seed(0)
     model = GVSL(widths=widths_from_base(base)).to(dev)
@@ -51,7 +55,7 @@ def run_one(base: int, size: int, device: str, repeats: int) -> dict:
         with torch.no_grad(), autocast(dev):
             model(a, b, restore=False)
 
-    res = {"base": base, "size": size, "device": str(dev), "threads": torch.get_num_threads()}
+    res = {"base": base, "size": size, "device": str(dev), "threads": torch.get_num_threads(), "malloc_tuned": tuned}
     for name, fn in (("train_step_s", step), ("pair_forward_s", forward)):
         fn()  # warm-up
         sync()
@@ -80,7 +84,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.device, args.repeats)))
         return
-    print(f"{'width':>5} {'size':>5} {'device':>6} {'step s':>8} {'fwd s':>8} {'peak MB':>9}  vs official")
+    print(f"{'width':>5} {'size':>5} {'device':>6} {'step s':>8} {'fwd s':>8} {'peak MB':>9} {'malloc':>6}  vs official")
     for base in args.bases:
         for size in args.sizes:
             out = subprocess.run([sys.executable, __file__, "--one", str(base), str(size), "--device", args.device,
@@ -95,7 +99,7 @@ def main() -> None:
             if (base, size) in OFFICIAL_FORWARD_S and r["device"] == "cpu":
                 ref.append(f"forward {OFFICIAL_FORWARD_S[(base, size)] / r['pair_forward_s']:.2f}x faster")
             print(f"{base:>5} {size:>5} {r['device']:>6} {r['train_step_s']:8.3f} {r['pair_forward_s']:8.3f} "
-                  f"{r['peak_mem_mb']:9.0f}  {', '.join(ref)}", flush=True)
+                  f"{r['peak_mem_mb']:9.0f} {'tuned' if r['malloc_tuned'] else 'plain':>6}  {', '.join(ref)}", flush=True)
 
 
 if __name__ == "__main__":
