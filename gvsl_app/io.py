@@ -8,34 +8,21 @@ traceback helps nobody.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gzip
 import logging
 import os
-import re
-import shutil
-import struct
 import uuid
-import zlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom import read_dicom_series
+from .itk_errors import VolumeReadError, first_line, quiet_itk
+from .nifti import gzip_file, scan_nifti
 from .volume import Volume
 
-try:  # Intel ISA-L's gzip: same format, deflates a float volume ~15x and inflates ~3x faster
-    from isal import igzip as _gzip
-    from isal.isal_zlib import error as _GzipError
-except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    _gzip, _GzipError = gzip, zlib.error
-
 logger = logging.getLogger(__name__)
-
-#: True when ``.nii.gz`` files are deflated by ISA-L: level 1 then costs about what storing does.
-FAST_GZIP = _gzip is not gzip
 
 __all__ = [
     "VolumeReadError",
@@ -59,10 +46,6 @@ GEOMETRY_RTOL = 1e-3
 # writing them to a temporary name and renaming would leave the header pointing at the
 # temporary data file, so they are written in place.
 _MULTI_FILE_SUFFIXES = (".mhd", ".hdr", ".img", ".img.gz")
-
-
-class VolumeReadError(ValueError):
-    """A volume or label file that cannot be used; the message names the file and the fix."""
 
 
 # --------------------------------------------------------------------------------------
@@ -153,9 +136,7 @@ def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int
         try:
             if raw is not None:
                 sitk.WriteImage(img, str(raw), useCompression=False)
-                level = min(compression_level, 3) if FAST_GZIP else compression_level  # ISA-L has 0-3
-                with open(raw, "rb") as src, _gzip.open(tmp, "wb", compresslevel=level) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 22)
+                gzip_file(raw, tmp, compression_level)
             else:
                 sitk.WriteImage(img, str(tmp), useCompression=compress)
             os.replace(tmp, path)
@@ -165,7 +146,7 @@ def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int
                     leftover.unlink()
     except RuntimeError as exc:
         raise ValueError(
-            f"cannot write {path}: {_first_line(exc)}. Use an extension SimpleITK writes "
+            f"cannot write {path}: {first_line(exc)}. Use an extension SimpleITK writes "
             "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable."
         ) from None
     return path
@@ -200,104 +181,6 @@ def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False
 # --------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    """The informative part of an ITK exception (they start with a C++ source location)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:
-        m = re.search(r"ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(.+)", ln)
-        if m:
-            return m.group(1).strip().rstrip(".:")
-    return lines[-1] if lines else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet_itk() -> Iterator[None]:
-    """Silence ITK's own stderr warnings while probing files: we report problems ourselves."""
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-
-
-def _scan_nifti(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Refuse a truncated NIfTI file and find its non-finite voxels.
-
-    Two silent behaviours of ITK's NIfTI reader (nifti1_io) need this: a truncated file (a
-    partial download, a full disk) is filled up with zeros, so half a scan would look
-    valid; and NaN/inf voxels of float data are replaced by 0, so an all-NaN file would
-    look like a constant one and NaN voxels (outside a reconstruction field of view, say)
-    would become plausible grey values. We compare the data size the header promises with
-    what the file holds, decompressing ``.nii.gz`` as a stream so a cut-off gzip stream is
-    detected too, and return ``(flat indices, values)`` of the non-finite float voxels (in
-    file order, which is ITK's buffer order) so the caller can put them back; ``None`` when
-    there are none or the header is not NIfTI-1/2.
-    """
-    gz = path.name.lower().endswith(".gz")
-    bad_idx: list[np.ndarray] = []
-    bad_val: list[np.ndarray] = []
-    try:
-        with (_gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-            head = fh.read(540)
-            if len(head) < 348:
-                raise VolumeReadError(f"{path}: the NIfTI header is incomplete (file truncated); re-export or re-download it.")
-            for endian in "<>":
-                size = struct.unpack(endian + "i", head[:4])[0]
-                if size in (348, 540):
-                    break
-            else:
-                return None  # not a NIfTI header we understand: let ITK decide
-            if size == 348:
-                dims = struct.unpack(endian + "8h", head[40:56])
-                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-                offset = int(struct.unpack(endian + "f", head[108:112])[0])
-            else:
-                dims = struct.unpack(endian + "8q", head[16:80])
-                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-                offset = struct.unpack(endian + "q", head[168:176])[0]
-            ndim = dims[0]
-            if not 1 <= ndim <= 7:
-                return None
-            offset = max(int(offset), size)
-            n_vox = int(np.prod([max(int(d), 1) for d in dims[1:ndim + 1]], dtype=np.int64))
-            n_bytes = n_vox * max(int(bitpix), 8) // 8
-            ftype = {16: "f4", 64: "f8"}.get(int(datatype))
-            if ftype is None and not gz:
-                total = path.stat().st_size - offset
-            else:
-                fh.seek(offset)
-                item = np.dtype(endian + ftype).itemsize if ftype else 1
-                total, pending = 0, b""
-                while total < n_bytes and (chunk := fh.read(min(1 << 22, n_bytes - total))):
-                    start_vox = (total - len(pending)) // item
-                    total += len(chunk)
-                    if ftype:
-                        data = pending + chunk
-                        usable = len(data) - len(data) % item
-                        vals = np.frombuffer(data[:usable], dtype=endian + ftype)
-                        pending = data[usable:]
-                        idx = np.flatnonzero(~np.isfinite(vals))
-                        if idx.size:
-                            bad_idx.append(idx + start_vox)
-                            bad_val.append(vals[idx])
-                if gz and total >= n_bytes:
-                    while fh.read(1 << 20):  # reach the gzip trailer: detects a cut-off stream
-                        pass
-    except (EOFError, OSError, zlib.error, _GzipError) as exc:
-        raise VolumeReadError(
-            f"{path}: the compressed data is truncated or corrupt ({exc}); re-export or re-download the file."
-        ) from None
-    if total < n_bytes:
-        raise VolumeReadError(
-            f"{path}: the file is truncated ({max(total, 0)} of {n_bytes} bytes of image data); "
-            "re-export or re-download it."
-        )
-    if not bad_idx:
-        return None
-    return np.concatenate(bad_idx), np.concatenate(bad_val)
 
 
 def _check_shape(path: Path, dim: int, size: tuple[int, ...], comps: int) -> None:
@@ -345,112 +228,26 @@ def _squeeze_to_3d(img: sitk.Image, path: Path) -> sitk.Image:
     return img
 
 
-def _dicom_meta(reader: sitk.ImageSeriesReader, tag: str, index: int = 0) -> str:
-    try:
-        if reader.HasMetaDataKey(index, tag):
-            return reader.GetMetaData(index, tag).strip()
-    except RuntimeError:
-        pass
-    return ""
-
-
-def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, dict]:
-    """Read one DICOM series from a folder; several series -> the one with most slices."""
-    with _quiet_itk():
-        uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if not uids:
-        raise VolumeReadError(
-            f"{folder}: the folder holds no DICOM series (subfolders are not searched). Point to the folder that "
-            "contains the .dcm slices, or to an image file (.nii.gz, .mha, .nrrd)."
-        )
-    files = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
-    if series_uid is not None:
-        if series_uid not in files:
-            raise VolumeReadError(
-                f"{folder}: no DICOM series with UID {series_uid!r}; the folder holds: "
-                + ", ".join(f"{u} ({len(files[u])} slices)" for u in uids)
-            )
-        chosen = series_uid
-    else:
-        chosen = max(uids, key=lambda u: (len(files[u]), u))  # UID tie-break: deterministic
-    others = [u for u in uids if u != chosen]
-    if others and series_uid is None:
-        logger.warning(
-            "%s holds %d DICOM series; reading %s (%d slices), the one with most slices. Others: %s. "
-            "Pass series_uid to choose another.",
-            folder, len(uids), chosen, len(files[chosen]),
-            ", ".join(f"{u} ({len(files[u])} slices)" for u in others),
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[chosen])
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        with _quiet_itk():
-            img = reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(
-            f"{folder}: DICOM series {chosen} could not be read ({_first_line(exc)}); "
-            "the slices may be incomplete or use an unsupported transfer syntax."
-        ) from None
-    dicom = {
-        "series_uid": chosen,
-        "other_series_uids": others,
-        "n_files": len(files[chosen]),
-        "modality": _dicom_meta(reader, "0008|0060"),
-        "series_description": _dicom_meta(reader, "0008|103e"),
-        "patient_id": _dicom_meta(reader, "0010|0020"),
-    }
-    dicom["nonuniform_slice_spacing"] = _nonuniform_spacing(reader, len(files[chosen]), img, folder)
-    return img, dicom
-
-
-def _nonuniform_spacing(reader: sitk.ImageSeriesReader, n: int, img: sitk.Image, folder: Path) -> bool:
-    """Warn when slice positions are not evenly spaced (missing slices, variable thickness).
-
-    ITK assumes one slice spacing for the whole series, so gaps silently stretch anatomy;
-    we cannot fix that here but the user must know the geometry is approximate.
-    """
-    if n < 3:
-        return False
-    normal = np.asarray(img.GetDirection(), float).reshape(3, 3)[:, 2]
-    pos = []
-    for i in range(n):
-        ipp = _dicom_meta(reader, "0020|0032", i)
-        try:
-            pos.append(float(np.dot(normal, [float(v) for v in ipp.split("\\")])))
-        except ValueError:
-            return False
-    gaps = np.diff(np.sort(pos))
-    if gaps.size and np.ptp(gaps) > max(1e-3, GEOMETRY_RTOL * abs(float(np.median(gaps)))) * 10:
-        logger.warning(
-            "%s: DICOM slice spacing is not uniform (gaps %.3g to %.3g mm); the volume uses %.3g mm, "
-            "so distances along the slice axis are approximate (missing slices?).",
-            folder, gaps.min(), gaps.max(), img.GetSpacing()[2],
-        )
-        return True
-    return False
-
-
 def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | None]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _quiet_itk():
+        with quiet_itk():
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise VolumeReadError(
-            f"{path}: not a readable image ({_first_line(exc)}). Use a format SimpleITK reads "
+            f"{path}: not a readable image ({first_line(exc)}). Use a format SimpleITK reads "
             "(.nii, .nii.gz, .mha, .mhd, .nrrd, DICOM) and check the file is not damaged."
         ) from None
     # Check the header before loading voxels: a 4D or RGB file may be large.
     _check_shape(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents())
-    nonfinite = _scan_nifti(path) if _has_suffix(path, (".nii", ".nii.gz")) else None
+    nonfinite = scan_nifti(path) if _has_suffix(path, (".nii", ".nii.gz")) else None
     try:
-        with _quiet_itk():
+        with quiet_itk():
             img = reader.Execute()
     except RuntimeError as exc:
         raise VolumeReadError(
-            f"{path}: the image data could not be read ({_first_line(exc)}); the file is probably "
+            f"{path}: the image data could not be read ({first_line(exc)}); the file is probably "
             "truncated or corrupt. Re-export or re-download it."
         ) from None
     return img, nonfinite
@@ -477,7 +274,7 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     meta: dict = {}
     nonfinite = None
     if path.is_dir():
-        img, meta["dicom"] = _read_dicom_series(path, series_uid)
+        img, meta["dicom"] = read_dicom_series(path, series_uid)
     else:
         if series_uid is not None:
             logger.warning("%s is a file, not a DICOM folder: series_uid %r is ignored", path, series_uid)

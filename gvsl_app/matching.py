@@ -20,8 +20,9 @@ from models import GVSL, RefineSchedule, local_ncc, refine_coordinates, resolve_
 from models.device import autocast
 from models.spatial import jacobian_determinant, voxel_grid, warp
 
-from .io import FAST_GZIP, volume_to_sitk, write_image, write_volume
+from .io import volume_to_sitk, write_image, write_volume
 from .metrics import dice_per_label
+from .nifti import FAST_GZIP
 from .preprocess import check_overlap, normalise, resample_to, resize_array
 from .volume import Volume
 from .weights import load_gvsl

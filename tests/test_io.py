@@ -161,7 +161,7 @@ def test_dicom_folder_with_two_series_picks_the_larger(tmp_path, caplog):
     small = rng.integers(0, 500, size=(3, 8, 8)).astype(np.int16)
     write_dicom_series(folder, small, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), "1.2.3.4.1", prefix="a")
     write_dicom_series(folder, big, (1.0, 1.0, 1.5), (0.0, 0.0, 0.0), "1.2.3.4.2", prefix="b")
-    with caplog.at_level(logging.WARNING, logger="gvsl_app.io"):
+    with caplog.at_level(logging.WARNING, logger="gvsl_app.dicom"):
         vol = read_volume(folder)
     assert vol.shape == (6, 8, 8)
     np.testing.assert_array_equal(vol.array, big)
@@ -180,7 +180,7 @@ def test_dicom_series_with_missing_slice_is_flagged(tmp_path, caplog):
     arr = np.zeros((6, 8, 8), np.int16)
     write_dicom_series(tmp_path / "gap", arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), "1.2.3.4.7")
     (tmp_path / "gap" / "slice003.dcm").unlink()
-    with caplog.at_level(logging.WARNING, logger="gvsl_app.io"):
+    with caplog.at_level(logging.WARNING, logger="gvsl_app.dicom"):
         vol = read_volume(tmp_path / "gap")
     assert vol.shape == (5, 8, 8)
     assert vol.meta["dicom"]["nonuniform_slice_spacing"] is True
