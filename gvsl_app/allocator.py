@@ -52,7 +52,11 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):  # musl and other C libraries without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-    if not _tuned:
-        log.debug("mallopt refused the allocator tuning; continuing with the defaults")
+    # Each setting on its own, so a refusal is reported for what it is.
+    ok_trim = bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    ok_mmap = bool(mallopt(_M_MMAP_MAX, 0))
+    if not (ok_trim and ok_mmap):
+        log.debug("mallopt refused part of the allocator tuning (trim threshold: %s, no mmap: %s)",
+                  ok_trim, ok_mmap)
+    _tuned = ok_trim and ok_mmap
     return _tuned

@@ -11,9 +11,10 @@ from .itk_errors import VolumeReadError, first_line, quiet_itk
 
 logger = logging.getLogger(__name__)
 
-# Slice gaps count as uneven when their range exceeds 1 % of the median gap (at least 0.01 mm).
-_GAP_RTOL = 0.01
-_GAP_MM = 0.01
+# Slice gaps count as uneven when their range exceeds ten times the grid-comparison
+# tolerance (1e-3 of the median gap, at least 1e-3 mm): 1 % of the gap, 0.01 mm at least.
+_GAP_TOL = 1e-3
+_GAP_FACTOR = 10
 
 
 def _dicom_meta(reader: sitk.ImageSeriesReader, tag: str, index: int = 0) -> str:
@@ -92,7 +93,7 @@ def _nonuniform_spacing(reader: sitk.ImageSeriesReader, n: int, img: sitk.Image,
         except ValueError:
             return False
     gaps = np.diff(np.sort(pos))
-    if gaps.size and np.ptp(gaps) > max(_GAP_MM, _GAP_RTOL * abs(float(np.median(gaps)))):
+    if gaps.size and np.ptp(gaps) > max(_GAP_TOL, _GAP_TOL * abs(float(np.median(gaps)))) * _GAP_FACTOR:
         logger.warning(
             "%s: DICOM slice spacing is not uniform (gaps %.3g to %.3g mm); the volume uses %.3g mm, "
             "so distances along the slice axis are approximate (missing slices?).",

@@ -54,8 +54,10 @@ class MatchResult:
         """The ITK displacement field (vector float64 image on the fixed grid).
 
         Built once per ``displacement_mm`` array (0.05 s at 128^3, and both the warp and
-        ``save`` need it). Each call returns its own shallow copy, because
-        ``sitk.DisplacementFieldTransform`` empties the image it is given.
+        ``save`` need it) and kept until :meth:`release_field_image` or the end of
+        :meth:`save`; assign a new array rather than changing ``displacement_mm`` in place.
+        Each call returns its own shallow copy, because ``sitk.DisplacementFieldTransform``
+        empties the image it is given.
         """
         if self._field is None or self._field[0] is not self.displacement_mm:
             img = sitk.GetImageFromArray(self.displacement_mm.astype(np.float64), isVector=True)
@@ -64,6 +66,10 @@ class MatchResult:
             img.SetDirection(self.fixed.direction)
             self._field = (self.displacement_mm, img)
         return sitk.Image(self._field[1])
+
+    def release_field_image(self) -> None:
+        """Free the cached ITK field (float64: twice the size of ``displacement_mm``)."""
+        self._field = None
 
     def affine_transform(self) -> sitk.AffineTransform:
         t = sitk.AffineTransform(3)
@@ -94,6 +100,7 @@ class MatchResult:
                 future.result()  # re-raises the first failure
         sitk.WriteTransform(self.affine_transform(), str(out / "affine.tfm"))
         (out / "report.json").write_text(json.dumps(self.report, indent=2))
+        self.release_field_image()
         return out
 
 

@@ -23,8 +23,13 @@ FAST_GZIP = _gzip is not gzip
 
 
 def gzip_file(src: Path, dst: Path, level: int = 1) -> None:
-    """Write ``src`` to ``dst`` as one gzip member (ISA-L levels are 0-3; higher means 3)."""
-    level = min(level, 3) if FAST_GZIP else level
+    """Write ``src`` to ``dst`` as one gzip member.
+
+    ISA-L has levels 0-3: a higher level means 3 and a negative one (zlib's "default") its
+    default, 2.
+    """
+    if FAST_GZIP:
+        level = 2 if level < 0 else min(level, 3)
     with open(src, "rb") as fin, _gzip.open(dst, "wb", compresslevel=level) as fout:
         shutil.copyfileobj(fin, fout, 1 << 22)
 

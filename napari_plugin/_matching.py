@@ -128,6 +128,7 @@ class MatchingWidget(QWidget):
     # -- results -------------------------------------------------------------------------
     def _show(self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict) -> list:
         """Style the inputs and return one step per result layer (run across event-loop turns)."""
+        r.release_field_image()  # kept for export only on demand: it can be gigabytes
         self.result = r
         layers = self.viewer.layers
         if fixed_name in layers:

@@ -234,14 +234,18 @@ def _truncated_niigz(tmp_path):
     return p
 
 
-def _corrupt_niigz(tmp_path):
+def _corrupt_niigz(tmp_path, start=None):
     full = write_volume(make_volume((24, 24, 24), np.float32), tmp_path / "full.nii.gz")
     data = bytearray(full.read_bytes())
-    mid = len(data) // 2
-    data[mid:mid + 64] = b"\xff" * 64  # a damaged deflate block, not a short file
+    at = len(data) // 2 if start is None else start
+    data[at:at + 28] = b"\xff" * 28  # damaged data, not a short file
     p = tmp_path / "corrupt.nii.gz"
     p.write_bytes(bytes(data))
     return p
+
+
+def _corrupt_niigz_early(tmp_path):
+    return _corrupt_niigz(tmp_path, start=12)  # right after the gzip header: an invalid deflate block
 
 
 def _truncated_nii(tmp_path):
@@ -303,6 +307,7 @@ BAD = {
     "truncated_niigz": (_truncated_niigz, "truncated"),
     "truncated_nii": (_truncated_nii, "truncated"),
     "corrupt_niigz": (_corrupt_niigz, "corrupt"),
+    "corrupt_niigz_early": (_corrupt_niigz_early, "corrupt"),
     "truncated_mha": (_truncated_mha, "truncated"),
     "2d": (_image_2d, "2D"),
     "single_slice": (_single_slice, "single slice"),
@@ -385,7 +390,7 @@ def test_read_labels_mismatch_names_both_files_and_property(tmp_path, prop):
     assert not any(f"{o} (" in msg for o in others)
 
 
-@pytest.mark.parametrize("level", [0, 1, 9])
+@pytest.mark.parametrize("level", [-1, 0, 1, 9])
 def test_write_image_gzips_nifti_at_the_given_level_and_leaves_no_temporaries(tmp_path, level):
     from gvsl_app.io import write_image
 

@@ -72,15 +72,24 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
 
 
 
-def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights):
+def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights, monkeypatch,
+                                                                       tmp_path):
     fixed, moving, _, _ = pair
     res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu")
+    built = []
+    real = sitk.GetImageFromArray
+    monkeypatch.setattr(sitk, "GetImageFromArray",
+                        lambda *a, **k: (built.append(1) if k.get("isVector") else None) or real(*a, **k))
+    res.save(tmp_path / "out")
+    assert built == []  # save() reused the field match() built for the warp, then let it go
     first = res.displacement_image()
+    assert len(built) == 1
     sitk.DisplacementFieldTransform(first)  # takes the image's buffer and leaves it empty
     assert first.GetNumberOfPixels() == 0
     again = res.displacement_image()
     assert again.GetSize() == tuple(reversed(fixed.shape))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again), res.displacement_mm)
+    assert len(built) == 1
     res.displacement_mm = res.displacement_mm * 0.5  # a new array: the image follows it
     np.testing.assert_allclose(sitk.GetArrayFromImage(res.displacement_image()), res.displacement_mm)
 
