@@ -1,17 +1,9 @@
-"""Datasets and loaders: GVSL pre-training pairs, labelled crops, classification volumes.
+"""Datasets: GVSL pre-training pairs, labelled crops, classification volumes.
 
-Data folders follow DESIGN.md: ``images/NAME.<ext>`` (any format SimpleITK reads, or a
-DICOM series folder), ``labels/NAME.<ext>`` for segmentation, ``labels.csv``
-(``name,label``) for classification. A folder without ``images/`` is read as the images
-folder itself (pre-training needs no labels).
-
-Randomness is a pure function of ``(seed, epoch, index)``: every item builds its own
-generator from those three numbers, so what an item holds does not depend on which worker
-process or DDP rank loads it, on the number of workers, or on what was loaded before. An
-index is either an ``int`` (the dataset's ``epoch`` attribute is used, 0 by default: a
-step-based sampler that hands out ever-growing global indices needs nothing else) or an
-``(epoch, index)`` tuple, which is what :class:`EpochShardSampler` yields so that the epoch
-reaches persistent workers too.
+Data folders and their split live in :mod:`gvsl_app.data_folders`; per-item randomness,
+sharding and the DataLoader recipe in :mod:`gvsl_app.loading` (both re-exported here).
+Every item draws its randomness from ``(seed, epoch, index)`` alone, so what it holds does
+not depend on the worker, the DDP rank or what was loaded before.
 
 Where augmentation runs: in the DataLoader workers, per item, on CPU (one thread per
 worker, which PyTorch sets in workers). The training loop only receives finished tensors
@@ -26,16 +18,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .augment import AppearanceTransform, GVSLPairAugment, SpatialAugment
+from .data_folders import (VOLUME_SUFFIXES, DatasetError, label_files, require_volumes, volume_suffix, images_folder,
+                           list_cases, list_volume_files, split_names)
+from .loading import (EpochShardSampler, batch_generator, item_generator, item_seed, make_loader, split_key,
+                      worker_init)
 from .volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -46,160 +41,7 @@ __all__ = [
     "ClassificationDataset", "EpochShardSampler", "make_loader", "worker_init", "batch_generator",
 ]
 
-#: File endings read as volumes (longest first); folders are read as DICOM series.
-VOLUME_SUFFIXES = (".nii.gz", ".gipl.gz", ".img.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".hdr",
-                   ".vtk", ".gipl", ".tif", ".tiff", ".dcm")
-
 SYNTHETIC_PREFIX = "synthetic:"
-
-
-class DatasetError(ValueError):
-    """A data folder or data set that cannot be used; the message says what and how to fix it."""
-
-
-# --------------------------------------------------------------------------- folders and names
-
-def _suffix(name: str) -> str | None:
-    low = name.lower()
-    for suf in VOLUME_SUFFIXES:
-        if low.endswith(suf):
-            return suf
-    return None
-
-
-def images_folder(folder: str | os.PathLike) -> Path:
-    """``folder/images`` when it exists, else ``folder`` itself; errors when missing."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise DatasetError(f"{folder}: no such data folder; check the path.")
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: is a file, a data folder is expected (with images/NAME.nii.gz inside).")
-    sub = folder / "images"
-    return sub if sub.is_dir() else folder
-
-
-def list_volume_files(directory: str | os.PathLike) -> dict[str, Path]:
-    """``{name: path}`` of the volumes in ``directory`` (name = file name without its ending).
-
-    Hidden files and files with other endings (``.raw`` data of ``.mhd`` headers, ``.csv``...)
-    are skipped; sub-folders are taken as DICOM series (except ``images``/``labels``).
-    Two files with the same name (``a.nii`` and ``a.nii.gz``) are an error.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise DatasetError(f"{directory}: no such folder.")
-    out: dict[str, Path] = {}
-    for entry in sorted(directory.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            if entry.name in ("images", "labels"):
-                continue
-            name = entry.name
-        else:
-            suf = _suffix(entry.name)
-            if suf is None:
-                continue
-            name = entry.name[: -len(suf)]
-        if name in out:
-            raise DatasetError(f"{directory}: two volumes are named {name!r} ({out[name].name} and {entry.name}); "
-                               "keep one.")
-        out[name] = entry
-    return out
-
-
-def _require_volumes(directory: Path) -> dict[str, Path]:
-    files = list_volume_files(directory)
-    if not files:
-        raise DatasetError(f"{directory}: no volumes found (looked for files ending in "
-                           f"{', '.join(VOLUME_SUFFIXES)} and DICOM series folders).")
-    return files
-
-
-def _label_files(folder: Path, names: Sequence[str]) -> dict[str, Path]:
-    lab_dir = Path(folder) / "labels"
-    if not lab_dir.is_dir():
-        raise DatasetError(f"{folder}: no labels/ folder; segmentation needs labels/NAME.<ext> for every "
-                           "images/NAME.<ext>.")
-    labels = list_volume_files(lab_dir)
-    missing = [n for n in names if n not in labels]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise DatasetError(f"{folder}: {len(missing)} image(s) without a label map in labels/: {shown}. "
-                           "Add the label maps (same names) or remove those images.")
-    return {n: labels[n] for n in names}
-
-
-def list_cases(folder: str | os.PathLike, need_labels: bool = False) -> list[str]:
-    """Sorted case names of a data folder; with ``need_labels`` every one must have a label map."""
-    images = _require_volumes(images_folder(folder))
-    names = sorted(images)
-    if need_labels:
-        _label_files(Path(folder), names)
-    return names
-
-
-def split_names(names: Sequence[str], val_fraction: float = 0.2, test_fraction: float = 0.2,
-                seed: int = 0) -> tuple[list[str], list[str], list[str]]:
-    """Deterministic train/validation/test split, independent of the order of ``names``.
-
-    Counts are ``round(n * fraction)``, at least one when the fraction is positive and there
-    are cases to spare; training always keeps at least one case. Each part is returned sorted.
-    """
-    for f, what in ((val_fraction, "val_fraction"), (test_fraction, "test_fraction")):
-        if not 0.0 <= float(f) < 1.0:
-            raise ValueError(f"{what} must be in [0, 1), got {f}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}")
-    uniq = sorted(set(names))
-    if len(uniq) != len(list(names)):
-        raise ValueError("split_names: names must be unique")
-    n = len(uniq)
-    order = [uniq[i] for i in np.random.default_rng(int(seed)).permutation(n)]
-
-    def count(f: float, available: int) -> int:
-        k = int(round(n * f))
-        if f > 0 and k == 0:
-            k = 1
-        return max(0, min(k, available))
-
-    n_test = count(test_fraction, n - 1)
-    n_val = count(val_fraction, n - 1 - n_test)
-    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    return sorted(train), sorted(val), sorted(test)
-
-
-# --------------------------------------------------------------------------- per-item randomness
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that is a pure function of ``(seed, epoch, index)``."""
-    if index < 0 or epoch < 0:
-        raise IndexError(f"index and epoch must be >= 0, got index {index}, epoch {epoch}")
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch), int(index)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(item_seed(seed, epoch, index))
-
-
-def _split_key(key, default_epoch: int) -> tuple[int, int]:
-    if isinstance(key, (tuple, list)):
-        epoch, index = key
-    else:
-        epoch, index = default_epoch, key
-    if isinstance(index, torch.Tensor):
-        index = int(index)
-    if isinstance(epoch, torch.Tensor):
-        epoch = int(epoch)
-    return int(epoch), int(index)
-
-
-def batch_generator(batch: dict, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded from a batch's ``seed`` entries (for on-device augmentation)."""
-    seeds = batch["seed"].reshape(-1).tolist()
-    mixed = np.random.SeedSequence([int(s) & 0xFFFFFFFFFFFFFFFF for s in seeds]).generate_state(2, np.uint32)
-    return torch.Generator(device=device).manual_seed((int(mixed[0]) << 31) ^ int(mixed[1]))
 
 
 # --------------------------------------------------------------------------- loading
@@ -308,7 +150,7 @@ class PairDataset(Dataset):
                 arrays.append(_normalise(image, "ct" if modality == "auto" else modality))
             return names, arrays
         if isinstance(source, (str, os.PathLike)):
-            files = _require_volumes(images_folder(source))
+            files = require_volumes(images_folder(source))
             names = sorted(files)
             return names, [_normalise(_read_image(files[n]), modality) for n in names]
         if isinstance(source, (list, tuple)):
@@ -335,7 +177,7 @@ class PairDataset(Dataset):
         return i, j + (j >= i)
 
     def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key, self.epoch)
+        epoch, index = split_key(key, self.epoch)
         s = item_seed(self.seed, epoch, index)
         g = torch.Generator().manual_seed(s)
         i, j = self.choose_pair(g)
@@ -356,7 +198,7 @@ def validation_pair(dataset: PairDataset) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- labelled volumes
 
 def _resolve_names(folder: Path, names: Sequence[str] | None) -> tuple[list[str], dict[str, Path]]:
-    images = _require_volumes(images_folder(folder))
+    images = require_volumes(images_folder(folder))
     if names is None:
         names = sorted(images)
     names = list(names)
@@ -377,7 +219,7 @@ def load_labelled_volumes(folder: str | os.PathLike, names: Sequence[str] | None
     """
     folder = Path(folder)
     names, images = _resolve_names(folder, names)
-    labels = _label_files(folder, names)
+    labels = label_files(folder, names)
     out = []
     for n in names:
         vol = _read_image(images[n])
@@ -452,7 +294,7 @@ class LabelledDataset(Dataset):
         return tuple(int(rng.integers(n - p + 1)) for n in shape)
 
     def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key, self.epoch)
+        epoch, index = split_key(key, self.epoch)
         s = item_seed(self.seed, epoch, index)
         v = index % len(self.images)
         img, lab = self.images[v], self.labels[v]
@@ -482,7 +324,7 @@ def _read_label_csv(path: Path) -> list[tuple[str, str]]:
             name, label = row[0].strip(), row[1].strip()
             if not rows and name.lower() == "name":
                 continue  # header
-            suf = _suffix(name)
+            suf = volume_suffix(name)
             rows.append((name[: -len(suf)] if suf else name, label))
     if not rows:
         raise DatasetError(f"{path}: no rows; expected lines 'name,label'.")
@@ -511,7 +353,7 @@ class ClassificationDataset(Dataset):
                  csv_name: str = "labels.csv", modality: str | None = "auto", seed: int = 0,
                  spatial: SpatialAugment | None = None) -> None:
         self.folder, self.size, self.seed, self.epoch, self.spatial = Path(folder), int(size), int(seed), 0, spatial
-        images = _require_volumes(images_folder(self.folder))
+        images = require_volumes(images_folder(self.folder))
         rows = dict(_read_label_csv(self.folder / csv_name))
         missing = sorted(n for n in rows if n not in images)
         if missing:
@@ -546,87 +388,9 @@ class ClassificationDataset(Dataset):
         return len(self.names)
 
     def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key, self.epoch)
+        epoch, index = split_key(key, self.epoch)
         k = index % len(self.names)
         img = self.images[k:k + 1]
         if self.spatial is not None:
             img = self.spatial(img, generator=torch.Generator().manual_seed(item_seed(self.seed, epoch, index)))
         return {"image": img[0].clone(), "label": torch.tensor(self.targets[k], dtype=torch.int64)}
-
-
-# --------------------------------------------------------------------------- sampling and loading
-
-class EpochShardSampler(Sampler):
-    """DistributedSampler semantics (shuffle per epoch with ``seed + epoch``, pad to a
-    multiple of ``world``, rank ``r`` takes every ``world``-th index from ``r``) that yields
-    ``(epoch, index)`` keys, so the epoch reaches persistent worker processes.
-    Call ``set_epoch(e)`` before each epoch. ``with_epoch=False`` yields plain indices.
-    """
-
-    def __init__(self, n: int, *, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True,
-                 drop_last: bool = False, with_epoch: bool = True) -> None:
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in [0, world={world})")
-        if n < 1:
-            raise ValueError("cannot sample from an empty dataset")
-        self.n, self.seed, self.rank, self.world = int(n), int(seed), int(rank), int(world)
-        self.shuffle, self.drop_last, self.with_epoch, self.epoch = shuffle, drop_last, with_epoch, 0
-        self.num_samples = self.n // self.world if drop_last else math.ceil(self.n / self.world)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        total = self.num_samples * self.world
-        if total > len(order):
-            order = (order * math.ceil(total / len(order)))[:total]
-        order = order[:total][self.rank:total:self.world]
-        for i in order:
-            yield (self.epoch, i) if self.with_epoch else i
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def worker_init(worker_id: int) -> None:
-    """One compute thread per worker (no oversubscription) and seeded numpy/random for any
-    third-party code; our own items never use these global generators."""
-    import random
-    import signal
-
-    # Ctrl-C in a terminal (and a GUI's or a scheduler's kill of the process group) reaches
-    # the workers too; they must leave stopping to the main process, which saves last.pt
-    # and then shuts them down. Orphaned workers still exit through DataLoader's watchdog.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    s = torch.initial_seed() % 2 ** 32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def make_loader(dataset: Dataset, batch: int, workers: int, seed: int, rank: int = 0, world: int = 1, *,
-                shuffle: bool = True, drop_last: bool = False, pin_memory: bool | None = None,
-                prefetch_factor: int = 4) -> DataLoader:
-    """A DataLoader whose batches are reproducible for a given ``(seed, epoch)``.
-
-    Sharding as ``DistributedSampler`` (:class:`EpochShardSampler`; call
-    ``loader.sampler.set_epoch(epoch)`` each epoch), persistent workers with
-    ``prefetch_factor`` batches each in flight, one thread per worker, ``pin_memory`` when
-    CUDA is available (unless told otherwise).
-    """
-    sampler = EpochShardSampler(len(dataset), seed=seed, rank=rank, world=world, shuffle=shuffle,
-                                drop_last=drop_last, with_epoch=getattr(dataset, "supports_epoch_keys", False))
-    workers = max(0, int(workers))
-    return DataLoader(
-        dataset, batch_size=int(batch), sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=worker_init if workers > 0 else None,
-        generator=torch.Generator().manual_seed(int(seed)),
-    )
