@@ -94,9 +94,12 @@ def main(argv=None) -> int:
     if args.quick:
         args.iters, args.warmup, args.size, args.cuda_iters = 3, 1, 32, 6
 
+    from gvsl_app.allocator import tune_cpu_allocator
+
+    tuned = tune_cpu_allocator()  # as `gvsl pretrain` does; GVSL_TUNE_MALLOC=0 measures without
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
-    results: dict = {"cpu": [], "cuda": None}
+          f"{os.getloadavg()[0]:.1f}, allocator tuned: {tuned}", flush=True)
+    results: dict = {"cpu": [], "cuda": None, "malloc_tuned": tuned}
     if not args.skip_cpu:
         print(f"\nCPU: width {args.width} at {args.size}^3, {args.iters} steps ({args.warmup} warm-up)", flush=True)
         for w in args.workers:

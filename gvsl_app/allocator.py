@@ -9,8 +9,8 @@ forward takes about 0.8 s instead of 1.0 s, and the first one of a process 0.93 
 of 1.15 s.
 The price is memory: a process keeps its peak heap instead of returning it to the system
 (as PyTorch's CUDA allocator does), e.g. repeated 128^3 matches level off at 1.5 GB
-resident instead of 0.9 GB, and a 48^3 training loop at 1.07 GB instead of 0.57 GB, while
-the loop runs 20 % faster. So only job processes call this: the ``gvsl`` commands (and the
+resident instead of 0.9 GB, and a bare 48^3 training loop at 1.07 GB instead of 0.57 GB,
+while that loop runs 20 % faster (``gvsl pretrain`` steps, data pipeline included, ~10 %). So only job processes call this: the ``gvsl`` commands (and the
 training processes the GUI starts, which run them), not ``gvsl app`` and never a host such
 as a user's napari session, which stay open all day.
 """
