@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .losses import local_ncc
+from .losses import local_ncc, smoothness
 from .spatial import jacobian_determinant, warp
 
 StepFn = Callable[[float], bool]  # fraction done -> True to stop early
@@ -33,7 +33,8 @@ class RefineSchedule:
 
     ``affine_levels``: (image side, Adam steps) per level; ``deformable_levels``: (image
     side, control-grid side, steps). ``smoothness`` weighs the mean squared difference of
-    neighbouring control points, measured in voxels of the last deformable level;
+    neighbouring control points, summed over the three axes and measured in voxels of the
+    last deformable level;
     ``folding`` the mean of ``relu(-det J)`` of the whole map at each level's resolution, so
     that folds a network's own displacement brings along are unfolded too.
     """
@@ -59,11 +60,6 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
     if tuple(x.shape[2:]) == (side,) * 3:
         return x
     return F.interpolate(x, size=(side,) * 3, mode="trilinear", align_corners=True)
-
-
-def _squared_differences(r: torch.Tensor) -> torch.Tensor:
-    return ((r[:, :, 1:] - r[:, :, :-1]).pow(2).mean() + (r[:, :, :, 1:] - r[:, :, :, :-1]).pow(2).mean()
-            + (r[:, :, :, :, 1:] - r[:, :, :, :, :-1]).pow(2).mean())
 
 
 def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.Tensor,
@@ -119,7 +115,9 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
             def loss() -> torch.Tensor:
                 mapped = (aa + _resize(residual, side) + 1.0) * s
                 value = local_ncc(warp(mm, mapped), ff, window=schedule.window)
-                value = value + schedule.smoothness * _squared_differences(residual * to_voxels)
+                # smoothness() averages the three axes' mean squared differences; the weight is
+                # defined on their sum
+                value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
                 if schedule.folding:
                     value = value + schedule.folding * F.relu(-jacobian_determinant(mapped)).mean()
                 return value
