@@ -311,9 +311,10 @@ def _network_gpu_ms(model, size: int, repeats: int = 20) -> float | None:
     """Median milliseconds of the network alone on CUDA (synchronised), or None without CUDA."""
     if not torch.cuda.is_available():
         return None
+    from models import resolve_device
     from models.device import autocast
 
-    dev = torch.device("cuda")
+    dev = resolve_device("cuda")
     net = model.to(dev).eval()
     m, f = torch.rand(1, 1, size, size, size, device=dev), torch.rand(1, 1, size, size, size, device=dev)
     times = []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .itk_errors import VolumeReadError, first_line, quiet_itk
+from .itk_errors import VolumeReadError, quiet_itk, read_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,9 @@ def read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image,
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[chosen])
     reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        with quiet_itk():
-            img = reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(
-            f"{folder}: DICOM series {chosen} could not be read ({first_line(exc)}); "
-            "the slices may be incomplete or use an unsupported transfer syntax."
-        ) from None
+    img = read_quietly(reader.Execute, lambda why: (
+        f"{folder}: DICOM series {chosen} could not be read ({why}); "
+        "the slices may be incomplete or use an unsupported transfer syntax."))
     dicom = {
         "series_uid": chosen,
         "other_series_uids": others,

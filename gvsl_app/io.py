@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom import read_dicom_series
-from .itk_errors import VolumeReadError, first_line, quiet_itk
+from .itk_errors import VolumeReadError, first_line, read_quietly
 from .nifti import gzip_file, scan_nifti
 from .volume import Volume
 
@@ -231,25 +231,15 @@ def _squeeze_to_3d(img: sitk.Image, path: Path) -> sitk.Image:
 def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | None]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    try:
-        with quiet_itk():
-            reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise VolumeReadError(
-            f"{path}: not a readable image ({first_line(exc)}). Use a format SimpleITK reads "
-            "(.nii, .nii.gz, .mha, .mhd, .nrrd, DICOM) and check the file is not damaged."
-        ) from None
+    read_quietly(reader.ReadImageInformation, lambda why: (
+        f"{path}: not a readable image ({why}). Use a format SimpleITK reads "
+        "(.nii, .nii.gz, .mha, .mhd, .nrrd, DICOM) and check the file is not damaged."))
     # Check the header before loading voxels: a 4D or RGB file may be large.
     _check_shape(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents())
     nonfinite = scan_nifti(path) if _has_suffix(path, (".nii", ".nii.gz")) else None
-    try:
-        with quiet_itk():
-            img = reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(
-            f"{path}: the image data could not be read ({first_line(exc)}); the file is probably "
-            "truncated or corrupt. Re-export or re-download it."
-        ) from None
+    img = read_quietly(reader.Execute, lambda why: (
+        f"{path}: the image data could not be read ({why}); the file is probably "
+        "truncated or corrupt. Re-export or re-download it."))
     return img, nonfinite
 
 

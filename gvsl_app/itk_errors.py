@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import SimpleITK as sitk
 
@@ -31,3 +31,19 @@ def quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+T = TypeVar("T")
+
+
+def read_quietly(action: Callable[[], T], explain: Callable[[str], str]) -> T:
+    """Run an ITK read with ITK's own warnings silenced and return its result.
+
+    An ITK failure (``RuntimeError``) becomes a :class:`VolumeReadError` whose message
+    ``explain`` builds from ITK's reason (its :func:`first_line`).
+    """
+    try:
+        with quiet_itk():
+            return action()
+    except RuntimeError as exc:
+        raise VolumeReadError(explain(first_line(exc))) from None
