@@ -7,9 +7,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .heads import AffineHead, DeformableHead, RestorationHead
+from .heads import AffineHead, DeformableHead, KeypointAffineHead, PyramidDeformableHead, RestorationHead
 from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coordinates, warp
 from .unet import PAPER_WIDTHS, UNet3D
+
+AFFINE_HEADS = ("keypoints", "paper")
+DEFORMABLE_HEADS = ("pyramid", "paper")
+PAPER_HEADS: dict[str, str] = {"affine_head": "paper", "deformable_head": "paper"}
+"""``GVSL(**PAPER_HEADS)``: the paper's Z-Matching heads (the authors' checkpoint has them)."""
 
 
 @dataclass
@@ -45,16 +50,32 @@ class GVSL(nn.Module):
     ``GVSL()`` has the paper's widths (32,440,739 parameters, the same as the authors'
     release); ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
     ``use_affine=False`` gives the "w/o affine head" ablation (the affine stays identity).
+    ``affine_head`` chooses the global matching head: ``"keypoints"`` (the default: soft
+    keypoints in both scans and a closed-form least-squares affine, see
+    :class:`~models.heads.KeypointAffineHead`) or ``"paper"`` (the paper's pooled
+    bottleneck regressing 15 bounded parameters, :class:`~models.heads.AffineHead`; the
+    authors' released checkpoint has this head). ``deformable_head``: ``"pyramid"`` (the
+    default: coarse-to-fine heads at 1/4, 1/2 and full resolution,
+    :class:`~models.heads.PyramidDeformableHead`) or ``"paper"`` (one head at full
+    resolution). docs/MATCHING.md measures both choices against the paper's.
     Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
     """
 
     def __init__(self, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1,
-                 use_affine: bool = True, bounds: AffineBounds = AffineBounds()):
+                 use_affine: bool = True, bounds: AffineBounds = AffineBounds(),
+                 affine_head: str = "keypoints", deformable_head: str = "pyramid"):
         super().__init__()
+        if affine_head not in AFFINE_HEADS:
+            raise ValueError(f"unknown affine head {affine_head!r}; choose one of {', '.join(AFFINE_HEADS)}")
+        if deformable_head not in DEFORMABLE_HEADS:
+            raise ValueError(f"unknown deformable head {deformable_head!r}; "
+                             f"choose one of {', '.join(DEFORMABLE_HEADS)}")
         self.unet = UNet3D(widths, in_channels)
         w = self.unet.widths
-        self.affine_head = AffineHead(w[4])
-        self.deformable_head = DeformableHead(w[8])
+        self.affine_kind = affine_head
+        self.affine_head = AffineHead(w[4]) if affine_head == "paper" else KeypointAffineHead(w[8])
+        self.deformable_kind = deformable_head
+        self.deformable_head = DeformableHead(w[8]) if deformable_head == "paper" else PyramidDeformableHead(w[8])
         self.restoration_head = RestorationHead(w[8])
         self.use_affine = use_affine
         self.bounds = bounds
@@ -66,7 +87,8 @@ class GVSL(nn.Module):
     def config(self) -> dict:
         """JSON-serialisable constructor arguments (stored in every checkpoint)."""
         return {"widths": list(self.widths), "in_channels": self.unet.inc.double_conv[0].in_channels,
-                "use_affine": self.use_affine}
+                "use_affine": self.use_affine, "affine_head": self.affine_kind,
+                "deformable_head": self.deformable_kind}
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features ``(global, local)`` of a batch of volumes."""
@@ -88,9 +110,12 @@ class GVSL(nn.Module):
         g, f = self.unet(torch.cat([moving, fixed], dim=0))
         g_m, g_f, f_m, f_f = g[:b], g[b:], f[:b], f[b:]
 
-        if self.use_affine:
+        if self.use_affine and self.affine_kind == "paper":
             params = self.affine_head(g_m, g_f)
             affine = bounded_affine(params, shape, self.bounds)
+        elif self.use_affine:
+            params = self.affine_head(f_m, f_f)
+            affine = params.pop("affine")
         else:
             params = {}
             affine = identity_affine(b, device=moving.device)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import DoubleConv, group_count
@@ -82,3 +83,133 @@ class RestorationHead(nn.Module):
 
     def forward(self, f_local: torch.Tensor) -> torch.Tensor:
         return self.layers(f_local)
+
+
+class KeypointAffineHead(nn.Module):
+    """Position-aware global matching: soft keypoints in both scans, affine by least squares.
+
+    A small convolution turns each scan's full-resolution local features into ``keypoints``
+    heat maps; a spatial softmax and its centroid (soft-argmax) give one point per map, the
+    same map in both scans being the same (learned) landmark. The affine that carries the
+    fixed scan's points onto the moving scan's points is solved in closed form (weighted
+    least squares, shrunk towards the identity by ``ridge``), so the head never has to learn
+    geometry from a pooled vector: a shift of the moving scan shifts its heat maps and hence
+    the answer from the first step (a convolutional network is translation-equivariant),
+    and rotations and scalings follow once the points spread out.
+
+    Why not the paper's head: it averages a 2^3-3^3 bottleneck over space, which throws
+    position away; in our measurements (``benchmarks/affine_probe.py``) it does not learn
+    a pure shift in 1000 steps, this head does in well under 200. Idea from KeyMorph
+    (Yu et al., 2022), here driven by the same unsupervised NCC loss as the rest of GVSL.
+    """
+
+    def __init__(self, local_channels: int, keypoints: int = 32, ridge: float = 0.01):
+        super().__init__()
+        hidden = max(2 * local_channels, 8)
+        self.keypoints, self.ridge = int(keypoints), float(ridge)
+        self.heatmaps = nn.Sequential(
+            nn.Conv3d(local_channels, hidden, 3, padding=1),
+            nn.GroupNorm(group_count(hidden), hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv3d(hidden, self.keypoints, 3, padding=1),
+        )
+        # PyTorch's default init on purpose: near-uniform maps (tiny logits) put every point at
+        # the centre and Adam needs hundreds of steps to sharpen them; random filters already
+        # give peaked maps whose points move with the image (faster in affine_probe.py).
+
+    def locate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft-argmax points ``(B, K, 3)`` in voxels (z, y, x) and their weights ``(B, K)``."""
+        logits = self.heatmaps(features).float().flatten(2)
+        prob = torch.softmax(logits, dim=-1)
+        shape = features.shape[2:]
+        axes = [torch.arange(n, device=features.device, dtype=torch.float32) for n in shape]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+        points = prob @ grid
+        # A peaked map is a confident landmark: weight by the map's largest probability
+        # relative to a uniform map (1 = uniform), detached so it cannot be gamed by the loss.
+        weights = (prob.amax(dim=-1) * prob.shape[-1]).detach().clamp(1.0, 1e3).log1p()
+        return points, weights
+
+    def forward(self, f_moving: torch.Tensor, f_fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        q, w_m = self.locate(f_moving)
+        p, w_f = self.locate(f_fixed)
+        affine = fit_affine(p, q, torch.minimum(w_m, w_f), self.ridge)
+        return {"affine": affine, "fixed_points": p, "moving_points": q}
+
+
+def fit_affine(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None,
+               ridge: float = 0.01) -> torch.Tensor:
+    """The ``(B, 3, 4)`` affine ``A`` minimising ``sum_k w_k |A [p_k; 1] - q_k|^2``.
+
+    ``p`` and ``q`` are ``(B, K, 3)`` corresponding points. The linear part is shrunk
+    towards the identity by ``ridge`` times the points' own spread (plus one voxel^2), so a
+    degenerate configuration (all points together, as at initialisation, or fewer than four)
+    gives a pure translation instead of a singular solve. Differentiable in ``p`` and ``q``;
+    solved in float64 for a well-conditioned 3x3 system.
+    """
+    p64, q64 = p.double(), q.double()
+    w = torch.ones_like(p64[..., 0]) if weights is None else weights.double()
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    p_bar = (w.unsqueeze(-1) * p64).sum(1, keepdim=True)
+    q_bar = (w.unsqueeze(-1) * q64).sum(1, keepdim=True)
+    pc, qc = p64 - p_bar, q64 - q_bar
+    wp = w.unsqueeze(-1) * pc
+    cov_pp = wp.transpose(1, 2) @ pc                       # (B, 3, 3)
+    cov_pq = wp.transpose(1, 2) @ qc
+    eye = torch.eye(3, dtype=torch.float64, device=p.device).expand_as(cov_pp)
+    spread = cov_pp.diagonal(dim1=1, dim2=2).sum(-1) / 3.0
+    lam = (ridge * spread + 1.0).view(-1, 1, 1)
+    lin_t = torch.linalg.solve(cov_pp + lam * eye, cov_pq + lam * eye)   # L^T
+    lin = lin_t.transpose(1, 2)
+    offset = q_bar.transpose(1, 2) - lin @ p_bar.transpose(1, 2)
+    return torch.cat([lin, offset], dim=-1).to(p.dtype)
+
+
+class PyramidDeformableHead(nn.Module):
+    """Local matching coarse to fine: one paper-style deformable head per scale.
+
+    The affine-aligned moving features and the fixed features are average-pooled by each
+    factor in ``levels`` (coarsest first); each level's head sees the moving features
+    already warped by the displacement of the coarser levels and adds a residual
+    displacement, upsampled to full resolution in full-resolution voxels. A 3-layer head at
+    1/4 resolution sees ~28 voxels instead of 7, which is what lets the deformable part
+    capture displacements of several voxels; the full-resolution level keeps the detail.
+    Every level's last convolution starts near zero, so the first output is ~0.
+    """
+
+    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2, 1)):
+        super().__init__()
+        self.levels = tuple(int(f) for f in levels)
+        self.heads = nn.ModuleList(DeformableHead(local_channels) for _ in self.levels)
+
+    def forward(self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor) -> torch.Tensor:
+        from .spatial import sampling_coordinates, warp
+
+        shape = tuple(f_fixed.shape[2:])
+        flow: torch.Tensor | None = None
+        for factor, head in zip(self.levels, self.heads):
+            moving = f_moving_aligned
+            if flow is not None:
+                moving = warp(f_moving_aligned, sampling_coordinates(shape, displacement=flow)).to(f_fixed.dtype)
+            if factor > 1:
+                moving = F.avg_pool3d(moving, factor, ceil_mode=True)
+                fixed = F.avg_pool3d(f_fixed, factor, ceil_mode=True)
+                residual = _upsample_displacement(head(moving, fixed), shape)
+            else:
+                residual = head(moving, f_fixed)
+            flow = residual if flow is None else flow + residual
+        assert flow is not None
+        return flow
+
+
+def _upsample_displacement(flow: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A displacement on a coarse grid -> the full grid, in full-grid voxels.
+
+    With ``align_corners=True`` the coarse grid's end voxels sit on the full grid's, so one
+    coarse voxel is ``(N - 1) / (n - 1)`` full voxels along each axis.
+    """
+    coarse = flow.shape[2:]
+    scale = torch.tensor([(n - 1) / max(c - 1, 1) for n, c in zip(shape, coarse)],
+                         device=flow.device, dtype=flow.dtype)
+    up = F.interpolate(flow, size=shape, mode="trilinear", align_corners=True)
+    return up * scale.view(1, 3, 1, 1, 1)

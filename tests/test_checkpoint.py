@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import GVSL, DEMO_WIDTHS
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
 from models.checkpoint import (CheckpointError, atomic_torch_save, load_state_into, model_state,
                                read_checkpoint)
 
@@ -25,7 +25,7 @@ def test_official_names_and_shapes_load_strictly(tmp_path):
     assert len(state) == 104
     path = tmp_path / "GVSL_epoch_1000.pth"
     torch.save(state, path)
-    model = GVSL()
+    model = GVSL(**PAPER_HEADS)
     sd, fmt = model_state(read_checkpoint(path))
     report = load_state_into(model, sd, strict=True, source_format=fmt)
     assert fmt == "official GVSL"
@@ -39,23 +39,23 @@ def test_wrong_shape_names_the_key(tmp_path):
     state["out_flow.weight"] = torch.zeros(3, 8, 3, 3, 3)
     sd, fmt = model_state(state)
     with pytest.raises(CheckpointError, match="deformable_head.flow.weight"):
-        load_state_into(GVSL(), sd, source_format=fmt)
+        load_state_into(GVSL(**PAPER_HEADS), sd, source_format=fmt)
 
 
 def test_other_width_is_refused_with_expected_widths():
-    small = GVSL(widths=DEMO_WIDTHS).state_dict()
+    small = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS).state_dict()
     with pytest.raises(CheckpointError, match="widths"):
-        load_state_into(GVSL(), small)
+        load_state_into(GVSL(**PAPER_HEADS), small)
 
 
 def test_missing_and_unexpected_keys_are_reported():
-    state = GVSL(widths=DEMO_WIDTHS).state_dict()
+    state = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS).state_dict()
     state.pop("affine_head.rotation.bias")
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError) as err:
-        load_state_into(GVSL(widths=DEMO_WIDTHS), state, strict=True)
+        load_state_into(GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS), state, strict=True)
     assert "affine_head.rotation.bias" in str(err.value) and "extra.weight" in str(err.value)
-    report = load_state_into(GVSL(widths=DEMO_WIDTHS), state, strict=False)
+    report = load_state_into(GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS), state, strict=False)
     assert report.missing == ["affine_head.rotation.bias"] and report.unexpected == ["extra.weight"]
 
 

@@ -2,18 +2,81 @@
 import pytest
 import torch
 
-from models import DEMO_WIDTHS, GVSL, local_ncc, smoothness, widths_from_base
-from models.spatial import voxel_grid
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, local_ncc, smoothness, widths_from_base
+from models.heads import fit_affine
+from models.spatial import affine_from_parameters, voxel_grid
 
 
 @pytest.fixture(scope="module")
 def small():
+    """The paper's heads, whose first prediction is the identity."""
+    torch.manual_seed(0)
+    return GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
+
+
+@pytest.fixture(scope="module")
+def studio():
+    """The default heads: keypoint affine and coarse-to-fine deformable."""
     torch.manual_seed(0)
     return GVSL(widths=DEMO_WIDTHS)
 
 
 def test_paper_model_has_the_authors_parameter_count():
-    assert sum(p.numel() for p in GVSL().parameters()) == 32_440_739
+    assert sum(p.numel() for p in GVSL(**PAPER_HEADS).parameters()) == 32_440_739
+
+
+def test_default_heads_are_the_keypoint_and_pyramid_heads_and_are_recorded(studio):
+    assert studio.config()["affine_head"] == "keypoints" and studio.config()["deformable_head"] == "pyramid"
+    with pytest.raises(ValueError, match="affine head"):
+        GVSL(widths=DEMO_WIDTHS, affine_head="pooled")
+
+
+def test_fit_affine_recovers_a_known_affine_from_spread_points():
+    torch.manual_seed(0)
+    p = torch.rand(2, 32, 3) * 40
+    a = affine_from_parameters(torch.tensor([[0.1, -0.05, 0.2]] * 2), torch.tensor([[2.0, -3.0, 1.5]] * 2),
+                               torch.tensor([[1.05, 0.95, 1.0]] * 2), torch.zeros(2, 6), (40, 40, 40))
+    q = p @ a[0, :, :3].T + a[0, :, 3]
+    torch.testing.assert_close(fit_affine(p, q, ridge=0.0), a, atol=0.05, rtol=0)
+    # the shrinkage towards the identity is small for well spread points
+    assert (fit_affine(p, q) - a).abs().max() < 0.2
+
+
+def test_fit_affine_of_coincident_points_is_the_translation_between_them():
+    p = torch.full((1, 8, 3), 10.0)
+    q = p + torch.tensor([1.0, -2.0, 0.5])
+    a = fit_affine(p, q)
+    torch.testing.assert_close(a[0, :, :3], torch.eye(3))
+    torch.testing.assert_close(a[0, :, 3], torch.tensor([1.0, -2.0, 0.5]))
+
+
+def test_keypoint_head_maps_a_scan_onto_itself_with_the_identity(studio):
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = studio(x, x, restore=False, deformable=False)
+    torch.testing.assert_close(out.affine[0], torch.eye(3, 4), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("heads", [PAPER_HEADS, {}], ids=["paper", "default"])
+def test_every_head_parameter_gets_a_gradient_from_the_matching_loss(heads):
+    torch.manual_seed(1)
+    m = GVSL(widths=DEMO_WIDTHS, **heads)
+    x, y = torch.rand(2, 1, 32, 32, 32), torch.rand(2, 1, 32, 32, 32)
+    out = m(x, y, restore=False)
+    (local_ncc(out.warped, y) + smoothness(out.displacement)).backward()
+    for prefix in ("affine_head.", "deformable_head."):
+        params = [(n, p) for n, p in m.named_parameters() if n.startswith(prefix)]
+        assert params
+        for name, p in params:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_pyramid_head_moves_coarse_displacements_into_full_resolution_voxels():
+    from models.heads import _upsample_displacement
+
+    flow = torch.ones(1, 3, 9, 9, 9)  # one coarse voxel everywhere
+    up = _upsample_displacement(flow, (33, 33, 33))
+    torch.testing.assert_close(up, torch.full((1, 3, 33, 33, 33), 4.0))
 
 
 def test_widths_from_base_scales_the_paper_pattern():
