@@ -54,3 +54,25 @@ def smoothness(displacement: torch.Tensor) -> torch.Tensor:
 def restoration_mse(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the restoration head, in fp32."""
     return F.mse_loss(restored.float(), target.float())
+
+
+def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, scales: tuple[int, ...] = (1, 2, 4),
+                   eps: float = 1e-5) -> torch.Tensor:
+    """Local NCC loss averaged over image scales (average-pooled by each factor in ``scales``).
+
+    At full resolution a 9^3 window only "sees" a misalignment of a few voxels, so the
+    gradient of :func:`local_ncc` cannot pull structures that are further apart; at 1/4
+    resolution the same window spans a quarter of the volume. The coarse terms give the
+    network (or an optimiser) a wide capture range, the full-resolution term the detail
+    (the same reason classical registration runs coarse to fine). Same range as
+    :func:`local_ncc`, (-1, 0]; pooling lowers local contrast, so ``eps`` weighs more at
+    the coarse scales and flat or noisy images score less than -1 against themselves.
+    """
+    total = a.new_zeros(())
+    for s in scales:
+        if s > 1:
+            a_s, b_s = F.avg_pool3d(a, s, ceil_mode=True), F.avg_pool3d(b, s, ceil_mode=True)
+        else:
+            a_s, b_s = a, b
+        total = total + local_ncc(a_s, b_s, window=window, eps=eps)
+    return total / len(scales)

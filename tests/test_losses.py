@@ -1,7 +1,8 @@
 """Losses: local NCC, smoothness, MSE."""
 import torch
 
-from models import local_ncc, restoration_mse, smoothness
+from models import local_ncc, multiscale_ncc, restoration_mse, smoothness
+from models.spatial import voxel_grid, warp
 
 
 def test_ncc_of_an_image_with_itself_is_the_minimum():
@@ -34,3 +35,23 @@ def test_smoothness_zero_for_constant_field_positive_otherwise():
 def test_mse():
     a = torch.zeros(1, 1, 4, 4, 4)
     assert restoration_mse(a, a + 2) == 4
+
+
+def test_multiscale_ncc_pulls_a_structure_from_further_away_than_local_ncc():
+    p = voxel_grid((48, 48, 48))
+
+    def cube(cx):
+        d = torch.maximum(torch.maximum((p[0] - 24).abs(), (p[1] - 24).abs()), (p[2] - cx).abs())
+        return (d < 8).float()[None, None]
+
+    fixed, moving = cube(20.0), cube(28.0)  # 8 voxels apart: the answer is to sample at x + 8
+    grads = []
+    for loss_fn in (local_ncc, multiscale_ncc):
+        t = torch.zeros(1, requires_grad=True)
+        coords = torch.cat([p[None, :2], p[None, 2:] + t], 1)
+        loss_fn(warp(moving, coords), fixed).backward()
+        grads.append(float(t.grad))
+    single, multi = grads
+    assert multi < 0  # descending the loss moves the sampling towards +8
+    assert abs(multi) > 10 * abs(single)
+    assert multiscale_ncc(fixed, fixed) < multiscale_ncc(moving, fixed) - 0.3
