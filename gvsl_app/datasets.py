@@ -73,17 +73,34 @@ def _read_label(path: Path, reference: Volume) -> Volume:
     return read_labels(path, reference=reference)
 
 
-def _parse_synthetic(source: str) -> tuple[str, int | None]:
+SYNTHETIC_KINDS = ("cardiac", "brain")
+
+
+def _parse_synthetic(source: str) -> tuple[tuple[str, ...], int | None]:
+    """``synthetic:KIND[+KIND...][:N]`` -> the kinds and N (None when not given)."""
     rest = source[len(SYNTHETIC_PREFIX):]
     kind, _, count = rest.partition(":")
-    if kind != "cardiac":
-        raise DatasetError(f"unknown synthetic source {source!r}; available: synthetic:cardiac[:N]")
+    kinds = tuple(kind.split("+"))
+    if not kinds or any(k not in SYNTHETIC_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise DatasetError(f"unknown synthetic source {source!r}; available: synthetic:cardiac[:N], "
+                           "synthetic:brain[:N], synthetic:cardiac+brain[:N] (N subjects of each kind)")
     if count:
         try:
-            return kind, int(count)
+            return kinds, int(count)
         except ValueError:
             raise DatasetError(f"{source!r}: the subject count after the second ':' must be an integer") from None
-    return kind, None
+    return kinds, None
+
+
+def _synthetic_subject(kind: str, seed: int, size: int):
+    """Image of one synthetic subject of ``kind`` on a ``size^3`` grid and its modality."""
+    if kind == "brain":
+        from .brain import make_brain_subject
+
+        return make_brain_subject(seed, (size,) * 3)[0], "mr"
+    from .synthetic import make_cardiac_subject
+
+    return make_cardiac_subject(seed, (size,) * 3)[0], "ct"
 
 
 # --------------------------------------------------------------------------- pre-training pairs
@@ -94,7 +111,9 @@ class PairDataset(Dataset):
     ``source``: a data folder (``images/*`` or the folder itself, any SimpleITK format), a
     sequence of in-memory arrays / :class:`Volume` objects, or ``"synthetic:cardiac"``
     (``n_synthetic`` subjects from :func:`gvsl_app.synthetic.make_cardiac_subject`, subject
-    ``i`` seeded with ``subject_seed(seed, i)``; ``"synthetic:cardiac:N"`` sets N). Every
+    ``i`` seeded with ``subject_seed(seed, i)``; ``"synthetic:cardiac:N"`` sets N),
+    ``"synthetic:brain"`` (MNI-derived MR subjects, :func:`gvsl_app.brain.make_brain_subject`)
+    or ``"synthetic:cardiac+brain"`` (both; a pair is always two scans of one kind). Every
     volume is normalised to [0, 1] (``modality``: ``"auto"``, ``"ct"``, ``"mr"``, or
     ``None`` for arrays already in [0, 1]) and resized to ``size^3`` once, at construction
     (kept in memory as one ``(N, 1, S, S, S)`` float32 tensor).
@@ -118,7 +137,10 @@ class PairDataset(Dataset):
         if self.size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
         self.seed, self.epoch = int(seed), 0
+        self.groups: list[list[int]] = []  # pairs are drawn within one group (one kind of scan)
         self.names, arrays = self._load(source, int(n_synthetic), modality)
+        if not self.groups:
+            self.groups = [list(range(len(arrays)))]
         if len(arrays) < 2:
             raise DatasetError(f"{self._describe(source)}: GVSL pairs need at least 2 volumes, found {len(arrays)}.")
         cube = (self.size,) * 3
@@ -137,17 +159,21 @@ class PairDataset(Dataset):
 
     def _load(self, source, n_synthetic: int, modality) -> tuple[list[str], list[np.ndarray]]:
         if isinstance(source, str) and source.startswith(SYNTHETIC_PREFIX):
-            _, count = _parse_synthetic(source)
+            kinds, count = _parse_synthetic(source)
             n = count if count is not None else n_synthetic
             if n < 2:
                 raise DatasetError(f"{source}: GVSL pairs need at least 2 subjects, got n={n}.")
-            from .synthetic import make_cardiac_subject, subject_seed
+            from .synthetic import subject_seed
 
             names, arrays = [], []
-            for i in range(n):
-                image, _ = make_cardiac_subject(subject_seed(self.seed, i), (self.size,) * 3)
-                names.append(f"synthetic_{i:03d}")
-                arrays.append(_normalise(image, "ct" if modality == "auto" else modality))
+            for kind in kinds:
+                group = []
+                for i in range(n):
+                    image, kind_modality = _synthetic_subject(kind, subject_seed(self.seed, i), self.size)
+                    group.append(len(names))
+                    names.append(f"synthetic_{i:03d}" if kinds == ("cardiac",) else f"{kind}_{i:03d}")
+                    arrays.append(_normalise(image, kind_modality if modality == "auto" else modality))
+                self.groups.append(group)
             return names, arrays
         if isinstance(source, (str, os.PathLike)):
             files = require_volumes(images_folder(source))
@@ -172,9 +198,14 @@ class PairDataset(Dataset):
         return self.length
 
     def choose_pair(self, g: torch.Generator) -> tuple[int, int]:
-        n = self.volumes.shape[0]
+        """Two different subjects of one group (a group chosen in proportion to its size)."""
+        group = self.groups[0]
+        if len(self.groups) > 1:
+            sizes = torch.tensor([len(gr) for gr in self.groups], dtype=torch.float64)
+            group = self.groups[int(torch.multinomial(sizes, 1, generator=g))]
+        n = len(group)
         i, j = torch.randint(n, (1,), generator=g).item(), torch.randint(n - 1, (1,), generator=g).item()
-        return i, j + (j >= i)
+        return group[i], group[j + (j >= i)]
 
     def __getitem__(self, key) -> dict:
         epoch, index = split_key(key, self.epoch)

@@ -108,6 +108,17 @@ def test_pair_dataset_synthetic_source():
     assert PairDataset("synthetic:cardiac", S, seed=1, n_synthetic=2).volumes.shape[0] == 2
 
 
+def test_mixed_synthetic_source_pairs_scans_of_one_kind_only():
+    ds = PairDataset("synthetic:cardiac+brain:2", S, seed=1)
+    assert ds.names == ["cardiac_000", "cardiac_001", "brain_000", "brain_001"]
+    assert ds.groups == [[0, 1], [2, 3]]
+    pairs = {tuple(ds[k]["pair"].tolist()) for k in range(40)}
+    assert pairs <= {(0, 1), (1, 0), (2, 3), (3, 2)}
+    assert any(i >= 2 for i, _ in pairs) and any(i < 2 for i, _ in pairs)  # both kinds are drawn
+    with pytest.raises(DatasetError, match="synthetic:brain"):
+        PairDataset("synthetic:liver", S)
+
+
 def test_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no volumes found"):
