@@ -8,7 +8,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from models.gvsl import AFFINE_HEADS, DEFORMABLE_HEADS
+
 VARIANTS = ("gvsl", "restoration", "matching", "no-affine")
+SIMILARITIES = ("multiscale-ncc", "ncc")
 
 
 @dataclass
@@ -16,16 +19,24 @@ class PretrainConfig:
     """GVSL pre-training. ``data`` is a folder of volumes or ``synthetic:cardiac``.
 
     ``width`` is the base width (paper: 32; each level doubles it). Loss weights default
-    to the paper's (all 1). ``workers`` DataLoader processes prepare augmented pairs
+    to the paper's (all 1). ``affine_head`` / ``deformable_head`` choose the Z-Matching
+    heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/MATCHING.md);
+    ``similarity`` is the matching loss: ``multiscale-ncc`` (local NCC 9^3 at full, 1/2 and
+    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only). ``workers`` DataLoader processes prepare augmented pairs
     off the training loop. ``warmup`` ramps the learning rate over that many iterations;
     ``affine_warmup`` matches with the affine head alone for that many iterations first, to
     test whether the deformable head takes the signal away from the affine head (at the
-    study's small budget it did not help: docs/findings_small.md).
+    study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
+    also keeps the model weights of every N-th iteration as ``checkpoints/iter_NNNNNN.pt``
+    (for learning curves: ``benchmarks/matching_curves.py``).
     """
 
     data: str = "synthetic:cardiac"
     run: str = "runs/pretrain"
     variant: str = "gvsl"
+    affine_head: str = "keypoints"
+    deformable_head: str = "pyramid"
+    similarity: str = "multiscale-ncc"
     iters: int = 1000
     size: int = 64
     width: int = 8
@@ -40,6 +51,7 @@ class PretrainConfig:
     log_every: int = 1
     ckpt_every: int = 50
     val_every: int = 50
+    snapshot_every: int = 0
     w_ncc: float = 1.0
     w_smooth: float = 1.0
     w_mse: float = 1.0
@@ -50,6 +62,13 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        if self.affine_head not in AFFINE_HEADS:
+            raise ValueError(f"unknown affine_head {self.affine_head!r}; choose one of {', '.join(AFFINE_HEADS)}")
+        if self.deformable_head not in DEFORMABLE_HEADS:
+            raise ValueError(f"unknown deformable_head {self.deformable_head!r}; "
+                             f"choose one of {', '.join(DEFORMABLE_HEADS)}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
         if self.iters < 1 or self.batch < 1 or self.width < 1:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from models import GVSL, local_ncc, restoration_mse, smoothness, widths_from_base
+from models import GVSL, local_ncc, multiscale_ncc, restoration_mse, smoothness, widths_from_base
 from models.checkpoint import load_state_into
 from models.device import autocast
 
@@ -34,6 +34,7 @@ class PretrainObjective(nn.Module):
         super().__init__()
         self.model = model
         self.variant = config.variant
+        self.similarity = multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc
         self.w = (config.w_ncc, config.w_smooth, config.w_mse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_input: torch.Tensor,
@@ -49,7 +50,7 @@ class PretrainObjective(nn.Module):
                 restore = self.variant != "matching"
                 inp = moving if self.variant == "matching" else moving_input
                 out = self.model(inp, fixed, source=moving, restore=restore, deformable=deformable)
-                terms["ncc"] = local_ncc(out.warped, fixed)
+                terms["ncc"] = self.similarity(out.warped, fixed)
                 terms["smooth"] = smoothness(out.displacement)
                 if restore:
                     terms["mse"] = restoration_mse(out.restored, moving)
@@ -86,7 +87,8 @@ class StepSampler(Sampler[int]):
 
 
 def build_model(config: PretrainConfig) -> GVSL:
-    return GVSL(widths=widths_from_base(config.width), use_affine=config.variant != "no-affine")
+    return GVSL(widths=widths_from_base(config.width), use_affine=config.variant != "no-affine",
+                affine_head=config.affine_head, deformable_head=config.deformable_head)
 
 
 def _lr_lambda(config: PretrainConfig):
@@ -233,6 +235,9 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
                         best = val[key]
                         run.save_checkpoint("best", state(step))
                 yield Progress(step, config.iters, phase="validate", metrics=val)
+            if info.is_main and config.snapshot_every > 0 and step % config.snapshot_every == 0:
+                run.save_snapshot(step, {"kind": "pretrain", "config": as_dict(config), "iteration": step,
+                                         "model_config": model.config(), "model": model.state_dict()})
             stop_now = distributed.broadcast_flag(stop.is_set(), info, device)
             if info.is_main and (step % config.ckpt_every == 0 or step == config.iters or stop_now):
                 run.save_checkpoint("last", state(step))

@@ -6,6 +6,7 @@ Layout (DESIGN.md)::
     RUN/metrics.jsonl          one JSON object per logged step, flushed as written
     RUN/checkpoints/last.pt    latest state (model, optimiser, scheduler, RNG, iteration)
     RUN/checkpoints/best.pt    best state on the validation split / fixed pair
+    RUN/checkpoints/iter_NNNNNN.pt  model weights of iteration N (pre-training with snapshot_every)
     RUN/report.json            final numbers
 """
 from __future__ import annotations
@@ -81,6 +82,20 @@ class RunFolder:
     def save_checkpoint(self, which: str, state: dict) -> Path:
         """Atomically write ``last`` or ``best`` (temp file + rename)."""
         return atomic_torch_save({"format": FORMAT, **state}, self.last if which == "last" else self.best)
+
+    def save_snapshot(self, iteration: int, state: dict) -> Path:
+        """Atomically write the model-only snapshot ``checkpoints/iter_NNNNNN.pt``."""
+        return atomic_torch_save({"format": FORMAT, **state}, self.path / "checkpoints" / f"iter_{iteration:06d}.pt")
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        """``(iteration, path)`` of every snapshot, in iteration order."""
+        found = []
+        for f in (self.path / "checkpoints").glob("iter_*.pt"):
+            try:
+                found.append((int(f.stem[len("iter_"):]), f))
+            except ValueError:
+                continue
+        return sorted(found)
 
     def load_checkpoint(self, which: str = "last") -> dict:
         return read_checkpoint(self.last if which == "last" else self.best)

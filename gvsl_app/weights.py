@@ -27,6 +27,20 @@ def _widths_of(ck: dict, sd: dict, fmt: str) -> tuple[int, ...]:
     return widths_from_base(int(w.shape[0]))
 
 
+def trained_modalities(ck: dict) -> frozenset[str] | None:
+    """The modalities (``"ct"``, ``"mr"``) a checkpoint was pre-trained on, if it says.
+
+    Read from the run's ``data`` option for the synthetic sources; ``None`` for a data folder
+    (we cannot tell), so only a known mismatch is ever warned about.
+    """
+    data = str((ck.get("config") or {}).get("data") or "")
+    if not data.startswith("synthetic:"):
+        return None
+    kinds = data[len("synthetic:"):].partition(":")[0].split("+")
+    found = {"cardiac": "ct", "brain": "mr"}
+    return frozenset(found[k] for k in kinds if k in found) or None
+
+
 def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> tuple[GVSL, str]:
     """A GVSL network in eval mode from a checkpoint (``None`` = the shipped demo weights).
 
@@ -45,11 +59,14 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
                               "checkpoint such as RUN/checkpoints/best.pt of `gvsl pretrain`")
     sd, fmt = model_state(ck)
     widths = _widths_of(ck, sd, fmt)
-    use_affine = (ck.get("model_config") or {}).get("use_affine", True)
-    model = GVSL(widths=widths, use_affine=use_affine)
+    mc = ck.get("model_config") or {}
+    # Checkpoints from before the head options (and the authors' release) have the paper's heads.
+    model = GVSL(widths=widths, use_affine=mc.get("use_affine", True),
+                 affine_head=mc.get("affine_head", "paper"), deformable_head=mc.get("deformable_head", "paper"))
     load_state_into(model, sd, strict=True, source_format=fmt)
     model.to(device).eval()
     # The cube it was trained on is the best default working size for matching with it.
     model.working_size = int((ck.get("config") or {}).get("size") or 0) or None
+    model.trained_modalities = trained_modalities(ck)
     name = "demo weights" if weights is None else str(path)
     return model, f"{name} ({fmt}, widths {list(widths)})"

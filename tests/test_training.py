@@ -97,6 +97,22 @@ def test_variants_train(tmp_path):
         assert ("mse" in rows[0]) == (variant != "matching")
 
 
+def test_snapshots_keep_loadable_weights_of_every_nth_iteration_with_the_chosen_heads(tmp_path):
+    from gvsl_app.weights import load_gvsl
+
+    cfg = small(tmp_path / "snap", iters=4, snapshot_every=2, val_every=4, affine_head="paper")
+    assert drain(pretrain(cfg)).phase == "done"
+    snaps = RunFolder(cfg.run).snapshots()
+    assert [i for i, _ in snaps] == [2, 4]
+    model, _ = load_gvsl(snaps[-1][1])
+    assert model.config()["affine_head"] == "paper" and model.config()["deformable_head"] == "pyramid"
+    assert model.trained_modalities == frozenset({"ct"})
+    last = read_checkpoint(tmp_path / "snap" / "checkpoints" / "last.pt")["model"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, last[k], msg=k)  # the iteration-4 snapshot is the final model
+    assert "optimizer" not in read_checkpoint(snaps[0][1])
+
+
 def test_affine_warmup_matches_without_displacement_first(tmp_path):
     cfg = small(tmp_path / "warm", iters=4, affine_warmup=2, val_every=4, lr=1e-2)
     assert drain(pretrain(cfg)).phase == "done"
