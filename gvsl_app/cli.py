@@ -72,7 +72,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.config, data=args.data, run=args.run, variant=args.variant,
                       iters=args.iters, size=args.size, width=args.width, batch=args.batch, lr=args.lr,
                       device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
-                      compile=args.compile, n_synthetic=args.n_synthetic, affine_warmup=args.affine_warmup)
+                      compile=args.compile, n_synthetic=args.n_synthetic, affine_warmup=args.affine_warmup,
+                      affine_head=args.affine_head, deformable_head=args.deformable_head,
+                      snapshot_every=args.snapshot_every, similarity=args.similarity)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(pretrain(cfg, stop), quiet=args.quiet)
@@ -113,10 +115,12 @@ def cmd_match(args: argparse.Namespace) -> int:
     ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
     fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
     res = match(fixed, moving, weights=args.weights, size=args.size, device=args.device,
-                moving_labels=ml, fixed_labels=fl, refine=args.refine)
+                moving_labels=ml, fixed_labels=fl, refine=args.refine, fallback=args.fallback)
     out = res.save(args.out)
     r = res.report
     refined = f", refinement {r['seconds']['refine_s']:.2f} s" if args.refine else ""
+    for line in r["warnings"] + r["fallback"]:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
           f"(network {r['seconds']['network_s']:.2f} s{refined})")
     print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
@@ -186,13 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="GVSL pre-training (or an ablation variant)")
-    p.add_argument("--data", help="folder of volumes (images/ or the folder itself) or synthetic:cardiac")
+    p.add_argument("--data", help="folder of volumes (images/ or the folder itself), synthetic:cardiac, "
+                   "synthetic:brain or synthetic:cardiac+brain")
     # --run-dir: torchrun's own parser takes a bare "--run" for its --run-path option
     p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
     p.add_argument("--variant", choices=["gvsl", "restoration", "matching", "no-affine"])
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
-    p.add_argument("--n-synthetic", type=int, help="subjects generated for synthetic:cardiac")
+    p.add_argument("--n-synthetic", type=int, help="subjects generated per kind for synthetic:...")
     p.add_argument("--affine-warmup", type=int, help="first N iterations match with the affine head alone")
+    p.add_argument("--similarity", choices=["multiscale-ncc", "ncc"],
+                   help="matching loss (default multiscale-ncc; ncc = the paper's full-resolution local NCC)")
+    p.add_argument("--snapshot-every", type=int, help="also keep the weights of every N-th iteration")
+    p.add_argument("--affine-head", choices=["keypoints", "paper"],
+                   help="global matching head (default keypoints; paper = pooled bottleneck regression)")
+    p.add_argument("--deformable-head", choices=["pyramid", "paper"],
+                   help="local matching head (default pyramid: coarse to fine; paper = one full-resolution head)")
     p.add_argument("--quiet", action="store_true")
     _add_common_training(p)
     p.set_defaults(func=cmd_pretrain)
@@ -223,8 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels")
     p.add_argument("--fixed-labels")
     p.add_argument("--size", type=int, help="working cube side (default: the weights' training size)")
-    p.add_argument("--refine", action="store_true",
-                   help="polish the network's map on this pair by instance optimisation (a few seconds on a CPU)")
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="polish the network's map on this pair by instance optimisation (default; ~5 s for a "
+                        "128^3 pair on a 2-core CPU); --no-refine returns the network's map alone (~2 s)")
+    p.add_argument("--fallback", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the identity when the network's map lowers the similarity (default); "
+                        "--no-fallback keeps the network's map whatever it does")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_match)
 

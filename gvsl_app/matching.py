@@ -23,7 +23,7 @@ from models.spatial import jacobian_determinant, voxel_grid, warp
 from .io import volume_to_sitk, write_image, write_volume
 from .metrics import dice_per_label
 from .nifti import FAST_GZIP
-from .preprocess import check_overlap, normalise, resample_to, resize_array
+from .preprocess import check_overlap, detect_modality, normalise, resample_to, resize_array
 from .volume import Volume
 from .weights import load_gvsl
 
@@ -118,7 +118,7 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
           device: str | torch.device = "auto", moving_labels: Volume | None = None,
           fixed_labels: Volume | None = None, model: GVSL | None = None,
           refine: bool | RefineSchedule = False, progress: ProgressFn | None = None,
-          should_stop: Callable[[], bool] | None = None) -> MatchResult:
+          should_stop: Callable[[], bool] | None = None, fallback: bool = True) -> MatchResult:
     """Match ``moving`` onto ``fixed`` with a GVSL network (demo weights by default).
 
     The moving volume is first brought onto the fixed grid in physical space, both are
@@ -131,6 +131,12 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     produced by SimpleITK from the original moving volume and the exported displacement
     field, so ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly.
     On CUDA out-of-memory it falls back to the CPU with a warning.
+
+    With ``fallback`` (the default) a map never leaves the pair less alike than it found it:
+    when the network's map lowers the local NCC of the working cubes, the identity is used
+    instead (and the refinement starts from it), and a refinement that lowers the NCC is
+    dropped; ``report["fallback"]`` says what happened. ``report["warnings"]`` notes a scan
+    whose modality the weights were not pre-trained on.
     """
     times: dict[str, float] = {}
     say = progress or (lambda stage, frac: None)
@@ -151,6 +157,7 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     if model is None:
         model, weights_info = load_gvsl(weights, dev)
     size = int(size or getattr(model, "working_size", None) or 96)
+    warnings = _modality_warnings(model, fixed, moving)
     times["load_weights_s"] = time.perf_counter() - t
     t = time.perf_counter()
     say("preprocess", 0.1)
@@ -165,12 +172,16 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     t = time.perf_counter()
     say("network", 0.25)
     try:
-        out, used = _run_network(model, m_w, f_w, dev, score=not refine)
+        out, used = _run_network(model, m_w, f_w, dev)
     except torch.cuda.OutOfMemoryError:
         log.warning("CUDA out of memory at working size %d; falling back to the CPU", size)
         torch.cuda.empty_cache()
-        out, used = _run_network(model.cpu(), m_w, f_w, torch.device("cpu"), score=not refine)
+        out, used = _run_network(model.cpu(), m_w, f_w, torch.device("cpu"))
     times["network_s"] = time.perf_counter() - t
+    network_ncc = out["ncc_after"]
+    fell_back: list[str] = []
+    if fallback and out["ncc_after"] < out["ncc_before"]:
+        fell_back.append(_use_identity(out, shape, "the network's map"))
 
     schedule = RefineSchedule() if refine is True else (refine or None)
     if schedule is not None:
@@ -185,14 +196,21 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
             say("refine", 0.3 + 0.3 * frac)
             return bool(stop())
 
-        coords, correction = refine_coordinates(m_w.to(dev_r), f_w.to(dev_r), out["coordinates"].to(dev_r),
+        start = out["coordinates"]
+        coords, correction = refine_coordinates(m_w.to(dev_r), f_w.to(dev_r), start.to(dev_r),
                                                 schedule, step=step)
-        out["coordinates"] = coords.cpu()
         corr = correction[0].cpu()
         net = out["affine"][0]
-        out["affine"] = torch.cat([corr[:, :3] @ net[:, :3], corr[:, :3] @ net[:, 3:] + corr[:, 3:]], 1)[None]
         with torch.no_grad():
-            out["ncc_after"] = float(-local_ncc(warp(m_w, out["coordinates"]), f_w))
+            refined_ncc = float(-local_ncc(warp(m_w, coords.cpu()), f_w))
+        if refined_ncc >= out["ncc_after"] or not fallback:
+            out["coordinates"] = coords.cpu()
+            out["affine"] = torch.cat([corr[:, :3] @ net[:, :3], corr[:, :3] @ net[:, 3:] + corr[:, 3:]], 1)[None]
+            out["ncc_after"] = refined_ncc
+        else:
+            fell_back.append(f"the refinement lowered the local NCC ({out['ncc_after']:.4f} -> {refined_ncc:.4f}); "
+                            "kept the map it started from")
+            log.warning("gvsl match: %s", fell_back[-1])
         times["refine_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -226,7 +244,8 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
         "weights": weights_info, "physical_overlap": overlap,
         "refined": None if schedule is None else {"steps": schedule.total_steps, "steps_done": done[0],
                                                   **dataclasses.asdict(schedule)},
-        "ncc_before": out["ncc_before"], "ncc_after": out["ncc_after"],
+        "ncc_before": out["ncc_before"], "ncc_after": out["ncc_after"], "ncc_network": network_ncc,
+        "fallback": fell_back, "warnings": warnings,
         "folding_percent": float((jac <= 0).mean() * 100.0),
         "jacobian_min": float(jac.min()), "jacobian_max": float(jac.max()),
         "max_displacement_mm": float(np.linalg.norm(disp_mm, axis=-1).max()),
@@ -248,9 +267,9 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
 
 
 @torch.no_grad()
-def _run_network(model: GVSL, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device,
-                 score: bool = True) -> tuple[dict, torch.device]:
-    """The network's map on the working cube; ``score=False`` leaves ``ncc_after`` to the refinement."""
+def _run_network(model: GVSL, moving: torch.Tensor, fixed: torch.Tensor,
+                 dev: torch.device) -> tuple[dict, torch.device]:
+    """The network's map on the working cube, with the local NCC before and after it."""
     model = model.to(dev).eval()
     m, f = moving.to(dev), fixed.to(dev)
     if dev.type == "cpu":
@@ -265,8 +284,40 @@ def _run_network(model: GVSL, moving: torch.Tensor, fixed: torch.Tensor, dev: to
         if dev.type == "cpu":
             model.to(memory_format=torch.contiguous_format)
     res = {"coordinates": o.coordinates.float().cpu(), "affine": o.affine.float().cpu(),
-           "ncc_before": float(-local_ncc(m, f)), "ncc_after": float(-local_ncc(o.warped, f)) if score else None}
+           "ncc_before": float(-local_ncc(m, f)), "ncc_after": float(-local_ncc(o.warped, f))}
     return res, dev
+
+
+def _modality_warnings(model: GVSL, fixed: Volume, moving: Volume) -> list[str]:
+    """A warning per scan whose modality the weights were not pre-trained on (logged too)."""
+    known = getattr(model, "trained_modalities", None)
+    if not known:
+        return []
+    out = []
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        mod = detect_modality(v)
+        if mod not in known:
+            out.append(f"the {name} scan {v.source} looks like {mod.upper()}, but these weights were pre-trained on "
+                       f"{' and '.join(sorted(m.upper() for m in known))} only: expect a poor map (the match falls "
+                       "back to the identity if the map lowers the similarity)")
+            log.warning("gvsl match: %s", out[-1])
+    return out
+
+
+def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
+    """Replace a map that lowered the similarity by the identity; the reason, for the report.
+
+    A network applied to a scan unlike its training data (another modality, body part or
+    contrast) can predict a map that makes the pair *less* alike; returning the identity
+    instead means ``gvsl match`` never leaves a pair worse aligned than it found it.
+    """
+    reason = (f"{what} lowered the local NCC ({out['ncc_before']:.4f} -> {out['ncc_after']:.4f}); "
+              "used the identity instead")
+    log.warning("gvsl match: %s", reason)
+    out["coordinates"] = voxel_grid(shape).unsqueeze(0)
+    out["affine"] = torch.eye(3, 4).unsqueeze(0)
+    out["ncc_after"] = out["ncc_before"]
+    return reason
 
 
 def _affine_to_physical(affine_w: np.ndarray, fixed: Volume, scale: np.ndarray) -> np.ndarray:

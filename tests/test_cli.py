@@ -46,7 +46,7 @@ def data(tmp_path_factory):
 def weights(tmp_path_factory):
     w = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    m = models.GVSL(widths=models.DEMO_WIDTHS)
+    m = models.GVSL(widths=models.DEMO_WIDTHS, **models.PAPER_HEADS)
     with torch.no_grad():  # a visibly non-identity map, so the outputs are not trivially the input
         m.affine_head.translation.bias.copy_(torch.tensor([0.3, -0.2, 0.25]))
     torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()},
@@ -74,7 +74,8 @@ def test_match_writes_all_outputs_and_a_report(data, weights, tmp_path):
     fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
     proc = ok(gvsl("match", fixed, moving, "--out", out, "--weights", weights / "gvsl.pt",
                    "--moving-labels", data / "labels" / "case_001.nii.gz",
-                   "--fixed-labels", data / "labels" / "case_000.nii.gz", "--size", 32, "--device", "cpu"))
+                   "--fixed-labels", data / "labels" / "case_000.nii.gz", "--size", 32, "--device", "cpu",
+                   "--no-refine", "--no-fallback"))
     assert "mean Dice" in proc.stdout
     for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
                  "report.json"):
@@ -100,10 +101,10 @@ def test_match_refine_records_the_refinement(data, weights, tmp_path):
     out = tmp_path / "refined"
     fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
     ok(gvsl("match", fixed, moving, "--out", tmp_path / "plain", "--weights", weights / "gvsl.pt", "--size", 32,
-            "--device", "cpu"))
+            "--device", "cpu", "--no-refine"))
     plain = json.loads((tmp_path / "plain" / "report.json").read_text())
     proc = ok(gvsl("match", fixed, moving, "--out", out, "--weights", weights / "gvsl.pt", "--size", 32,
-                   "--device", "cpu", "--refine"))
+                   "--device", "cpu"))  # refining is the default
     assert "refinement" in proc.stdout
     r = json.loads((out / "report.json").read_text())
     assert r["refined"]["steps_done"] == r["refined"]["steps"] > 0

@@ -7,7 +7,7 @@ import torch
 
 from gvsl_app.matching import match
 from gvsl_app.synthetic import make_cardiac_subject
-from models import DEMO_WIDTHS, GVSL, RefineSchedule, local_ncc, refine_coordinates
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule, local_ncc, refine_coordinates
 from models.spatial import affine_points, voxel_grid, warp
 
 SMALL = RefineSchedule(affine_levels=((16, 60), (32, 15)), deformable_levels=((16, 8, 30), (32, 8, 15)))
@@ -74,7 +74,7 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
 
     fixed, fl = make_cardiac_subject(1, (40, 40, 40))
     moving, ml = make_cardiac_subject(2, (40, 40, 40))
-    identity = GVSL(widths=DEMO_WIDTHS)  # untrained: predicts (nearly) the identity map
+    identity = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # predicts ~the identity
     plain = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
     stages = []
     refined = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl,

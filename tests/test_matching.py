@@ -9,7 +9,7 @@ import torch
 from gvsl_app.io import volume_to_sitk
 from gvsl_app.matching import match
 from gvsl_app.volume import Volume
-from models import GVSL, DEMO_WIDTHS
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
 from models.checkpoint import CheckpointError
 
 
@@ -27,7 +27,7 @@ def phantom(shape, centre, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1
 def perturbed_weights(tmp_path_factory):
     """A width-8 GVSL whose heads predict a clearly non-identity map."""
     torch.manual_seed(0)
-    m = GVSL(widths=DEMO_WIDTHS)
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
     with torch.no_grad():
         for lin in (m.affine_head.rotation, m.affine_head.translation, m.affine_head.scaling):
             lin.bias.copy_(torch.tensor([0.3, -0.2, 0.25]))
@@ -48,7 +48,8 @@ def pair(tmp_path):
 
 def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair, perturbed_weights, tmp_path):
     fixed, moving, fl, ml = pair
-    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
+    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl,
+                fallback=False)
     out = res.save(tmp_path / "out")
     for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
                  "report.json"):
@@ -75,7 +76,7 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
 def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights, monkeypatch,
                                                                        tmp_path):
     fixed, moving, _, _ = pair
-    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu")
+    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False)
     built = []
     real = sitk.GetImageFromArray
     monkeypatch.setattr(sitk, "GetImageFromArray",
@@ -96,16 +97,16 @@ def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, pe
 def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights, tmp_path):
     fixed, moving, _, _ = pair
     model_path = perturbed_weights
-    res = match(fixed, moving, weights=model_path, size=32, device="cpu")
+    res = match(fixed, moving, weights=model_path, size=32, device="cpu", fallback=False)
     res.save(tmp_path / "o")
     tfm = sitk.ReadTransform(str(tmp_path / "o" / "affine.tfm"))
     # an affine-only model: the total displacement equals the affine part
-    m = GVSL(widths=DEMO_WIDTHS)
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
     ck = torch.load(model_path, weights_only=True)
     m.load_state_dict(ck["model"])
     with torch.no_grad():
         m.deformable_head.flow.weight.zero_()
-    res2 = match(fixed, moving, model=m, size=32, device="cpu")
+    res2 = match(fixed, moving, model=m, size=32, device="cpu", fallback=False)
     mat = res2.affine_physical
     idx = fixed.index_to_physical_matrix()
     for voxel in [(3, 4, 5), (20, 30, 10), (15, 20, 18)]:
@@ -118,11 +119,36 @@ def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights
 
 def test_identity_network_warps_nothing(pair, tmp_path):
     fixed, _, fl, _ = pair
-    m = GVSL(widths=DEMO_WIDTHS)
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
     res = match(fixed, fixed, model=m, size=32, device="cpu", moving_labels=fl, fixed_labels=fl)
     assert np.abs(res.displacement_mm).max() < 0.05
     assert res.report["mean_dice_after"] > 0.99
     assert res.report["folding_percent"] == 0.0
+
+
+def test_a_map_that_lowers_the_similarity_falls_back_to_the_identity(pair, perturbed_weights):
+    fixed, moving, fl, ml = pair
+    kept = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False)
+    assert kept.report["ncc_after"] < kept.report["ncc_before"]  # this network makes the pair less alike
+    assert kept.report["fallback"] == []
+    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
+    assert len(res.report["fallback"]) == 1 and "used the identity" in res.report["fallback"][0]
+    assert res.report["ncc_after"] == res.report["ncc_before"]
+    assert res.report["ncc_network"] == pytest.approx(kept.report["ncc_after"])
+    assert np.abs(res.displacement_mm).max() < 1e-4
+    np.testing.assert_allclose(res.affine_physical, np.eye(4), atol=1e-6)
+    assert res.report["mean_dice_after"] == pytest.approx(res.report["mean_dice_before"], abs=1e-6)
+
+
+def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):
+    fixed, moving, _, _ = pair
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
+    m.trained_modalities = frozenset({"ct"})
+    mr = moving.with_array(moving.array - moving.array.min(), source="moving-mr.nii.gz")  # no air below -500
+    res = match(fixed, mr, model=m, size=32, device="cpu")
+    assert len(res.report["warnings"]) == 1
+    assert "moving-mr.nii.gz" in res.report["warnings"][0] and "looks like MR" in res.report["warnings"][0]
+    assert match(fixed, moving, model=m, size=32, device="cpu").report["warnings"] == []
 
 
 def test_empty_overlap_is_refused(pair):
