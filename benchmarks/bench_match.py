@@ -159,11 +159,13 @@ def folding_percent(transform: sitk.Transform, fixed) -> float:
 
 def load_model(weights: str | None, device: str):
     from gvsl_app.weights import DEMO_GVSL, load_gvsl
-    from models import DEMO_WIDTHS, GVSL, resolve_device
+    from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, resolve_device
 
     if weights == "random":
+        # The paper's heads start at the identity map (to ~1e-5); the keypoint head does not.
         torch.manual_seed(0)
-        return GVSL(widths=DEMO_WIDTHS).to(resolve_device(device)).eval(), "random init, widths 8 (NOT trained)"
+        return (GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS).to(resolve_device(device)).eval(),
+                "random init, widths 8, paper heads: the identity map (NOT trained)")
     if weights is None and not DEMO_GVSL.is_file():
         sys.exit(f"demo weights not found at {DEMO_GVSL}; pass --weights CKPT (or --weights random for a smoke run)")
     return load_gvsl(weights, resolve_device(device))
@@ -192,8 +194,9 @@ def run_pairs(args, model, info) -> dict:
         before = mean_dice(resample_to(ml, fixed, is_label=True).array, fl.array)
 
         t0 = time.perf_counter()
+        # fallback=False: the network's own map, even where it is worse than the identity
         res = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml,
-                    fixed_labels=fl)
+                    fixed_labels=fl, fallback=False)
         g_s = time.perf_counter() - t0
         g_dice = mean_dice(res.warped_labels.array, fl.array)
         row = {"fixed_seed": fs, "moving_seed": ms, "dice_before": before, "gvsl_dice": g_dice, "gvsl_s": g_s,
