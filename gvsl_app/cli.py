@@ -74,7 +74,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                       device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
                       compile=args.compile, n_synthetic=args.n_synthetic, affine_warmup=args.affine_warmup,
                       affine_head=args.affine_head, deformable_head=args.deformable_head,
-                      snapshot_every=args.snapshot_every, similarity=args.similarity)
+                      snapshot_every=args.snapshot_every, similarity=args.similarity,
+                      match_input=args.match_input)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(pretrain(cfg, stop), quiet=args.quiet)
@@ -200,11 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--affine-warmup", type=int, help="first N iterations match with the affine head alone")
     p.add_argument("--similarity", choices=["multiscale-ncc", "ncc"],
                    help="matching loss (default multiscale-ncc; ncc = the paper's full-resolution local NCC)")
+    p.add_argument("--match-input", choices=["clean", "transformed"],
+                   help="what the matching sees: clean scans (default; restoration gets the transformed scan in a "
+                        "second pass) or the appearance-transformed moving scan (the paper)")
     p.add_argument("--snapshot-every", type=int, help="also keep the weights of every N-th iteration")
     p.add_argument("--affine-head", choices=["keypoints", "paper"],
                    help="global matching head (default keypoints; paper = pooled bottleneck regression)")
-    p.add_argument("--deformable-head", choices=["pyramid", "paper"],
-                   help="local matching head (default pyramid: coarse to fine; paper = one full-resolution head)")
+    p.add_argument("--deformable-head", choices=["pyramid", "pyramid-full", "paper"],
+                   help="local matching head (default pyramid: 1/4 then 1/2 resolution; pyramid-full adds full "
+                        "resolution; paper = one full-resolution head)")
     p.add_argument("--quiet", action="store_true")
     _add_common_training(p)
     p.set_defaults(func=cmd_pretrain)

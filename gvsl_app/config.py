@@ -12,6 +12,7 @@ from models.gvsl import AFFINE_HEADS, DEFORMABLE_HEADS
 
 VARIANTS = ("gvsl", "restoration", "matching", "no-affine")
 SIMILARITIES = ("multiscale-ncc", "ncc")
+MATCH_INPUTS = ("clean", "transformed")
 
 
 @dataclass
@@ -22,7 +23,10 @@ class PretrainConfig:
     to the paper's (all 1). ``affine_head`` / ``deformable_head`` choose the Z-Matching
     heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/MATCHING.md);
     ``similarity`` is the matching loss: ``multiscale-ncc`` (local NCC 9^3 at full, 1/2 and
-    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only). ``workers`` DataLoader processes prepare augmented pairs
+    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only);
+    ``match_input``: ``clean`` (default: match the clean scans, restore the
+    appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
+    match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare augmented pairs
     off the training loop. ``warmup`` ramps the learning rate over that many iterations;
     ``affine_warmup`` matches with the affine head alone for that many iterations first, to
     test whether the deformable head takes the signal away from the affine head (at the
@@ -37,6 +41,7 @@ class PretrainConfig:
     affine_head: str = "keypoints"
     deformable_head: str = "pyramid"
     similarity: str = "multiscale-ncc"
+    match_input: str = "clean"
     iters: int = 1000
     size: int = 64
     width: int = 8
@@ -69,6 +74,8 @@ class PretrainConfig:
                              f"choose one of {', '.join(DEFORMABLE_HEADS)}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if self.match_input not in MATCH_INPUTS:
+            raise ValueError(f"unknown match_input {self.match_input!r}; choose one of {', '.join(MATCH_INPUTS)}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
         if self.iters < 1 or self.batch < 1 or self.width < 1:

@@ -24,10 +24,13 @@ from .runs import RunFolder
 class PretrainObjective(nn.Module):
     """The loss of one pre-training variant as a module (so DDP can wrap it whole).
 
-    ``gvsl``: NCC + smoothness on the match of the appearance-transformed moving scan to the
-    fixed scan (the clean moving scan is warped) + restoration MSE. ``restoration``: MSE only
-    (Models Genesis-style fundament). ``matching``: Z-Matching only, on clean scans.
-    ``no-affine``: like ``gvsl`` with the affine head disabled.
+    ``gvsl``: NCC (or multi-scale NCC, ``config.similarity``) + smoothness on the match of
+    the moving scan to the fixed scan + restoration MSE of the appearance-transformed moving
+    scan. With ``match_input="transformed"`` (the paper's recipe) the backbone matches the
+    appearance-transformed moving scan (the clean one is warped); with ``"clean"`` (the
+    default) it matches the clean scans and restores the transformed one in a second pass.
+    ``restoration``: MSE only (Models Genesis-style fundament). ``matching``: Z-Matching only,
+    on clean scans. ``no-affine``: like ``gvsl`` with the affine head disabled.
     """
 
     def __init__(self, model: GVSL, config: PretrainConfig):
@@ -35,6 +38,7 @@ class PretrainObjective(nn.Module):
         self.model = model
         self.variant = config.variant
         self.similarity = multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc
+        self.match_clean = config.match_input == "clean"
         self.w = (config.w_ncc, config.w_smooth, config.w_mse)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_input: torch.Tensor,
@@ -43,20 +47,24 @@ class PretrainObjective(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         with autocast(amp_device or moving.device, enabled=amp_device is not None):
             if self.variant == "restoration":
-                _, local = self.model.features(moving_input)
-                restored = self.model.restoration_head(local).float()
-                terms["mse"] = restoration_mse(restored, moving)
+                terms["mse"] = restoration_mse(self._restore(moving_input), moving)
             else:
                 restore = self.variant != "matching"
-                inp = moving if self.variant == "matching" else moving_input
-                out = self.model(inp, fixed, source=moving, restore=restore, deformable=deformable)
+                clean = self.variant == "matching" or self.match_clean
+                out = self.model(moving if clean else moving_input, fixed, source=moving,
+                                 restore=restore and not clean, deformable=deformable)
                 terms["ncc"] = self.similarity(out.warped, fixed)
                 terms["smooth"] = smoothness(out.displacement)
                 if restore:
-                    terms["mse"] = restoration_mse(out.restored, moving)
+                    restored = self._restore(moving_input) if clean else out.restored
+                    terms["mse"] = restoration_mse(restored, moving)
         weights = {"ncc": w_ncc, "smooth": w_smooth, "mse": w_mse}
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
+
+    def _restore(self, corrupted: torch.Tensor) -> torch.Tensor:
+        _, local = self.model.features(corrupted)
+        return self.model.restoration_head(local).float()
 
 
 def close_loader(iterator) -> None:

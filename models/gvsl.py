@@ -12,7 +12,7 @@ from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coo
 from .unet import PAPER_WIDTHS, UNet3D
 
 AFFINE_HEADS = ("keypoints", "paper")
-DEFORMABLE_HEADS = ("pyramid", "paper")
+DEFORMABLE_HEADS = ("pyramid", "pyramid-full", "paper")
 PAPER_HEADS: dict[str, str] = {"affine_head": "paper", "deformable_head": "paper"}
 """``GVSL(**PAPER_HEADS)``: the paper's Z-Matching heads (the authors' checkpoint has them)."""
 
@@ -55,9 +55,10 @@ class GVSL(nn.Module):
     :class:`~models.heads.KeypointAffineHead`) or ``"paper"`` (the paper's pooled
     bottleneck regressing 15 bounded parameters, :class:`~models.heads.AffineHead`; the
     authors' released checkpoint has this head). ``deformable_head``: ``"pyramid"`` (the
-    default: coarse-to-fine heads at 1/4, 1/2 and full resolution,
-    :class:`~models.heads.PyramidDeformableHead`) or ``"paper"`` (one head at full
-    resolution). docs/MATCHING.md measures both choices against the paper's.
+    default: coarse-to-fine heads at 1/4 and 1/2 resolution, a smooth field by
+    construction, :class:`~models.heads.PyramidDeformableHead`), ``"pyramid-full"`` (the
+    same plus a full-resolution level, an ablation) or ``"paper"`` (one head at full
+    resolution). docs/MATCHING.md measures these choices against the paper's.
     Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
     """
 
@@ -75,7 +76,11 @@ class GVSL(nn.Module):
         self.affine_kind = affine_head
         self.affine_head = AffineHead(w[4]) if affine_head == "paper" else KeypointAffineHead(w[8])
         self.deformable_kind = deformable_head
-        self.deformable_head = DeformableHead(w[8]) if deformable_head == "paper" else PyramidDeformableHead(w[8])
+        if deformable_head == "paper":
+            self.deformable_head: nn.Module = DeformableHead(w[8])
+        else:
+            levels = (4, 2, 1) if deformable_head == "pyramid-full" else (4, 2)
+            self.deformable_head = PyramidDeformableHead(w[8], levels)
         self.restoration_head = RestorationHead(w[8])
         self.use_affine = use_affine
         self.bounds = bounds

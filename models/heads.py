@@ -103,10 +103,10 @@ class KeypointAffineHead(nn.Module):
     (Yu et al., 2022), here driven by the same unsupervised NCC loss as the rest of GVSL.
     """
 
-    def __init__(self, local_channels: int, keypoints: int = 32, ridge: float = 0.01):
+    def __init__(self, local_channels: int, keypoints: int = 32, ridge: float = 0.01, pool: int = 2):
         super().__init__()
         hidden = max(2 * local_channels, 8)
-        self.keypoints, self.ridge = int(keypoints), float(ridge)
+        self.keypoints, self.ridge, self.pool = int(keypoints), float(ridge), int(pool)
         self.heatmaps = nn.Sequential(
             nn.Conv3d(local_channels, hidden, 3, padding=1),
             nn.GroupNorm(group_count(hidden), hidden),
@@ -118,11 +118,17 @@ class KeypointAffineHead(nn.Module):
         # give peaked maps whose points move with the image (faster in affine_probe.py).
 
     def locate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Soft-argmax points ``(B, K, 3)`` in voxels (z, y, x) and their weights ``(B, K)``."""
+        """Soft-argmax points ``(B, K, 3)`` in full-resolution voxels (z, y, x) and weights ``(B, K)``."""
+        full = features.shape[2:]
+        f = self.pool
+        if f > 1:
+            features = F.avg_pool3d(features, f, ceil_mode=True)
         logits = self.heatmaps(features).float().flatten(2)
         prob = torch.softmax(logits, dim=-1)
-        shape = features.shape[2:]
-        axes = [torch.arange(n, device=features.device, dtype=torch.float32) for n in shape]
+        # each pooled cell sits at the centre of the full-resolution voxels it averages
+        axes = [(torch.arange(n, device=features.device, dtype=torch.float32) * f
+                 + (torch.clamp(torch.arange(n, device=features.device) * f + f, max=m) - 1).float()) / 2
+                for n, m in zip(features.shape[2:], full)]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
         points = prob @ grid
         # A peaked map is a confident landmark: weight by the map's largest probability
@@ -173,11 +179,14 @@ class PyramidDeformableHead(nn.Module):
     already warped by the displacement of the coarser levels and adds a residual
     displacement, upsampled to full resolution in full-resolution voxels. A 3-layer head at
     1/4 resolution sees ~28 voxels instead of 7, which is what lets the deformable part
-    capture displacements of several voxels; the full-resolution level keeps the detail.
+    capture displacements of several voxels. The default stops at 1/2 resolution: the
+    field is then smooth by construction, like the control grid of a B-spline
+    registration; a full-resolution level (``levels=(4, 2, 1)``) raised the training NCC by
+    aligning texture but moved the structures less (lower held-out Dice, docs/MATCHING.md).
     Every level's last convolution starts near zero, so the first output is ~0.
     """
 
-    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2, 1)):
+    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2)):
         super().__init__()
         self.levels = tuple(int(f) for f in levels)
         self.heads = nn.ModuleList(DeformableHead(local_channels) for _ in self.levels)

@@ -97,6 +97,24 @@ def test_variants_train(tmp_path):
         assert ("mse" in rows[0]) == (variant != "matching")
 
 
+def test_clean_matching_input_matches_the_clean_scans_and_restores_the_transformed_one(tmp_path):
+    from gvsl_app.pretrain import PretrainObjective
+
+    torch.manual_seed(0)
+    moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    a, b = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)  # two corruptions of the moving scan
+    for match_input in ("clean", "transformed"):
+        cfg = small(tmp_path / match_input, match_input=match_input)
+        torch.manual_seed(0)
+        objective = PretrainObjective(build_model(cfg), cfg).eval()
+        with torch.no_grad():
+            objective.model.restoration_head.layers[-1].weight.normal_(0, 0.1)  # it starts at a constant 0
+            ta, tb = objective(moving, fixed, a), objective(moving, fixed, b)
+        assert not torch.isclose(ta["mse"], tb["mse"])  # restoration always sees the corrupted scan
+        same_match = bool(torch.isclose(ta["ncc"], tb["ncc"]))
+        assert same_match == (match_input == "clean"), match_input
+
+
 def test_snapshots_keep_loadable_weights_of_every_nth_iteration_with_the_chosen_heads(tmp_path):
     from gvsl_app.weights import load_gvsl
 
