@@ -16,6 +16,8 @@ def _widget(viewer, ckpt, size=32):
 
     w = MatchingWidget(viewer)
     viewer.window.add_dock_widget(w, name="Z-Matching")
+    assert w.refine.isChecked()  # the best quality by default, as `gvsl match`
+    w.refine.setChecked(False)  # the tests that refine say so
     w.weights.add_path(str(ckpt))
     w.device.setCurrentText("cpu")
     w.size.setValue(size)
@@ -68,6 +70,8 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     assert f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}" in text
     assert f"{rep['mean_dice_before']:.4f} → {rep['mean_dice_after']:.4f}" in text
     assert f"{rep['folding_percent']:.3f} %" in text and "Dice Myocardium" in text
+
+    assert ("⚠" in text) == bool(rep["fallback"] or rep["warnings"])
 
     # Running again updates the same layers instead of adding new ones.
     n_layers, warped_id = len(viewer.layers), id(warped)
@@ -178,3 +182,15 @@ def test_out_of_memory_message_gives_a_hint():
     msg = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert "out of memory" in msg and "smaller working size" in msg
     assert describe_error(ValueError("fixed.nii.gz: no such file")) == "fixed.nii.gz: no such file"
+
+
+def test_report_shows_fallbacks_and_modality_warnings_above_the_numbers():
+    from napari_plugin._matching import report_html
+
+    rep = {"ncc_before": 0.2, "ncc_after": 0.2, "folding_percent": 0.0, "jacobian_min": 1.0,
+           "max_displacement_mm": 0.0, "seconds": {"total_s": 1.0, "network_s": 0.5}, "device": "cpu",
+           "warnings": ["the moving scan m.nii.gz looks like MR, but these weights were pre-trained on CT only"],
+           "fallback": ["the network's map lowered the local NCC (0.2000 -> 0.1000); used the identity instead"]}
+    text = report_html(rep)
+    assert text.index("looks like MR") < text.index("used the identity") < text.index("NCC</b>")
+    assert report_html({**rep, "warnings": [], "fallback": []}).count("⚠") == 0
