@@ -14,7 +14,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 "$BIN/gvsl" sample cardiac --out "$OUT/data" --n 2 --seed 7
 "$BIN/gvsl" match "$OUT/data/images/case_000.nii.gz" "$OUT/data/images/case_001.nii.gz" \
   --fixed-labels "$OUT/data/labels/case_000.nii.gz" --moving-labels "$OUT/data/labels/case_001.nii.gz" \
-  --out "$OUT/match" --refine
+  --out "$OUT/match"   # refines by default (--no-refine: the network alone)
 "$BIN/gvsl" segment "$OUT/data/images/case_000.nii.gz" --reference "$OUT/data/labels/case_000.nii.gz" \
   --out "$OUT/segmentation.nii.gz"
 if command -v xvfb-run >/dev/null; then
