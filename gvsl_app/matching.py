@@ -289,18 +289,21 @@ def _run_network(model: GVSL, moving: torch.Tensor, fixed: torch.Tensor,
 
 
 def _modality_warnings(model: GVSL, fixed: Volume, moving: Volume) -> list[str]:
-    """A warning per scan whose modality the weights were not pre-trained on (logged too)."""
+    """One warning per modality the weights were not pre-trained on, naming the scans (logged too)."""
     known = getattr(model, "trained_modalities", None)
     if not known:
         return []
-    out = []
+    unseen: dict[str, list[str]] = {}
     for name, v in (("fixed", fixed), ("moving", moving)):
         mod = detect_modality(v)
         if mod not in known:
-            out.append(f"the {name} scan {v.source} looks like {mod.upper()}, but these weights were pre-trained on "
-                       f"{' and '.join(sorted(m.upper() for m in known))} only: expect a poor map (the match falls "
-                       "back to the identity if the map lowers the similarity)")
-            log.warning("gvsl match: %s", out[-1])
+            unseen.setdefault(mod, []).append(f"the {name} scan {v.source}")
+    out = []
+    for mod, scans in unseen.items():
+        out.append(f"{' and '.join(scans)} look{'s' if len(scans) == 1 else ''} like {mod.upper()}, but these "
+                   f"weights were pre-trained on {' and '.join(sorted(m.upper() for m in known))} only: expect a "
+                   "poor map (the match falls back to the identity if the map lowers the similarity)")
+        log.warning("gvsl match: %s", out[-1])
     return out
 
 

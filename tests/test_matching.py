@@ -149,6 +149,9 @@ def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):
     assert len(res.report["warnings"]) == 1
     assert "moving-mr.nii.gz" in res.report["warnings"][0] and "looks like MR" in res.report["warnings"][0]
     assert match(fixed, moving, model=m, size=32, device="cpu").report["warnings"] == []
+    fixed_mr = fixed.with_array(fixed.array - fixed.array.min(), source="fixed-mr.nii.gz")
+    both = match(fixed_mr, mr, model=m, size=32, device="cpu").report["warnings"]
+    assert len(both) == 1 and "fixed-mr.nii.gz and the moving scan moving-mr.nii.gz look like MR" in both[0]
 
 
 def test_empty_overlap_is_refused(pair):
