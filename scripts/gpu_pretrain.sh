@@ -8,7 +8,8 @@
 # Settings (environment): BUDGET_S (training wall clock, default 420 s: the run is stopped with
 # SIGINT, which saves checkpoints/last.pt, then exported), WIDTH (12: ~13 MB exported; 16 is
 # ~24 MB, over the shipped-file limit), SIZE (64), BATCH (8), WORKERS (min(8, cores - 2)),
-# ITERS (an upper bound; the budget usually ends the run first), N (subjects per kind, 48).
+# ITERS (an upper bound; the budget usually ends the run first), N (subjects per kind, 48),
+# DEVICE (cuda; DEVICE=cpu BUDGET_S=30 SIZE=32 WIDTH=8 BATCH=2 is a dry run of the whole script).
 # bf16 autocast is on for CUDA (the `amp` default); warping and the losses run in fp32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +24,17 @@ CORES=$(nproc)
 WORKERS=${WORKERS:-$(( CORES > 10 ? 8 : (CORES > 2 ? CORES - 2 : 0) ))}
 ITERS=${ITERS:-20000}
 N=${N:-48}
+DEVICE=${DEVICE:-cuda}
 
-"$BIN/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this script is for a GPU machine')"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+if [ "$DEVICE" = cuda ]; then
+  "$BIN/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this script is for a GPU machine (DEVICE=cpu for a dry run)')"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+fi
 echo "pre-training for at most ${BUDGET_S} s: width $WIDTH, ${SIZE}^3, batch $BATCH, $WORKERS workers"
 # timeout sends SIGINT at the budget: the run stops at the next step and saves last.pt (exit 0).
 timeout -s INT -k 60 "$BUDGET_S" "$BIN/gvsl" pretrain --data synthetic:cardiac+brain --n-synthetic "$N" \
   --run "$RUN" --iters "$ITERS" --size "$SIZE" --width "$WIDTH" --batch "$BATCH" --lr 1e-3 \
-  --workers "$WORKERS" --seed 0 --device cuda --snapshot-every 500 --quiet || [ $? -eq 124 ]
+  --workers "$WORKERS" --seed 0 --device "$DEVICE" --snapshot-every 500 --quiet || [ $? -eq 124 ]
 "$BIN/python" -m gvsl_app.export_weights "$RUN/checkpoints/last.pt" "$OUT"
 ls -l "$OUT"
 "$BIN/python" benchmarks/matching_curves.py "$OUT" --pairs 4
