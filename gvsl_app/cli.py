@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
 from .allocator import tune_cpu_allocator
+from .jsonio import dumps_strict
 from .progress import StopFlag
 
 
@@ -37,8 +37,21 @@ def _install_stop_handlers(stop: StopFlag) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _drive(progress_iter, quiet: bool = False) -> int:
-    """Consume a training generator with a tqdm bar showing ETA and the loss terms."""
+def _signal_status(reason: str) -> int:
+    """128 + the signal's number for a stop reason ``"signal NAME"``, else 0."""
+    name = reason.removeprefix("signal ").strip()
+    sig = getattr(signal.Signals, name, None) if name.startswith("SIG") else None
+    return 128 + int(sig) if sig is not None else 0
+
+
+def _drive(progress_iter, quiet: bool = False, stop: StopFlag | None = None) -> int:
+    """Consume a training generator with a tqdm bar showing ETA and the loss terms.
+
+    Returns 0 when done, 3 on a training error, and for a run stopped by a signal the
+    shell's convention 128 + signal number (130 for Ctrl-C, 143 for SIGTERM), so a
+    scheduler or script can tell an interrupted run from a finished one (the run folder
+    still holds last.pt and a report saying ``stopped``).
+    """
     from tqdm import tqdm
 
     bar = None
@@ -56,6 +69,8 @@ def _drive(progress_iter, quiet: bool = False) -> int:
             bar.update(p.iteration - bar.n)
             bar.close()
             print(p.message)
+            if p.phase == "stopped" and stop is not None:
+                rc = _signal_status(stop.reason)
         elif p.phase == "error":
             bar.close()
             print(f"error: {p.message}", file=sys.stderr)
@@ -78,7 +93,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                       match_input=args.match_input)
     stop = StopFlag()
     _install_stop_handlers(stop)
-    return _drive(pretrain(cfg, stop), quiet=args.quiet)
+    return _drive(pretrain(cfg, stop), quiet=args.quiet, stop=stop)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -91,7 +106,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                       n_train=args.n_train, val_every=args.val_every)
     stop = StopFlag()
     _install_stop_handlers(stop)
-    return _drive(finetune(cfg, stop), quiet=args.quiet)
+    return _drive(finetune(cfg, stop), quiet=args.quiet, stop=stop)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -141,7 +156,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     res = segment(image, args.weights, device=args.device, reference=ref)
     write_volume(res.labels, args.out, is_label=True)
     report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
-    report_path.write_text(json.dumps(res.report, indent=2))
+    report_path.write_text(dumps_strict(res.report))
     names = res.report["label_names"]
     print(f"{'label':>18} {'mL':>9}" + (f" {'Dice':>7}" if ref is not None else ""))
     for k, v in res.report["volume_ml"].items():

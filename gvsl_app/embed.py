@@ -1,7 +1,6 @@
 """Local-feature embedding per anatomical label: balanced voxel sampling, t-SNE, silhouette."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from models import GVSL, resolve_device
 
 from .io import geometry_differences
+from .jsonio import dumps_strict
 from .preprocess import normalise, resize_array
 from .volume import Volume
 from .weights import load_gvsl
@@ -41,7 +41,7 @@ class EmbedResult:
         rows += [f"{a:.5f},{b:.5f},{int(l)},{z},{y},{x}" for (a, b), l, (z, y, x) in
                  zip(self.xy, self.labels, self.voxels)]
         (out / "embedding.csv").write_text("\n".join(rows) + "\n")
-        (out / "report.json").write_text(json.dumps(self.report, indent=2))
+        (out / "report.json").write_text(dumps_strict(self.report))
         return out
 
 

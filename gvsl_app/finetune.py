@@ -72,7 +72,10 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    run = RunFolder(config.run).create()
+    run = RunFolder(config.run)
+    if config.resume:
+        run.require_resumable()
+    run.create().remove_stale_temporaries()
     run.write_config(config)
     names = ds.list_cases(config.data, need_labels=config.task == "seg")
     train, val, test = ds.split_names(names, config.val_fraction, config.test_fraction, config.seed)
@@ -94,7 +97,7 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
     start, best = 0, -math.inf
-    if config.resume and run.last.is_file():
+    if config.resume:
         ck = run.load_checkpoint("last")
         load_state_into(model, ck["model"])
         opt.load_state_dict(ck["optimizer"])

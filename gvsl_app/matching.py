@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ from models.device import autocast
 from models.spatial import jacobian_determinant, voxel_grid, warp
 
 from .io import volume_to_sitk, write_image, write_volume
+from .jsonio import dumps_strict
 from .metrics import dice_per_label
 from .nifti import FAST_GZIP
 from .preprocess import check_overlap, detect_modality, normalise, resample_to, resize_array
@@ -99,7 +99,7 @@ class MatchResult:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()  # re-raises the first failure
         sitk.WriteTransform(self.affine_transform(), str(out / "affine.tfm"))
-        (out / "report.json").write_text(json.dumps(self.report, indent=2))
+        (out / "report.json").write_text(dumps_strict(self.report))
         self.release_field_image()
         return out
 

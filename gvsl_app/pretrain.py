@@ -155,7 +155,11 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     start, best = 0, math.inf
-    if config.resume and run.last.is_file():
+    if config.resume:
+        run.require_resumable()
+    if info.is_main:
+        run.remove_stale_temporaries()
+    if config.resume:
         ck = run.load_checkpoint("last")
         load_state_into(model, ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -259,7 +263,8 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
     if info.is_main:
         report = {"rank_param_checksums": checksums,"kind": "pretrain", "status": status, "iteration": step, "iters": config.iters,
                   "variant": config.variant, "best_val": best, "wall_s": wall, "device": str(device),
-                  "world_size": info.world, "last": str(run.last), "best": str(run.best)}
+                  "world_size": info.world, "last": str(run.last),
+                  "best": str(run.best) if run.best.is_file() else None}
         run.write_report(report)
     yield Progress(step, config.iters, phase=status, message=f"{status} at iteration {step}; checkpoint {run.last}")
 

@@ -22,6 +22,8 @@ import yaml
 
 from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
 
+from .jsonio import dumps_strict
+
 
 class RunFolder:
     """Paths and writers of a run folder; only rank 0 should write."""
@@ -83,6 +85,25 @@ class RunFolder:
         """Atomically write ``last`` or ``best`` (temp file + rename)."""
         return atomic_torch_save({"format": FORMAT, **state}, self.last if which == "last" else self.best)
 
+    def require_resumable(self) -> None:
+        """Refuse ``--resume`` where there is nothing to resume (instead of starting afresh)."""
+        if not self.last.is_file():
+            raise FileNotFoundError(f"{self.last}: no checkpoint to resume from. Run without --resume to start a "
+                                    f"new run in {self.path}, or pass the run folder that holds last.pt.")
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete half-written checkpoint files (``.NAME.pt.*.tmp``) that a killed process left.
+
+        Checkpoints are written to such a temporary file and renamed; a ``kill -9`` in
+        between leaves the temporary behind, and each one is a whole checkpoint's size.
+        Only the process that owns the run folder may call this.
+        """
+        folder = self.path / "checkpoints"
+        stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return stale
+
     def save_snapshot(self, iteration: int, state: dict) -> Path:
         """Atomically write the model-only snapshot ``checkpoints/iter_NNNNNN.pt``."""
         return atomic_torch_save({"format": FORMAT, **state}, self.path / "checkpoints" / f"iter_{iteration:06d}.pt")
@@ -102,7 +123,7 @@ class RunFolder:
 
     def write_report(self, report: dict) -> None:
         tmp = self.report_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
+        tmp.write_text(dumps_strict(report))
         os.replace(tmp, self.report_path)
 
     def read_report(self) -> dict | None:

@@ -115,6 +115,48 @@ def test_clean_matching_input_matches_the_clean_scans_and_restores_the_transform
         assert same_match == (match_input == "clean"), match_input
 
 
+def test_resume_without_a_checkpoint_is_refused_and_keeps_the_history(tmp_path):
+    run = tmp_path / "no-last"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "loss": 0.5}\n')
+    proc = subprocess.run(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", str(run),
+                                  "--iters", "2", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu",
+                                  "--resume", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "last.pt: no checkpoint to resume from" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "metrics.jsonl").read_text() == '{"iteration": 1, "loss": 0.5}\n'
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        drain(finetune(FinetuneConfig(data=str(tmp_path), run=str(run), resume=True)))
+
+
+def test_half_written_checkpoints_of_a_killed_run_are_removed_on_the_next_start(tmp_path):
+    cfg = small(tmp_path / "tmp", iters=2, val_every=2)
+    stale = Path(cfg.run) / "checkpoints" / ".last.pt.k9x2.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\0" * 1024)
+    keep = Path(cfg.run) / "checkpoints" / "notes.tmp"  # not ours: left alone
+    keep.write_text("mine")
+    assert drain(pretrain(cfg)).phase == "done"
+    assert not stale.exists() and keep.read_text() == "mine"
+    assert read_checkpoint(Path(cfg.run) / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_run_reports_are_strict_json_with_null_for_undefined_numbers(tmp_path):
+    import numpy as np
+
+    from gvsl_app.jsonio import dumps_strict
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+
+    run = RunFolder(tmp_path / "r").create()
+    run.write_report({"best_val": float("inf"), "dice": {"1": float("nan"), "2": np.float32(0.5)},
+                      "rows": [np.float64("-inf"), 1]})
+    assert strict(run.report_path.read_text()) == {"best_val": None, "dice": {"1": None, "2": 0.5},
+                                                   "rows": [None, 1]}
+    assert strict(dumps_strict({"ok": 1.25})) == {"ok": 1.25}
+
+
 def test_snapshots_keep_loadable_weights_of_every_nth_iteration_with_the_chosen_heads(tmp_path):
     from gvsl_app.weights import load_gvsl
 
@@ -180,9 +222,10 @@ def test_signal_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path, s
         time.sleep(0.05)
     os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + sig, err  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     report = json.loads((run / "report.json").read_text())
     assert report["status"] == "stopped"
+    assert report["best"] is None or Path(report["best"]).is_file()  # never names a file that is not there
     assert read_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == report["iteration"] >= 2
 
 
