@@ -26,8 +26,8 @@ class PretrainConfig:
     1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only);
     ``match_input``: ``clean`` (default: match the clean scans, restore the
     appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
-    match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare augmented pairs
-    off the training loop. ``warmup`` ramps the learning rate over that many iterations;
+    match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare
+    augmented pairs off the training loop. ``warmup`` ramps the learning rate over that many iterations;
     ``affine_warmup`` matches with the affine head alone for that many iterations first, to
     test whether the deformable head takes the signal away from the affine head (at the
     study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
@@ -65,6 +65,11 @@ class PretrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        check_values(self, positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every",
+                                     "n_synthetic"),
+                     non_negative=("warmup", "affine_warmup", "workers", "snapshot_every", "seed", "w_ncc",
+                                   "w_smooth", "w_mse"),
+                     positive_float=("lr",))
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
         if self.affine_head not in AFFINE_HEADS:
@@ -78,8 +83,8 @@ class PretrainConfig:
             raise ValueError(f"unknown match_input {self.match_input!r}; choose one of {', '.join(MATCH_INPUTS)}")
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
-        if self.iters < 1 or self.batch < 1 or self.width < 1:
-            raise ValueError("iters, batch and width must be positive")
+        if self.n_synthetic < 2:
+            raise ValueError(f"n_synthetic must be >= 2 (a pair needs two subjects), got {self.n_synthetic}")
 
 
 @dataclass
@@ -113,6 +118,11 @@ class FinetuneConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        check_values(self, positive=("iters", "size", "width", "batch", "val_every", "log_every"),
+                     non_negative=("workers", "n_train", "seed"), positive_float=("lr",))
+        for name in ("val_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie between 0 and 1, got {getattr(self, name)}")
         if self.task not in ("seg", "cls"):
             raise ValueError(f"unknown task {self.task!r}; choose seg or cls")
         if self.size < 16:
@@ -120,6 +130,34 @@ class FinetuneConfig:
 
 
 C = TypeVar("C")
+
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
+_KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def check_values(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                 positive_float: tuple[str, ...] = ()) -> None:
+    """Check every option's type against its annotation, then the ranges; errors name the option.
+
+    YAML and Python callers can pass anything: ``amp: 'false'`` is a non-empty string (true
+    in Python) and ``iters: 'ten'`` would fail much later with an unrelated message, and
+    ``val_every: 0`` divides by zero after the first step. ``bool`` is not accepted for a
+    number (``True`` is an ``int`` in Python), nor a number for a ``bool``.
+    """
+    for f in fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        expected = _TYPES.get(kind)
+        if expected is None:
+            continue
+        wrong = not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))
+        if wrong:
+            raise ValueError(f"option {f.name}: expected {_KIND[kind]}, got {value!r} ({type(value).__name__})")
+    for name in positive + positive_float:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"option {name} must be > 0, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"option {name} must be >= 0, got {getattr(config, name)}")
 
 
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
@@ -130,7 +168,10 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
     """
     values: dict[str, Any] = {}
     if path:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of option: value")
         known = {f.name for f in fields(cls)}

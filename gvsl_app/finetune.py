@@ -220,7 +220,11 @@ def evaluate_run(run_path: str | Path, data: str, device: str = "auto") -> dict:
     from . import datasets as ds
 
     run = RunFolder(run_path)
-    cfg = FinetuneConfig(**{**run.read_config(), "resume": False})
+    saved = run.read_config()
+    if "variant" in saved:
+        raise ValueError(f"{run.path} is a pre-training run; `gvsl evaluate` scores fine-tuning runs. Fine-tune "
+                         f"from it first: gvsl finetune --init {run.last} --data DIR --run NEW_RUN")
+    cfg = FinetuneConfig(**{**saved, "resume": False})
     ck = run.load_checkpoint("best" if run.best.is_file() else "last")
     mc = ck["model_config"]
     dev = resolve_device(device)

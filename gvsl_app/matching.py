@@ -138,6 +138,8 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     dropped; ``report["fallback"]`` says what happened. ``report["warnings"]`` notes a scan
     whose modality the weights were not pre-trained on.
     """
+    if size is not None and int(size) < 16:
+        raise ValueError(f"working size must be >= 16 voxels (the network pools four times), got {size}")
     times: dict[str, float] = {}
     say = progress or (lambda stage, frac: None)
     t = time.perf_counter()

@@ -154,6 +154,13 @@ def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):
     assert len(both) == 1 and "fixed-mr.nii.gz and the moving scan moving-mr.nii.gz look like MR" in both[0]
 
 
+@pytest.mark.parametrize("size", [0, 8, -4])
+def test_working_size_too_small_for_the_network_is_refused(pair, size):
+    fixed, moving, _, _ = pair
+    with pytest.raises(ValueError, match=f"working size must be >= 16 voxels.*got {size}"):
+        match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=size, device="cpu")
+
+
 def test_empty_overlap_is_refused(pair):
     fixed, moving, _, _ = pair
     far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), source="far.nii.gz")

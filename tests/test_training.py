@@ -300,3 +300,46 @@ def test_evaluate_cli_writes_report(tmp_path, seg_data):
     assert "mean" in out.stdout
     report = json.loads((run / "report.json").read_text())
     assert report["evaluation"]["n"] == 6 and len(report["evaluation"]["dice"]) == 7
+
+
+@pytest.mark.parametrize("cls, options, culprit", [
+    (PretrainConfig, {"val_every": 0}, "val_every must be > 0"),
+    (PretrainConfig, {"ckpt_every": 0}, "ckpt_every must be > 0"),
+    (PretrainConfig, {"iters": "ten"}, "iters: expected a whole number, got 'ten'"),
+    (PretrainConfig, {"amp": "false"}, "amp: expected true or false, got 'false'"),
+    (PretrainConfig, {"batch": True}, "batch: expected a whole number"),
+    (PretrainConfig, {"lr": 0.0}, "lr must be > 0"),
+    (PretrainConfig, {"n_synthetic": 1}, "n_synthetic must be >= 2"),
+    (PretrainConfig, {"workers": -1}, "workers must be >= 0"),
+    (FinetuneConfig, {"iters": 0}, "iters must be > 0"),
+    (FinetuneConfig, {"iters": -2}, "iters must be > 0"),
+    (FinetuneConfig, {"n_train": -1}, "n_train must be >= 0"),
+    (FinetuneConfig, {"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
+])
+def test_options_out_of_range_or_of_the_wrong_type_are_refused_by_name(cls, options, culprit):
+    with pytest.raises(ValueError, match=culprit):
+        cls(**options)
+
+
+def test_cli_refuses_bad_yaml_and_bad_options_without_a_traceback(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("iters: [1, 2\n")
+    typed = tmp_path / "typed.yaml"
+    typed.write_text("amp: 'false'\n")
+    for args, culprit in (([f"--config={bad_yaml}"], "not valid YAML"), ([f"--config={typed}"], "option amp"),
+                          (["--val-every", "0"], "val_every must be > 0")):
+        run = tmp_path / f"r{len(culprit)}"
+        cmd = ["finetune", "--data", str(tmp_path), "--run", str(run)] if args[0] == "--val-every" else \
+            ["pretrain", "--run", str(run), "--device", "cpu"]
+        proc = subprocess.run(GVSL + cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and culprit in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not run.exists()  # refused before the run folder was touched
+
+
+def test_evaluate_on_a_pretraining_run_says_what_to_do(tmp_path):
+    from gvsl_app.finetune import evaluate_run
+
+    cfg = small(tmp_path / "pre", iters=1, val_every=1)
+    drain(pretrain(cfg))
+    with pytest.raises(ValueError, match="is a pre-training run.*gvsl finetune --init"):
+        evaluate_run(cfg.run, str(tmp_path))
