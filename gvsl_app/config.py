@@ -120,9 +120,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_values(self, positive=("iters", "size", "width", "batch", "val_every", "log_every"),
                      non_negative=("workers", "n_train", "seed"), positive_float=("lr",))
-        for name in ("val_fraction", "test_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"test_fraction must be >= 0 and leave training cases (val_fraction + test_fraction "
+                             f"< 1), got {self.test_fraction} with val_fraction {self.val_fraction}")
         if self.task not in ("seg", "cls"):
             raise ValueError(f"unknown task {self.task!r}; choose seg or cls")
         if self.size < 16:

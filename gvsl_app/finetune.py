@@ -65,8 +65,14 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     """Train a downstream head (and backbone unless ``linear``), yielding progress.
 
     Keeps ``best.pt`` on the validation split (mean Dice or AUC), evaluates it on the test
-    split at the end and writes ``report.json``.
+    split at the end and writes ``report.json``. Holds the run folder's lock meanwhile.
     """
+    with RunFolder(config.run).lock():
+        yield from _finetune(config, stop)
+
+
+def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[Progress]:
+    """The body of :func:`finetune`, run while the run folder is locked."""
     from . import datasets as ds
 
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`

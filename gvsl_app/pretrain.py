@@ -1,6 +1,7 @@
 """GVSL pre-training as a generator of progress reports (CLI, GUI and torchrun share it)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -142,7 +143,9 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
     info, device = distributed.setup(config.device)
     try:
-        yield from _pretrain(config, stop, info, device)
+        # Only rank 0 writes the run folder, so only rank 0 holds it.
+        with RunFolder(config.run).lock() if info.is_main else contextlib.nullcontext():
+            yield from _pretrain(config, stop, info, device)
     finally:
         distributed.teardown()
 

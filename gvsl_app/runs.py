@@ -11,6 +11,7 @@ Layout (docs/ARCHITECTURE.md)::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -84,6 +85,36 @@ class RunFolder:
     def save_checkpoint(self, which: str, state: dict) -> Path:
         """Atomically write ``last`` or ``best`` (temp file + rename)."""
         return atomic_torch_save({"format": FORMAT, **state}, self.last if which == "last" else self.best)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator["RunFolder"]:
+        """Hold the run folder for this process (an advisory ``fcntl`` lock on ``RUN/.lock``).
+
+        A second process that tries to train into the same folder gets an error naming the
+        holder's PID instead of interleaving ``metrics.jsonl`` and overwriting checkpoints.
+        The operating system releases the lock when the holder exits, even on ``kill -9``, so
+        a crashed run never leaves the folder locked. Readers (the GUI following a run) do
+        not lock.
+        """
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise RuntimeError(f"{self.path}: another process (PID {holder}) is training in this run folder; "
+                                   "wait for it to finish or stop it, or choose another --run") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield self
+        finally:
+            fh.close()  # closing releases the lock
 
     def require_resumable(self) -> None:
         """Refuse ``--resume`` where there is nothing to resume (instead of starting afresh)."""

@@ -343,3 +343,45 @@ def test_evaluate_on_a_pretraining_run_says_what_to_do(tmp_path):
     drain(pretrain(cfg))
     with pytest.raises(ValueError, match="is a pre-training run.*gvsl finetune --init"):
         evaluate_run(cfg.run, str(tmp_path))
+
+
+def test_a_second_process_on_a_locked_run_folder_is_refused_with_the_holders_pid(tmp_path):
+    run = tmp_path / "busy"
+    first = subprocess.Popen(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", str(run),
+                                     "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0",
+                                     "--device", "cpu", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        deadline = time.time() + 120
+        while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run",
+                                        str(run), "--iters", "2", "--size", "24", "--width", "4", "--workers", "0",
+                                        "--device", "cpu", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"another process (PID {first.pid}) is training in this run folder" in second.stderr
+        assert first.poll() is None  # the first run goes on, its log intact
+        lines = [json.loads(x)["iteration"] for x in metrics.read_text().splitlines() if '"event"' not in x]
+        assert lines == list(range(1, len(lines) + 1))
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    # the lock went with its holder: the folder can be resumed now
+    with RunFolder(run).lock():
+        pass
+
+
+def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
+    script = ("import sys, time; from gvsl_app.runs import RunFolder\n"
+              f"with RunFolder({str(tmp_path / 'k')!r}).lock():\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RuntimeError, match=f"PID {holder.pid}"):
+        with RunFolder(tmp_path / "k").lock():
+            pass
+    holder.kill()
+    holder.wait(timeout=30)
+    with RunFolder(tmp_path / "k").lock():
+        pass
