@@ -123,10 +123,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_output(path: str | Path, ours: tuple[str, ...] | None, overwrite: bool) -> Path:
+    """Refuse to mix a command's outputs with an earlier run's; with ``overwrite``, clear ours.
+
+    ``ours`` lists the files a folder-writing command writes (``None``: ``path`` is one file).
+    A non-empty folder, or an existing file, is refused unless ``--overwrite``, which then
+    deletes exactly what this command writes, so no stale file of an earlier call (say
+    ``warped_labels.nii.gz`` of another pair) stays beside the new outputs. Checked before
+    any work is done.
+    """
+    path = Path(path)
+    if ours is None:
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; --out names the label file to write (e.g. seg.nii.gz)")
+        return path
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; --out names the folder to write the outputs into")
+    present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if present and not overwrite:
+        shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+        raise FileExistsError(f"{path} is not empty ({shown}); choose another --out or pass --overwrite, which "
+                              f"replaces this command's outputs there ({', '.join(ours)})")
+    for name in ours if overwrite else ():
+        (path / name).unlink(missing_ok=True)
+    return path
+
+
 def cmd_match(args: argparse.Namespace) -> int:
     from .io import read_labels, read_volume
-    from .matching import match
+    from .matching import MATCH_OUTPUTS, match
 
+    prepare_output(args.out, MATCH_OUTPUTS, args.overwrite)
     fixed, moving = read_volume(args.fixed), read_volume(args.moving)
     ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
     fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
@@ -142,8 +171,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
     if "mean_dice_after" in r:
         print(f"  mean Dice {r['mean_dice_before']:.4f} -> {r['mean_dice_after']:.4f}")
-    print(f"  wrote {out}/: warped.nii.gz, displacement.nii.gz, affine.tfm, jacobian.nii.gz, report.json"
-          + (", warped_labels.nii.gz" if ml is not None else ""))
+    print(f"  wrote {out}/: {', '.join(res.written_files())}")
     return 0
 
 
@@ -151,11 +179,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .io import read_labels, read_volume, write_volume
     from .segment import segment
 
+    report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
+    prepare_output(args.out, None, args.overwrite)
+    prepare_output(report_path, None, args.overwrite)
     image = read_volume(args.image)
     ref = read_labels(args.reference, image) if args.reference else None
     res = segment(image, args.weights, device=args.device, reference=ref)
     write_volume(res.labels, args.out, is_label=True)
-    report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
     report_path.write_text(dumps_strict(res.report))
     names = res.report["label_names"]
     print(f"{'label':>18} {'mL':>9}" + (f" {'Dice':>7}" if ref is not None else ""))
@@ -172,6 +202,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .embed import embed
     from .io import read_labels, read_volume
 
+    prepare_output(args.out, ("embedding.csv", "report.json"), args.overwrite)
     image = read_volume(args.image)
     labels = read_labels(args.labels, image)
     res = embed(image, labels, weights=args.weights, per_label=args.per_label, size=args.size, seed=args.seed,
@@ -262,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the identity when the network's map lowers the similarity (default); "
                         "--no-fallback keeps the network's map whatever it does")
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("segment", help="segment a volume with a fine-tuned checkpoint")
@@ -271,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="ground-truth labels: adds Dice to the report")
     p.add_argument("--report", help="report JSON path (default: next to --out)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("embed", help="t-SNE of local features per anatomical label")
@@ -282,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("sample", help="write synthetic cardiac CT or brain MR subjects")

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
 
 
+MATCH_OUTPUTS = ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
+                 "report.json")
+"""Every file :meth:`MatchResult.save` may write (``warped_labels`` only with moving labels)."""
+
+
 @dataclass
 class MatchResult:
     """Everything ``gvsl match`` writes, on the fixed volume's grid.
@@ -102,6 +107,10 @@ class MatchResult:
         (out / "report.json").write_text(dumps_strict(self.report))
         self.release_field_image()
         return out
+
+    def written_files(self) -> list[str]:
+        """The names :meth:`save` writes for this result."""
+        return [n for n in MATCH_OUTPUTS if n != "warped_labels.nii.gz" or self.warped_labels is not None]
 
 
 def _index_matrix(v: Volume) -> np.ndarray:

@@ -163,3 +163,28 @@ def test_text_file_as_image_is_a_one_line_error_naming_it(weights, tmp_path):
     proc = gvsl("segment", text, "--weights", weights / "seg.pt", "--out", tmp_path / "s.nii.gz", "--device", "cpu")
     _assert_one_line_error(proc, "notes.nii.gz")
     assert not (tmp_path / "s.nii.gz").exists()
+
+
+def test_outputs_of_an_earlier_call_are_never_mixed_with_new_ones(data, weights, tmp_path):
+    fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
+    out = tmp_path / "m"
+    common = ("--weights", weights / "gvsl.pt", "--size", 32, "--device", "cpu", "--no-refine")
+    ok(gvsl("match", fixed, moving, "--out", out, "--moving-labels", data / "labels" / "case_001.nii.gz", *common))
+    assert (out / "warped_labels.nii.gz").is_file()
+    before = (out / "report.json").read_text()
+    proc = gvsl("match", moving, fixed, "--out", out, *common)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{out} is not empty" in proc.stderr and "--overwrite" in proc.stderr
+    assert (out / "report.json").read_text() == before  # refused before any work
+    (out / "notes.txt").write_text("mine")
+    proc = ok(gvsl("match", moving, fixed, "--out", out, "--overwrite", *common))
+    assert not (out / "warped_labels.nii.gz").exists()  # the earlier pair's labels are gone ...
+    assert (out / "notes.txt").read_text() == "mine"  # ... and nothing that is not ours
+    assert json.loads((out / "report.json").read_text())["fixed"].endswith("case_001.nii.gz")
+    assert "warped_labels" not in proc.stdout
+
+    seg = tmp_path / "seg.nii.gz"
+    seg.write_text("an earlier segmentation")
+    proc = gvsl("segment", fixed, "--weights", weights / "seg.pt", "--out", seg, "--device", "cpu")
+    assert proc.returncode == 2 and f"{seg} already exists" in proc.stderr
+    assert seg.read_text() == "an earlier segmentation"
