@@ -359,7 +359,8 @@ def run_latency(args, model, weights_load_s: float) -> dict:
             _print_run(f"warm run {k}", run)
         if args.cli:
             cmd = [sys.executable, "-m", "gvsl_app.cli", "match", str(tmp / "fixed.nii.gz"), str(tmp / "moving.nii.gz"),
-                   "--out", str(tmp / "cli"), "--size", str(size), "--device", args.device]
+                   "--out", str(tmp / "cli"), "--size", str(size), "--device", args.device,
+                   "--no-refine"]  # the latency section times the network's map, as before refining became the default
             if args.weights and args.weights != "random":
                 cmd += ["--weights", args.weights]
             if args.weights != "random":
