@@ -35,7 +35,7 @@ def init_backbone(model: nn.Module, init: str) -> str:
     sd, fmt = model_state(read_checkpoint(init))
     if not any(k.startswith("unet.") for k in sd):
         raise CheckpointError(f"{init}: no backbone (unet.*) parameters in this checkpoint")
-    report = load_state_into(model, sd, strict=True, source_format=fmt, prefix_filter="unet.")
+    report = load_state_into(model, sd, strict=True, source_format=fmt, prefix_filter="unet.", source=init)
     return f"backbone from {init} ({fmt}, {len(report.loaded)} tensors)"
 
 
@@ -105,7 +105,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
     start, best = 0, -math.inf
     if config.resume:
         ck = run.load_checkpoint("last")
-        load_state_into(model, ck["model"])
+        load_state_into(model, ck["model"], source=run.last)
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
         start, best = int(ck["iteration"]), float(ck["best"])
@@ -194,7 +194,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
               "init": config.init, "best_val": best, "wall_s": time.perf_counter() - t0,
               "splits": {"train": train, "val": val, "test": test}}
     if test and run.best.is_file():
-        load_state_into(model, run.load_checkpoint("best")["model"])
+        load_state_into(model, run.load_checkpoint("best")["model"], source=run.best)
         test_data = (ds.load_labelled_volumes(config.data, test) if config.task == "seg"
                      else ds.ClassificationDataset(config.data, config.size, names=test))
         report["test"] = evaluate(test_data)
@@ -231,14 +231,15 @@ def evaluate_run(run_path: str | Path, data: str, device: str = "auto") -> dict:
         raise ValueError(f"{run.path} is a pre-training run; `gvsl evaluate` scores fine-tuning runs. Fine-tune "
                          f"from it first: gvsl finetune --init {run.last} --data DIR --run NEW_RUN")
     cfg = FinetuneConfig(**{**saved, "resume": False})
-    ck = run.load_checkpoint("best" if run.best.is_file() else "last")
+    which = "best" if run.best.is_file() else "last"
+    ck = run.load_checkpoint(which)
     mc = ck["model_config"]
     dev = resolve_device(device)
     if cfg.task == "seg":
         model = SegmentationNet(mc["n_classes"], mc["widths"])
     else:
         model = ClassificationNet(mc["n_outputs"], mc["widths"])
-    load_state_into(model, ck["model"])
+    load_state_into(model, ck["model"], source=run.best if which == "best" else run.last)
     model.to(dev)
     names = ds.list_cases(data, need_labels=cfg.task == "seg")
     if cfg.task == "seg":

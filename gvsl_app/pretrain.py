@@ -164,7 +164,7 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
         run.remove_stale_temporaries()
     if config.resume:
         ck = run.load_checkpoint("last")
-        load_state_into(model, ck["model"])
+        load_state_into(model, ck["model"], source=run.last)
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])

@@ -52,10 +52,7 @@ def load_segmenter(weights: str | os.PathLike | None, device: torch.device) -> t
         raise CheckpointError(f"{path}: segmentation checkpoint without model_config (n_classes, widths); "
                               "re-save it with `gvsl finetune`")
     model = SegmentationNet(int(mc["n_classes"]), mc["widths"])
-    try:
-        load_state_into(model, ck["model"])
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+    load_state_into(model, ck["model"], source=path)
     return model.to(device).eval(), ck
 
 

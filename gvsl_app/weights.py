@@ -63,7 +63,7 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
     # Checkpoints from before the head options (and the authors' release) have the paper's heads.
     model = GVSL(widths=widths, use_affine=mc.get("use_affine", True),
                  affine_head=mc.get("affine_head", "paper"), deformable_head=mc.get("deformable_head", "paper"))
-    load_state_into(model, sd, strict=True, source_format=fmt)
+    load_state_into(model, sd, strict=True, source_format=fmt, source=path)
     model.to(device).eval()
     # The cube it was trained on is the best default working size for matching with it.
     model.working_size = int((ck.get("config") or {}).get("size") or 0) or None

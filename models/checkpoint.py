@@ -80,6 +80,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive; files from before PyTorch 1.6 are a pickle (protocol
+    # byte 0x80). Anything else is not a checkpoint at all, and saying "it would run code"
+    # (what the weights-only unpickler reports for random bytes) would send the user astray.
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; torch.save "
+                              "writes a zip archive starting with b'PK\\x03\\x04')")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -126,12 +134,16 @@ def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
-                    source_format: str = FORMAT, prefix_filter: str | None = None) -> LoadReport:
+                    source_format: str = FORMAT, prefix_filter: str | None = None,
+                    source: str | os.PathLike | None = None) -> LoadReport:
     """Copy tensors into ``model``; a shape mismatch always fails, naming the key.
 
     ``strict`` also fails on missing or unexpected keys. ``prefix_filter`` restricts the
     comparison to keys starting with it (e.g. ``"unet."`` to initialise only a backbone).
+    ``source`` (the checkpoint's path) starts every error message, so the user knows which
+    file does not fit.
     """
+    where = f"{source}: " if source is not None else ""
     own = model.state_dict()
     if prefix_filter:
         own = {k: v for k, v in own.items() if k.startswith(prefix_filter)}
@@ -143,11 +155,11 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
            for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if bad:
         widths = getattr(model, "widths", None)
-        raise CheckpointError("checkpoint does not fit the model (another width or architecture?); "
+        raise CheckpointError(f"{where}checkpoint does not fit the model (another width or architecture?); "
                               f"model widths {widths}; mismatched shapes: " + "; ".join(bad[:5])
                               + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
     if strict and (report.missing or report.unexpected):
-        raise CheckpointError("checkpoint keys do not match the model:\n" + str(report))
+        raise CheckpointError(f"{where}checkpoint keys do not match the model:\n" + str(report))
     with torch.no_grad():
         for k, v in own.items():
             if k in state:

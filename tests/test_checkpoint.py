@@ -80,6 +80,26 @@ def test_not_a_checkpoint_and_missing_file(tmp_path):
         read_checkpoint(tmp_path / "nope.pt")
 
 
+def test_random_bytes_are_not_a_checkpoint_rather_than_code(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(bytes(range(256)) * 64)  # what a truncated download or a wrong file looks like
+    with pytest.raises(CheckpointError, match="noise.pt: not a PyTorch checkpoint file") as err:
+        read_checkpoint(noise)
+    assert "run code" not in str(err.value)
+    legacy = tmp_path / "legacy.pt"  # the pre-1.6 pickle format still loads
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(legacy)["w"], torch.ones(2))
+
+
+def test_a_checkpoint_that_does_not_fit_is_named(tmp_path):
+    from gvsl_app.weights import load_gvsl
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"unet.inc.double_conv.0.weight": torch.zeros(8, 1, 3, 3, 3), "head.weight": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt: checkpoint keys do not match"):
+        load_gvsl(foreign)
+
+
 def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     path = tmp_path / "ck" / "last.pt"
     atomic_torch_save({"a": torch.ones(2)}, path)

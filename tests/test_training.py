@@ -385,3 +385,9 @@ def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
     holder.wait(timeout=30)
     with RunFolder(tmp_path / "k").lock():
         pass
+
+
+def test_resume_with_another_width_names_last_pt(tmp_path):
+    drain(pretrain(small(tmp_path / "w", iters=1, val_every=1)))
+    with pytest.raises(Exception, match=r"last\.pt: checkpoint does not fit the model"):
+        drain(pretrain(small(tmp_path / "w", iters=2, val_every=1, width=4, resume=True)))
