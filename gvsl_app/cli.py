@@ -23,6 +23,8 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", default=None, help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="start afresh in a run folder that holds a run (the earlier run moves to RUN/history/)")
 
 
 def _install_stop_handlers(stop: StopFlag) -> None:
@@ -87,7 +89,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_config(PretrainConfig, args.config, data=args.data, run=args.run, variant=args.variant,
                       iters=args.iters, size=args.size, width=args.width, batch=args.batch, lr=args.lr,
                       device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
-                      compile=args.compile, n_synthetic=args.n_synthetic, affine_warmup=args.affine_warmup,
+                      overwrite=args.overwrite, compile=args.compile, n_synthetic=args.n_synthetic,
+                      affine_warmup=args.affine_warmup,
                       affine_head=args.affine_head, deformable_head=args.deformable_head,
                       snapshot_every=args.snapshot_every, similarity=args.similarity,
                       match_input=args.match_input)
@@ -103,7 +106,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = load_config(FinetuneConfig, args.config, data=args.data, run=args.run, init=args.init, task=args.task,
                       linear=args.linear, iters=args.iters, size=args.size, width=args.width, batch=args.batch,
                       lr=args.lr, device=args.device, seed=args.seed, workers=args.workers, resume=args.resume,
-                      n_train=args.n_train, val_every=args.val_every)
+                      overwrite=args.overwrite, n_train=args.n_train, val_every=args.val_every)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(finetune(cfg, stop), quiet=args.quiet, stop=stop)

@@ -63,6 +63,7 @@ class PretrainConfig:
     amp: bool = True
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_values(self, positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every",
@@ -116,6 +117,7 @@ class FinetuneConfig:
     log_every: int = 1
     amp: bool = True
     resume: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_values(self, positive=("iters", "size", "width", "batch", "val_every", "log_every"),
@@ -137,6 +139,12 @@ _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
 _KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
+def _exclusive_resume(config: Any) -> None:
+    if config.resume and config.overwrite:
+        raise ValueError("resume and overwrite exclude each other: --resume continues the run in the folder, "
+                         "--overwrite starts a new one there")
+
+
 def check_values(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
                  positive_float: tuple[str, ...] = ()) -> None:
     """Check every option's type against its annotation, then the ranges; errors name the option.
@@ -154,6 +162,7 @@ def check_values(config: Any, positive: tuple[str, ...] = (), non_negative: tupl
         wrong = not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))
         if wrong:
             raise ValueError(f"option {f.name}: expected {_KIND[kind]}, got {value!r} ({type(value).__name__})")
+    _exclusive_resume(config)
     for name in positive + positive_float:
         if not getattr(config, name) > 0:
             raise ValueError(f"option {name} must be > 0, got {getattr(config, name)}")

@@ -81,8 +81,8 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
     run = RunFolder(config.run)
     if config.resume:
         run.require_resumable()
-    run.create().remove_stale_temporaries()
-    run.write_config(config)
+    # Everything is read and checked (every split's labels, the checkpoint to start from)
+    # before the run folder is touched, so a typo never costs an earlier run its history.
     names = ds.list_cases(config.data, need_labels=config.task == "seg")
     train, val, test = ds.split_names(names, config.val_fraction, config.test_fraction, config.seed)
     if config.n_train:
@@ -98,8 +98,16 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
         dataset = ds.ClassificationDataset(config.data, config.size, names=train)
         n_out = 1
         val_data = ds.ClassificationDataset(config.data, config.size, names=val)
+    test_data = None
+    if test:
+        test_data = (ds.load_labelled_volumes(config.data, test) if config.task == "seg"
+                     else ds.ClassificationDataset(config.data, config.size, names=test))
     model, init_msg = build_downstream(config, n_out)
     model.to(device)
+    if not config.resume:
+        run.start_fresh(config.overwrite)
+    run.create().remove_stale_temporaries()
+    run.write_config(config)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
     start, best = 0, -math.inf
@@ -110,8 +118,6 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
         torch.set_rng_state(ck["rng"])
         start, best = int(ck["iteration"]), float(ck["best"])
         run.truncate_metrics(start)
-    elif run.metrics_path.exists():
-        run.metrics_path.unlink()
     if config.task == "seg":
         from monai.losses import DiceCELoss
 
@@ -195,8 +201,6 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
               "splits": {"train": train, "val": val, "test": test}}
     if test and run.best.is_file():
         load_state_into(model, run.load_checkpoint("best")["model"], source=run.best)
-        test_data = (ds.load_labelled_volumes(config.data, test) if config.task == "seg"
-                     else ds.ClassificationDataset(config.data, config.size, names=test))
         report["test"] = evaluate(test_data)
     run.write_report(report)
     yield Progress(step, config.iters, phase=status, metrics=report.get("test", {}),

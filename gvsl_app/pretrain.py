@@ -169,13 +169,18 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
         sched.load_state_dict(ck["scheduler"])
         _set_rng_state(ck["rng"])
         start, best = int(ck["iteration"]), float(ck.get("best", math.inf))
+    if start >= config.iters:
+        yield Progress(start, config.iters, phase="done", message="run already complete")
+        return
+    # The data is read (and refused, if bad) before the run folder is touched.
+    dataset, loader, val_pair = _make_data(config, info, start, device)
     if info.is_main:
+        if not config.resume:
+            run.start_fresh(config.overwrite)
         run.create()
         run.write_config(config)
         if start:
             run.truncate_metrics(start)
-        elif run.metrics_path.exists():
-            run.metrics_path.unlink()
     objective: nn.Module = PretrainObjective(model, config)
     if info.enabled:
         objective = nn.parallel.DistributedDataParallel(
@@ -190,10 +195,6 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": _rng_state(), "iteration": iteration, "best": best}
 
-    if start >= config.iters:
-        yield Progress(start, config.iters, phase="done", message="run already complete")
-        return
-    dataset, loader, val_pair = _make_data(config, info, start, device)
     val_pair = tuple(t.to(device) for t in val_pair)
     yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects)")
 

@@ -116,6 +116,27 @@ class RunFolder:
         finally:
             fh.close()  # closing releases the lock
 
+    def start_fresh(self, overwrite: bool) -> Path | None:
+        """Make room for a new run: refuse if the folder holds one, or with ``overwrite`` archive it.
+
+        Nothing is deleted: the earlier run's config, metrics, report and checkpoints move to
+        ``RUN/history/<UTC time>/``, whose path is returned (``None`` when there was nothing).
+        """
+        held = [p for p in (self.config_path, self.metrics_path, self.report_path, self.last, self.best)
+                if p.exists()]
+        if not held:
+            return None
+        if not overwrite:
+            names = ", ".join(str(p.relative_to(self.path)) for p in held)
+            raise FileExistsError(f"{self.path} holds a run ({names}); pass --resume to continue it, --overwrite "
+                                  "to start afresh (the earlier run moves to history/), or choose another --run")
+        dest = self.path / "history" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in (self.config_path, self.metrics_path, self.report_path, self.path / "checkpoints"):
+            if p.exists():
+                os.replace(p, dest / p.name)
+        return dest
+
     def require_resumable(self) -> None:
         """Refuse ``--resume`` where there is nothing to resume (instead of starting afresh)."""
         if not self.last.is_file():

@@ -391,3 +391,47 @@ def test_resume_with_another_width_names_last_pt(tmp_path):
     drain(pretrain(small(tmp_path / "w", iters=1, val_every=1)))
     with pytest.raises(Exception, match=r"last\.pt: checkpoint does not fit the model"):
         drain(pretrain(small(tmp_path / "w", iters=2, val_every=1, width=4, resume=True)))
+
+
+def test_a_fresh_start_never_destroys_an_existing_run(tmp_path):
+    cfg = small(tmp_path / "kept", iters=2, val_every=2)
+    drain(pretrain(cfg))
+    run = RunFolder(cfg.run)
+    history = run.metrics_path.read_text()
+    config_text = run.config_path.read_text()
+    # a typo in the data: refused before the folder is touched
+    with pytest.raises(Exception, match="typo"):
+        drain(pretrain(small(cfg.run, iters=2, data=str(tmp_path / "typo"))))
+    # a good fresh start into a folder that holds a run: refused unless asked
+    with pytest.raises(FileExistsError, match="holds a run.*--resume.*--overwrite"):
+        drain(pretrain(small(cfg.run, iters=3, val_every=3)))
+    assert run.metrics_path.read_text() == history and run.config_path.read_text() == config_text
+    # asked: the earlier run moves to history/, nothing is deleted
+    assert drain(pretrain(small(cfg.run, iters=3, val_every=3, overwrite=True))).phase == "done"
+    (archived,) = (run.path / "history").iterdir()
+    assert (archived / "metrics.jsonl").read_text() == history
+    assert read_checkpoint(archived / "checkpoints" / "last.pt")["iteration"] == 2
+    assert read_checkpoint(run.last)["iteration"] == 3
+    with pytest.raises(ValueError, match="exclude each other"):
+        small(cfg.run, resume=True, overwrite=True)
+
+
+def test_finetune_checks_every_split_before_touching_the_run_folder(tmp_path, seg_data):
+    import shutil
+
+    import numpy as np
+
+    from gvsl_app.datasets import split_names
+    from gvsl_app.io import read_volume, write_volume
+
+    data = tmp_path / "data"
+    shutil.copytree(seg_data, data)
+    cfg = FinetuneConfig(data=str(data), run=str(tmp_path / "ft"), iters=1, size=16, batch=1, device="cpu",
+                         val_every=1, val_fraction=0.2, test_fraction=0.3)
+    _, _, test = split_names(sorted(p.name.split(".")[0] for p in (data / "images").iterdir()), 0.2, 0.3, 0)
+    label = data / "labels" / f"{test[0]}.nii.gz"
+    bad = read_volume(label)
+    write_volume(bad.with_array(np.zeros((8, 8, 8), dtype=np.uint8)), label, is_label=True)
+    with pytest.raises(Exception, match=test[0]):  # a test-split label: found before training, not after
+        drain(finetune(cfg))
+    assert not (tmp_path / "ft" / "config.yaml").exists() and not (tmp_path / "ft" / "checkpoints").exists()
