@@ -367,12 +367,51 @@ def _read_label_csv(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def _binary_classes(path: Path, rows: dict[str, str]):
+    """The two classes of a binary ``labels.csv`` and the map from label text to 0/1.
+
+    The classification head is binary (one logit, AUC), so the file must hold exactly two
+    classes: ``0``/``1``, or two names (mapped to 0/1 in sorted order). A blank label, a
+    number other than 0 or 1 (``2.5``, ``-1``), a mix of numbers and names, or a single class
+    (AUC undefined) is refused, naming the cases.
+    """
+    blank = sorted(n for n, v in rows.items() if not v)
+    if blank:
+        raise DatasetError(f"{path}: no label for case(s) {', '.join(blank[:10])}; every row needs name,label.")
+    values = sorted(set(rows.values()))
+    numeric = {v for v in values if _is_number(v)}
+    if numeric and numeric != set(values):
+        raise DatasetError(f"{path}: labels mix numbers and names ({', '.join(values[:6])}); use 0/1 or two names.")
+    if numeric:
+        bad = sorted(v for v in numeric if v.strip() not in ("0", "1"))
+        if bad:
+            cases = sorted(n for n, v in rows.items() if v in bad)
+            raise DatasetError(f"{path}: labels must be 0 or 1 for the binary classification head; found "
+                               f"{', '.join(bad)} (case(s) {', '.join(cases[:10])}).")
+    if len(values) != 2:
+        raise DatasetError(f"{path}: {len(values)} class(es) ({', '.join(values[:6])}); the binary classification "
+                           "head needs exactly two, each with cases (one class leaves AUC undefined).")
+    if numeric:
+        return [0, 1], lambda v: int(v)
+    index = {c: k for k, c in enumerate(values)}
+    return values, index.__getitem__
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class ClassificationDataset(Dataset):
     """Whole volumes resized to ``size^3`` with one class each, from ``labels.csv``.
 
     ``labels.csv`` has rows ``name,label`` (an optional ``name,label`` header; names with or
-    without file ending). Integer labels are kept; other labels are mapped to ``0..K-1`` in
-    sorted order (``classes`` lists them). ``names`` restricts the cases. Every case of
+    without file ending) with exactly two classes: ``0``/``1``, or two names mapped to 0/1 in
+    sorted order (``classes`` lists them); anything else is refused (see
+    :func:`_binary_classes`). ``names`` restricts the cases. Every case of
     the CSV (or of ``names``) must have an image, else :class:`DatasetError` names them.
     Items: ``{"image": (1, S, S, S) float32, "label": int64 scalar}``; any index >= 0 is
     valid (``index % n``); ``spatial`` optionally augments the image.
@@ -398,14 +437,7 @@ class ClassificationDataset(Dataset):
             raise DatasetError(f"{self.folder / csv_name}: no label for case(s) {', '.join(unlisted[:10])}.")
         if not names:
             raise DatasetError(f"{self.folder}: the list of cases to use is empty.")
-        raw = [rows[n] for n in sorted(rows)]
-        try:
-            values = sorted({int(r) for r in raw})
-            self.classes, to_int = values, int
-        except ValueError:
-            self.classes = sorted(set(raw))
-            index = {c: k for k, c in enumerate(self.classes)}
-            to_int = index.__getitem__
+        self.classes, to_int = _binary_classes(self.folder / csv_name, rows)
         self.names = names
         self.targets = [int(to_int(rows[n])) for n in names]
         cube = (self.size,) * 3

@@ -119,6 +119,21 @@ def test_mixed_synthetic_source_pairs_scans_of_one_kind_only():
         PairDataset("synthetic:liver", S)
 
 
+@pytest.mark.parametrize("rows, culprit", [
+    ("case_0,1\ncase_1,abc\n", "mix numbers and names"),
+    ("case_0,1\ncase_1,2.5\n", "must be 0 or 1.*2.5.*case_1"),
+    ("case_0,-1\ncase_1,1\n", "must be 0 or 1.*-1"),
+    ("case_0,1\ncase_1,\n", "no label for case.*case_1"),
+    ("case_0,1\ncase_1,1\n", "1 class.*exactly two"),
+    ("case_0,a\ncase_1,b\ncase_2,c\n", "3 class"),
+])
+def test_classification_labels_that_a_binary_head_cannot_use_are_refused(tmp_path, rows, culprit):
+    folder = labelled_folder(tmp_path / "cls", n=3)
+    (folder / "labels.csv").write_text("name,label\n" + rows)
+    with pytest.raises(DatasetError, match=culprit):
+        ClassificationDataset(folder, 8)
+
+
 def test_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no volumes found"):
