@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
 
 
+LOW_OVERLAP = 0.5
+"""Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
+
 MATCH_OUTPUTS = ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
                  "report.json")
 """Every file :meth:`MatchResult.save` may write (``warped_labels`` only with moving labels)."""
@@ -169,6 +172,11 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
         model, weights_info = load_gvsl(weights, dev)
     size = int(size or getattr(model, "working_size", None) or 96)
     warnings = _modality_warnings(model, fixed, moving)
+    if overlap < LOW_OVERLAP:
+        warnings.append(f"the moving scan {moving.source} covers only {100 * overlap:.0f} % of the fixed scan "
+                        f"{fixed.source} in physical space: the rest of the fixed grid has nothing to match; check "
+                        "that both files keep their scanner origin and orientation")
+        log.warning("gvsl match: %s", warnings[-1])
     times["load_weights_s"] = time.perf_counter() - t
     t = time.perf_counter()
     say("preprocess", 0.1)

@@ -161,6 +161,17 @@ def test_working_size_too_small_for_the_network_is_refused(pair, size):
         match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=size, device="cpu")
 
 
+def test_a_small_physical_overlap_is_warned_about(pair):
+    fixed, moving, _, _ = pair
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
+    assert not any("covers only" in w for w in match(fixed, moving, model=m, size=32, device="cpu").report["warnings"])
+    shifted = Volume(moving.array, moving.spacing, tuple(o + 15.0 for o in moving.origin), moving.direction,
+                     source="shifted.nii.gz")
+    res = match(fixed, shifted, model=m, size=32, device="cpu")
+    (warning,) = [w for w in res.report["warnings"] if "covers only" in w]
+    assert "shifted.nii.gz" in warning and f"{100 * res.report['physical_overlap']:.0f} %" in warning
+
+
 def test_empty_overlap_is_refused(pair):
     fixed, moving, _, _ = pair
     far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), source="far.nii.gz")
