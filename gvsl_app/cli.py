@@ -348,7 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError, TypeError) as exc:
+    except KeyboardInterrupt:
+        # The second Ctrl-C of _install_stop_handlers: leave at once, without a traceback.
+        print(f"gvsl {args.command}: aborted by a second interrupt; the run folder keeps the last checkpoint "
+              "written (resume with --resume)", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:
+        # User-facing failures (bad input, files, checkpoints: CheckpointError is a RuntimeError)
+        # become one line; a TypeError or KeyError is a bug of ours and keeps its traceback.
         if args.verbose:
             raise
         print(f"gvsl {args.command}: error: {exc}", file=sys.stderr)

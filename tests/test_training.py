@@ -435,3 +435,20 @@ def test_finetune_checks_every_split_before_touching_the_run_folder(tmp_path, se
     with pytest.raises(Exception, match=test[0]):  # a test-split label: found before training, not after
         drain(finetune(cfg))
     assert not (tmp_path / "ft" / "config.yaml").exists() and not (tmp_path / "ft" / "checkpoints").exists()
+
+
+def test_a_second_interrupt_aborts_at_once_without_a_traceback(tmp_path):
+    run = tmp_path / "twice"
+    proc = subprocess.Popen(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", str(run),
+                                    "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0",
+                                    "--device", "cpu", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
