@@ -136,6 +136,11 @@ def prepare_output(path: str | Path, ours: tuple[str, ...] | None, overwrite: bo
     any work is done.
     """
     path = Path(path)
+    parent = path.parent if ours is None else path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder; choose another --out")
     if ours is None:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite to replace it")

@@ -320,6 +320,9 @@ def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Vol
         vol = dataclasses.replace(vol, array=arr.astype(np.uint8))
     elif arr.dtype.kind not in "iu":
         raise VolumeReadError(f"{path}: pixel type {arr.dtype} cannot hold labels; labels must be integers.")
+    if vol.array.dtype.kind in "if" and vol.array.size and int(vol.array.min()) < 0:
+        raise VolumeReadError(f"{path}: the label map has negative values (minimum {int(vol.array.min())}); labels "
+                              "are 0 for background and positive integers for structures.")
     vol.meta.pop("nan_voxels", None)
     if reference is not None:
         diffs = geometry_differences(vol, reference)

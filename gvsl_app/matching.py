@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
 
 
+MIN_SIDE = 4
+"""Fewest voxels along any axis of a volume that ``match`` accepts."""
+
 LOW_OVERLAP = 0.5
 """Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
 
@@ -158,6 +161,11 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     for name, v in (("fixed", fixed), ("moving", moving)):
         if v.array.ndim != 3:
             raise ValueError(f"{name} volume {v.source}: expected 3D, got shape {v.array.shape}")
+        if min(v.array.shape) < MIN_SIDE:
+            raise ValueError(f"{name} volume {v.source} has shape {v.array.shape}; matching needs at least "
+                             f"{MIN_SIDE} voxels along every axis")
+    fixed, fixed_note = _finite(fixed, "fixed")
+    moving, moving_note = _finite(moving, "moving")
     overlap = check_overlap(fixed, moving)
     if moving_labels is not None and moving_labels.shape != moving.shape:
         raise ValueError(f"moving labels {moving_labels.source} have shape {moving_labels.shape} but the moving "
@@ -171,7 +179,7 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
     if model is None:
         model, weights_info = load_gvsl(weights, dev)
     size = int(size or getattr(model, "working_size", None) or 96)
-    warnings = _modality_warnings(model, fixed, moving)
+    warnings = [n for n in (fixed_note, moving_note) if n] + _modality_warnings(model, fixed, moving)
     if overlap < LOW_OVERLAP:
         warnings.append(f"the moving scan {moving.source} covers only {100 * overlap:.0f} % of the fixed scan "
                         f"{fixed.source} in physical space: the rest of the fixed grid has nothing to match; check "
@@ -305,6 +313,28 @@ def _run_network(model: GVSL, moving: torch.Tensor, fixed: torch.Tensor,
     res = {"coordinates": o.coordinates.float().cpu(), "affine": o.affine.float().cpu(),
            "ncc_before": float(-local_ncc(m, f)), "ncc_after": float(-local_ncc(o.warped, f))}
     return res, dev
+
+
+def _finite(volume: Volume, name: str) -> tuple[Volume, str]:
+    """``volume`` with NaN/Inf voxels set to its finite minimum, and a note when there were any.
+
+    Tools such as SPM write NaN outside the brain; left as they are, they become 3.4e38 in
+    the warped image and NaN in the network's input. Background is what they stand for.
+    """
+    arr = volume.array
+    if arr.dtype.kind != "f":
+        return volume, ""
+    bad = ~np.isfinite(arr)
+    n = int(bad.sum())
+    if not n:
+        return volume, ""
+    if n == arr.size:
+        raise ValueError(f"{name} volume {volume.source}: every voxel is NaN or infinite")
+    fill = float(arr[~bad].min())
+    note = (f"the {name} scan {volume.source} has {n} NaN/infinite voxel(s) ({100 * n / arr.size:.1f} %); "
+            f"they were treated as background ({fill:g})")
+    log.warning("gvsl match: %s", note)
+    return volume.with_array(np.where(bad, fill, arr).astype(arr.dtype)), note
 
 
 def _modality_warnings(model: GVSL, fixed: Volume, moving: Volume) -> list[str]:

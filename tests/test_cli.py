@@ -188,3 +188,13 @@ def test_outputs_of_an_earlier_call_are_never_mixed_with_new_ones(data, weights,
     proc = gvsl("segment", fixed, "--weights", weights / "seg.pt", "--out", seg, "--device", "cpu")
     assert proc.returncode == 2 and f"{seg} already exists" in proc.stderr
     assert seg.read_text() == "an earlier segmentation"
+
+
+def test_an_output_path_under_a_file_is_a_clear_error(data, weights, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
+    proc = gvsl("match", fixed, moving, "--out", blocker / "sub", "--weights", weights / "gvsl.pt", "--size", 32,
+                "--device", "cpu", "--no-refine")
+    assert proc.returncode == 2 and "Errno" not in proc.stderr
+    assert f"{blocker} is a file, not a folder" in proc.stderr

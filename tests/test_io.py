@@ -99,6 +99,16 @@ def test_labels_written_as_small_integers_and_rounded(tmp_path):
     assert set(np.unique(back.array)) == {0, 3, 7}
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_negative_label_values_are_refused(tmp_path, dtype):
+    lab = np.zeros((4, 5, 6), dtype)
+    lab[1, 1, 1] = -1
+    path = tmp_path / "neg.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(lab), str(path))
+    with pytest.raises(VolumeReadError, match="neg.nii.gz: the label map has negative values \\(minimum -1\\)"):
+        read_labels(path)
+
+
 def test_float64_image_stored_as_float32(tmp_path):
     vol = Volume(np.linspace(0, 1, 4 * 5 * 6).reshape(4, 5, 6), SPACING, ORIGIN, ROT)
     back = read_volume(write_volume(vol, tmp_path / "f.mha"))

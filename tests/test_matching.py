@@ -172,6 +172,25 @@ def test_a_small_physical_overlap_is_warned_about(pair):
     assert "shifted.nii.gz" in warning and f"{100 * res.report['physical_overlap']:.0f} %" in warning
 
 
+def test_nan_and_infinite_voxels_are_background_with_a_note(pair):
+    fixed, moving, _, _ = pair
+    arr = moving.array.copy()
+    arr[:3] = np.nan
+    arr[-2:, :4] = np.inf
+    holey = moving.with_array(arr, source="holey.nii.gz")
+    res = match(fixed, holey, model=GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS), size=32, device="cpu")
+    (note,) = [w for w in res.report["warnings"] if "NaN/infinite" in w]
+    assert "holey.nii.gz" in note and f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxel(s)" in note
+    assert np.isfinite(res.warped.array).all() and res.warped.array.max() <= np.nanmax(arr[np.isfinite(arr)]) + 1e-3
+
+
+def test_volumes_too_small_to_match_are_refused(pair):
+    fixed, _, _, _ = pair
+    tiny = Volume(np.zeros((2, 2, 2), np.float32), (1.0, 1.0, 1.0), fixed.origin, source="tiny.nii.gz")
+    with pytest.raises(ValueError, match="tiny.nii.gz has shape \\(2, 2, 2\\); matching needs at least 4"):
+        match(fixed, tiny, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu")
+
+
 def test_empty_overlap_is_refused(pair):
     fixed, moving, _, _ = pair
     far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), source="far.nii.gz")
