@@ -98,6 +98,7 @@ class RunFolder:
         """
         import fcntl
 
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fh = open(self.path / ".lock", "a+")
         try:
@@ -115,6 +116,10 @@ class RunFolder:
             yield self
         finally:
             fh.close()  # closing releases the lock
+            # A run refused before it wrote anything leaves no empty folder behind.
+            if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink(missing_ok=True)
+                self.path.rmdir()
 
     def start_fresh(self, overwrite: bool) -> Path | None:
         """Make room for a new run: refuse if the folder holds one, or with ``overwrite`` archive it.

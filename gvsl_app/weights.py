@@ -15,7 +15,7 @@ DEMO_GVSL = WEIGHTS_DIR / "gvsl_demo.pt"
 DEMO_SEG = WEIGHTS_DIR / "seg_demo.pt"
 
 
-def _widths_of(ck: dict, sd: dict, fmt: str) -> tuple[int, ...]:
+def _widths_of(ck: dict, sd: dict, fmt: str, path: Path) -> tuple[int, ...]:
     cfg = ck.get("model_config") or {}
     if "widths" in cfg:
         return tuple(cfg["widths"])
@@ -23,7 +23,9 @@ def _widths_of(ck: dict, sd: dict, fmt: str) -> tuple[int, ...]:
         return PAPER_WIDTHS
     w = sd.get("unet.inc.double_conv.0.weight")
     if w is None:
-        raise CheckpointError("cannot tell the network widths: no unet.inc.double_conv.0.weight in the checkpoint")
+        raise CheckpointError(f"{path}: not a GVSL checkpoint (no unet.inc.double_conv.0.weight, so the network "
+                              "widths cannot be told); pass a GVSL pre-training checkpoint such as RUN/checkpoints/"
+                              "best.pt of `gvsl pretrain`")
     return widths_from_base(int(w.shape[0]))
 
 
@@ -58,7 +60,7 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
         raise CheckpointError(f"{path}: this is a {ck['kind']} checkpoint; matching needs a GVSL (pre-training) "
                               "checkpoint such as RUN/checkpoints/best.pt of `gvsl pretrain`")
     sd, fmt = model_state(ck)
-    widths = _widths_of(ck, sd, fmt)
+    widths = _widths_of(ck, sd, fmt, path)
     mc = ck.get("model_config") or {}
     # Checkpoints from before the head options (and the authors' release) have the paper's heads.
     model = GVSL(widths=widths, use_affine=mc.get("use_affine", True),
