@@ -221,9 +221,13 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
             log_now = step % config.log_every == 0 or step == config.iters
             if log_now or step % config.ckpt_every == 0:
                 values = {k: float(v.detach()) for k, v in terms.items()}  # the only host sync
-                if not all(math.isfinite(v) for v in values.values()):
-                    msg = (f"non-finite loss at iteration {step} ({values}); stopped, keeping the last good "
-                           f"checkpoint {run.last}. Try a lower --lr or check the data.")
+                # Every rank checks on the same steps and they agree: a rank that stopped alone
+                # would leave the others waiting forever in the next all-reduce.
+                finite_here = all(math.isfinite(v) for v in values.values())
+                if distributed.broadcast_flag(not finite_here, info, device):
+                    where = "" if not finite_here else " on another rank"
+                    msg = (f"non-finite loss at iteration {step}{where} ({values} here); stopped on every rank, "
+                           f"keeping the last good checkpoint {run.last}. Try a lower --lr or check the data.")
                     if info.is_main:
                         run.log({"iteration": step, "event": "error", "message": msg})
                     yield Progress(step, config.iters, phase="error", losses=values, message=msg)

@@ -245,6 +245,32 @@ def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
     assert single["iteration"] == 3
 
 
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    script = tmp_path / "nan_on_rank1.py"
+    script.write_text(f"""
+import os, sys, torch
+from gvsl_app import pretrain as P
+from gvsl_app.config import PretrainConfig
+real = P.PretrainObjective.forward
+def forward(self, *a, **k):
+    terms = real(self, *a, **k)
+    if os.environ["RANK"] == "1":  # only rank 1 diverges
+        terms["loss"] = terms["loss"] * float("nan")
+    return terms
+P.PretrainObjective.forward = forward
+cfg = PretrainConfig(data="synthetic:cardiac", n_synthetic=4, run={str(tmp_path / "nan")!r}, iters=50, size=24,
+                     width=4, workers=0, device="cpu", log_every=1, ckpt_every=1, val_every=50)
+last = [p for p in P.pretrain(cfg)][-1]
+print("RANK", os.environ["RANK"], last.phase, last.iteration, flush=True)
+""")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29578",
+                           str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = sorted(l for l in proc.stdout.splitlines() if l.startswith("RANK"))
+    assert lines == ["RANK 0 error 1", "RANK 1 error 1"], proc.stdout
+
+
 def test_finetune_from_pretrained_and_scratch_and_linear_freezes_backbone(tmp_path, seg_data):
     drain(pretrain(small(tmp_path / "pre", iters=2, val_every=2)))
     init = tmp_path / "pre" / "checkpoints" / "last.pt"
