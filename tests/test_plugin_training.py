@@ -184,3 +184,23 @@ def test_child_stops_when_the_gui_process_dies(tmp_path):
     finally:
         if not gone():  # never leave the test's own orphan behind
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_run_folder_in_use_elsewhere_is_an_error_naming_the_holder(tmp_path):
+    import os
+
+    from gvsl_app.runs import RunFolder
+    from napari_plugin._state import ERROR, TrainingState
+    from napari_plugin._training_job import TrainingJob, TrainingSpec
+
+    spec = TrainingSpec(run=str(tmp_path / "busy"), iters=2, size=24, width=4, device="cpu", workers=0, n_synthetic=2)
+    state = TrainingState()
+    with RunFolder(spec.run).lock():  # e.g. a `gvsl pretrain` started in a terminal
+        job = TrainingJob(spec.run, state, spec.commands(), total=spec.iters)
+        job.start()
+        deadline = time.time() + 120
+        while job.alive and time.time() < deadline:
+            time.sleep(0.1)
+        job.poll()
+    assert state.status == ERROR
+    assert f"another process (PID {os.getpid()}) is training in this run folder" in state.message
