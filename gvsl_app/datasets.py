@@ -16,7 +16,6 @@ seeding a device generator from ``batch["seed"]`` (see :func:`batch_generator`).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
@@ -27,8 +26,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import AppearanceTransform, GVSLPairAugment, SpatialAugment
-from .data_folders import (VOLUME_SUFFIXES, DatasetError, label_files, require_volumes, volume_suffix, images_folder,
+from .data_folders import (VOLUME_SUFFIXES, DatasetError, label_files, require_volumes, images_folder,
                            list_cases, list_volume_files, split_names)
+from .label_csv import binary_classes, read_label_csv
 from .loading import (EpochShardSampler, batch_generator, item_generator, item_seed, make_loader, split_key,
                       worker_init)
 from .volume import Volume
@@ -342,76 +342,13 @@ class LabelledDataset(Dataset):
 
 # --------------------------------------------------------------------------- classification
 
-def _read_label_csv(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing; a classification data set needs labels.csv with rows name,label.")
-    rows = []
-    with open(path, newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                continue
-            if len(row) < 2:
-                raise DatasetError(f"{path}, line {lineno}: expected 'name,label', got {','.join(row)!r}.")
-            name, label = row[0].strip(), row[1].strip()
-            if not rows and name.lower() == "name":
-                continue  # header
-            suf = volume_suffix(name)
-            rows.append((name[: -len(suf)] if suf else name, label))
-    if not rows:
-        raise DatasetError(f"{path}: no rows; expected lines 'name,label'.")
-    seen = set()
-    for name, _ in rows:
-        if name in seen:
-            raise DatasetError(f"{path}: case {name!r} is listed twice.")
-        seen.add(name)
-    return rows
-
-
-def _binary_classes(path: Path, rows: dict[str, str]):
-    """The two classes of a binary ``labels.csv`` and the map from label text to 0/1.
-
-    The classification head is binary (one logit, AUC), so the file must hold exactly two
-    classes: ``0``/``1``, or two names (mapped to 0/1 in sorted order). A blank label, a
-    number other than 0 or 1 (``2.5``, ``-1``), a mix of numbers and names, or a single class
-    (AUC undefined) is refused, naming the cases.
-    """
-    blank = sorted(n for n, v in rows.items() if not v)
-    if blank:
-        raise DatasetError(f"{path}: no label for case(s) {', '.join(blank[:10])}; every row needs name,label.")
-    values = sorted(set(rows.values()))
-    numeric = {v for v in values if _is_number(v)}
-    if numeric and numeric != set(values):
-        raise DatasetError(f"{path}: labels mix numbers and names ({', '.join(values[:6])}); use 0/1 or two names.")
-    if numeric:
-        bad = sorted(v for v in numeric if v.strip() not in ("0", "1"))
-        if bad:
-            cases = sorted(n for n, v in rows.items() if v in bad)
-            raise DatasetError(f"{path}: labels must be 0 or 1 for the binary classification head; found "
-                               f"{', '.join(bad)} (case(s) {', '.join(cases[:10])}).")
-    if len(values) != 2:
-        raise DatasetError(f"{path}: {len(values)} class(es) ({', '.join(values[:6])}); the binary classification "
-                           "head needs exactly two, each with cases (one class leaves AUC undefined).")
-    if numeric:
-        return [0, 1], lambda v: int(v)
-    index = {c: k for k, c in enumerate(values)}
-    return values, index.__getitem__
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 class ClassificationDataset(Dataset):
     """Whole volumes resized to ``size^3`` with one class each, from ``labels.csv``.
 
     ``labels.csv`` has rows ``name,label`` (an optional ``name,label`` header; names with or
     without file ending) with exactly two classes: ``0``/``1``, or two names mapped to 0/1 in
     sorted order (``classes`` lists them); anything else is refused (see
-    :func:`_binary_classes`). ``names`` restricts the cases. Every case of
+    :func:`gvsl_app.label_csv.binary_classes`). ``names`` restricts the cases. Every case of
     the CSV (or of ``names``) must have an image, else :class:`DatasetError` names them.
     Items: ``{"image": (1, S, S, S) float32, "label": int64 scalar}``; any index >= 0 is
     valid (``index % n``); ``spatial`` optionally augments the image.
@@ -424,7 +361,7 @@ class ClassificationDataset(Dataset):
                  spatial: SpatialAugment | None = None) -> None:
         self.folder, self.size, self.seed, self.epoch, self.spatial = Path(folder), int(size), int(seed), 0, spatial
         images = require_volumes(images_folder(self.folder))
-        rows = dict(_read_label_csv(self.folder / csv_name))
+        rows = dict(read_label_csv(self.folder / csv_name))
         missing = sorted(n for n in rows if n not in images)
         if missing:
             raise DatasetError(f"{self.folder / csv_name} names {len(missing)} case(s) without an image in "
@@ -437,7 +374,7 @@ class ClassificationDataset(Dataset):
             raise DatasetError(f"{self.folder / csv_name}: no label for case(s) {', '.join(unlisted[:10])}.")
         if not names:
             raise DatasetError(f"{self.folder}: the list of cases to use is empty.")
-        self.classes, to_int = _binary_classes(self.folder / csv_name, rows)
+        self.classes, to_int = binary_classes(self.folder / csv_name, rows)
         self.names = names
         self.targets = [int(to_int(rows[n])) for n in names]
         cube = (self.size,) * 3
