@@ -68,11 +68,9 @@ def score(model: GVSL, pairs: list[tuple], size: int) -> dict:
 def initial_model(snapshot: Path) -> GVSL:
     """The snapshot's architecture with the run's initialisation (seeded as pre-training is)."""
     model, _ = load_gvsl(snapshot)
-    cfg = model.config()
     seed = int(torch.load(snapshot, map_location="cpu", weights_only=True).get("config", {}).get("seed", 0))
     torch.manual_seed(seed)
-    fresh = GVSL(widths=cfg["widths"], use_affine=cfg["use_affine"], affine_head=cfg["affine_head"],
-                 deformable_head=cfg["deformable_head"]).eval()
+    fresh = GVSL.from_config(model.config()).eval()
     fresh.working_size = model.working_size
     return fresh
 

@@ -27,6 +27,10 @@ def _add_common_training(p: argparse.ArgumentParser) -> None:
                    help="start afresh in a run folder that holds a run (the earlier run moves to RUN/history/)")
 
 
+def _add_output_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
+
+
 def _install_stop_handlers(stop: StopFlag) -> None:
     def handler(signum, _frame):
         if stop.is_set():  # second Ctrl-C: leave now
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the identity when the network's map lowers the similarity (default); "
                         "--no-fallback keeps the network's map whatever it does")
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
+    _add_output_overwrite(p)
     p.set_defaults(func=cmd_match)
 
     p = sub.add_parser("segment", help="segment a volume with a fine-tuned checkpoint")
@@ -311,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="ground-truth labels: adds Dice to the report")
     p.add_argument("--report", help="report JSON path (default: next to --out)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
+    _add_output_overwrite(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("embed", help="t-SNE of local features per anatomical label")
@@ -323,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier call at --out")
+    _add_output_overwrite(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("sample", help="write synthetic cardiac CT or brain MR subjects")

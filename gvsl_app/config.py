@@ -67,21 +67,11 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_values(self, positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every",
-                                     "n_synthetic"),
+                                     "n_synthetic", "lr"),
                      non_negative=("warmup", "affine_warmup", "workers", "snapshot_every", "seed", "w_ncc",
                                    "w_smooth", "w_mse"),
-                     positive_float=("lr",))
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        if self.affine_head not in AFFINE_HEADS:
-            raise ValueError(f"unknown affine_head {self.affine_head!r}; choose one of {', '.join(AFFINE_HEADS)}")
-        if self.deformable_head not in DEFORMABLE_HEADS:
-            raise ValueError(f"unknown deformable_head {self.deformable_head!r}; "
-                             f"choose one of {', '.join(DEFORMABLE_HEADS)}")
-        if self.similarity not in SIMILARITIES:
-            raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
-        if self.match_input not in MATCH_INPUTS:
-            raise ValueError(f"unknown match_input {self.match_input!r}; choose one of {', '.join(MATCH_INPUTS)}")
+                     choices={"variant": VARIANTS, "affine_head": AFFINE_HEADS, "deformable_head": DEFORMABLE_HEADS,
+                              "similarity": SIMILARITIES, "match_input": MATCH_INPUTS})
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
         if self.n_synthetic < 2:
@@ -120,15 +110,13 @@ class FinetuneConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        check_values(self, positive=("iters", "size", "width", "batch", "val_every", "log_every"),
-                     non_negative=("workers", "n_train", "seed"), positive_float=("lr",))
+        check_values(self, positive=("iters", "size", "width", "batch", "val_every", "log_every", "lr"),
+                     non_negative=("workers", "n_train", "seed"), choices={"task": ("seg", "cls")})
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
         if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
             raise ValueError(f"test_fraction must be >= 0 and leave training cases (val_fraction + test_fraction "
                              f"< 1), got {self.test_fraction} with val_fraction {self.val_fraction}")
-        if self.task not in ("seg", "cls"):
-            raise ValueError(f"unknown task {self.task!r}; choose seg or cls")
         if self.size < 16:
             raise ValueError(f"size must be >= 16, got {self.size}")
 
@@ -139,15 +127,10 @@ _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str}
 _KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
-def _exclusive_resume(config: Any) -> None:
-    if config.resume and config.overwrite:
-        raise ValueError("resume and overwrite exclude each other: --resume continues the run in the folder, "
-                         "--overwrite starts a new one there")
-
-
 def check_values(config: Any, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
-                 positive_float: tuple[str, ...] = ()) -> None:
-    """Check every option's type against its annotation, then the ranges; errors name the option.
+                 choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Check every option's type against its annotation, then the ranges, the choices and
+    that ``resume`` and ``overwrite`` are not both set; errors name the option.
 
     YAML and Python callers can pass anything: ``amp: 'false'`` is a non-empty string (true
     in Python) and ``iters: 'ten'`` would fail much later with an unrelated message, and
@@ -162,13 +145,18 @@ def check_values(config: Any, positive: tuple[str, ...] = (), non_negative: tupl
         wrong = not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))
         if wrong:
             raise ValueError(f"option {f.name}: expected {_KIND[kind]}, got {value!r} ({type(value).__name__})")
-    _exclusive_resume(config)
-    for name in positive + positive_float:
+    for name in positive:
         if not getattr(config, name) > 0:
             raise ValueError(f"option {name} must be > 0, got {getattr(config, name)}")
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ValueError(f"option {name} must be >= 0, got {getattr(config, name)}")
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of {', '.join(allowed)}")
+    if config.resume and config.overwrite:
+        raise ValueError("resume and overwrite exclude each other: --resume continues the run in the folder, "
+                         "--overwrite starts a new one there")
 
 
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:

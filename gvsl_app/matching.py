@@ -223,15 +223,13 @@ def match(fixed: Volume, moving: Volume, *, weights: str | os.PathLike | None = 
             say("refine", 0.3 + 0.3 * frac)
             return bool(stop())
 
-        start = out["coordinates"]
-        coords, correction = refine_coordinates(m_w.to(dev_r), f_w.to(dev_r), start.to(dev_r),
+        coords, correction = refine_coordinates(m_w.to(dev_r), f_w.to(dev_r), out["coordinates"].to(dev_r),
                                                 schedule, step=step)
-        corr = correction[0].cpu()
-        net = out["affine"][0]
+        coords, corr, net = coords.cpu(), correction[0].cpu(), out["affine"][0]
         with torch.no_grad():
-            refined_ncc = float(-local_ncc(warp(m_w, coords.cpu()), f_w))
+            refined_ncc = float(-local_ncc(warp(m_w, coords), f_w))
         if refined_ncc >= out["ncc_after"] or not fallback:
-            out["coordinates"] = coords.cpu()
+            out["coordinates"] = coords
             out["affine"] = torch.cat([corr[:, :3] @ net[:, :3], corr[:, :3] @ net[:, 3:] + corr[:, 3:]], 1)[None]
             out["ncc_after"] = refined_ncc
         else:

@@ -158,11 +158,10 @@ def _pretrain(config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config))
     start, best = 0, math.inf
-    if config.resume:
-        run.require_resumable()
     if info.is_main:
         run.remove_stale_temporaries()
     if config.resume:
+        run.require_resumable()
         ck = run.load_checkpoint("last")
         load_state_into(model, ck["model"], source=run.last)
         opt.load_state_dict(ck["optimizer"])

@@ -61,10 +61,7 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
                               "checkpoint such as RUN/checkpoints/best.pt of `gvsl pretrain`")
     sd, fmt = model_state(ck)
     widths = _widths_of(ck, sd, fmt, path)
-    mc = ck.get("model_config") or {}
-    # Checkpoints from before the head options (and the authors' release) have the paper's heads.
-    model = GVSL(widths=widths, use_affine=mc.get("use_affine", True),
-                 affine_head=mc.get("affine_head", "paper"), deformable_head=mc.get("deformable_head", "paper"))
+    model = GVSL.from_config({**(ck.get("model_config") or {}), "widths": widths})
     load_state_into(model, sd, strict=True, source_format=fmt, source=path)
     model.to(device).eval()
     # The cube it was trained on is the best default working size for matching with it.

@@ -47,8 +47,8 @@ class GVSLOutput:
 class GVSL(nn.Module):
     """Geometric Visual Similarity Learning network (He et al., CVPR 2023).
 
-    ``GVSL()`` has the paper's widths (32,440,739 parameters, the same as the authors'
-    release); ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
+    ``GVSL()`` has the paper's widths; ``GVSL(**PAPER_HEADS)`` also the paper's heads
+    (32,440,739 parameters, the same as the authors' release); ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
     ``use_affine=False`` gives the "w/o affine head" ablation (the affine stays identity).
     ``affine_head`` chooses the global matching head: ``"keypoints"`` (the default: soft
     keypoints in both scans and a closed-form least-squares affine, see
@@ -88,6 +88,14 @@ class GVSL(nn.Module):
     @property
     def widths(self) -> tuple[int, ...]:
         return self.unet.widths
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GVSL":
+        """The network :meth:`config` describes. Keys missing from a checkpoint written before
+        the head options existed (and the authors' release) mean the paper's heads."""
+        return cls(widths=config["widths"], in_channels=config.get("in_channels", 1),
+                   use_affine=config.get("use_affine", True), affine_head=config.get("affine_head", "paper"),
+                   deformable_head=config.get("deformable_head", "paper"))
 
     def config(self) -> dict:
         """JSON-serialisable constructor arguments (stored in every checkpoint)."""
