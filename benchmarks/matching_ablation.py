@@ -62,6 +62,9 @@ ROWS: dict[str, dict] = {
     "pyramid-full": {"deformable_head": "pyramid-full"},
     "single-ncc": {"similarity": "ncc"},
     "default": {},
+    "affine-loss": {"w_affine": 1.0},
+    "relative-pose": {"relative_pose": True},
+    "affine-loss+pose": {"w_affine": 1.0, "relative_pose": True},
 }
 
 

@@ -45,7 +45,8 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from models.spatial import affine_from_parameters, affine_points, identity_affine, sampling_coordinates, warp
+from models.spatial import (affine_from_parameters, affine_points, identity_affine, sampling_coordinates, voxel_grid,
+                            warp)
 
 __all__ = [
     "Transform", "Compose", "LocalPixelShuffle", "NonLinearIntensity", "InPaint", "OutPaint",
@@ -519,16 +520,32 @@ class SpatialAugment:
         return f"SpatialAugment(affine={self.affine!r}, elastic={self.elastic!r})"
 
 
+def _then_affine(coords: torch.Tensor, affine: RandomAffine, g: torch.Generator) -> torch.Tensor:
+    """``coords`` composed with one more random affine ``R``: ``p -> coords(R p)`` in one map.
+
+    The displacement ``coords - p`` is sampled at ``R p`` (border values outside, where it is
+    smooth) so that the moving scan is interpolated once, like the fixed one.
+    """
+    shape = tuple(coords.shape[2:])
+    rel = sampling_coordinates(shape, affine=affine.sample(shape, coords.shape[0], g, coords.device))
+    grid = voxel_grid(shape, device=coords.device).unsqueeze(0)
+    return rel + warp(coords - grid, rel, padding_mode="border")
+
+
 class GVSLPairAugment:
     """What a GVSL pair needs: same spatial draw on both scans, appearance on the moving one.
 
     ``aug(moving, fixed, generator) -> (moving, fixed, moving_input)``, all (B, 1, D, H, W).
     Both scans are warped with one ``grid_sample`` call (stacked as channels). Pass
-    ``spatial=None`` / ``appearance=None`` to switch a part off.
+    ``spatial=None`` / ``appearance=None`` to switch a part off. ``relative`` (a
+    :class:`RandomAffine`) also moves the moving scan alone by a random affine, so that
+    the pair differs in pose by more than its two subjects do: what the matching's affine
+    head must learn to undo.
     """
 
-    def __init__(self, spatial: SpatialAugment | None = None, appearance: Transform | None = None) -> None:
-        self.spatial, self.appearance = spatial, appearance
+    def __init__(self, spatial: SpatialAugment | None = None, appearance: Transform | None = None,
+                 relative: RandomAffine | None = None) -> None:
+        self.spatial, self.appearance, self.relative = spatial, appearance, relative
 
     @classmethod
     def default(cls, spatial: bool = True, appearance: bool = True) -> "GVSLPairAugment":
@@ -543,7 +560,15 @@ class GVSLPairAugment:
         if self.spatial is not None:
             c = moving.shape[1]
             coords = self.spatial.coordinates(moving.shape[2:], moving.shape[0], g, device=moving.device)
-            both = self.spatial.apply(torch.cat([moving, fixed], dim=1), coords)
-            moving, fixed = both[:, :c], both[:, c:]
+            if self.relative is None:
+                both = self.spatial.apply(torch.cat([moving, fixed], dim=1), coords)
+                moving, fixed = both[:, :c], both[:, c:]
+            else:
+                fixed = self.spatial.apply(fixed, coords)
+                moving = self.spatial.apply(moving, _then_affine(coords, self.relative, g))
+        elif self.relative is not None:
+            shape = tuple(moving.shape[2:])
+            rel = self.relative.sample(shape, moving.shape[0], g, moving.device)
+            moving = warp(moving, sampling_coordinates(shape, affine=rel)).to(moving.dtype)
         moving_input = self.appearance(moving, generator=g) if self.appearance is not None else moving
         return moving.contiguous(), fixed.contiguous(), moving_input.contiguous()

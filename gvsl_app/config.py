@@ -60,6 +60,8 @@ class PretrainConfig:
     w_ncc: float = 1.0
     w_smooth: float = 1.0
     w_mse: float = 1.0
+    w_affine: float = 0.0
+    relative_pose: bool = False
     amp: bool = True
     compile: bool = False
     resume: bool = False
@@ -69,7 +71,7 @@ class PretrainConfig:
         check_values(self, positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every",
                                      "n_synthetic", "lr"),
                      non_negative=("warmup", "affine_warmup", "workers", "snapshot_every", "seed", "w_ncc",
-                                   "w_smooth", "w_mse"),
+                                   "w_smooth", "w_mse", "w_affine"),
                      choices={"variant": VARIANTS, "affine_head": AFFINE_HEADS, "deformable_head": DEFORMABLE_HEADS,
                               "similarity": SIMILARITIES, "match_input": MATCH_INPUTS})
         if self.size < 16:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import AppearanceTransform, GVSLPairAugment, SpatialAugment
+from .augment import AppearanceTransform, GVSLPairAugment, RandomAffine, SpatialAugment
 from .data_folders import (VOLUME_SUFFIXES, DatasetError, label_files, require_volumes, images_folder,
                            list_cases, list_volume_files, split_names)
 from .label_csv import binary_classes, read_label_csv
@@ -105,6 +105,11 @@ def _synthetic_subject(kind: str, seed: int, size: int):
 
 # --------------------------------------------------------------------------- pre-training pairs
 
+RELATIVE_POSE = RandomAffine(rotation_deg=10.0, scale=0.1, shear_deg=3.0, translation=0.06)
+"""The moving scan's extra pose change with ``relative_pose=True``: about what separates two
+scans of the same region from different scanners (rotation +-10 degrees, scale +-10 %, shift
++-6 % of the field of view)."""
+
 class PairDataset(Dataset):
     """GVSL pre-training pairs: two different subjects, the same spatial augmentation on both.
 
@@ -123,6 +128,8 @@ class PairDataset(Dataset):
     generator, both are warped with one spatial draw (``spatial``: ``True`` for the default
     :class:`SpatialAugment`, an instance, or ``False``), and ``moving_input`` is the
     appearance-transformed moving scan (``appearance``: ``True``/instance/``False``).
+    ``relative_pose`` (``True`` for :data:`RELATIVE_POSE`, or a :class:`RandomAffine`) also
+    moves the moving scan alone, so the pair differs in pose as well as in anatomy.
     Returns ``{"moving", "fixed", "moving_input"}`` float32 ``(1, S, S, S)``, ``"pair"``
     (the two subject indices) and ``"seed"`` (the item seed). ``augment=False`` returns the
     un-augmented pair (``moving_input`` = ``moving``) for on-device augmentation.
@@ -132,7 +139,8 @@ class PairDataset(Dataset):
 
     def __init__(self, source, size: int, *, length: int | None = None, seed: int = 0,
                  spatial: "bool | SpatialAugment" = True, appearance: "bool | object" = True,
-                 augment: bool = True, n_synthetic: int = 16, modality: str | None = "auto") -> None:
+                 augment: bool = True, n_synthetic: int = 16, modality: str | None = "auto",
+                 relative_pose: "bool | RandomAffine" = False) -> None:
         self.size = int(size)
         if self.size < 2:
             raise ValueError(f"size must be >= 2, got {size}")
@@ -150,7 +158,8 @@ class PairDataset(Dataset):
             raise ValueError(f"length must be >= 1, got {length}")
         sp = SpatialAugment() if spatial is True else (spatial or None)
         ap = AppearanceTransform() if appearance is True else (appearance or None)
-        self.augmenter = GVSLPairAugment(sp, ap)
+        rel = RELATIVE_POSE if relative_pose is True else (relative_pose or None)
+        self.augmenter = GVSLPairAugment(sp, ap, rel)
         self.augment = bool(augment)
 
     @staticmethod

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from models import GVSL, local_ncc, multiscale_ncc, restoration_mse, smoothness, widths_from_base
+from models.spatial import sampling_coordinates, warp
 from models.checkpoint import load_state_into
 from models.device import autocast
 
@@ -41,6 +42,7 @@ class PretrainObjective(nn.Module):
         self.similarity = multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc
         self.match_clean = config.match_input == "clean"
         self.w = (config.w_ncc, config.w_smooth, config.w_mse)
+        self.w_affine = config.w_affine if config.variant != "no-affine" else 0.0
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, moving_input: torch.Tensor,
                 amp_device: torch.device | None = None, deformable: bool = True) -> dict[str, torch.Tensor]:
@@ -56,10 +58,15 @@ class PretrainObjective(nn.Module):
                                  restore=restore and not clean, deformable=deformable)
                 terms["ncc"] = self.similarity(out.warped, fixed)
                 terms["smooth"] = smoothness(out.displacement)
+                if self.w_affine > 0:
+                    # The affine part scored on its own: otherwise the deformable head, which
+                    # learns faster, absorbs the global misalignment and the affine head starves.
+                    coords = sampling_coordinates(tuple(fixed.shape[2:]), affine=out.affine, batch=fixed.shape[0])
+                    terms["ncc_affine"] = self.similarity(warp(moving, coords), fixed)
                 if restore:
                     restored = self._restore(moving_input) if clean else out.restored
                     terms["mse"] = restoration_mse(restored, moving)
-        weights = {"ncc": w_ncc, "smooth": w_smooth, "mse": w_mse}
+        weights = {"ncc": w_ncc, "smooth": w_smooth, "mse": w_mse, "ncc_affine": self.w_affine}
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
 
@@ -122,7 +129,8 @@ def _set_rng_state(state: dict) -> None:
 def _make_data(config: PretrainConfig, info: distributed.DistInfo, start_step: int, device: torch.device):
     from .datasets import PairDataset, validation_pair, worker_init
 
-    dataset = PairDataset(config.data, config.size, seed=config.seed, n_synthetic=config.n_synthetic)
+    dataset = PairDataset(config.data, config.size, seed=config.seed, n_synthetic=config.n_synthetic,
+                          relative_pose=config.relative_pose)
     remaining = config.iters - start_step
     sampler = StepSampler(start_step * config.batch, remaining * config.batch, info.rank, info.world)
     loader = DataLoader(dataset, batch_size=config.batch, sampler=sampler, num_workers=config.workers,
