@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test venv system-deps app-bundle bench clean
+.PHONY: demo test check venv system-deps app-bundle bench clean
 
 $(BIN)/gvsl: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned requirement may pull a multi-GB CUDA build.
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[gui,test]"
+	$(BIN)/pip install -q -e ".[brain,gui,test,dev]"
 	touch $(BIN)/gvsl
 
 venv: $(BIN)/gvsl
@@ -23,7 +23,14 @@ system-deps:
 demo: venv system-deps
 	bash scripts/demo.sh
 
-test: venv system-deps
+# Lint, format, types and the import layers (docs/ARCHITECTURE.md); `make test` runs them first.
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv system-deps check
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv

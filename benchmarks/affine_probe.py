@@ -17,6 +17,7 @@ Why: in the study (docs/findings_small.md, item 4) the paper's head stayed at th
 identity during pre-training. This probe separates "nothing to learn" from "cannot learn
 it", and measures the keypoint head that replaced it as the default (docs/MATCHING.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ import time
 
 import torch
 
-from gvsl_app.preprocess import normalise, resize_array
-from gvsl_app.synthetic import make_cardiac_subject
+from gvsl_app.data.preprocess import normalise, resize_array
+from gvsl_app.data.synthetic import make_cardiac_subject
 from models import DEMO_WIDTHS, GVSL, local_ncc
 from models.spatial import affine_from_parameters, sampling_coordinates, voxel_grid, warp
 
@@ -116,8 +117,11 @@ def probe(head: str, volumes, args) -> list[dict]:
             r = evaluate(model.eval(), volumes, args.shift, args.rotate, seed=10_000)
             model.train()
             rows.append({"step": step, **r, "seconds": time.perf_counter() - t0})
-            print(f"{head:>9} {step:>5} {r['ncc']:>10.3f} {r['error']:>8.2f} {r['identity']:>9.2f}"
-                  f"   {time.perf_counter() - t0:.0f}", flush=True)
+            print(
+                f"{head:>9} {step:>5} {r['ncc']:>10.3f} {r['error']:>8.2f} {r['identity']:>9.2f}"
+                f"   {time.perf_counter() - t0:.0f}",
+                flush=True,
+            )
         if step == args.steps:
             break
         m, f, _ = make_pair(volumes, args.shift, args.rotate, g)
@@ -137,8 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=6)
     ap.add_argument("--heads", nargs="*", default=["keypoints", "paper"], choices=["keypoints", "paper"])
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--direct", action="store_true",
-                    help="also print the floor: each evaluation pair's affine optimised directly on the same loss")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="also print the floor: each evaluation pair's affine optimised directly on the same loss",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -148,8 +155,9 @@ def main(argv=None) -> int:
     print("\nfinal:", ", ".join(f"{h} error {r['error']:.2f} (identity {r['identity']:.2f})" for h, r in final.items()))
     if args.direct:
         r = direct_floor(volumes, args.shift, args.rotate, seed=10_000)
-        print(f"direct optimisation of each pair's affine (the loss's floor): error {r['error']:.2f}, "
-              f"NCC {r['ncc']:.3f}")
+        print(
+            f"direct optimisation of each pair's affine (the loss's floor): error {r['error']:.2f}, NCC {r['ncc']:.3f}"
+        )
     return 0
 
 

@@ -11,11 +11,12 @@ voxels of a synthetic cardiac subject, i.e. realistic but un-trained features. E
 t-SNE on the smallest N for comparison (issue #5 quotes 29 s openTSNE vs 95 s scikit-learn
 for 20k x 32 on the project's 2 cores).
 
-Part 2 runs ``gvsl_app.embed.embed`` on a held-out cardiac subject (seed 1000 by default;
+Part 2 runs ``gvsl_app.services.embed.embed`` on a held-out cardiac subject (seed 1000 by default;
 the demo weights were trained on ``synthetic:cardiac`` seed 0, i.e. subject seeds 0..N-1)
 with a random-init width-8 GVSL and with the demo weights (or ``--weights``), and reports
 the silhouette score of the 7 anatomical labels in feature space and in the 2D map.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
 def network_features(n_points: int, seed: int, size: int) -> np.ndarray:
     """``(n_points, 32)`` local features of a random-init paper-width U-Net on a cardiac subject."""
-    from gvsl_app.preprocess import normalise, resize_array
-    from gvsl_app.synthetic import make_cardiac_subject
+    from gvsl_app.data.preprocess import normalise, resize_array
+    from gvsl_app.data.synthetic import make_cardiac_subject
     from models import PAPER_WIDTHS, UNet3D
 
     torch.manual_seed(seed)
@@ -49,7 +48,7 @@ def network_features(n_points: int, seed: int, size: int) -> np.ndarray:
 
 
 def time_tsne(features: np.ndarray, n_jobs: int, seed: int) -> float:
-    from gvsl_app.embed import tsne_2d
+    from gvsl_app.services.embed import tsne_2d
 
     t0 = time.perf_counter()
     xy = tsne_2d(features, seed, n_jobs=n_jobs)
@@ -68,9 +67,9 @@ def time_sklearn(features: np.ndarray, seed: int) -> float:
 
 
 def silhouettes(weights: str | None, subject_seed: int, shape: int, per_label: int, size: int, seed: int) -> list[dict]:
-    from gvsl_app.embed import embed
-    from gvsl_app.synthetic import make_cardiac_subject
-    from gvsl_app.weights import DEMO_GVSL, load_gvsl
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services.embed import embed
+    from gvsl_app.services.weights import DEMO_GVSL, load_gvsl
     from models import DEMO_WIDTHS, GVSL
 
     image, labels = make_cardiac_subject(subject_seed, (shape,) * 3)
@@ -82,17 +81,25 @@ def silhouettes(weights: str | None, subject_seed: int, shape: int, per_label: i
         model, info = load_gvsl(weights, "cpu")
         candidates.append((info, model))
     else:
-        print(f"  demo weights not found at {DEMO_GVSL}; pass --weights CKPT to compare a trained model",
-              flush=True)
+        print(f"  demo weights not found at {DEMO_GVSL}; pass --weights CKPT to compare a trained model", flush=True)
     rows = []
     for name, model in candidates:
         res = embed(image, labels, model=model, per_label=per_label, size=size, seed=seed, device="cpu")
         r = res.report
-        rows.append({"model": name, "n_points": r["n_points"], "silhouette_features": r["silhouette_features"],
-                     "silhouette_2d": r["silhouette_2d"], **r["seconds"]})
-        print(f"  {name[:60]:<60} sil(features) {r['silhouette_features']:+.4f}  sil(2D) {r['silhouette_2d']:+.4f}"
-              f"  ({r['n_points']} pts, features {r['seconds']['features_s']:.1f} s, t-SNE {r['seconds']['tsne_s']:.1f} s)",
-              flush=True)
+        rows.append(
+            {
+                "model": name,
+                "n_points": r["n_points"],
+                "silhouette_features": r["silhouette_features"],
+                "silhouette_2d": r["silhouette_2d"],
+                **r["seconds"],
+            }
+        )
+        print(
+            f"  {name[:60]:<60} sil(features) {r['silhouette_features']:+.4f}  sil(2D) {r['silhouette_2d']:+.4f}"
+            f"  ({r['n_points']} pts, features {r['seconds']['features_s']:.1f} s, t-SNE {r['seconds']['tsne_s']:.1f} s)",
+            flush=True,
+        )
     return rows
 
 
@@ -117,16 +124,20 @@ def main(argv=None) -> int:
         args.points, args.per_label, args.shape, args.feature_size = [2000], 60, 48, 32
 
     out: dict = {"torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "tsne": [], "silhouette": []}
-    print(f"CPU threads: torch {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"CPU threads: torch {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     if not args.skip_tsne:
         print("\n1) openTSNE on N x 32 local features (random-init paper-width U-Net)", flush=True)
         feats = network_features(max(args.points), args.seed, args.feature_size)
         for n in args.points:
             for jobs in args.jobs:
                 dt = time_tsne(feats[:n], jobs, args.seed)
-                out["tsne"].append({"library": "openTSNE", "points": n, "dim": feats.shape[1], "n_jobs": jobs,
-                                    "seconds": dt})
+                out["tsne"].append(
+                    {"library": "openTSNE", "points": n, "dim": feats.shape[1], "n_jobs": jobs, "seconds": dt}
+                )
                 print(f"  openTSNE  N={n:>6}  n_jobs={jobs:>2}: {dt:7.1f} s", flush=True)
         if args.sklearn:
             n = min(args.points)
@@ -134,10 +145,14 @@ def main(argv=None) -> int:
             out["tsne"].append({"library": "scikit-learn", "points": n, "dim": feats.shape[1], "seconds": dt})
             print(f"  sklearn   N={n:>6}         : {dt:7.1f} s", flush=True)
     if not args.skip_silhouette:
-        print(f"\n2) silhouette of the 7 labels, held-out subject seed {args.subject_seed} ({args.shape}^3), "
-              f"{args.per_label} voxels per label, working size {args.size}", flush=True)
-        out["silhouette"] = silhouettes(args.weights, args.subject_seed, args.shape, args.per_label, args.size,
-                                        args.seed)
+        print(
+            f"\n2) silhouette of the 7 labels, held-out subject seed {args.subject_seed} ({args.shape}^3), "
+            f"{args.per_label} voxels per label, working size {args.size}",
+            flush=True,
+        )
+        out["silhouette"] = silhouettes(
+            args.weights, args.subject_seed, args.shape, args.per_label, args.size, args.seed
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

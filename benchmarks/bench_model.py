@@ -5,20 +5,18 @@ Usage: python benchmarks/bench_model.py [--sizes 64 96] [--bases 8 32] [--device
 Each configuration runs in its own subprocess so that peak memory (CPU: max RSS; CUDA:
 max allocated) belongs to it alone. Like the ``gvsl`` commands, each subprocess tunes the
 C allocator first (``gvsl_app.allocator``); ``GVSL_TUNE_MALLOC=0`` measures without it.
-The official code needs 12.5 s per 64^3 training
-step at the paper's width on the project's 2-core CPU (reference/official_code_findings.md).
+It prints our own times only: a ratio against the authors' code means little unless both
+run side by side in one session on one machine (docs/BENCHMARKS.md says what such a run
+measured), so no constant from another day is divided by these numbers.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
-
-OFFICIAL_STEP_S = {(32, 64): 12.5}
-OFFICIAL_FORWARD_S = {(32, 64): 2.0, (32, 96): 7.3, (8, 64): 0.4}
 
 
 def run_one(base: int, size: int, device: str, repeats: int) -> dict:
@@ -26,10 +24,9 @@ def run_one(base: int, size: int, device: str, repeats: int) -> dict:
 
     import torch
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from gvsl_app.allocator import tune_cpu_allocator
     from models import GVSL, local_ncc, resolve_device, restoration_mse, smoothness, widths_from_base
     from models.device import autocast
-    from gvsl_app.allocator import tune_cpu_allocator
 
     tuned = tune_cpu_allocator()
     dev = resolve_device(device)
@@ -84,22 +81,33 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.device, args.repeats)))
         return
-    print(f"{'width':>5} {'size':>5} {'device':>6} {'step s':>8} {'fwd s':>8} {'peak MB':>9} {'malloc':>6}  vs official")
+    print(f"{'width':>5} {'size':>5} {'device':>6} {'step s':>8} {'fwd s':>8} {'peak MB':>9} {'malloc':>6}")
     for base in args.bases:
         for size in args.sizes:
-            out = subprocess.run([sys.executable, __file__, "--one", str(base), str(size), "--device", args.device,
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    str(base),
+                    str(size),
+                    "--device",
+                    args.device,
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:
                 print(f"{base:>5} {size:>5} failed: {out.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            ref = []
-            if (base, size) in OFFICIAL_STEP_S and r["device"] == "cpu":
-                ref.append(f"step {OFFICIAL_STEP_S[(base, size)] / r['train_step_s']:.2f}x faster")
-            if (base, size) in OFFICIAL_FORWARD_S and r["device"] == "cpu":
-                ref.append(f"forward {OFFICIAL_FORWARD_S[(base, size)] / r['pair_forward_s']:.2f}x faster")
-            print(f"{base:>5} {size:>5} {r['device']:>6} {r['train_step_s']:8.3f} {r['pair_forward_s']:8.3f} "
-                  f"{r['peak_mem_mb']:9.0f} {'tuned' if r['malloc_tuned'] else 'plain':>6}  {', '.join(ref)}", flush=True)
+            print(
+                f"{base:>5} {size:>5} {r['device']:>6} {r['train_step_s']:8.3f} {r['pair_forward_s']:8.3f} "
+                f"{r['peak_mem_mb']:9.0f} {'tuned' if r['malloc_tuned'] else 'plain':>6}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Usage:
                                    [--workers 0 2] [--cuda-size 128] [--cuda-width 32]
                                    [--cuda-workers 4] [--cuda-iters 30] [--compile] [--json OUT] [--quick]
 
-Runs the real pre-training generator (``gvsl_app.pretrain.pretrain``: the ``synthetic:cardiac``
+Runs the real pre-training generator (``gvsl_app.training.pretrain.pretrain``: the ``synthetic:cardiac``
 PairDataset with its spatial + appearance augmentation in DataLoader workers, the GVSL
 objective, Adam) in a temporary run folder and reads its per-step metrics: ``sec_per_step``
 (wall time of a step, data included) and ``data_wait_s`` (time the loop waited for the
@@ -19,6 +19,7 @@ first ``--warmup`` steps (worker start-up, allocator warm-up) are left out of th
   autocast, ``--cuda-workers`` workers. Target: at least 2x the official code's throughput at the
   same configuration. Skipped otherwise, saying why.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,42 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import torch  # noqa: E402
 
 
-def run_config(*, device: str, size: int, width: int, workers: int, iters: int, warmup: int, batch: int = 1,
-               n_synthetic: int = 6, compile: bool = False) -> dict:
-    from gvsl_app.config import PretrainConfig
-    from gvsl_app.pretrain import pretrain
-    from gvsl_app.progress import StopFlag
+def run_config(
+    *,
+    device: str,
+    size: int,
+    width: int,
+    workers: int,
+    iters: int,
+    warmup: int,
+    batch: int = 1,
+    n_synthetic: int = 6,
+    compile: bool = False,
+) -> dict:
+    from gvsl_app.training.config import PretrainConfig
+    from gvsl_app.training.pretrain import pretrain
+    from gvsl_app.training.progress import StopFlag
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PretrainConfig(data="synthetic:cardiac", run=os.path.join(tmp, "run"), iters=iters, size=size,
-                             width=width, batch=batch, device=device, workers=workers, n_synthetic=n_synthetic,
-                             log_every=1, ckpt_every=10 ** 9, val_every=10 ** 9, compile=compile, seed=0)
+        cfg = PretrainConfig(
+            data="synthetic:cardiac",
+            run=os.path.join(tmp, "run"),
+            iters=iters,
+            size=size,
+            width=width,
+            batch=batch,
+            device=device,
+            workers=workers,
+            n_synthetic=n_synthetic,
+            log_every=1,
+            ckpt_every=10**9,
+            val_every=10**9,
+            compile=compile,
+            seed=0,
+        )
         t0 = time.perf_counter()
         setup_s, steps, message, dev = None, [], "", device
         for p in pretrain(cfg, StopFlag()):
@@ -60,17 +82,34 @@ def run_config(*, device: str, size: int, width: int, workers: int, iters: int, 
     kept = [s for s in steps if s[0] > warmup] or steps
     sps = statistics.mean(s[1] for s in kept)
     wait = statistics.mean(s[2] for s in kept)
-    return {"device": dev, "size": size, "width": width, "batch": batch, "workers": workers, "iters": iters,
-            "steps_measured": len(kept), "sec_per_step": sps, "steps_per_s": 1.0 / sps, "data_wait_s": wait,
-            "compute_s": sps - wait, "data_wait_fraction": wait / sps, "setup_s": setup_s, "wall_s": wall,
-            "sec_per_step_median": statistics.median(s[1] for s in kept), "message": message}
+    return {
+        "device": dev,
+        "size": size,
+        "width": width,
+        "batch": batch,
+        "workers": workers,
+        "iters": iters,
+        "steps_measured": len(kept),
+        "sec_per_step": sps,
+        "steps_per_s": 1.0 / sps,
+        "data_wait_s": wait,
+        "compute_s": sps - wait,
+        "data_wait_fraction": wait / sps,
+        "setup_s": setup_s,
+        "wall_s": wall,
+        "sec_per_step_median": statistics.median(s[1] for s in kept),
+        "message": message,
+    }
 
 
 def show(r: dict) -> None:
-    print(f"  {r['device']:<6} width {r['width']:>2} {r['size']}^3 batch {r['batch']} workers {r['workers']}: "
-          f"{r['sec_per_step']:.3f} s/step ({r['steps_per_s']:.2f} steps/s; median {r['sec_per_step_median']:.3f}) = "
-          f"compute {r['compute_s']:.3f} + data wait {r['data_wait_s']:.3f} s ({100 * r['data_wait_fraction']:.1f} %); "
-          f"setup {r['setup_s']:.1f} s, {r['steps_measured']} steps measured", flush=True)
+    print(
+        f"  {r['device']:<6} width {r['width']:>2} {r['size']}^3 batch {r['batch']} workers {r['workers']}: "
+        f"{r['sec_per_step']:.3f} s/step ({r['steps_per_s']:.2f} steps/s; median {r['sec_per_step_median']:.3f}) = "
+        f"compute {r['compute_s']:.3f} + data wait {r['data_wait_s']:.3f} s ({100 * r['data_wait_fraction']:.1f} %); "
+        f"setup {r['setup_s']:.1f} s, {r['steps_measured']} steps measured",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
@@ -97,25 +136,48 @@ def main(argv=None) -> int:
     from gvsl_app.allocator import tune_cpu_allocator
 
     tuned = tune_cpu_allocator()  # as `gvsl pretrain` does; GVSL_TUNE_MALLOC=0 measures without
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}, allocator tuned: {tuned}", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}, allocator tuned: {tuned}",
+        flush=True,
+    )
     results: dict = {"cpu": [], "cuda": None, "malloc_tuned": tuned}
     if not args.skip_cpu:
         print(f"\nCPU: width {args.width} at {args.size}^3, {args.iters} steps ({args.warmup} warm-up)", flush=True)
         for w in args.workers:
-            r = run_config(device="cpu", size=args.size, width=args.width, workers=w, iters=args.iters,
-                           warmup=args.warmup, n_synthetic=args.n_synthetic)
+            r = run_config(
+                device="cpu",
+                size=args.size,
+                width=args.width,
+                workers=w,
+                iters=args.iters,
+                warmup=args.warmup,
+                n_synthetic=args.n_synthetic,
+            )
             results["cpu"].append(r)
             show(r)
         ok = [r for r in results["cpu"] if r["data_wait_fraction"] < 0.10]
-        print(f"  target data wait < 10 %: {'met with workers ' + ', '.join(str(r['workers']) for r in ok) if ok else 'NOT met'}")
+        print(
+            f"  target data wait < 10 %: {'met with workers ' + ', '.join(str(r['workers']) for r in ok) if ok else 'NOT met'}"
+        )
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
-        print(f"\nCUDA ({name}): width {args.cuda_width} at {args.cuda_size}^3, bf16 autocast, "
-              f"{args.cuda_workers} workers, {args.cuda_iters} steps", flush=True)
-        r = run_config(device="cuda", size=args.cuda_size, width=args.cuda_width, workers=args.cuda_workers,
-                       iters=args.cuda_iters, warmup=max(args.warmup, 5), batch=args.cuda_batch,
-                       n_synthetic=args.n_synthetic, compile=args.compile)
+        print(
+            f"\nCUDA ({name}): width {args.cuda_width} at {args.cuda_size}^3, bf16 autocast, "
+            f"{args.cuda_workers} workers, {args.cuda_iters} steps",
+            flush=True,
+        )
+        r = run_config(
+            device="cuda",
+            size=args.cuda_size,
+            width=args.cuda_width,
+            workers=args.cuda_workers,
+            iters=args.cuda_iters,
+            warmup=max(args.warmup, 5),
+            batch=args.cuda_batch,
+            n_synthetic=args.n_synthetic,
+            compile=args.compile,
+        )
         r["gpu"] = name
         results["cuda"] = r
         show(r)

@@ -4,7 +4,7 @@ Usage:
   python benchmarks/matching_ablation.py [--iters 200] [--size 32] [--pairs 4] [--variant gvsl]
                                          [--rows paper default ...] [--threads 1] [--json OUT]
 
-Every row pre-trains a fresh width-8 network with the real ``gvsl_app.pretrain.pretrain`` loop
+Every row pre-trains a fresh width-8 network with the real ``gvsl_app.training.pretrain.pretrain`` loop
 (same seed, same 16 synthetic cardiac subjects, same pairs and augmentations, Adam lr 1e-3,
 batch 1, ``--iters`` steps at ``--size``^3) and differs only in the Z-Matching heads, what the
 matching sees, and the similarity loss. Each row's network then matches held-out cardiac
@@ -34,6 +34,7 @@ Rows (``--rows``; default all), each changing one thing against the default or t
 ``--variant gvsl`` (default) trains with the restoration task as well, as the shipped weights
 are; ``--variant matching`` leaves restoration out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,10 @@ from pathlib import Path
 
 import torch
 
-from gvsl_app.config import PretrainConfig
-from gvsl_app.pretrain import pretrain
-from gvsl_app.weights import load_gvsl
+from gvsl_app.services.weights import load_gvsl
+from gvsl_app.training.config import PretrainConfig
+from gvsl_app.training.pretrain import pretrain
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matching_curves import make_pairs, score  # noqa: E402  (a sibling script, not a package)
 
 PAPER = {"affine_head": "paper", "deformable_head": "paper", "similarity": "ncc"}
@@ -65,28 +65,50 @@ ROWS: dict[str, dict] = {
     "affine-loss": {"w_affine": 1.0},
     "relative-pose": {"relative_pose": True},
     "affine-loss+pose": {"w_affine": 1.0, "relative_pose": True},
+    "corr": {"deformable_head": "pyramid-corr"},
+    "corr+affine-loss": {"deformable_head": "pyramid-corr", "w_affine": 1.0},
+    "lr3e-3": {"lr": 3e-3},
 }
 
 
 def run_row(name: str, heads: dict, args, work: Path, pairs: list) -> list[dict]:
     """Pre-train one row and score its snapshots at half and at all of the steps."""
     half = max(1, args.iters // 2)
-    cfg = PretrainConfig(data="synthetic:cardiac", n_synthetic=16, run=str(work / name), variant=args.variant,
-                         iters=args.iters, size=args.size, width=8, lr=1e-3, workers=0, device="cpu", seed=args.seed,
-                         snapshot_every=half, val_every=10 ** 9, ckpt_every=10 ** 9, **heads)
+    options = dict(
+        data="synthetic:cardiac",
+        n_synthetic=16,
+        run=str(work / name),
+        variant=args.variant,
+        iters=args.iters,
+        size=args.size,
+        width=8,
+        lr=1e-3,
+        workers=0,
+        device="cpu",
+        seed=args.seed,
+        snapshot_every=half,
+        val_every=10**9,
+        ckpt_every=10**9,
+    )
+    cfg = PretrainConfig(**{**options, **heads})
     t0 = time.perf_counter()
     for _ in pretrain(cfg):
         pass
     train_s = time.perf_counter() - t0
     rows = []
-    for iteration, path in ((half, work / name / "checkpoints" / f"iter_{half:06d}.pt"),
-                            (args.iters, work / name / "checkpoints" / f"iter_{args.iters:06d}.pt")):
+    for iteration, path in (
+        (half, work / name / "checkpoints" / f"iter_{half:06d}.pt"),
+        (args.iters, work / name / "checkpoints" / f"iter_{args.iters:06d}.pt"),
+    ):
         model, _ = load_gvsl(path)
         r = score(model, pairs, args.size)
         rows.append({"row": name, "iteration": iteration, "train_s": train_s, **heads, **r})
-        print(f"{name:>13} {iteration:>5} | {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
-              f"(worst pair {r['dice_gain_min']:+.3f}) | NCC {r['ncc_before']:.3f} -> {r['ncc_after']:.3f} "
-              f"| fold {r['folding_percent']:.2f} % | train {train_s / args.iters:.2f} s/step", flush=True)
+        print(
+            f"{name:>13} {iteration:>5} | {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
+            f"(worst pair {r['dice_gain_min']:+.3f}) | NCC {r['ncc_before']:.3f} -> {r['ncc_after']:.3f} "
+            f"| fold {r['folding_percent']:.2f} % | train {train_s / args.iters:.2f} s/step",
+            flush=True,
+        )
     return rows
 
 
@@ -103,7 +125,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.getLogger("gvsl_app.matching").setLevel(logging.ERROR)
+    logging.getLogger("gvsl_app.services.matching").setLevel(logging.ERROR)
     pairs = make_pairs("cardiac", args.pairs, 48, 7000)
     print(f"{'row':>13} {'step':>5} | Dice before -> after (held-out cardiac pairs) | NCC | folding | speed")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ Usage:
 A run pre-trained with ``--snapshot-every N`` keeps ``checkpoints/iter_NNNNNN.pt``. For each
 snapshot (and iteration 0: the same architecture at its random initialisation), on held-out
 synthetic pairs of each kind in ``--kinds``, the network alone matches the moving scan to the
-fixed one (``gvsl_app.matching.match`` at the run's working size; a checkpoint file instead
+fixed one (``gvsl_app.services.matching.match`` at the run's working size; a checkpoint file instead
 of a run folder is scored once, as iteration -1, ``refine=False``,
 ``fallback=False``: the network's own map, even where it is worse than the identity), and
 the script prints per kind: mean Dice of the moving labels before (identity in physical
@@ -18,6 +18,7 @@ phantoms (seven heart structures) or MNI-derived brain MR subjects (grey matter,
 matter, CSF), ``--shape``^3 voxels. Pre-training uses subject seeds ``seed * 100003 + i``
 for small ``i`` (0-23 for the shipped weights), so these pairs are never seen in training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,18 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvsl_app.matching import match
-from gvsl_app.runs import RunFolder
-from gvsl_app.weights import load_gvsl
+from gvsl_app.services.matching import match
+from gvsl_app.services.weights import load_gvsl
+from gvsl_app.training.runs import RunFolder
 from models import GVSL
 
 
 def make_pairs(kind: str, n: int, shape: int, seed_base: int) -> list[tuple]:
     """``n`` held-out ``(fixed, moving, fixed_labels, moving_labels)`` pairs of one kind."""
     if kind == "brain":
-        from gvsl_app.brain import make_brain_subject as make
+        from gvsl_app.data.brain import make_brain_subject as make
     else:
-        from gvsl_app.synthetic import make_cardiac_subject as make
+        from gvsl_app.data.synthetic import make_cardiac_subject as make
     pairs = []
     for i in range(n):
         fixed, fl = make(seed_base + 2 * i, (shape,) * 3)
@@ -54,10 +55,12 @@ def score(model: GVSL, pairs: list[tuple], size: int) -> dict:
     """Mean Dice / NCC before and after the network's map, and folding, over ``pairs``."""
     rows = []
     for fixed, moving, fl, ml in pairs:
-        r = match(fixed, moving, model=model, size=size, device="cpu", moving_labels=ml, fixed_labels=fl,
-                  fallback=False).report
-        rows.append((r["mean_dice_before"], r["mean_dice_after"], r["ncc_before"], r["ncc_after"],
-                     r["folding_percent"]))
+        r = match(
+            fixed, moving, model=model, size=size, device="cpu", moving_labels=ml, fixed_labels=fl, fallback=False
+        ).report
+        rows.append(
+            (r["mean_dice_before"], r["mean_dice_after"], r["ncc_before"], r["ncc_after"], r["folding_percent"])
+        )
     a = np.array(rows)
     keys = ("dice_before", "dice_after", "ncc_before", "ncc_after", "folding_percent")
     out = {k: float(v) for k, v in zip(keys, a.mean(axis=0))}
@@ -95,9 +98,13 @@ def _score_points(run: str, points: list[tuple[int, GVSL]], pairs: dict[str, lis
         for kind, kind_pairs in pairs.items():
             row[kind] = score(model, kind_pairs, int(model.working_size or 48))
         rows.append(row)
-        cells = "  ".join(f"{k}: Dice {v['dice_before']:.3f} -> {v['dice_after']:.3f} (worst gain "
-                          f"{v['dice_gain_min']:+.3f}), NCC {v['ncc_before']:.3f} -> {v['ncc_after']:.3f}, "
-                          f"fold {v['folding_percent']:.2f} %" for k, v in row.items() if isinstance(v, dict))
+        cells = "  ".join(
+            f"{k}: Dice {v['dice_before']:.3f} -> {v['dice_after']:.3f} (worst gain "
+            f"{v['dice_gain_min']:+.3f}), NCC {v['ncc_before']:.3f} -> {v['ncc_after']:.3f}, "
+            f"fold {v['folding_percent']:.2f} %"
+            for k, v in row.items()
+            if isinstance(v, dict)
+        )
         print(f"{Path(run).name} {iteration:>6}  {cells}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     return rows
 
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the rows to this JSON file")
     args = ap.parse_args(argv)
     # A CT-only checkpoint on the brain pairs warns once per scan; the table says it all.
-    logging.getLogger("gvsl_app.matching").setLevel(logging.ERROR)
+    logging.getLogger("gvsl_app.services.matching").setLevel(logging.ERROR)
     pairs = {k: make_pairs(k, args.pairs, args.shape, args.seed_base) for k in args.kinds}
     rows = [row for run in args.runs for row in curve(run, pairs, args.every)]
     if args.json:

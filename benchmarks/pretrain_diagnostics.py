@@ -18,21 +18,20 @@ synthetic cardiac pairs that no pre-training saw (subject seeds ``--seed-base`` 
 This is the "investigate the affine head's gradients" step of issue 7; it prints numbers
 and changes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
 def pairs(n: int, size: int, seed_base: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from gvsl_app.preprocess import normalise, resize_array
-    from gvsl_app.synthetic import make_cardiac_subject
+    from gvsl_app.data.preprocess import normalise, resize_array
+    from gvsl_app.data.synthetic import make_cardiac_subject
 
     out = []
     for i in range(n):
@@ -48,18 +47,25 @@ def grad_norms(model, m: torch.Tensor, f: torch.Tensor) -> dict[str, float]:
     model.zero_grad(set_to_none=True)
     out = model(m, f, restore=False)
     (local_ncc(out.warped, f) + smoothness(out.displacement)).backward()
-    groups = {"affine head": "affine_head.", "deformable head": "deformable_head.",
-              "encoder": ("unet.inc.", "unet.down"), "decoder": "unet.up"}
+    groups = {
+        "affine head": "affine_head.",
+        "deformable head": "deformable_head.",
+        "encoder": ("unet.inc.", "unet.down"),
+        "decoder": "unet.up",
+    }
     norms = {}
     for name, prefix in groups.items():
-        sq = sum(float(p.grad.pow(2).sum()) for n, p in model.named_parameters()
-                 if n.startswith(prefix) and p.grad is not None)
-        norms[name] = sq ** 0.5
+        sq = sum(
+            float(p.grad.pow(2).sum())
+            for n, p in model.named_parameters()
+            if n.startswith(prefix) and p.grad is not None
+        )
+        norms[name] = sq**0.5
     return norms
 
 
 def diagnose(path: str, data, device: torch.device) -> dict[str, float]:
-    from gvsl_app.weights import load_gvsl
+    from gvsl_app.services.weights import load_gvsl
     from models import local_ncc
     from models.spatial import sampling_coordinates, warp
 
@@ -71,10 +77,13 @@ def diagnose(path: str, data, device: torch.device) -> dict[str, float]:
             out = model(m, f, restore=False)
             affine_only = warp(m, sampling_coordinates(tuple(f.shape[2:]), affine=out.affine))
             a = out.affine[0]
-            row = {"ncc_identity": -float(local_ncc(m, f)), "ncc_affine": -float(local_ncc(affine_only, f)),
-                   "ncc_full": -float(local_ncc(out.warped, f)),
-                   "affine_dev": float((a[:, :3] - torch.eye(3, device=device)).abs().mean()),
-                   "translation_vox": float(a[:, 3].abs().mean())}
+            row = {
+                "ncc_identity": -float(local_ncc(m, f)),
+                "ncc_affine": -float(local_ncc(affine_only, f)),
+                "ncc_full": -float(local_ncc(out.warped, f)),
+                "affine_dev": float((a[:, :3] - torch.eye(3, device=device)).abs().mean()),
+                "translation_vox": float(a[:, 3].abs().mean()),
+            }
         model.train()
         row.update({f"grad {k}": v for k, v in grad_norms(model, m, f).items()})
         model.eval()
@@ -99,8 +108,9 @@ def main(argv=None) -> int:
     keys = list(next(iter(results.values())))
     width = max(len(k) for k in keys)
     print(f"{args.pairs} pairs at {args.size}^3, subject seeds from {args.seed_base}")
-    print(" " * width + "".join(f" | {os.path.basename(os.path.dirname(os.path.dirname(p)))[:12]:>12}"
-                                for p in results))
+    print(
+        " " * width + "".join(f" | {os.path.basename(os.path.dirname(os.path.dirname(p)))[:12]:>12}" for p in results)
+    )
     for k in keys:
         print(f"{k:<{width}}" + "".join(f" | {r[k]:12.4g}" for r in results.values()))
     return 0

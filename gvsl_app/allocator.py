@@ -10,10 +10,12 @@ of 1.15 s.
 The price is memory: a process keeps its peak heap instead of returning it to the system
 (as PyTorch's CUDA allocator does), e.g. repeated 128^3 matches level off at 1.5 GB
 resident instead of 0.9 GB, and a bare 48^3 training loop at 1.07 GB instead of 0.57 GB,
-while that loop runs 20 % faster (``gvsl pretrain`` steps, data pipeline included, ~10 %). So only job processes call this: the ``gvsl`` commands (and the
+while that loop runs 20 % faster (``gvsl pretrain`` steps, data pipeline included, ~10 %).
+So only job processes call this: the ``gvsl`` commands (and the
 training processes the GUI starts, which run them), not ``gvsl app`` and never a host such
 as a user's napari session, which stay open all day.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -56,7 +58,6 @@ def tune_cpu_allocator() -> bool:
     ok_trim = bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     ok_mmap = bool(mallopt(_M_MMAP_MAX, 0))
     if not (ok_trim and ok_mmap):
-        log.debug("mallopt refused part of the allocator tuning (trim threshold: %s, no mmap: %s)",
-                  ok_trim, ok_mmap)
+        log.debug("mallopt refused part of the allocator tuning (trim threshold: %s, no mmap: %s)", ok_trim, ok_mmap)
     _tuned = ok_trim and ok_mmap
     return _tuned

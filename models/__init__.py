@@ -1,4 +1,5 @@
 """Pure-PyTorch GVSL: backbone, Z-Matching and restoration heads, spatial transformer, losses."""
+
 from .checkpoint import CheckpointError, LoadReport, atomic_torch_save, load_state_into, model_state, read_checkpoint
 from .device import available_devices, resolve_device
 from .gvsl import GVSL, PAPER_HEADS, GVSLOutput
@@ -8,9 +9,30 @@ from .spatial import AffineBounds, affine_from_parameters, identity_affine, samp
 from .unet import DEMO_WIDTHS, PAPER_WIDTHS, UNet3D, widths_from_base
 
 __all__ = [
-    "GVSL", "GVSLOutput", "PAPER_HEADS", "UNet3D", "PAPER_WIDTHS", "DEMO_WIDTHS", "widths_from_base",
-    "AffineBounds", "affine_from_parameters", "identity_affine", "sampling_coordinates", "warp",
-    "local_ncc", "multiscale_ncc", "smoothness", "restoration_mse", "RefineSchedule", "refine_coordinates",
-    "CheckpointError", "LoadReport", "atomic_torch_save", "read_checkpoint", "model_state", "load_state_into",
-    "resolve_device", "available_devices",
+    "GVSL",
+    "GVSLOutput",
+    "PAPER_HEADS",
+    "UNet3D",
+    "PAPER_WIDTHS",
+    "DEMO_WIDTHS",
+    "widths_from_base",
+    "AffineBounds",
+    "affine_from_parameters",
+    "identity_affine",
+    "sampling_coordinates",
+    "warp",
+    "local_ncc",
+    "multiscale_ncc",
+    "smoothness",
+    "restoration_mse",
+    "RefineSchedule",
+    "refine_coordinates",
+    "CheckpointError",
+    "LoadReport",
+    "atomic_torch_save",
+    "read_checkpoint",
+    "model_state",
+    "load_state_into",
+    "resolve_device",
+    "available_devices",
 ]

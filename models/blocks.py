@@ -1,4 +1,5 @@
 """Convolution blocks of the GVSL 3D U-Net: DoubleConv, encoder and decoder stages."""
+
 from __future__ import annotations
 
 import torch

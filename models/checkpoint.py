@@ -1,12 +1,14 @@
 """Checkpoints as data: atomic writes, safe loads, and the official release's key names."""
+
 from __future__ import annotations
 
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,11 +44,17 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors ({self.source_format} format)"]
         if self.missing:
-            lines.append(f"missing from checkpoint ({len(self.missing)}): " + ", ".join(self.missing[:8])
-                         + (" ..." if len(self.missing) > 8 else ""))
+            lines.append(
+                f"missing from checkpoint ({len(self.missing)}): "
+                + ", ".join(self.missing[:8])
+                + (" ..." if len(self.missing) > 8 else "")
+            )
         if self.unexpected:
-            lines.append(f"unexpected in checkpoint ({len(self.unexpected)}): " + ", ".join(self.unexpected[:8])
-                         + (" ..." if len(self.unexpected) > 8 else ""))
+            lines.append(
+                f"unexpected in checkpoint ({len(self.unexpected)}): "
+                + ", ".join(self.unexpected[:8])
+                + (" ..." if len(self.unexpected) > 8 else "")
+            )
         return "\n".join(lines)
 
 
@@ -86,8 +94,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     # byte 0x80). Anything else is not a checkpoint at all, and saying "it would run code"
     # (what the weights-only unpickler reports for random bytes) would send the user astray.
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; torch.save "
-                              "writes a zip archive starting with b'PK\\x03\\x04')")
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint file (it starts with {head!r}; torch.save "
+            "writes a zip archive starting with b'PK\\x03\\x04')"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -95,7 +105,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise CheckpointError(
                 f"{path}: refused to load: the file contains Python objects that would run code, "
                 f"not only tensors ({str(exc).splitlines()[0]}). Re-save it as a plain state_dict "
-                "with torch.save(model.state_dict(), ...)") from None
+                "with torch.save(model.state_dict(), ...)"
+            ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
     except Exception as exc:  # torch raises KeyError, RuntimeError, EOFError... for foreign files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
@@ -127,15 +138,20 @@ def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     for key, value in state.items():
         for old, new in OFFICIAL_PREFIXES:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out
 
 
-def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True,
-                    source_format: str = FORMAT, prefix_filter: str | None = None,
-                    source: str | os.PathLike | None = None) -> LoadReport:
+def load_state_into(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    source_format: str = FORMAT,
+    prefix_filter: str | None = None,
+    source: str | os.PathLike | None = None,
+) -> LoadReport:
     """Copy tensors into ``model``; a shape mismatch always fails, naming the key.
 
     ``strict`` also fails on missing or unexpected keys. ``prefix_filter`` restricts the
@@ -151,13 +167,19 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict:
     report = LoadReport(source_format=source_format)
     report.missing = sorted(k for k in own if k not in state)
     report.unexpected = sorted(k for k in state if k not in own)
-    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if bad:
         widths = getattr(model, "widths", None)
-        raise CheckpointError(f"{where}checkpoint does not fit the model (another width or architecture?); "
-                              f"model widths {widths}; mismatched shapes: " + "; ".join(bad[:5])
-                              + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""))
+        raise CheckpointError(
+            f"{where}checkpoint does not fit the model (another width or architecture?); "
+            f"model widths {widths}; mismatched shapes: "
+            + "; ".join(bad[:5])
+            + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        )
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f"{where}checkpoint keys do not match the model:\n" + str(report))
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Device choice: ``auto`` picks CUDA, then Apple MPS, then CPU; nothing is hard-coded."""
+
 from __future__ import annotations
 
 import torch
@@ -40,5 +41,4 @@ def available_devices() -> list[str]:
 
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA for the convolutions; a no-op context elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=enabled and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")

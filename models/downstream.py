@@ -1,7 +1,8 @@
 """Downstream networks built on the GVSL backbone: segmentation and classification."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

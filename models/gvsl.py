@@ -1,8 +1,9 @@
 """The GVSL network: shared U-Net backbone, Z-Matching head and restoration head."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coo
 from .unet import PAPER_WIDTHS, UNet3D
 
 AFFINE_HEADS = ("keypoints", "paper")
-DEFORMABLE_HEADS = ("pyramid", "pyramid-full", "paper")
+DEFORMABLE_HEADS = ("pyramid", "pyramid-corr", "pyramid-full", "paper")
 PAPER_HEADS: dict[str, str] = {"affine_head": "paper", "deformable_head": "paper"}
 """``GVSL(**PAPER_HEADS)``: the paper's Z-Matching heads (the authors' checkpoint has them)."""
 
@@ -36,19 +37,13 @@ class GVSLOutput:
     restored: torch.Tensor | None = None
     affine_parameters: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def total_displacement(self) -> torch.Tensor:
-        """``coordinates - p``: the total displacement in voxels of the working grid."""
-        from .spatial import voxel_grid
-
-        p = voxel_grid(tuple(self.coordinates.shape[2:]), device=self.coordinates.device)
-        return self.coordinates - p.unsqueeze(0)
-
 
 class GVSL(nn.Module):
     """Geometric Visual Similarity Learning network (He et al., CVPR 2023).
 
     ``GVSL()`` has the paper's widths; ``GVSL(**PAPER_HEADS)`` also the paper's heads
-    (32,440,739 parameters, the same as the authors' release); ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
+    (32,440,739 parameters, the same as the authors' release);
+    ``GVSL(widths=(8, 16, 32, 64, 128, 64, 32, 16, 8))`` is the CPU demo size.
     ``use_affine=False`` gives the "w/o affine head" ablation (the affine stays identity).
     ``affine_head`` chooses the global matching head: ``"keypoints"`` (the default: soft
     keypoints in both scans and a closed-form least-squares affine, see
@@ -62,15 +57,27 @@ class GVSL(nn.Module):
     Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
     """
 
-    def __init__(self, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1,
-                 use_affine: bool = True, bounds: AffineBounds = AffineBounds(),
-                 affine_head: str = "keypoints", deformable_head: str = "pyramid"):
+    # Set by gvsl_app's weight loader, absent on a model built here (read them with getattr):
+    # the cube the checkpoint was trained on and the modalities it was pre-trained on.
+    working_size: int | None
+    trained_modalities: frozenset[str] | None
+
+    def __init__(
+        self,
+        widths: Sequence[int] = PAPER_WIDTHS,
+        in_channels: int = 1,
+        use_affine: bool = True,
+        bounds: AffineBounds = AffineBounds(),
+        affine_head: str = "keypoints",
+        deformable_head: str = "pyramid",
+    ):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
             raise ValueError(f"unknown affine head {affine_head!r}; choose one of {', '.join(AFFINE_HEADS)}")
         if deformable_head not in DEFORMABLE_HEADS:
-            raise ValueError(f"unknown deformable head {deformable_head!r}; "
-                             f"choose one of {', '.join(DEFORMABLE_HEADS)}")
+            raise ValueError(
+                f"unknown deformable head {deformable_head!r}; choose one of {', '.join(DEFORMABLE_HEADS)}"
+            )
         self.unet = UNet3D(widths, in_channels)
         w = self.unet.widths
         self.affine_kind = affine_head
@@ -80,7 +87,8 @@ class GVSL(nn.Module):
             self.deformable_head: nn.Module = DeformableHead(w[8])
         else:
             levels = (4, 2, 1) if deformable_head == "pyramid-full" else (4, 2)
-            self.deformable_head = PyramidDeformableHead(w[8], levels)
+            radii = (2, 1) if deformable_head == "pyramid-corr" else None
+            self.deformable_head = PyramidDeformableHead(w[8], levels, radii)
         self.restoration_head = RestorationHead(w[8])
         self.use_affine = use_affine
         self.bounds = bounds
@@ -90,25 +98,40 @@ class GVSL(nn.Module):
         return self.unet.widths
 
     @classmethod
-    def from_config(cls, config: dict) -> "GVSL":
+    def from_config(cls, config: dict) -> GVSL:
         """The network :meth:`config` describes. Keys missing from a checkpoint written before
         the head options existed (and the authors' release) mean the paper's heads."""
-        return cls(widths=config["widths"], in_channels=config.get("in_channels", 1),
-                   use_affine=config.get("use_affine", True), affine_head=config.get("affine_head", "paper"),
-                   deformable_head=config.get("deformable_head", "paper"))
+        return cls(
+            widths=config["widths"],
+            in_channels=config.get("in_channels", 1),
+            use_affine=config.get("use_affine", True),
+            affine_head=config.get("affine_head", "paper"),
+            deformable_head=config.get("deformable_head", "paper"),
+        )
 
     def config(self) -> dict:
         """JSON-serialisable constructor arguments (stored in every checkpoint)."""
-        return {"widths": list(self.widths), "in_channels": self.unet.inc.double_conv[0].in_channels,
-                "use_affine": self.use_affine, "affine_head": self.affine_kind,
-                "deformable_head": self.deformable_kind}
+        return {
+            "widths": list(self.widths),
+            "in_channels": self.unet.inc.double_conv[0].in_channels,
+            "use_affine": self.use_affine,
+            "affine_head": self.affine_kind,
+            "deformable_head": self.deformable_kind,
+        }
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features ``(global, local)`` of a batch of volumes."""
         return self.unet(x)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, *, source: torch.Tensor | None = None,
-                restore: bool = True, deformable: bool = True) -> GVSLOutput:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        *,
+        source: torch.Tensor | None = None,
+        restore: bool = True,
+        deformable: bool = True,
+    ) -> GVSLOutput:
         """Match ``moving`` onto ``fixed``; optionally restore ``moving``.
 
         ``source`` (default ``moving``) is the image that is warped: during pre-training the
@@ -140,5 +163,11 @@ class GVSL(nn.Module):
         coords = sampling_coordinates(shape, affine=affine, displacement=displacement)
         warped = warp(moving if source is None else source, coords)
         restored = self.restoration_head(f_m).float() if restore else None
-        return GVSLOutput(warped=warped, affine=affine, displacement=displacement, coordinates=coords,
-                          restored=restored, affine_parameters=params)
+        return GVSLOutput(
+            warped=warped,
+            affine=affine,
+            displacement=displacement,
+            coordinates=coords,
+            restored=restored,
+            affine_parameters=params,
+        )

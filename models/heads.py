@@ -1,4 +1,5 @@
 """Heads on top of the backbone: Z-Matching (affine + deformable) and self-restoration."""
+
 from __future__ import annotations
 
 import torch
@@ -47,16 +48,20 @@ class DeformableHead(nn.Module):
     the initial displacement is ~0 while gradients reach the whole branch.
     """
 
-    def __init__(self, local_channels: int):
+    def __init__(self, local_channels: int, extra_channels: int = 0):
         super().__init__()
         hidden = max(local_channels // 2, 1)
-        self.conv = DoubleConv(2 * local_channels, hidden)
+        self.conv = DoubleConv(2 * local_channels + extra_channels, hidden)
         self.flow = nn.Conv3d(hidden, 3, 3, padding=1)
         nn.init.normal_(self.flow.weight, std=1e-5)
+        assert self.flow.bias is not None  # Conv3d's default bias=True
         nn.init.zeros_(self.flow.bias)
 
-    def forward(self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor) -> torch.Tensor:
-        return self.flow(self.conv(torch.cat([f_moving_aligned, f_fixed], dim=1))).float()
+    def forward(
+        self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        parts = [f_moving_aligned, f_fixed] + ([extra.to(f_fixed.dtype)] if extra is not None else [])
+        return self.flow(self.conv(torch.cat(parts, dim=1))).float()
 
 
 class RestorationHead(nn.Module):
@@ -78,8 +83,10 @@ class RestorationHead(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv3d(hidden, 1, 1),
         )
-        nn.init.zeros_(self.layers[-1].weight)
-        nn.init.zeros_(self.layers[-1].bias)
+        last = self.layers[-1]
+        assert isinstance(last, nn.Conv3d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, f_local: torch.Tensor) -> torch.Tensor:
         return self.layers(f_local)
@@ -126,9 +133,14 @@ class KeypointAffineHead(nn.Module):
         logits = self.heatmaps(features).float().flatten(2)
         prob = torch.softmax(logits, dim=-1)
         # each pooled cell sits at the centre of the full-resolution voxels it averages
-        axes = [(torch.arange(n, device=features.device, dtype=torch.float32) * f
-                 + (torch.clamp(torch.arange(n, device=features.device) * f + f, max=m) - 1).float()) / 2
-                for n, m in zip(features.shape[2:], full)]
+        axes = [
+            (
+                torch.arange(n, device=features.device, dtype=torch.float32) * f
+                + (torch.clamp(torch.arange(n, device=features.device) * f + f, max=m) - 1).float()
+            )
+            / 2
+            for n, m in zip(features.shape[2:], full)
+        ]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
         points = prob @ grid
         # A peaked map is a confident landmark: weight by the map's largest probability
@@ -143,8 +155,9 @@ class KeypointAffineHead(nn.Module):
         return {"affine": affine, "fixed_points": p, "moving_points": q}
 
 
-def fit_affine(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None,
-               ridge: float = 0.01) -> torch.Tensor:
+def fit_affine(
+    p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = None, ridge: float = 0.01
+) -> torch.Tensor:
     """The ``(B, 3, 4)`` affine ``A`` minimising ``sum_k w_k |A [p_k; 1] - q_k|^2``.
 
     ``p`` and ``q`` are ``(B, K, 3)`` corresponding points. The linear part is shrunk
@@ -160,12 +173,12 @@ def fit_affine(p: torch.Tensor, q: torch.Tensor, weights: torch.Tensor | None = 
     q_bar = (w.unsqueeze(-1) * q64).sum(1, keepdim=True)
     pc, qc = p64 - p_bar, q64 - q_bar
     wp = w.unsqueeze(-1) * pc
-    cov_pp = wp.transpose(1, 2) @ pc                       # (B, 3, 3)
+    cov_pp = wp.transpose(1, 2) @ pc  # (B, 3, 3)
     cov_pq = wp.transpose(1, 2) @ qc
     eye = torch.eye(3, dtype=torch.float64, device=p.device).expand_as(cov_pp)
     spread = cov_pp.diagonal(dim1=1, dim2=2).sum(-1) / 3.0
     lam = (ridge * spread + 1.0).view(-1, 1, 1)
-    lin_t = torch.linalg.solve(cov_pp + lam * eye, cov_pq + lam * eye)   # L^T
+    lin_t = torch.linalg.solve(cov_pp + lam * eye, cov_pq + lam * eye)  # L^T
     lin = lin_t.transpose(1, 2)
     offset = q_bar.transpose(1, 2) - lin @ p_bar.transpose(1, 2)
     return torch.cat([lin, offset], dim=-1).to(p.dtype)
@@ -186,29 +199,56 @@ class PyramidDeformableHead(nn.Module):
     Every level's last convolution starts near zero, so the first output is ~0.
     """
 
-    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2)):
+    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2), radii: tuple[int, ...] | None = None):
         super().__init__()
         self.levels = tuple(int(f) for f in levels)
-        self.heads = nn.ModuleList(DeformableHead(local_channels) for _ in self.levels)
+        self.radii = tuple(int(r) for r in radii) if radii is not None else (0,) * len(self.levels)
+        if len(self.radii) != len(self.levels):
+            raise ValueError(f"one correlation radius per level: levels {self.levels}, radii {self.radii}")
+        self.heads = nn.ModuleList(
+            DeformableHead(local_channels, extra_channels=(2 * r + 1) ** 3 if r else 0) for r in self.radii
+        )
 
     def forward(self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor) -> torch.Tensor:
         from .spatial import sampling_coordinates, warp
 
         shape = tuple(f_fixed.shape[2:])
         flow: torch.Tensor | None = None
-        for factor, head in zip(self.levels, self.heads):
+        for factor, radius, head in zip(self.levels, self.radii, self.heads):
             moving = f_moving_aligned
             if flow is not None:
                 moving = warp(f_moving_aligned, sampling_coordinates(shape, displacement=flow)).to(f_fixed.dtype)
+            fixed = f_fixed
             if factor > 1:
                 moving = F.avg_pool3d(moving, factor, ceil_mode=True)
                 fixed = F.avg_pool3d(f_fixed, factor, ceil_mode=True)
-                residual = _upsample_displacement(head(moving, fixed), shape)
-            else:
-                residual = head(moving, f_fixed)
+            extra = local_correlation(fixed, moving, radius) if radius else None
+            residual = head(moving, fixed, extra)
+            if factor > 1:
+                residual = _upsample_displacement(residual, shape)
             flow = residual if flow is None else flow + residual
         assert flow is not None
         return flow
+
+
+def local_correlation(f_fixed: torch.Tensor, f_moving: torch.Tensor, radius: int) -> torch.Tensor:
+    """Cost volume: cosine similarity of each fixed feature vector with the moving ones within
+    ``radius`` voxels, ``(B, (2r+1)^3, D, H, W)`` (offsets in z, y, x order, zero outside).
+
+    It hands the head the comparison a Siamese backbone leaves to it: a 3-layer head on
+    concatenated features must learn to correlate; here the best offset is already a peak.
+    """
+    f = F.normalize(f_fixed.float(), dim=1)
+    m = F.pad(F.normalize(f_moving.float(), dim=1), [radius] * 6)
+    d, h, w = f.shape[2:]
+    side = 2 * radius + 1
+    out = [
+        (f * m[:, :, i : i + d, j : j + h, k : k + w]).sum(1)
+        for i in range(side)
+        for j in range(side)
+        for k in range(side)
+    ]
+    return torch.stack(out, dim=1)
 
 
 def _upsample_displacement(flow: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -218,7 +258,6 @@ def _upsample_displacement(flow: torch.Tensor, shape: tuple[int, ...]) -> torch.
     coarse voxel is ``(N - 1) / (n - 1)`` full voxels along each axis.
     """
     coarse = flow.shape[2:]
-    scale = torch.tensor([(n - 1) / max(c - 1, 1) for n, c in zip(shape, coarse)],
-                         device=flow.device, dtype=flow.dtype)
+    scale = torch.tensor([(n - 1) / max(c - 1, 1) for n, c in zip(shape, coarse)], device=flow.device, dtype=flow.dtype)
     up = F.interpolate(flow, size=shape, mode="trilinear", align_corners=True)
     return up * scale.view(1, 3, 1, 1, 1)

@@ -8,10 +8,11 @@ differences. Everything runs in normalised coordinates ([-1, 1] per axis), so a 
 means the same at any working size, and the images are only ever optimised at the
 schedule's (small) sizes: refining a 96^3 map costs the same as a 48^3 one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,9 +63,13 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(x, size=(side,) * 3, mode="trilinear", align_corners=True)
 
 
-def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.Tensor,
-                       schedule: RefineSchedule = RefineSchedule(),
-                       step: StepFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def refine_coordinates(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    coords: torch.Tensor,
+    schedule: RefineSchedule = RefineSchedule(),
+    step: StepFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine a sampling map ``coords`` (1, 3, D, H, W) of ``moving`` onto ``fixed`` (both (1, 1, D, H, W)).
 
     ``coords`` are voxel coordinates (z, y, x) into ``moving`` for every ``fixed`` voxel, as
@@ -109,8 +114,11 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
             side = min(side, max(shape))
             mm, ff, aa = _resize(m, side), _resize(f, side), _resize(aligned, side)
             s = _scale((side,) * 3).to(dev)
-            residual = (torch.zeros(1, 3, grid, grid, grid, device=dev) if residual is None
-                        else _resize(residual.detach(), grid)).requires_grad_(True)
+            residual = (
+                torch.zeros(1, 3, grid, grid, grid, device=dev)
+                if residual is None
+                else _resize(residual.detach(), grid)
+            ).requires_grad_(True)
 
             def loss() -> torch.Tensor:
                 mapped = (aa + _resize(residual, side) + 1.0) * s
@@ -124,8 +132,11 @@ def refine_coordinates(moving: torch.Tensor, fixed: torch.Tensor, coords: torch.
 
             clock.minimise(torch.optim.Adam([residual], lr=schedule.deformable_lr), steps, loss)
         with torch.no_grad():
-            out = aligned if residual is None else aligned + F.interpolate(
-                residual, size=shape, mode="trilinear", align_corners=True)
+            out = (
+                aligned
+                if residual is None
+                else aligned + F.interpolate(residual, size=shape, mode="trilinear", align_corners=True)
+            )
             return (out + 1.0) * scale, _voxel_affine(eye + lin, shift, scale.view(3))
 
 

@@ -1,4 +1,5 @@
 """Losses of GVSL pre-training: local NCC, displacement smoothness, restoration MSE."""
+
 from __future__ import annotations
 
 import torch
@@ -56,8 +57,9 @@ def restoration_mse(restored: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.mse_loss(restored.float(), target.float())
 
 
-def multiscale_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, scales: tuple[int, ...] = (1, 2, 4),
-                   eps: float = 1e-5) -> torch.Tensor:
+def multiscale_ncc(
+    a: torch.Tensor, b: torch.Tensor, window: int = 9, scales: tuple[int, ...] = (1, 2, 4), eps: float = 1e-5
+) -> torch.Tensor:
     """Local NCC loss averaged over image scales (average-pooled by each factor in ``scales``).
 
     At full resolution a 9^3 window only "sees" a misalignment of a few voxels, so the

@@ -6,6 +6,7 @@ acting on voxel coordinates ``q = M p + b`` of the same grids. Sampling uses
 ``align_corners=True`` so that voxel ``i`` sits exactly at normalised ``2 i / (n - 1) - 1``;
 a zero displacement and an identity affine are then the exact identity.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ def affine_from_parameters(
     translation: torch.Tensor,
     scaling: torch.Tensor,
     shearing: torch.Tensor,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     spacing: tuple[float, float, float] | None = None,
 ) -> torch.Tensor:
     """Compose a batched ``(B, 3, 4)`` voxel-space affine from its 15 parameters.
@@ -69,8 +70,11 @@ def affine_from_parameters(
     idx = [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
     rows = torch.tensor([i for i, _ in idx], device=dev)
     cols = torch.tensor([j for _, j in idx], device=dev)
-    sh = sh.index_put((torch.arange(b, device=dev).repeat_interleave(6), rows.repeat(b), cols.repeat(b)),
-                      shearing.reshape(-1), accumulate=True)
+    sh = sh.index_put(
+        (torch.arange(b, device=dev).repeat_interleave(6), rows.repeat(b), cols.repeat(b)),
+        shearing.reshape(-1),
+        accumulate=True,
+    )
     lin = lin @ sh @ torch.diag_embed(scaling)
     if spacing is not None:
         d = torch.tensor(spacing, device=dev, dtype=dt)
@@ -80,8 +84,9 @@ def affine_from_parameters(
     return torch.cat([lin, offset.unsqueeze(-1)], dim=-1)
 
 
-def bounded_affine(raw: dict[str, torch.Tensor], shape: tuple[int, int, int],
-                   bounds: AffineBounds = AffineBounds()) -> torch.Tensor:
+def bounded_affine(
+    raw: dict[str, torch.Tensor], shape: tuple[int, ...], bounds: AffineBounds = AffineBounds()
+) -> torch.Tensor:
     """Map unbounded head outputs (zero = identity) to a bounded ``(B, 3, 4)`` affine.
 
     ``raw`` holds ``rotation`` (B, 3), ``translation`` (B, 3), ``scaling`` (B, 3) and
@@ -99,7 +104,7 @@ def bounded_affine(raw: dict[str, torch.Tensor], shape: tuple[int, int, int],
     return affine_from_parameters(rot, trans, scale, shear, shape)
 
 
-def voxel_grid(shape: tuple[int, int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+def voxel_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
     """Voxel coordinates ``(3, D, H, W)`` of a grid, channel order (z, y, x)."""
     axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
@@ -113,8 +118,12 @@ def affine_points(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return out.reshape(points.shape)
 
 
-def sampling_coordinates(shape: tuple[int, int, int], affine: torch.Tensor | None = None,
-                         displacement: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+def sampling_coordinates(
+    shape: tuple[int, ...],
+    affine: torch.Tensor | None = None,
+    displacement: torch.Tensor | None = None,
+    batch: int | None = None,
+) -> torch.Tensor:
     """Voxel coordinates ``(B, 3, D, H, W)`` of the composed map ``p -> A(p + u(p))``.
 
     One map for affine and deformable parts together, so the moving image is resampled
@@ -132,15 +141,16 @@ def sampling_coordinates(shape: tuple[int, int, int], affine: torch.Tensor | Non
     return p
 
 
-def coordinates_to_grid(coords: torch.Tensor, source_shape: tuple[int, int, int]) -> torch.Tensor:
+def coordinates_to_grid(coords: torch.Tensor, source_shape: tuple[int, ...]) -> torch.Tensor:
     """Voxel coordinates ``(B, 3, D, H, W)`` in a source grid -> ``grid_sample`` grid ``(B, D, H, W, 3)``."""
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in source_shape], device=coords.device, dtype=coords.dtype)
     norm = coords * scale.view(1, 3, 1, 1, 1) - 1.0
     return norm.flip(1).permute(0, 2, 3, 4, 1)  # grid_sample wants (x, y, z) last
 
 
-def warp(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
-         padding_mode: str = "zeros") -> torch.Tensor:
+def warp(
+    image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
     """Sample ``image`` (B, C, d, h, w) at voxel coordinates ``coords`` (B, 3, D, H, W).
 
     Always in fp32 (autocast off) so that warping is exact under bf16 training.
@@ -149,20 +159,6 @@ def warp(image: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
         grid = coordinates_to_grid(coords.float(), tuple(image.shape[2:]))
         out = F.grid_sample(image.float(), grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out
-
-
-def warp_displacement(image: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Warp with a displacement field only (``p -> p + u(p)``)."""
-    coords = sampling_coordinates(tuple(displacement.shape[2:]), displacement=displacement)
-    return warp(image, coords, mode=mode)
-
-
-def warp_affine(image: torch.Tensor, affine: torch.Tensor, shape: tuple[int, int, int] | None = None,
-                mode: str = "bilinear") -> torch.Tensor:
-    """Warp with an affine only, onto a grid of ``shape`` (default: the image's own)."""
-    shape = tuple(image.shape[2:]) if shape is None else shape
-    coords = sampling_coordinates(shape, affine=affine)
-    return warp(image, coords, mode=mode)
 
 
 def jacobian_determinant(coords: torch.Tensor) -> torch.Tensor:

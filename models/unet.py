@@ -1,7 +1,8 @@
 """The GVSL backbone: a 3D U-Net with 4 down and 4 up stages and configurable widths."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -6,33 +6,45 @@ weights (``tsne_x_A``/``tsne_y_A``, ``..._B``) and ``selected``, as napari-clust
 does: the plot is drawn from that table, and a selection in the plot or of a label is
 written back to it and shown in the viewer (``layer.shown``).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton,
-                            QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from gvsl_app.embed import embed
+from gvsl_app.jobs.state import JobState, shared_checkpoints
+from gvsl_app.services.embed import embed
 
-from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, notify_error, random_model, thick_slices
+from ._common import (
+    NONE,
+    RANDOM,
+    LayerCombo,
+    WeightsChooser,
+    device_combo,
+    notify_error,
+    random_model,
+    spin_box,
+    thick_slices,
+)
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, upsert_layer
 from ._scatter import ScatterCanvas
-from ._state import JobState, shared_checkpoints
 
 POINTS = "embedded voxels"
-
-
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    s.setValue(value)
-    return s
 
 
 def _describe(weights) -> str:
@@ -60,13 +72,19 @@ class ClustersWidget(QWidget):
         self.labels = LayerCombo(v, Labels, prefer=("fixed",))
         self.weights_a = WeightsChooser(shared, "gvsl", allow_random=True)
         self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
-        self.per_label = _spin(10, 5000, 300, 50)
-        self.size = _spin(16, 256, 96, 16)
+        self.per_label = spin_box(10, 5000, 300, 50)
+        self.size = spin_box(16, 256, 96, 16)
         self.device = device_combo()
         form = QFormLayout()
-        for label, w in (("image", self.image), ("labels", self.labels), ("weights", self.weights_a),
-                         ("compare with", self.weights_b), ("voxels per label", self.per_label),
-                         ("working size", self.size), ("device", self.device)):
+        for label, w in (
+            ("image", self.image),
+            ("labels", self.labels),
+            ("weights", self.weights_a),
+            ("compare with", self.weights_b),
+            ("voxels per label", self.per_label),
+            ("working size", self.size),
+            ("device", self.device),
+        ):
             form.addRow(label, w)
         self.controls = JobControls(self.state, "Compute embedding")
         self.controls.run_button.clicked.connect(self.run)
@@ -115,17 +133,31 @@ class ClustersWidget(QWidget):
         def work(progress):
             out = []
             for k, w in enumerate(chosen):
+
                 def part(stage, f, k=k):
                     progress(f"{'AB'[k]}: {stage}", (k + f) / len(chosen))
+
                 model = random_model() if w == RANDOM else None
-                out.append(embed(image, labels, weights=None if w == RANDOM else w, model=model,
-                                 per_label=per_label, size=size, seed=0, device=device, progress=part))
+                out.append(
+                    embed(
+                        image,
+                        labels,
+                        weights=None if w == RANDOM else w,
+                        model=model,
+                        per_label=per_label,
+                        size=size,
+                        seed=0,
+                        device=device,
+                        progress=part,
+                    )
+                )
             return out
 
         tags = [_describe(w) for w in chosen]
         geo = layer_geometry(image)
-        self._worker = start_job(work, self.state, lambda res: self._show(res, tags, names, colors, geo),
-                                 "Feature clusters")
+        self._worker = start_job(
+            work, self.state, lambda res: self._show(res, tags, names, colors, geo), "Feature clusters"
+        )
         return self._worker
 
     # -- results -------------------------------------------------------------------------
@@ -141,9 +173,17 @@ class ClustersWidget(QWidget):
         feats["selected"] = np.zeros(len(lab), bool)
         grey = (0.8, 0.8, 0.8, 1.0)
         face = np.array([colors.get(int(v), grey) for v in lab], dtype=float)
-        kw = {"name": POINTS, **geo, "features": pd.DataFrame(feats), "face_color": face, "border_color": "white",
-              "border_width": 0.1, "size": 2.0, "shown": np.ones(len(lab), bool),
-              "projection_mode": "all"}
+        kw = {
+            "name": POINTS,
+            **geo,
+            "features": pd.DataFrame(feats),
+            "face_color": face,
+            "border_color": "white",
+            "border_width": 0.1,
+            "size": 2.0,
+            "shown": np.ones(len(lab), bool),
+            "projection_mode": "all",
+        }
 
         def add_points() -> None:
             layer = upsert_layer(self.viewer, (first.voxels.astype(float), kw, "points"))
@@ -162,7 +202,9 @@ class ClustersWidget(QWidget):
             title = f"{name}\nsilhouette {_num(rep.get('silhouette_features'))} (2D {_num(rep.get('silhouette_2d'))})"
             panels.append({"title": title, "xy": f[[f"tsne_x_{tag}", f"tsne_y_{tag}"]].to_numpy(), "colors": face})
         present = sorted(set(int(v) for v in f["label"]))
-        self.canvas.set_panels(panels, [(names.get(v, f"label {v}"), colors.get(v, (0.8, 0.8, 0.8, 1))) for v in present])
+        self.canvas.set_panels(
+            panels, [(names.get(v, f"label {v}"), colors.get(v, (0.8, 0.8, 0.8, 1))) for v in present]
+        )
         self._label_values = np.asarray(present)
         self.label_list.blockSignals(True)
         self.label_list.clear()
@@ -197,8 +239,10 @@ class ClustersWidget(QWidget):
             self.label_list.setCurrentRow(-1)
             self.label_list.blockSignals(False)
         counts = feats.loc[mask, "name"].value_counts()
-        self.info.setText(f"{int(mask.sum())} of {n} voxels selected"
-                          + (": " + ", ".join(f"{k} {v}" for k, v in counts.items()) if mask.any() else ""))
+        self.info.setText(
+            f"{int(mask.sum())} of {n} voxels selected"
+            + (": " + ", ".join(f"{k} {v}" for k, v in counts.items()) if mask.any() else "")
+        )
 
 
 def _num(value) -> str:

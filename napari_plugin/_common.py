@@ -1,9 +1,11 @@
 """Qt building blocks shared by the widgets: layer and weights choosers, devices, errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
+
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
 
 DEMO, RANDOM, NONE = None, "random", "none"
 _RESULT_WORDS = ("warped", "displacement", "jacobian", "folding", "segmentation", "embedded")
@@ -13,8 +15,10 @@ def describe_error(exc: BaseException) -> str:
     """The engine's message, with a hint for out-of-memory errors."""
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return (f"out of memory ({text.splitlines()[0][:160]}); choose a smaller working size, "
-                "fewer points or the CPU device")
+        return (
+            f"out of memory ({text.splitlines()[0][:160]}); choose a smaller working size, "
+            "fewer points or the CPU device"
+        )
     return text
 
 
@@ -92,10 +96,11 @@ class LayerCombo(QComboBox):
 class WeightsChooser(QWidget):
     """Demo weights, random initialisation, or a checkpoint file (browse or pushed by a run)."""
 
-    def __init__(self, shared=None, kind: str = "gvsl", allow_random: bool = False, allow_none: bool = False,
-                 parent=None):
+    def __init__(
+        self, shared=None, kind: str = "gvsl", allow_random: bool = False, allow_none: bool = False, parent=None
+    ):
         super().__init__(parent)
-        from gvsl_app.weights import DEMO_GVSL, DEMO_SEG
+        from gvsl_app.services.weights import DEMO_GVSL, DEMO_SEG
 
         demo = DEMO_GVSL if kind == "gvsl" else DEMO_SEG
         self.kind = kind
@@ -124,7 +129,9 @@ class WeightsChooser(QWidget):
             pass
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt *.tar);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Checkpoint", "", "Checkpoints (*.pt *.pth *.ckpt *.tar);;All files (*)"
+        )
         if path:
             self.add_path(path)
 
@@ -142,6 +149,16 @@ class WeightsChooser(QWidget):
     def value(self):
         """``None`` (demo), ``"random"``, ``"none"`` or a checkpoint path."""
         return self.combo.currentData()
+
+
+def spin_box(lo: int, hi: int, value: int | None = None, step: int = 1) -> QSpinBox:
+    """An integer spin box with a range, a step and (optionally) a value."""
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    if value is not None:
+        s.setValue(value)
+    return s
 
 
 def device_combo() -> QComboBox:

@@ -14,11 +14,12 @@ as ``affine @ (rotate * shear * scale + translate)``; we use
 The inverse (``volume_from_layer``) reads back any combination of scale, translate,
 rotate, shear and affine a user may have set, so writing a layer keeps what is shown.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from gvsl_app.volume import Volume
+from gvsl_app.io.volume import Volume
 
 _REV = np.eye(3)[::-1]  # swaps (x, y, z) <-> (z, y, x)
 
@@ -30,8 +31,11 @@ def layer_geometry(volume: Volume) -> dict:
     affine = np.eye(4)
     affine[:3, :3] = d_world
     affine[:3, 3] = origin_w - d_world @ origin_w
-    return {"scale": tuple(float(s) for s in volume.spacing[::-1]),
-            "translate": tuple(float(t) for t in origin_w), "affine": affine}
+    return {
+        "scale": tuple(float(s) for s in volume.spacing[::-1]),
+        "translate": tuple(float(t) for t in origin_w),
+        "affine": affine,
+    }
 
 
 def data_to_world(layer) -> np.ndarray:
@@ -49,16 +53,24 @@ def geometry_from_matrix(matrix: np.ndarray) -> dict:
         raise ValueError("the layer's transform has a zero scale; cannot derive a voxel spacing")
     direction = lin / spacing
     origin = _REV @ np.asarray(matrix, dtype=float)[:3, 3]
-    return {"spacing": tuple(spacing.tolist()), "origin": tuple(origin.tolist()),
-            "direction": tuple(direction.flatten().tolist())}
+    return {
+        "spacing": tuple(spacing.tolist()),
+        "origin": tuple(origin.tolist()),
+        "direction": tuple(direction.flatten().tolist()),
+    }
 
 
 def state_matrix(meta: dict, ndim: int = 3) -> np.ndarray:
     """The data-to-world matrix from a layer state dict (what npe2 writers receive)."""
     from napari.utils.transforms import Affine
 
-    inner = Affine(scale=meta.get("scale", (1.0,) * ndim), translate=meta.get("translate", (0.0,) * ndim),
-                   rotate=meta.get("rotate"), shear=meta.get("shear"), ndim=ndim)
+    inner = Affine(
+        scale=meta.get("scale", (1.0,) * ndim),
+        translate=meta.get("translate", (0.0,) * ndim),
+        rotate=meta.get("rotate"),
+        shear=meta.get("shear"),
+        ndim=ndim,
+    )
     outer = meta.get("affine")
     outer = np.eye(ndim + 1) if outer is None else np.asarray(getattr(outer, "affine_matrix", outer), dtype=float)
     return outer @ inner.affine_matrix

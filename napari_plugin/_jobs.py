@@ -4,15 +4,17 @@ A job's state lives in a ``JobState`` (evented dataclass); the worker reports pr
 through a queued Qt signal, the result is shown by GUI-thread steps that the event loop
 interleaves, and ``JobControls`` only subscribes to the state.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QPushButton, QWidget
 
+from gvsl_app.jobs.state import DONE, ERROR, RUNNING, JobState
+
 from ._common import notify_error
-from ._state import DONE, ERROR, RUNNING, JobState
 
 
 class _Bridge(QObject):
@@ -110,8 +112,9 @@ def start_job(func: Callable, state: JobState, on_result: Callable, what: str):
         state.message = notify_error(exc, what)
         state.status = ERROR
 
-    worker = create_worker(func, bridge.progress.emit, _connect={"returned": returned, "errored": errored},
-                           _start_thread=False)
+    worker = create_worker(
+        func, bridge.progress.emit, _connect={"returned": returned, "errored": errored}, _start_thread=False
+    )
     worker._gvsl_bridge = bridge  # keep the bridge alive as long as the worker
     worker.start()
     return worker

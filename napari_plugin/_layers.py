@@ -5,12 +5,13 @@ itself: a Labels layer carries its structure names in ``layer.features`` (column
 ``index`` and ``name``, one row per label value including the background), so hovering
 shows the structure, and colours in a ``DirectLabelColormap``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from gvsl_app.volume import Volume
+from gvsl_app.io.volume import Volume
 
 from ._geometry import layer_geometry
 
@@ -33,8 +34,13 @@ def _meta(volume: Volume) -> dict:
 
 
 def image_layer_data(volume: Volume, name: str, **kwargs) -> tuple:
-    kw = {"name": name, **layer_geometry(volume), "metadata": _meta(volume), "colormap": "gray",
-          "contrast_limits": contrast_limits(volume.array)}
+    kw = {
+        "name": name,
+        **layer_geometry(volume),
+        "metadata": _meta(volume),
+        "colormap": "gray",
+        "contrast_limits": contrast_limits(volume.array),
+    }
     kw.update(kwargs)
     return volume.array, kw, "image"
 
@@ -42,8 +48,12 @@ def image_layer_data(volume: Volume, name: str, **kwargs) -> tuple:
 def label_features(names: dict[int, str]) -> pd.DataFrame:
     """One row per label value (background first) with its structure name."""
     values = [0] + sorted(int(k) for k in names if int(k) != 0)
-    return pd.DataFrame({"index": values,
-                         "name": ["background"] + [str(names.get(v, names.get(str(v), f"label {v}"))) for v in values[1:]]})
+    return pd.DataFrame(
+        {
+            "index": values,
+            "name": ["background"] + [str(names.get(v, names.get(str(v), f"label {v}"))) for v in values[1:]],
+        }
+    )
 
 
 def label_colormap(colors: dict[int, tuple]):
@@ -58,8 +68,8 @@ def label_colormap(colors: dict[int, tuple]):
 
 def known_label_colors(names: dict[int, str]) -> dict[int, tuple] | None:
     """Colours of the project's label sets (cardiac, brain) when ``names`` matches one of them."""
-    from gvsl_app.brain import BRAIN_COLORS, BRAIN_LABELS
-    from gvsl_app.synthetic import CARDIAC_COLORS, CARDIAC_LABELS
+    from gvsl_app.data.brain import BRAIN_COLORS, BRAIN_LABELS
+    from gvsl_app.data.synthetic import CARDIAC_COLORS, CARDIAC_LABELS
 
     by_name = {}
     for labels, colors in ((CARDIAC_LABELS, CARDIAC_COLORS), (BRAIN_LABELS, BRAIN_COLORS)):
@@ -68,8 +78,9 @@ def known_label_colors(names: dict[int, str]) -> dict[int, tuple] | None:
     return out or None
 
 
-def labels_layer_data(volume: Volume, name: str, names: dict[int, str] | None = None,
-                      colors: dict[int, tuple] | None = None, **kwargs) -> tuple:
+def labels_layer_data(
+    volume: Volume, name: str, names: dict[int, str] | None = None, colors: dict[int, tuple] | None = None, **kwargs
+) -> tuple:
     kw: dict = {"name": name, **layer_geometry(volume), "metadata": _meta(volume), "opacity": 0.5}
     if names:
         kw["features"] = label_features(names)

@@ -1,4 +1,5 @@
 """Z-Matching widget: match a moving volume onto a fixed one and show every output as layers."""
+
 from __future__ import annotations
 
 import html
@@ -6,17 +7,24 @@ import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import (QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from gvsl_app.matching import match
+from gvsl_app.jobs.state import JobState, shared_checkpoints
+from gvsl_app.services.matching import match
 
-from ._common import (RANDOM, LayerCombo, WeightsChooser, device_combo, notify_error, notify_info, random_model,
-                      thick_slices)
+from ._common import (
+    RANDOM,
+    LayerCombo,
+    WeightsChooser,
+    device_combo,
+    notify_error,
+    notify_info,
+    random_model,
+    thick_slices,
+)
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
-from ._state import JobState, shared_checkpoints
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
 DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
@@ -68,14 +76,22 @@ class MatchingWidget(QWidget):
         self.size.setToolTip("side of the working cube both volumes are resized to")
         self.refine = QCheckBox("polish on this pair (instance optimisation; ~5 s for 128^3 on 2 CPU cores)")
         self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
-        self.refine.setToolTip("after the network, a few hundred gradient steps on this pair's local NCC: "
-                               "a global affine correction, then a smooth coarse-grid displacement")
+        self.refine.setToolTip(
+            "after the network, a few hundred gradient steps on this pair's local NCC: "
+            "a global affine correction, then a smooth coarse-grid displacement"
+        )
         self._stop = threading.Event()
         form = QFormLayout()
-        for label, w in (("fixed image", self.fixed), ("moving image", self.moving),
-                         ("moving labels", self.moving_labels), ("fixed labels", self.fixed_labels),
-                         ("weights", self.weights), ("device", self.device), ("working size", self.size),
-                         ("refine", self.refine)):
+        for label, w in (
+            ("fixed image", self.fixed),
+            ("moving image", self.moving),
+            ("moving labels", self.moving_labels),
+            ("fixed labels", self.fixed_labels),
+            ("weights", self.weights),
+            ("device", self.device),
+            ("working size", self.size),
+            ("refine", self.refine),
+        ):
             form.addRow(label, w)
         self.controls = JobControls(self.state, "Run Z-Matching", stop_text="Stop refining (keep the map so far)")
         self.controls.run_button.clicked.connect(self.run)
@@ -117,13 +133,22 @@ class MatchingWidget(QWidget):
 
         def work(progress):
             model = random_model() if weights == RANDOM else None
-            r = match(fixed, moving, weights=None if weights == RANDOM else weights, model=model, size=size,
-                      device=device, moving_labels=mlv, fixed_labels=flv, progress=progress, refine=refine,
-                      should_stop=stop.is_set)
+            r = match(
+                fixed,
+                moving,
+                weights=None if weights == RANDOM else weights,
+                model=model,
+                size=size,
+                device=device,
+                moving_labels=mlv,
+                fixed_labels=flv,
+                progress=progress,
+                refine=refine,
+                should_stop=stop.is_set,
+            )
             return r, result_layers(r, clim, style)
 
-        self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names),
-                                 "Z-Matching")
+        self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names), "Z-Matching")
         return self._worker
 
     # -- results -------------------------------------------------------------------------
@@ -170,21 +195,49 @@ class MatchingWidget(QWidget):
 def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None = None) -> list[tuple]:
     """Layer data of every matching output (computed in the worker, added in the GUI thread)."""
     geo = layer_geometry(r.fixed)
-    out = [image_layer_data(r.warped, WARPED, colormap="magenta", blending="additive",
-                            **({"contrast_limits": moving_clim} if moving_clim else {}))]
+    out = [
+        image_layer_data(
+            r.warped,
+            WARPED,
+            colormap="magenta",
+            blending="additive",
+            **({"contrast_limits": moving_clim} if moving_clim else {}),
+        )
+    ]
     if r.warped_labels is not None:
         out.append(labels_layer_data(r.warped_labels, WARPED_LABELS, **(label_style or {})))
     mag = np.linalg.norm(r.displacement_mm, axis=-1)
-    out.append(image_layer_data(r.fixed.with_array(mag), MAGNITUDE, colormap="inferno",
-                                contrast_limits=(0.0, max(float(mag.max()), 1e-3)), visible=False))
+    out.append(
+        image_layer_data(
+            r.fixed.with_array(mag),
+            MAGNITUDE,
+            colormap="inferno",
+            contrast_limits=(0.0, max(float(mag.max()), 1e-3)),
+            visible=False,
+        )
+    )
     out.append(image_layer_data(r.jacobian, JACOBIAN, colormap="PiYG", contrast_limits=(0.0, 2.0), visible=False))
     folding = r.fixed.with_array((r.jacobian.array <= 0).astype(np.uint8))
     out.append(labels_layer_data(folding, FOLDING, {1: "folding"}, {1: (255, 40, 40)}, opacity=0.9))
     data, magnitude, step = displacement_vectors(r)
-    out.append((data, {"name": DISPLACEMENT, **geo, "features": {"magnitude_mm": magnitude},
-                       "edge_color": "magnitude_mm", "edge_colormap": "viridis", "edge_width": 0.4,
-                       "length": 1.0, "vector_style": "arrow", "projection_mode": "all",
-                       "metadata": {"gvsl_grid_step": step}}, "vectors"))
+    out.append(
+        (
+            data,
+            {
+                "name": DISPLACEMENT,
+                **geo,
+                "features": {"magnitude_mm": magnitude},
+                "edge_color": "magnitude_mm",
+                "edge_colormap": "viridis",
+                "edge_width": 0.4,
+                "length": 1.0,
+                "vector_style": "arrow",
+                "projection_mode": "all",
+                "metadata": {"gvsl_grid_step": step},
+            },
+            "vectors",
+        )
+    )
     return out
 
 
@@ -198,12 +251,18 @@ def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
     rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
     sec = rep.get("seconds", {})
     refined = f", refinement {sec['refine_s']:.2f} s" if "refine_s" in sec else ""
-    rows.append(("time", f"{sec.get('total_s', 0):.2f} s on {rep.get('device', '?')} "
-                         f"(network {sec.get('network_s', 0):.2f} s{refined})"))
+    rows.append(
+        (
+            "time",
+            f"{sec.get('total_s', 0):.2f} s on {rep.get('device', '?')} "
+            f"(network {sec.get('network_s', 0):.2f} s{refined})",
+        )
+    )
     for key, after in (rep.get("dice_after") or {}).items():
         name = names.get(int(key), f"label {key}")
         rows.append((f"Dice {name}", f"{rep['dice_before'][key]:.3f} → {after:.3f}"))
     body = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    notes = "".join(f"<p style='color:#e0a030'>⚠ {html.escape(n)}</p>"
-                    for n in rep.get("warnings", []) + rep.get("fallback", []))
+    notes = "".join(
+        f"<p style='color:#e0a030'>⚠ {html.escape(n)}</p>" for n in rep.get("warnings", []) + rep.get("fallback", [])
+    )
     return f"{notes}<table>{body}</table>"

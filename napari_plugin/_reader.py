@@ -5,6 +5,7 @@ volumes with different grids overlay in millimetres. Label maps (a file name con
 ``label`` or ``seg``, or an integer volume with few distinct values) open as Labels layers.
 Unreadable inputs raise the engine's ``VolumeReadError``, whose message napari shows.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gvsl_app.io import read_labels, read_volume
-from gvsl_app.volume import Volume
+from gvsl_app.io.images import read_labels, read_volume
+from gvsl_app.io.volume import Volume
 
 from ._layers import image_layer_data, labels_layer_data
 

@@ -1,11 +1,12 @@
 """npe2 sample data: the bundled (fixed, moving) pairs with their label maps."""
+
 from __future__ import annotations
 
 import os
 
-from gvsl_app.samples import sample_pair
+from gvsl_app.data.samples import sample_pair
 
-from ._layers import labels_layer_data, image_layer_data
+from ._layers import image_layer_data, labels_layer_data
 
 #: Grid of the sample volumes (``GVSL_SAMPLE_SIZE`` overrides the side, e.g. 48 for tests).
 SAMPLE_SHAPE = (int(os.environ.get("GVSL_SAMPLE_SIZE", 96)),) * 3

@@ -1,4 +1,5 @@
 """A matplotlib scatter canvas (one panel per weights) with lasso/rectangle selection."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,17 @@ class ScatterCanvas(FigureCanvasQTAgg):
             ax.set_xticks([])
             ax.set_yticks([])
         handles = [self._axes[-1].scatter([], [], color=c, s=18, label=n) for n, c in legend]
-        leg = self.figure.legend(handles=handles, fontsize=7, loc="outside lower center", ncol=min(4, len(handles)),
-                                 frameon=False, labelcolor=FG, borderpad=0.2, handletextpad=0.1, columnspacing=0.8)
+        self.figure.legend(
+            handles=handles,
+            fontsize=7,
+            loc="outside lower center",
+            ncol=min(4, len(handles)),
+            frameon=False,
+            labelcolor=FG,
+            borderpad=0.2,
+            handletextpad=0.1,
+            columnspacing=0.8,
+        )
         self.set_mode(self.mode)
         self.draw_idle()
 
@@ -63,11 +73,16 @@ class ScatterCanvas(FigureCanvasQTAgg):
         self._selectors = []
         for i, ax in enumerate(self._axes):
             if mode == "lasso":
-                sel = LassoSelector(ax, onselect=lambda verts, i=i: self._on_lasso(i, verts),
-                                    props={"color": "white", "linewidth": 1})
+                sel = LassoSelector(
+                    ax, onselect=lambda verts, i=i: self._on_lasso(i, verts), props={"color": "white", "linewidth": 1}
+                )
             else:
-                sel = RectangleSelector(ax, onselect=lambda e0, e1, i=i: self._on_rect(i, e0, e1), interactive=False,
-                                        props={"facecolor": "white", "alpha": 0.15, "edgecolor": "white"})
+                sel = RectangleSelector(
+                    ax,
+                    onselect=lambda e0, e1, i=i: self._on_rect(i, e0, e1),
+                    interactive=False,
+                    props={"facecolor": "white", "alpha": 0.15, "edgecolor": "white"},
+                )
             self._selectors.append(sel)
 
     def _on_lasso(self, i: int, verts) -> None:
@@ -126,8 +141,16 @@ class LossPlot(FigureCanvasQTAgg):
                 color = self._lines[key[4:]].get_color() if key[4:] in self._lines else "white"
                 (self._lines[key],) = self.ax.plot([], [], ls="--", marker="o", ms=3, lw=0.9, label=key, color=color)
             if history:
-                self.ax.legend(fontsize=7, ncol=4, frameon=False, labelcolor=FG, loc="lower left",
-                               bbox_to_anchor=(0.0, 1.0), borderaxespad=0.2, columnspacing=0.8)
+                self.ax.legend(
+                    fontsize=7,
+                    ncol=4,
+                    frameon=False,
+                    labelcolor=FG,
+                    loc="lower left",
+                    bbox_to_anchor=(0.0, 1.0),
+                    borderaxespad=0.2,
+                    columnspacing=0.8,
+                )
         for key, (xs, ys) in history.items():
             self._lines[key].set_data(xs, ys)
         self.ax.relim()

@@ -1,17 +1,18 @@
 """Segmentation widget: run a fine-tuned checkpoint on an image layer; Dice and volume table."""
+
 from __future__ import annotations
 
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from gvsl_app.segment import segment
+from gvsl_app.jobs.state import JobState, shared_checkpoints
+from gvsl_app.services.segment import segment
 
 from ._common import LayerCombo, WeightsChooser, device_combo, notify_error
 from ._geometry import volume_from_layer
 from ._jobs import JobControls, calm_gc, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
-from ._state import JobState, shared_checkpoints
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
 
@@ -90,21 +91,26 @@ class SegmentationWidget(QWidget):
         keys = sorted({*names, *vols, *dice}, key=int)
         self.table.setRowCount(len(keys))
         for row, key in enumerate(keys):
-            cells = (names.get(key, f"label {key}"), _fmt(vols.get(key, 0.0), 2),
-                     _fmt(ref_vols.get(key), 2), _fmt(dice.get(key), 3))
+            cells = (
+                names.get(key, f"label {key}"),
+                _fmt(vols.get(key, 0.0), 2),
+                _fmt(ref_vols.get(key), 2),
+                _fmt(dice.get(key), 3),
+            )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(text))
             rgba = label_rgba(layer, int(key))
             self.table.item(row, 0).setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
-        secs = rep.get("seconds", 0.0)
-        secs = secs.get("total_s", 0.0) if isinstance(secs, dict) else float(secs)
+        secs = rep["seconds"]["total_s"]
         found = sum(1 for v in vols.values() if v > 0)
         if "mean_dice" in rep:
-            self.summary.setText(f"mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; "
-                                 f"{secs:.1f} s on {rep.get('device')}")
+            self.summary.setText(
+                f"mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; {secs:.1f} s on {rep.get('device')}"
+            )
         else:
-            self.summary.setText(f"{found} structures found; {secs:.1f} s on {rep.get('device')} "
-                                 "(choose a ground-truth layer for Dice)")
+            self.summary.setText(
+                f"{found} structures found; {secs:.1f} s on {rep.get('device')} (choose a ground-truth layer for Dice)"
+            )
 
 
 def merge_names(model_names: dict[int, str], reference_names: dict[int, str]) -> dict[int, str]:

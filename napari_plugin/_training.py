@@ -1,30 +1,35 @@
 """Training widget: launch, follow, stop, resume or attach to a pre-training / fine-tuning run."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from gvsl_app.config import VARIANTS
+from gvsl_app.jobs.state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
+from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec, resume_command, run_kind, task_defaults
+from gvsl_app.training.config import VARIANTS
 
-from ._common import device_combo, notify_error, notify_info
+from ._common import device_combo, notify_error, notify_info, spin_box
 from ._jobs import calm_gc
 from ._scatter import LossPlot
-from ._state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
-from ._training_job import TrainingJob, TrainingSpec, resume_command, run_kind
 
 TASKS = {"pre-training (GVSL)": "pretrain", "fine-tune: segmentation": "seg", "fine-tune: classification": "cls"}
 POLL_MS = 500
-
-
-def _spin(lo: int, hi: int, value: int) -> QSpinBox:
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setValue(value)
-    return s
 
 
 def _path_row(edit: QLineEdit, pick) -> QHBoxLayout:
@@ -73,9 +78,10 @@ class TrainingWidget(QWidget):
         self.data.setPlaceholderText("folder with images/ (and labels/ for fine-tuning)")
         self.init = QLineEdit("scratch")
         self.linear = QCheckBox("linear probe (frozen backbone)")
-        self.size, self.width, self.iters = _spin(16, 512, 64), _spin(1, 64, 8), _spin(1, 10_000_000, 1000)
-        self.workers = _spin(0, 32, 2)
-        self.n_synthetic = _spin(2, 10_000, 16)
+        # ranges only: the values are the engine's defaults for the task (_on_task)
+        self.size, self.width, self.iters = spin_box(16, 512), spin_box(1, 64), spin_box(1, 10_000_000)
+        self.workers = spin_box(0, 32)
+        self.n_synthetic = spin_box(2, 10_000)
         self.n_synthetic.setToolTip("subjects the synthetic generator makes")
         self.device = device_combo()
         self.run_dir = QLineEdit(str(Path.home() / "gvsl-runs" / time.strftime("run-%Y%m%d-%H%M%S")))
@@ -86,9 +92,14 @@ class TrainingWidget(QWidget):
         form.addRow("", _path_row(self.data, lambda: self._pick_dir(self.data, "Data folder")))
         form.addRow("init", _path_row(self.init, self._pick_init))
         form.addRow("", self.linear)
-        for label, w in (("size", self.size), ("width", self.width), ("iterations", self.iters),
-                         ("device", self.device), ("loader workers", self.workers),
-                         ("synthetic subjects", self.n_synthetic)):
+        for label, w in (
+            ("size", self.size),
+            ("width", self.width),
+            ("iterations", self.iters),
+            ("device", self.device),
+            ("loader workers", self.workers),
+            ("synthetic subjects", self.n_synthetic),
+        ):
             form.addRow(label, w)
         form.addRow("run folder", _path_row(self.run_dir, lambda: self._pick_dir(self.run_dir, "Run folder")))
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
@@ -136,7 +147,10 @@ class TrainingWidget(QWidget):
 
     # -- form ------------------------------------------------------------------------------
     def _on_task(self, *_) -> None:
-        pre = TASKS[self.task.currentText()] == "pretrain"
+        task = TASKS[self.task.currentText()]
+        pre = task == "pretrain"
+        for name, value in task_defaults(task).items():
+            getattr(self, name).setValue(value)
         self.variant.setEnabled(pre)
         self.init.setEnabled(not pre)
         self.linear.setEnabled(not pre)
@@ -156,12 +170,20 @@ class TrainingWidget(QWidget):
             self.init.setText(path)
 
     def spec(self) -> TrainingSpec:
-        return TrainingSpec(task=TASKS[self.task.currentText()], run=self.run_dir.text().strip(),
-                            data="synthetic:cardiac" if self.synthetic.isChecked() else self.data.text().strip(),
-                            variant=self.variant.currentText(), init=self.init.text().strip() or "scratch",
-                            linear=self.linear.isChecked(), size=self.size.value(), width=self.width.value(),
-                            iters=self.iters.value(), device=self.device.currentText(), workers=self.workers.value(),
-                            n_synthetic=self.n_synthetic.value())
+        return TrainingSpec(
+            task=TASKS[self.task.currentText()],
+            run=self.run_dir.text().strip(),
+            data="synthetic:cardiac" if self.synthetic.isChecked() else self.data.text().strip(),
+            variant=self.variant.currentText(),
+            init=self.init.text().strip() or "scratch",
+            linear=self.linear.isChecked(),
+            size=self.size.value(),
+            width=self.width.value(),
+            iters=self.iters.value(),
+            device=self.device.currentText(),
+            workers=self.workers.value(),
+            n_synthetic=self.n_synthetic.value(),
+        )
 
     # -- actions ---------------------------------------------------------------------------
     def _begin(self, job: TrainingJob) -> TrainingJob | None:
@@ -186,8 +208,9 @@ class TrainingWidget(QWidget):
             notify_error("choose a run folder", "Training")
             return None
         if (Path(spec.run) / "config.yaml").exists():
-            notify_error(f"{spec.run} already holds a run; press Resume to continue it or choose a new folder",
-                         "Training")
+            notify_error(
+                f"{spec.run} already holds a run; press Resume to continue it or choose a new folder", "Training"
+            )
             return None
         if not spec.data:
             notify_error("choose a data folder or the synthetic generator", "Training")

@@ -4,6 +4,7 @@ The geometry is taken from what the layer shows (``scale``, ``translate``, ``rot
 ``shear`` and ``affine``), so a volume opened with the GVSL reader and saved again keeps
 its spacing, origin and direction.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gvsl_app.io import write_volume
-from gvsl_app.volume import Volume
+from gvsl_app.io.images import write_volume
+from gvsl_app.io.volume import Volume
 
 from ._geometry import geometry_from_matrix, state_matrix
 

@@ -35,6 +35,6 @@ echo "pre-training for at most ${BUDGET_S} s: width $WIDTH, ${SIZE}^3, batch $BA
 timeout -s INT -k 60 "$BUDGET_S" "$BIN/gvsl" pretrain --data synthetic:cardiac+brain --n-synthetic "$N" \
   --run "$RUN" --iters "$ITERS" --size "$SIZE" --width "$WIDTH" --batch "$BATCH" --lr 1e-3 \
   --workers "$WORKERS" --seed 0 --device "$DEVICE" --snapshot-every 500 --quiet || [ $? -eq 124 ]
-"$BIN/python" -m gvsl_app.export_weights "$RUN/checkpoints/last.pt" "$OUT"
+"$BIN/python" -m gvsl_app.services.export_weights "$RUN/checkpoints/last.pt" "$OUT"
 ls -l "$OUT"
 "$BIN/python" benchmarks/matching_curves.py "$OUT" --pairs 4

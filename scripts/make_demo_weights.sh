@@ -13,10 +13,10 @@ SEG_ITERS=${SEG_ITERS:-900}
 SEG=${SEG:-1}
 "$BIN/gvsl" pretrain --data synthetic:cardiac+brain --n-synthetic 24 --run runs/demo_gvsl --iters "$ITERS" \
   --size 48 --width 8 --lr 1e-3 --workers 1 --seed 0 --snapshot-every 250 --quiet
-"$BIN/python" -m gvsl_app.export_weights runs/demo_gvsl/checkpoints/last.pt models/weights/gvsl_demo.pt
+"$BIN/python" -m gvsl_app.services.export_weights runs/demo_gvsl/checkpoints/last.pt models/weights/gvsl_demo.pt
 [ "$SEG" = 1 ] || exit 0
 "$BIN/gvsl" sample cardiac --out runs/demo_seg_data --n 10 --seed 5
 "$BIN/gvsl" finetune --data runs/demo_seg_data --run runs/demo_seg --init runs/demo_gvsl/checkpoints/last.pt \
   --task seg --iters "$SEG_ITERS" --size 48 --batch 2 --lr 1e-3 --seed 0 --n-train 5 --val-every 100 --quiet
-"$BIN/python" -m gvsl_app.export_weights runs/demo_seg/checkpoints/best.pt models/weights/seg_demo.pt \
+"$BIN/python" -m gvsl_app.services.export_weights runs/demo_seg/checkpoints/best.pt models/weights/seg_demo.pt \
   --label-names cardiac

@@ -3,6 +3,7 @@
 Each check runs in a fresh interpreter: the tuning is process-wide and must not leak into
 the test session.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ def _probe(env_value: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "GVSL_TUNE_MALLOC"}
     if env_value is not None:
         env["GVSL_TUNE_MALLOC"] = env_value
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -50,8 +52,7 @@ def test_tuned_process_reuses_freed_tensor_memory_without_page_faults():
     tuned, plain = _probe(None), _probe("0")
     assert tuned["tuned"] and tuned["again"]
     assert not plain["tuned"]
-    pages = 16 * 96 ** 3 * 4 // 4096  # one activation
+    pages = 16 * 96**3 * 4 // 4096  # one activation
     assert plain["faults"] > pages  # glibc unmapped the freed activations: their pages fault again
     assert tuned["faults"] < pages // 10  # reused from the heap
     assert tuned["value"] == plain["value"]
-

@@ -1,11 +1,22 @@
 """GVSL augmentations: shapes on odd small volumes, determinism, invariants of each transform."""
+
 import numpy as np
 import pytest
 import torch
 
-from gvsl_app.augment import (AppearanceTransform, Compose, GVSLPairAugment, InPaint, LocalPixelShuffle,
-                              NonLinearIntensity, OutPaint, RandomAffine, RandomElastic, SpatialAugment,
-                              make_generator)
+from gvsl_app.data.augment import (
+    AppearanceTransform,
+    Compose,
+    GVSLPairAugment,
+    InPaint,
+    LocalPixelShuffle,
+    NonLinearIntensity,
+    OutPaint,
+    RandomAffine,
+    RandomElastic,
+    SpatialAugment,
+    make_generator,
+)
 from models.spatial import jacobian_determinant, sampling_coordinates
 
 SHAPE = (13, 17, 19)
@@ -99,7 +110,7 @@ def test_local_shuffle_handles_tiny_and_flat_volumes():
 def test_local_shuffle_every_block_when_n_blocks_is_large_and_none_with_prob_0():
     x = unique_volume(1, (16, 16, 16))
     assert torch.equal(LocalPixelShuffle(0.0)(x, generator=make_generator(0)), x)
-    out = LocalPixelShuffle(1.0, max_block=4, n_blocks=10 ** 6)(x, generator=make_generator(0))
+    out = LocalPixelShuffle(1.0, max_block=4, n_blocks=10**6)(x, generator=make_generator(0))
     assert (out != x).float().mean() > 0.5
 
 
@@ -130,7 +141,7 @@ def test_inpaint_replaces_a_box_and_nothing_else():
     for b in range(2):
         changed = (out[b, 0] != x[b, 0]).numpy()
         lo, hi = box_of(changed)
-        assert changed[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].all()
+        assert changed[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].all()
         assert changed.sum() == np.prod(hi - lo)
         for n, e in zip((24, 30, 36), hi - lo):
             assert n // 6 <= e <= n // 3
@@ -142,7 +153,7 @@ def test_outpaint_keeps_only_a_box():
     for b in range(2):
         kept = (out[b, 0] == x[b, 0]).numpy()
         lo, hi = box_of(kept)
-        assert kept[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].all()
+        assert kept[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].all()
         assert kept.sum() == np.prod(hi - lo)  # nothing kept outside the box
         for n, e in zip((28, 21, 35), hi - lo):
             assert 3 * n // 7 <= e <= 4 * n // 7 + 1
@@ -182,7 +193,9 @@ def test_labels_warped_with_nearest_keep_exact_values():
 
 def test_composed_coordinates_equal_models_spatial_sampling_coordinates():
     shape = (12, 15, 18)
-    aug = SpatialAugment(RandomAffine(rotation_deg=20, shear_deg=8, translation=0.1), RandomElastic(grid=4, magnitude=0.05))
+    aug = SpatialAugment(
+        RandomAffine(rotation_deg=20, shear_deg=8, translation=0.1), RandomElastic(grid=4, magnitude=0.05)
+    )
     fast = aug.coordinates(shape, 2, generator=make_generator(9))
     g = make_generator(9)
     aff = aug.affine.sample(shape, 2, g, torch.device("cpu"))

@@ -6,6 +6,7 @@ suite fast) on files a careless or hostile user could hand it. ``{x}`` in an arg
 path from the ``corpus`` fixture; ``OUT`` is a fresh path that must still not exist after
 the refusal.
 """
+
 from __future__ import annotations
 
 import signal
@@ -17,7 +18,7 @@ import torch
 
 import models
 from gvsl_app.cli import main
-from gvsl_app.synthetic import cardiac_dataset
+from gvsl_app.data.synthetic import cardiac_dataset
 from models.downstream import SegmentationNet
 
 
@@ -33,9 +34,14 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     data = cardiac_dataset(root / "data", 3, seed=2, shape=(24, 24, 24))
     cls = cardiac_dataset(root / "cls", 4, seed=3, shape=(24, 24, 24), classification=True)
-    f = {"img": data / "images" / "case_000.nii.gz", "img2": data / "images" / "case_001.nii.gz",
-         "lab": data / "labels" / "case_000.nii.gz", "lab2": data / "labels" / "case_001.nii.gz",
-         "data": data, "cls": cls}
+    f = {
+        "img": data / "images" / "case_000.nii.gz",
+        "img2": data / "images" / "case_001.nii.gz",
+        "lab": data / "labels" / "case_000.nii.gz",
+        "lab2": data / "labels" / "case_001.nii.gz",
+        "data": data,
+        "cls": cls,
+    }
     f["noise_pt"] = root / "noise.pt"
     f["noise_pt"].write_bytes(bytes(range(256)) * 16)
     f["text_nii"] = root / "text.nii.gz"
@@ -55,12 +61,22 @@ def corpus(tmp_path_factory):
     sitk.WriteImage(far, str(f["far"]))
     seg = SegmentationNet(8, models.DEMO_WIDTHS)
     f["seg_pt"] = root / "seg.pt"
-    torch.save({"format": "gvsl-studio", "kind": "segmentation", "model_config": seg.config(),
-                "model": seg.state_dict(), "preprocess": {"size": 24}}, f["seg_pt"])
+    torch.save(
+        {
+            "format": "gvsl-studio",
+            "kind": "segmentation",
+            "model_config": seg.config(),
+            "model": seg.state_dict(),
+            "preprocess": {"size": 24},
+        },
+        f["seg_pt"],
+    )
     gv = models.GVSL(widths=models.DEMO_WIDTHS)
     f["gvsl_pt"] = root / "gvsl.pt"
-    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": gv.config(), "model": gv.state_dict()},
-               f["gvsl_pt"])
+    torch.save(
+        {"format": "gvsl-studio", "kind": "pretrain", "model_config": gv.config(), "model": gv.state_dict()},
+        f["gvsl_pt"],
+    )
     f["foreign_pt"] = root / "foreign.pt"
     torch.save({"encoder.weight": torch.zeros(3)}, f["foreign_pt"])
     f["bad_yaml"] = root / "bad.yaml"
@@ -83,28 +99,90 @@ def corpus(tmp_path_factory):
     (f["busy_out"] / "report.json").write_text("{}")
     f["old_seg"] = root / "old_seg.nii.gz"
     f["old_seg"].write_text("an earlier result")
-    for name, rows in {"csv_abc": "case_000,1\ncase_001,abc\n", "csv_frac": "case_000,2.5\ncase_001,1\n",
-                       "csv_neg": "case_000,-1\ncase_001,1\n", "csv_blank": "case_000,1\ncase_001,\n",
-                       "csv_one": "case_000,1\ncase_001,1\ncase_002,1\n"}.items():
+    for name, rows in {
+        "csv_abc": "case_000,1\ncase_001,abc\n",
+        "csv_frac": "case_000,2.5\ncase_001,1\n",
+        "csv_neg": "case_000,-1\ncase_001,1\n",
+        "csv_blank": "case_000,1\ncase_001,\n",
+        "csv_one": "case_000,1\ncase_001,1\ncase_002,1\n",
+    }.items():
         folder = root / name
         (folder / "images").mkdir(parents=True)
         for k in range(3):
-            (folder / "images" / f"case_{k:03d}.nii.gz").write_bytes((data / "images" / f"case_{k:03d}.nii.gz")
-                                                                      .read_bytes())
+            (folder / "images" / f"case_{k:03d}.nii.gz").write_bytes(
+                (data / "images" / f"case_{k:03d}.nii.gz").read_bytes()
+            )
         (folder / "labels.csv").write_text("name,label\n" + rows)
         f[name] = folder
     return f
 
 
-M = ["match", "{img}", "{img2}", "--out", "OUT", "--weights", "{gvsl_pt}", "--size", "24", "--device", "cpu",
-     "--no-refine"]
-P = ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", "OUT", "--iters", "1", "--size", "24",
-     "--width", "4", "--workers", "0", "--device", "cpu", "--quiet"]
-F = ["finetune", "--data", "{data}", "--run", "OUT", "--iters", "1", "--size", "16", "--width", "4", "--device", "cpu",
-     "--quiet"]
+M = [
+    "match",
+    "{img}",
+    "{img2}",
+    "--out",
+    "OUT",
+    "--weights",
+    "{gvsl_pt}",
+    "--size",
+    "24",
+    "--device",
+    "cpu",
+    "--no-refine",
+]
+P = [
+    "pretrain",
+    "--data",
+    "synthetic:cardiac",
+    "--n-synthetic",
+    "2",
+    "--run",
+    "OUT",
+    "--iters",
+    "1",
+    "--size",
+    "24",
+    "--width",
+    "4",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--quiet",
+]
+F = [
+    "finetune",
+    "--data",
+    "{data}",
+    "--run",
+    "OUT",
+    "--iters",
+    "1",
+    "--size",
+    "16",
+    "--width",
+    "4",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 S = ["segment", "{img}", "--weights", "{seg_pt}", "--out", "OUT", "--device", "cpu"]
-E = ["embed", "{img}", "{lab}", "--out", "OUT", "--weights", "{gvsl_pt}", "--size", "24", "--per-label", "5",
-     "--device", "cpu"]
+E = [
+    "embed",
+    "{img}",
+    "{lab}",
+    "--out",
+    "OUT",
+    "--weights",
+    "{gvsl_pt}",
+    "--size",
+    "24",
+    "--per-label",
+    "5",
+    "--device",
+    "cpu",
+]
 
 
 def _with(base, **repl):
@@ -205,6 +283,7 @@ def test_bad_input_is_refused_clearly(corpus, tmp_path, capsys, restore_signals,
     out = tmp_path / "OUT"
     files = {k: str(v) for k, v in corpus.items()}
     args = [a.replace("OUT", str(out)).format(**files) for a in argv]
+
     def content(p):  # RUN/.lock may appear: it is the folder's lock file, not output
         return p.read_bytes() if p.is_file() else sorted(x.name for x in p.iterdir() if x.name != ".lock")
 

@@ -1,4 +1,5 @@
 """Checkpoints: the official release's names load; bad files fail clearly; writes are atomic."""
+
 import ast
 import os
 from pathlib import Path
@@ -7,9 +8,7 @@ import pytest
 import torch
 
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
-from models.checkpoint import (CheckpointError, atomic_torch_save, load_state_into, model_state,
-                               read_checkpoint)
-
+from models.checkpoint import CheckpointError, atomic_torch_save, load_state_into, model_state, read_checkpoint
 
 
 def official_state() -> dict:
@@ -92,7 +91,7 @@ def test_random_bytes_are_not_a_checkpoint_rather_than_code(tmp_path):
 
 
 def test_a_checkpoint_that_does_not_fit_is_named(tmp_path):
-    from gvsl_app.weights import load_gvsl
+    from gvsl_app.services.weights import load_gvsl
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"unet.inc.double_conv.0.weight": torch.zeros(8, 1, 3, 3, 3), "head.weight": torch.zeros(2)}, foreign)

@@ -1,13 +1,24 @@
 """Datasets and loaders: pairs, labelled crops, classification, splits, clear errors."""
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from gvsl_app.augment import GVSLPairAugment, SpatialAugment
-from gvsl_app.datasets import (ClassificationDataset, DatasetError, EpochShardSampler, LabelledDataset, PairDataset,
-                               batch_generator, list_cases, load_labelled_volumes, make_loader, split_names,
-                               validation_pair)
+from gvsl_app.data.augment import GVSLPairAugment, SpatialAugment
+from gvsl_app.data.datasets import (
+    ClassificationDataset,
+    DatasetError,
+    LabelledDataset,
+    PairDataset,
+    StepSampler,
+    batch_generator,
+    list_cases,
+    load_labelled_volumes,
+    split_names,
+    step_loader,
+    validation_pair,
+)
 
 S = 16
 
@@ -34,7 +45,7 @@ def labelled_folder(tmp_path, n=3, shape=(36, 32, 40)):
         hu = (smooth(shape, i) * 2000 - 1000).astype(np.int16)
         lab = np.zeros(shape, np.uint8)
         z, y, x = 5 + 3 * i, 20 - 2 * i, 10 + 4 * i
-        lab[z:z + 6, y:y + 5, x:x + 6] = 1 + i % 2
+        lab[z : z + 6, y : y + 5, x : x + 6] = 1 + i % 2
         ext = ".nii.gz" if i % 2 == 0 else ".mha"
         write(tmp_path / "images" / f"case_{i}{ext}", hu)
         write(tmp_path / "labels" / f"case_{i}.nii.gz", lab)
@@ -80,7 +91,7 @@ def test_pair_dataset_spatial_is_shared_and_can_be_switched_off():
 
 def test_unaugmented_batches_can_be_augmented_on_the_training_device_reproducibly():
     ds = PairDataset(arrays(), S, length=4, seed=0, modality=None, augment=False)
-    batch = next(iter(make_loader(ds, batch=2, workers=0, seed=0)))
+    batch = next(iter(step_loader(ds, start=0, count=2, batch=2, workers=0)))
     assert torch.equal(batch["moving"], batch["moving_input"])
     aug = GVSLPairAugment.default()
     outs = [aug(batch["moving"], batch["fixed"], batch_generator(batch)) for _ in range(2)]
@@ -119,14 +130,17 @@ def test_mixed_synthetic_source_pairs_scans_of_one_kind_only():
         PairDataset("synthetic:liver", S)
 
 
-@pytest.mark.parametrize("rows, culprit", [
-    ("case_0,1\ncase_1,abc\n", "mix numbers and names"),
-    ("case_0,1\ncase_1,2.5\n", "must be 0 or 1.*2.5.*case_1"),
-    ("case_0,-1\ncase_1,1\n", "must be 0 or 1.*-1"),
-    ("case_0,1\ncase_1,\n", "no label for case.*case_1"),
-    ("case_0,1\ncase_1,1\n", "1 class.*exactly two"),
-    ("case_0,a\ncase_1,b\ncase_2,c\n", "3 class"),
-])
+@pytest.mark.parametrize(
+    "rows, culprit",
+    [
+        ("case_0,1\ncase_1,abc\n", "mix numbers and names"),
+        ("case_0,1\ncase_1,2.5\n", "must be 0 or 1.*2.5.*case_1"),
+        ("case_0,-1\ncase_1,1\n", "must be 0 or 1.*-1"),
+        ("case_0,1\ncase_1,\n", "no label for case.*case_1"),
+        ("case_0,1\ncase_1,1\n", "1 class.*exactly two"),
+        ("case_0,a\ncase_1,b\ncase_2,c\n", "3 class"),
+    ],
+)
 def test_classification_labels_that_a_binary_head_cannot_use_are_refused(tmp_path, rows, culprit):
     folder = labelled_folder(tmp_path / "cls", n=3)
     (folder / "labels.csv").write_text("name,label\n" + rows)
@@ -155,25 +169,26 @@ def test_clear_errors(tmp_path):
 
 def test_loader_with_2_workers_yields_the_same_batches_as_without_workers():
     ds = PairDataset(arrays(), S, length=6, seed=0, modality=None)
-    loaders = [make_loader(ds, batch=2, workers=w, seed=5) for w in (0, 2)]
-    for loader in loaders:
-        loader.sampler.set_epoch(1)
+    loaders = [step_loader(ds, start=4, count=6, batch=2, workers=w) for w in (0, 2)]
     batches = [list(loader) for loader in loaders]
     assert len(batches[0]) == len(batches[1]) == 3
     for b0, b2 in zip(*batches):
         assert b2["moving"].shape == (2, 1, S, S, S)
         assert all(torch.equal(b0[k], b2[k]) for k in b0)
+    # the samples are those of global indices 4..9: a resumed run continues the sequence
+    direct = [ds[i] for i in range(4, 10)]
+    assert all(torch.equal(batches[0][k // 2]["moving"][k % 2], direct[k]["moving"]) for k in range(6))
 
 
-def test_epoch_shard_sampler_partitions_like_distributed_sampler():
-    shards = [list(EpochShardSampler(10, seed=0, rank=r, world=3)) for r in range(3)]
-    assert all(len(s) == 4 for s in shards)
-    idx = [i for s in shards for _, i in s]
-    assert set(idx) == set(range(10))
-    s = EpochShardSampler(10, seed=0, with_epoch=False)
-    first = list(s)
-    s.set_epoch(1)
-    assert sorted(first) == sorted(s) and first != list(s)
+def test_step_sampler_resumes_where_it_stopped_and_interleaves_ranks():
+    whole = list(StepSampler(0, 10))
+    assert whole == list(range(10))
+    assert list(StepSampler(0, 4)) + list(StepSampler(4, 6)) == whole  # stop after 4, resume
+    ranks = [list(StepSampler(2, 3, rank=r, world=2)) for r in range(2)]
+    assert ranks == [[4, 6, 8], [5, 7, 9]]  # disjoint, and together the global steps 2..4
+    assert len(StepSampler(3, 5)) == 5
+    with pytest.raises(ValueError, match="rank 2"):
+        StepSampler(0, 1, rank=2, world=2)
 
 
 def test_labelled_crops_contain_foreground_most_of_the_time(tmp_path):
@@ -202,7 +217,7 @@ def test_labelled_whole_cubes_and_validation_volumes(tmp_path):
     assert item["image"].shape == (1, S, S, S) and item["label"].shape == (S, S, S)
     assert set(torch.unique(item["label"]).tolist()) <= {0, 1, 2}
     vols = load_labelled_volumes(folder, ["case_1"])
-    (img, lab, vol), = vols
+    ((img, lab, vol),) = vols
     assert img.shape == lab.shape == vol.shape == (36, 32, 40)
     assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
     assert set(np.unique(lab).tolist()) == {0, 2}

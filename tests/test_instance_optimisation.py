@@ -1,12 +1,13 @@
 """Instance optimisation (``gvsl match --refine``): recovers known motion, stays consistent, stops."""
+
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from gvsl_app.matching import match
-from gvsl_app.synthetic import make_cardiac_subject
+from gvsl_app.data.synthetic import make_cardiac_subject
+from gvsl_app.services.matching import match
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule, local_ncc, refine_coordinates
 from models.spatial import affine_points, voxel_grid, warp
 
@@ -16,7 +17,7 @@ SHAPE = (32, 32, 32)
 
 @pytest.fixture(scope="module")
 def image():
-    from gvsl_app.preprocess import normalise, resize_array
+    from gvsl_app.data.preprocess import normalise, resize_array
 
     vol, _ = make_cardiac_subject(3, SHAPE)
     return torch.from_numpy(resize_array(normalise(vol), SHAPE))[None, None]
@@ -45,8 +46,9 @@ def test_recovers_a_known_translation_from_the_identity(image):
 def test_returned_affine_is_the_global_part_of_the_map(image):
     moving, _ = _shifted(image, (1.0, 0.0, -2.0))
     start = voxel_grid(SHAPE)[None] + 0.5  # a non-identity starting map
-    coords, affine = refine_coordinates(moving, image, start, RefineSchedule(affine_levels=((32, 20),),
-                                                                             deformable_levels=()))
+    coords, affine = refine_coordinates(
+        moving, image, start, RefineSchedule(affine_levels=((32, 20),), deformable_levels=())
+    )
     assert affine.shape == (1, 3, 4)
     assert not torch.allclose(affine, torch.eye(3, 4)[None])
     torch.testing.assert_close(affine_points(affine, start), coords, atol=1e-4, rtol=0)
@@ -63,22 +65,35 @@ def test_step_callback_reports_progress_and_stops_early(image):
 
 def test_batch_of_two_is_refused(image):
     with pytest.raises(ValueError, match="one pair"):
-        refine_coordinates(image.repeat(2, 1, 1, 1, 1), image.repeat(2, 1, 1, 1, 1),
-                           voxel_grid(SHAPE)[None].repeat(2, 1, 1, 1, 1), SMALL)
+        refine_coordinates(
+            image.repeat(2, 1, 1, 1, 1),
+            image.repeat(2, 1, 1, 1, 1),
+            voxel_grid(SHAPE)[None].repeat(2, 1, 1, 1, 1),
+            SMALL,
+        )
 
 
 def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
     import SimpleITK as sitk
 
-    from gvsl_app.io import volume_to_sitk
+    from gvsl_app.io.images import volume_to_sitk
 
     fixed, fl = make_cardiac_subject(1, (40, 40, 40))
     moving, ml = make_cardiac_subject(2, (40, 40, 40))
     identity = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # predicts ~the identity
     plain = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
     stages = []
-    refined = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl,
-                    refine=SMALL, progress=lambda stage, frac: stages.append(stage))
+    refined = match(
+        fixed,
+        moving,
+        model=identity,
+        size=32,
+        device="cpu",
+        moving_labels=ml,
+        fixed_labels=fl,
+        refine=SMALL,
+        progress=lambda stage, frac: stages.append(stage),
+    )
     r = refined.report
     assert r["mean_dice_after"] > plain.report["mean_dice_after"] + 0.1
     assert r["ncc_after"] > plain.report["ncc_after"]
@@ -86,13 +101,25 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
     assert "refine" in stages and r["folding_percent"] < 1.0
     out = refined.save(tmp_path / "o")
     field = sitk.ReadImage(str(out / "displacement.nii.gz"), sitk.sitkVectorFloat64)
-    again = sitk.Resample(sitk.Cast(volume_to_sitk(moving), sitk.sitkFloat32), volume_to_sitk(fixed),
-                          sitk.DisplacementFieldTransform(field), sitk.sitkLinear, float(moving.array.min()))
+    again = sitk.Resample(
+        sitk.Cast(volume_to_sitk(moving), sitk.sitkFloat32),
+        volume_to_sitk(fixed),
+        sitk.DisplacementFieldTransform(field),
+        sitk.sitkLinear,
+        float(moving.array.min()),
+    )
     np.testing.assert_allclose(sitk.GetArrayFromImage(again), refined.warped.array, atol=1e-2)
     # a stop request ends the refinement early and still returns a complete result
     calls = []
-    stopped = match(fixed, moving, model=identity, size=32, device="cpu", refine=SMALL,
-                    should_stop=lambda: calls.append(1) or len(calls) > 3)
+    stopped = match(
+        fixed,
+        moving,
+        model=identity,
+        size=32,
+        device="cpu",
+        refine=SMALL,
+        should_stop=lambda: calls.append(1) or len(calls) > 3,
+    )
     assert len(calls) == 4 and stopped.displacement_mm.shape == (*fixed.shape, 3)
     assert stopped.report["refined"]["steps_done"] == 4 < SMALL.total_steps
 

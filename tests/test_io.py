@@ -1,4 +1,5 @@
 """Volume IO through real files: geometry round trips, DICOM series, and every bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gvsl_app.io import VolumeReadError, read_labels, read_volume, write_volume
-from gvsl_app.volume import Volume
+from gvsl_app.io.images import VolumeReadError, read_labels, read_volume, write_volume
+from gvsl_app.io.volume import Volume
 
 
 def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
@@ -33,8 +34,7 @@ def make_volume(shape=(6, 9, 11), dtype=np.int16, seed=0) -> Volume:
     return Volume(arr, SPACING, ORIGIN, ROT)
 
 
-def write_dicom_series(folder, array: np.ndarray, spacing, origin, series_uid: str, modality="CT",
-                       prefix="slice"):
+def write_dicom_series(folder, array: np.ndarray, spacing, origin, series_uid: str, modality="CT", prefix="slice"):
     """A DICOM series with one file per slice, positioned like a scanner would write it."""
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(array)
@@ -171,7 +171,7 @@ def test_dicom_folder_with_two_series_picks_the_larger(tmp_path, caplog):
     small = rng.integers(0, 500, size=(3, 8, 8)).astype(np.int16)
     write_dicom_series(folder, small, (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), "1.2.3.4.1", prefix="a")
     write_dicom_series(folder, big, (1.0, 1.0, 1.5), (0.0, 0.0, 0.0), "1.2.3.4.2", prefix="b")
-    with caplog.at_level(logging.WARNING, logger="gvsl_app.dicom"):
+    with caplog.at_level(logging.WARNING, logger="gvsl_app.io.dicom"):
         vol = read_volume(folder)
     assert vol.shape == (6, 8, 8)
     np.testing.assert_array_equal(vol.array, big)
@@ -190,7 +190,7 @@ def test_dicom_series_with_missing_slice_is_flagged(tmp_path, caplog):
     arr = np.zeros((6, 8, 8), np.int16)
     write_dicom_series(tmp_path / "gap", arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), "1.2.3.4.7")
     (tmp_path / "gap" / "slice003.dcm").unlink()
-    with caplog.at_level(logging.WARNING, logger="gvsl_app.dicom"):
+    with caplog.at_level(logging.WARNING, logger="gvsl_app.io.dicom"):
         vol = read_volume(tmp_path / "gap")
     assert vol.shape == (5, 8, 8)
     assert vol.meta["dicom"]["nonuniform_slice_spacing"] is True
@@ -248,7 +248,7 @@ def _corrupt_niigz(tmp_path, start=None):
     full = write_volume(make_volume((24, 24, 24), np.float32), tmp_path / "full.nii.gz")
     data = bytearray(full.read_bytes())
     at = len(data) // 2 if start is None else start
-    data[at:at + 28] = b"\xff" * 28  # damaged data, not a short file
+    data[at : at + 28] = b"\xff" * 28  # damaged data, not a short file
     p = tmp_path / "corrupt.nii.gz"
     p.write_bytes(bytes(data))
     return p
@@ -402,7 +402,7 @@ def test_read_labels_mismatch_names_both_files_and_property(tmp_path, prop):
 
 @pytest.mark.parametrize("level", [-1, 0, 1, 9])
 def test_write_image_gzips_nifti_at_the_given_level_and_leaves_no_temporaries(tmp_path, level):
-    from gvsl_app.io import write_image
+    from gvsl_app.io.images import write_image
 
     rng = np.random.default_rng(0)
     field = rng.normal(size=(6, 7, 8, 3))

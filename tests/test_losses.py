@@ -1,4 +1,6 @@
 """Losses: local NCC, smoothness, MSE."""
+
+import pytest
 import torch
 
 from models import local_ncc, multiscale_ncc, restoration_mse, smoothness
@@ -27,9 +29,18 @@ def test_ncc_gradient_is_finite():
     assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
 
 
-def test_smoothness_zero_for_constant_field_positive_otherwise():
+def test_smoothness_zero_for_constant_field_and_known_values_otherwise():
     assert smoothness(torch.ones(1, 3, 8, 8, 8)) == 0
-    assert smoothness(torch.randn(1, 3, 8, 8, 8)) > 0
+    assert smoothness(torch.full((1, 3, 8, 8, 8), -5.0)) == 0  # any translation is free
+    # u_z = 2 z: squared z-difference 4 on one of three components, none along y or x
+    # -> mean over components 4 / 3 for the z term, averaged with two zero terms: 4 / 9
+    z = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(1, 1, 8, 8, 8)
+    ramp = torch.cat([2.0 * z, torch.zeros(1, 2, 8, 8, 8)], 1)
+    assert float(smoothness(ramp)) == pytest.approx(4 / 9)
+    # every component alternating +1/-1 along x: squared difference 4 everywhere along x -> 4 / 3
+    checker = ((-1.0) ** torch.arange(8.0)).view(1, 1, 1, 1, 8).expand(1, 3, 8, 8, 8)
+    assert float(smoothness(checker)) == pytest.approx(4 / 3)
+    assert smoothness(checker) > smoothness(ramp) > 0  # rough fields cost more than smooth ones
 
 
 def test_mse():

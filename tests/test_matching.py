@@ -1,4 +1,5 @@
 """Pairwise matching service: outputs on the fixed grid, ITK interoperability, bad input."""
+
 import json
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from gvsl_app.io import volume_to_sitk
-from gvsl_app.matching import match
-from gvsl_app.volume import Volume
+from gvsl_app.io.images import volume_to_sitk
+from gvsl_app.io.volume import Volume
+from gvsl_app.services.matching import match
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
 from models.checkpoint import CheckpointError
 
@@ -23,6 +24,12 @@ def phantom(shape, centre, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1
     return v, v.with_array(lab, source=f"phantom{seed}-labels")
 
 
+def _dice(a, b):
+    """Dice of two boolean masks, counted by hand (1.0 when both are empty, as the reports)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
 @pytest.fixture(scope="module")
 def perturbed_weights(tmp_path_factory):
     """A width-8 GVSL whose heads predict a clearly non-identity map."""
@@ -33,8 +40,7 @@ def perturbed_weights(tmp_path_factory):
             lin.bias.copy_(torch.tensor([0.3, -0.2, 0.25]))
         m.deformable_head.flow.weight.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("w") / "gvsl_test.pt"
-    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()},
-               path)
+    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()}, path)
     return path
 
 
@@ -48,11 +54,25 @@ def pair(tmp_path):
 
 def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair, perturbed_weights, tmp_path):
     fixed, moving, fl, ml = pair
-    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl,
-                fallback=False)
+    res = match(
+        fixed,
+        moving,
+        weights=perturbed_weights,
+        size=32,
+        device="cpu",
+        moving_labels=ml,
+        fixed_labels=fl,
+        fallback=False,
+    )
     out = res.save(tmp_path / "out")
-    for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "affine.tfm", "jacobian.nii.gz",
-                 "report.json"):
+    for name in (
+        "warped.nii.gz",
+        "warped_labels.nii.gz",
+        "displacement.nii.gz",
+        "affine.tfm",
+        "jacobian.nii.gz",
+        "report.json",
+    ):
         assert (out / name).is_file(), name
     warped = sitk.ReadImage(str(out / "warped.nii.gz"))
     field = sitk.ReadImage(str(out / "displacement.nii.gz"), sitk.sitkVectorFloat64)
@@ -63,24 +83,41 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
     # the moving image exactly as the engine saw it (a NIfTI round trip would round its
     # rotated direction to the format's float32 quaternion)
     mov_img = sitk.Cast(volume_to_sitk(moving), sitk.sitkFloat32)
-    ref = sitk.Resample(mov_img, warped, sitk.DisplacementFieldTransform(field), sitk.sitkLinear,
-                        float(moving.array.min()))
+    ref = sitk.Resample(
+        mov_img, warped, sitk.DisplacementFieldTransform(field), sitk.sitkLinear, float(moving.array.min())
+    )
     np.testing.assert_allclose(sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(warped), atol=1e-2)
     report = json.loads((out / "report.json").read_text())
-    for key in ("ncc_before", "ncc_after", "folding_percent", "dice_before", "dice_after", "seconds", "device"):
-        assert key in report
-    assert set(np.unique(res.warped_labels.array)) <= {0, 1, 2}
+    assert report == json.loads(json.dumps(res.report))  # the file holds the result's report
+    assert report["device"] == "cpu" and report["working_size"] == 32
+    assert report["ncc_after"] == report["ncc_network"] != report["ncc_before"]  # no refinement, no fallback
+    seconds = {k: v for k, v in report["seconds"].items() if k != "total_s"}
+    assert report["seconds"]["total_s"] == pytest.approx(sum(seconds.values()), abs=1e-3)
+    # Dice and folding recounted from the files written and the input labels
+    warped_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz")))
+    assert set(np.unique(warped_labels)) <= {0, 1, 2}
+    unwarped = sitk.GetArrayFromImage(  # moving labels overlaid on the fixed grid, no transform
+        sitk.Resample(volume_to_sitk(ml), volume_to_sitk(fl), sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    )
+    ref = fl.array
+    for k in (1, 2):
+        assert report["dice_after"][str(k)] == pytest.approx(_dice(warped_labels == k, ref == k), abs=1e-6), k
+        assert report["dice_before"][str(k)] == pytest.approx(_dice(unwarped == k, ref == k), abs=1e-6), k
+    after = [_dice(warped_labels == k, ref == k) for k in (1, 2)]
+    assert report["mean_dice_after"] == pytest.approx(np.mean(after))
+    jac = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "jacobian.nii.gz")))
+    assert report["folding_percent"] == pytest.approx(100.0 * (jac <= 0).mean(), abs=1e-9)
+    assert report["jacobian_min"] == pytest.approx(float(jac.min()), rel=1e-6)
 
 
-
-def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights, monkeypatch,
-                                                                       tmp_path):
+def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights, monkeypatch, tmp_path):
     fixed, moving, _, _ = pair
     res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False)
     built = []
     real = sitk.GetImageFromArray
-    monkeypatch.setattr(sitk, "GetImageFromArray",
-                        lambda *a, **k: (built.append(1) if k.get("isVector") else None) or real(*a, **k))
+    monkeypatch.setattr(
+        sitk, "GetImageFromArray", lambda *a, **k: (built.append(1) if k.get("isVector") else None) or real(*a, **k)
+    )
     res.save(tmp_path / "out")
     assert built == []  # save() reused the field match() built for the warp, then let it go
     first = res.displacement_image()
@@ -93,6 +130,7 @@ def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, pe
     assert len(built) == 1
     res.displacement_mm = res.displacement_mm * 0.5  # a new array: the image follows it
     np.testing.assert_allclose(sitk.GetArrayFromImage(res.displacement_image()), res.displacement_mm)
+
 
 def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights, tmp_path):
     fixed, moving, _, _ = pair
@@ -113,8 +151,7 @@ def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights
         x = idx @ np.array([*voxel, 1.0])
         expect = (mat @ x)[:3] - x[:3]
         np.testing.assert_allclose(res2.displacement_mm[voxel], expect, atol=0.05)
-    np.testing.assert_allclose(np.array(tfm.TransformPoint((0.0, 0.0, 0.0))),
-                               res.affine_physical[:3, 3], atol=1e-4)
+    np.testing.assert_allclose(np.array(tfm.TransformPoint((0.0, 0.0, 0.0))), res.affine_physical[:3, 3], atol=1e-4)
 
 
 def test_identity_network_warps_nothing(pair, tmp_path):
@@ -165,8 +202,9 @@ def test_a_small_physical_overlap_is_warned_about(pair):
     fixed, moving, _, _ = pair
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
     assert not any("covers only" in w for w in match(fixed, moving, model=m, size=32, device="cpu").report["warnings"])
-    shifted = Volume(moving.array, moving.spacing, tuple(o + 15.0 for o in moving.origin), moving.direction,
-                     source="shifted.nii.gz")
+    shifted = Volume(
+        moving.array, moving.spacing, tuple(o + 15.0 for o in moving.origin), moving.direction, source="shifted.nii.gz"
+    )
     res = match(fixed, shifted, model=m, size=32, device="cpu")
     (warning,) = [w for w in res.report["warnings"] if "covers only" in w]
     assert "shifted.nii.gz" in warning and f"{100 * res.report['physical_overlap']:.0f} %" in warning

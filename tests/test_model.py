@@ -1,10 +1,11 @@
 """The GVSL network: shapes, batching, gradients, initial identity."""
+
 import pytest
 import torch
 
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, local_ncc, smoothness, widths_from_base
 from models.heads import fit_affine
-from models.spatial import affine_from_parameters, voxel_grid
+from models.spatial import affine_from_parameters
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,13 @@ def test_default_heads_are_the_keypoint_and_pyramid_heads_and_are_recorded(studi
 def test_fit_affine_recovers_a_known_affine_from_spread_points():
     torch.manual_seed(0)
     p = torch.rand(2, 32, 3) * 40
-    a = affine_from_parameters(torch.tensor([[0.1, -0.05, 0.2]] * 2), torch.tensor([[2.0, -3.0, 1.5]] * 2),
-                               torch.tensor([[1.05, 0.95, 1.0]] * 2), torch.zeros(2, 6), (40, 40, 40))
+    a = affine_from_parameters(
+        torch.tensor([[0.1, -0.05, 0.2]] * 2),
+        torch.tensor([[2.0, -3.0, 1.5]] * 2),
+        torch.tensor([[1.05, 0.95, 1.0]] * 2),
+        torch.zeros(2, 6),
+        (40, 40, 40),
+    )
     q = p @ a[0, :, :3].T + a[0, :, 3]
     torch.testing.assert_close(fit_affine(p, q, ridge=0.0), a, atol=0.05, rtol=0)
     # the shrinkage towards the identity is small for well spread points
@@ -162,7 +168,7 @@ def test_batch_of_two_equals_two_single_calls(small):
             p.add_(torch.randn_like(p) * 0.05)
         small.deformable_head.flow.weight.add_(torch.randn_like(small.deformable_head.flow.weight) * 0.05)
         both = small(x, y)
-        one = [small(x[i:i + 1], y[i:i + 1]) for i in range(2)]
+        one = [small(x[i : i + 1], y[i : i + 1]) for i in range(2)]
     for i in range(2):
         assert torch.allclose(both.warped[i], one[i].warped[0], atol=1e-4)
         assert torch.allclose(both.affine[i], one[i].affine[0], atol=1e-5)
@@ -181,13 +187,6 @@ def test_no_affine_variant_keeps_the_identity():
     x, y = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
     out = m(x, y)
     assert torch.equal(out.affine[0], torch.eye(3, 4))
-
-
-def test_total_displacement_is_coordinates_minus_grid(small):
-    x = torch.rand(1, 1, 24, 20, 16)
-    out = small(x, x)
-    p = voxel_grid((24, 20, 16)).unsqueeze(0)
-    assert torch.allclose(out.total_displacement(), out.coordinates - p)
 
 
 def test_rejects_mismatched_pair(small):

@@ -4,6 +4,7 @@ The ``tiny`` budget pre-trains every variant for a few iterations on 16^3 phanto
 all 30 downstream runs for two iterations each; the numbers mean nothing, the structure of
 results.json / RESULTS.md and the figures are what is checked.
 """
+
 import importlib.util
 import json
 import math
@@ -16,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("heart_seg", "heart_cls", "brain_seg")
 MODES = ("linear", "finetune")
 METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl")
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def _load():
     if "paper_table" in sys.modules:
         return sys.modules["paper_table"]
-    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "benchmarks" / "paper_table.py")
+    spec = importlib.util.spec_from_file_location("paper_table", BENCHMARKS / "paper_table.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["paper_table"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
@@ -29,8 +31,15 @@ def _load():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    pt = _load()
+def pt():
+    # paper_table.py imports its sibling study_* modules as a script does, from its own folder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        yield _load()
+
+
+@pytest.fixture(scope="module")
+def study(pt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper_table")
     work, out = tmp / "work", tmp / "out"
     argv = ["--budget", "tiny", "--work", str(work), "--out", str(out), "--quiet"]
@@ -60,11 +69,13 @@ def test_results_json_structure(study):
 
 
 def test_results_md_and_figures(study):
-    pt, _, _, out, _ = study
+    from study_plan import METHOD_TITLES
+
+    _, _, _, out, _ = study
     md = (out / "RESULTS.md").read_text(encoding="utf-8")
     assert "SMOKE OUTPUT" in md
     assert "| Pre-training | a) linear" in md and "b) fine-tune" in md
-    for title in pt.METHOD_TITLES.values():
+    for title in METHOD_TITLES.values():
         assert f"| {title} |" in md
     assert "(+" in md or "(-" in md  # differences to scratch
     assert "Discussion" in md and "| **total** |" in md and "python benchmarks/paper_table.py" in md
@@ -87,15 +98,16 @@ def test_refusals(study, tmp_path):
     with pytest.raises(SystemExit, match="smoke"):
         pt.main(["--budget", "tiny", "--out", str(ROOT / "docs"), "--work", str(tmp_path), "--quiet"])
     with pytest.raises(SystemExit, match="overlap"):
-        pt.main(["--budget", "tiny", "--seeds", "9001", "--work", str(tmp_path), "--out", str(tmp_path),
-                 "--quiet"])
+        pt.main(["--budget", "tiny", "--seeds", "9001", "--work", str(tmp_path), "--out", str(tmp_path), "--quiet"])
     assert not any(tmp_path.iterdir())
 
 
-def test_summary_helpers():
-    pt = _load()
-    mean, std, n = pt._mean_std([0.5, float("nan"), 0.7])
+def test_summary_helpers(pt):
+    from study_report import _cell, _nan_to_none
+    from study_stats import mean_std
+
+    mean, std, n = mean_std([0.5, float("nan"), 0.7])
     assert n == 2 and math.isclose(mean, 0.6) and std > 0
-    assert pt._cell(0.512, 0.0, 1, 0.432, False, False) == "0.512 (+0.080)"
-    assert pt._cell(float("nan"), 0.0, 0, 0.4, False, False) == "n/a"
-    assert pt._nan_to_none({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+    assert _cell(0.512, 0.0, 1, 0.432, False, False) == "0.512 (+0.080)"
+    assert _cell(float("nan"), 0.0, 0, 0.4, False, False) == "n/a"
+    assert _nan_to_none({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}

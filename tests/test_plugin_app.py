@@ -1,25 +1,30 @@
 """The desktop app (``gvsl app``): widgets docked, files and samples loaded, bad files notified."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gui_conftest import notifications, small_samples  # noqa: F401
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
 
-from gvsl_app.io import write_volume
-from gvsl_app.volume import Volume
+from gvsl_app.io.images import write_volume
+from gvsl_app.io.volume import Volume
 
 pytestmark = pytest.mark.gui
 
 
-def test_app_docks_widgets_loads_files_and_reports_bad_ones(make_napari_viewer, small_samples, tmp_path,
-                                                            notifications, monkeypatch):
+def test_app_docks_widgets_loads_files_and_reports_bad_ones(
+    make_napari_viewer, small_samples, tmp_path, notifications, monkeypatch
+):
     import napari
 
-    from gvsl_app import app
+    from napari_plugin import app
 
-    good = write_volume(Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8), spacing=(0.5, 0.6, 2.0)),
-                        tmp_path / "scan.nii.gz")
+    good = write_volume(
+        Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8), spacing=(0.5, 0.6, 2.0)),
+        tmp_path / "scan.nii.gz",
+    )
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"\x00" * 10)
     monkeypatch.setattr(napari, "Viewer", make_napari_viewer)  # run_app's viewer, closed by the fixture
@@ -35,8 +40,46 @@ def test_app_docks_widgets_loads_files_and_reports_bad_ones(make_napari_viewer, 
     assert any("bad.nii.gz" in m and "cannot open" in m for m in notifications)
 
 
-def test_cli_app_command_is_wired():
-    from gvsl_app.cli import build_parser
+def test_cli_app_command_opens_files_and_sample_and_saves_a_window_screenshot(
+    make_napari_viewer, small_samples, tmp_path, monkeypatch
+):
+    """``gvsl app FILE --sample cardiac --screenshot PNG`` through the engine's command line
+    (the ``gvsl.commands`` entry point): the app opens both, and the PNG is the window."""
+    from importlib.metadata import entry_points
 
-    args = build_parser().parse_args(["app", "a.nii.gz", "--sample", "brain"])
-    assert args.files == ["a.nii.gz"] and args.sample == "brain"
+    import napari
+    from matplotlib.image import imread
+
+    from gvsl_app import cli
+
+    commands = {ep.name: ep.value for ep in entry_points(group=cli.COMMANDS_GROUP)}
+    assert commands.get("app") == "napari_plugin.app:add_command", (
+        f"the installed metadata lacks the {cli.COMMANDS_GROUP} entry point: reinstall (pip install -e .)"
+    )
+    scan = write_volume(Volume(np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)), tmp_path / "scan.nii.gz")
+    png = tmp_path / "shot.png"
+    shots = []
+    real_screenshot = napari.Viewer.screenshot
+
+    def screenshot(self, *args, **kwargs):
+        picture = real_screenshot(self, *args, **kwargs)
+        qt_window = self.window._qt_window  # its size once laid out for the picture
+        dpr = qt_window.devicePixelRatioF()
+        size = (round(qt_window.height() * dpr), round(qt_window.width() * dpr))
+        shots.append(([layer.name for layer in self.layers], size, picture))
+        return picture
+
+    monkeypatch.setattr(napari.Viewer, "screenshot", screenshot)
+    monkeypatch.setattr(napari, "Viewer", make_napari_viewer)  # the app's viewer, closed by the fixture
+    monkeypatch.setattr(napari, "run", lambda *a, **k: pytest.fail("--screenshot must not start the event loop"))
+    tuned = []
+    monkeypatch.setattr(cli, "tune_cpu_allocator", lambda: tuned.append(1))
+    assert cli.main(["app", str(scan), "--sample", "cardiac", "--screenshot", str(png)]) == 0
+    assert tuned == []  # an interactive front end leaves the allocator alone
+    ((names, window_size, picture),) = shots  # one picture, taken with the files and sample open
+    assert names == ["cardiac fixed", "cardiac moving", "cardiac fixed labels", "cardiac moving labels", "scan"]
+    image = imread(png)  # decoded: the file is a real picture of the whole window, not the canvas alone
+    assert image.shape[:2] == picture.shape[:2] == window_size
+    np.testing.assert_allclose(image[..., :3] * 255, picture[..., :3], atol=0.5)
+    colours = np.unique(picture[..., :3].reshape(-1, 3), axis=0)
+    assert len(colours) > 50  # not blank: widgets, text and the images drawn

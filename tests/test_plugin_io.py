@@ -1,4 +1,5 @@
 """napari plugin: manifest, reader/writer in physical space, sample data."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gui_conftest import SMALL, cardiac_viewer, notifications, rotated, small_samples  # noqa: F401
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+from gvsl_app.io.images import read_volume, write_volume
+from gvsl_app.io.volume import Volume
 
-from gvsl_app.io import read_volume, write_volume
-from gvsl_app.volume import Volume
+from helpers import SMALL, rotated  # noqa: E402
 
 pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,16 +45,21 @@ def oblique_ct(tmp_path) -> tuple[Path, Volume]:
 
 def test_manifest_validates_and_imports():
     for target in ("gvsl-studio", str(ROOT / "napari_plugin" / "napari.yaml")):
-        res = subprocess.run([sys.executable, "-m", "npe2", "validate", "--imports", target],
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, "-m", "npe2", "validate", "--imports", target], capture_output=True, text=True, timeout=300
+        )
         assert res.returncode == 0, res.stdout + res.stderr
     from npe2 import PluginManager
 
     pm = PluginManager.instance()
     pm.discover()
     mf = pm.get_manifest("gvsl-studio")
-    assert {w.display_name for w in mf.contributions.widgets} == {"Z-Matching", "Training", "Segmentation",
-                                                                     "Feature clusters"}
+    assert {w.display_name for w in mf.contributions.widgets} == {
+        "Z-Matching",
+        "Training",
+        "Segmentation",
+        "Feature clusters",
+    }
     assert {s.key for s in mf.contributions.sample_data} == {"cardiac", "brain"}
     # claims volume files, not every file (napari would ask users to pick a reader for a .tif)
     assert "gvsl-studio" in {r.plugin_name for r in pm.iter_compatible_readers(["scan.nii.gz"])}
@@ -100,11 +108,16 @@ def _write_dicom_series(volume: Volume, folder: Path) -> None:
     for z in range(img.GetDepth()):
         s = img[:, :, z]
         pos = img.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in (("0008|0060", "CT"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
-                           ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"), ("0020|0013", str(z + 1)),
-                           ("0020|0032", "\\".join(f"{p:.4f}" for p in pos)),
-                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", f"{volume.spacing[1]}\\{volume.spacing[0]}"),
-                           ("0018|0050", str(volume.spacing[2]))):
+        for tag, value in (
+            ("0008|0060", "CT"),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
+            ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"),
+            ("0020|0013", str(z + 1)),
+            ("0020|0032", "\\".join(f"{p:.4f}" for p in pos)),
+            ("0020|0037", "1\\0\\0\\0\\1\\0"),
+            ("0028|0030", f"{volume.spacing[1]}\\{volume.spacing[0]}"),
+            ("0018|0050", str(volume.spacing[2])),
+        ):
             s.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(s)
@@ -172,7 +185,7 @@ def test_labels_writer_round_trip(make_napari_viewer, tmp_path):
 
 @pytest.mark.parametrize("kind", ["cardiac", "brain"])
 def test_sample_data_loads(make_napari_viewer, small_samples, kind):
-    from gvsl_app.samples import sample_pair
+    from gvsl_app.data.samples import sample_pair
 
     viewer = make_napari_viewer()
     layers = viewer.open_sample("gvsl-studio", kind)
@@ -182,8 +195,9 @@ def test_sample_data_loads(make_napari_viewer, small_samples, kind):
     fixed = viewer.layers[f"{kind} fixed"]
     np.testing.assert_allclose(fixed.scale, ref["fixed_image"].spacing[::-1])
     for index in ((0, 0, 0), (47, 10, 30)):
-        np.testing.assert_allclose(_world_of_index(fixed, index), _physical_of_index(ref["fixed_image"], index),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            _world_of_index(fixed, index), _physical_of_index(ref["fixed_image"], index), atol=1e-4
+        )
     labels = viewer.layers[f"{kind} moving labels"]
     assert set(labels.features["name"]) >= set(ref["label_names"].values())
     value = next(iter(ref["label_names"]))

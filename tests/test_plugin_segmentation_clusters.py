@@ -1,10 +1,12 @@
 """Segmentation and feature-clusters widgets: real flows, result layers, tables, selection."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gui_conftest import cardiac_viewer, gvsl_ckpt, notifications, seg_ckpt, small_samples  # noqa: F401
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
 
 pytestmark = pytest.mark.gui
 
@@ -26,7 +28,7 @@ def _segmentation(viewer):
 
 
 def test_segmentation_flow_layer_and_table(qtbot, cardiac_viewer, seg_ckpt):
-    from napari_plugin._state import shared_checkpoints
+    from gvsl_app.jobs.state import shared_checkpoints
 
     viewer = cardiac_viewer
     w = _segmentation(viewer)
@@ -109,7 +111,12 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     pts = w.canvas.panels[0]["xy"]
     c = pts.mean(0)
     r = pts.std(0)
-    verts = [(c[0] - r[0], c[1] - r[1]), (c[0] + r[0], c[1] - r[1]), (c[0] + r[0], c[1] + r[1]), (c[0] - r[0], c[1] + r[1])]
+    verts = [
+        (c[0] - r[0], c[1] - r[1]),
+        (c[0] + r[0], c[1] - r[1]),
+        (c[0] + r[0], c[1] + r[1]),
+        (c[0] - r[0], c[1] + r[1]),
+    ]
     w.canvas._on_lasso(0, verts)
     assert 0 < layer.features["selected"].sum() < len(pts)
 
@@ -117,5 +124,9 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
 def test_structure_names_fall_back_to_the_ground_truth():
     from napari_plugin._segmentation import merge_names
 
-    assert merge_names({1: "1", 2: "label 2", 3: "Aorta"}, {1: "LV", 2: "RV", 3: "LA"}) == {1: "LV", 2: "RV", 3: "Aorta"}
+    assert merge_names({1: "1", 2: "label 2", 3: "Aorta"}, {1: "LV", 2: "RV", 3: "LA"}) == {
+        1: "LV",
+        2: "RV",
+        3: "Aorta",
+    }
     assert merge_names({1: "LV"}, {}) == {1: "LV"}

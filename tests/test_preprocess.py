@@ -1,4 +1,5 @@
 """Preprocessing: physical resampling, overlap, working-cube resizing, intensity normalisation."""
+
 from __future__ import annotations
 
 import logging
@@ -7,10 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from gvsl_app.io import read_volume, write_volume
-from gvsl_app.preprocess import (CT_WINDOW, check_overlap, detect_modality, normalise, physical_overlap,
-                                 resample_to, resize_array)
-from gvsl_app.volume import Volume
+from gvsl_app.data.preprocess import (
+    CT_WINDOW,
+    check_overlap,
+    detect_modality,
+    normalise,
+    physical_overlap,
+    resample_to,
+    resize_array,
+)
+from gvsl_app.io.images import read_volume, write_volume
+from gvsl_app.io.volume import Volume
 
 
 def rot_z(deg: float) -> tuple[float, ...]:
@@ -30,11 +38,12 @@ def centroid_mm(vol: Volume, weights: np.ndarray | None = None) -> np.ndarray:
     return (physical_coords(vol) * w[..., None]).sum(axis=(0, 1, 2)) / w.sum()
 
 
-def blob_volume(center_mm, shape=(30, 32, 34), spacing=(1.0, 1.2, 0.9), origin=(-5.0, 3.0, 10.0),
-                direction=rot_z(0.0), sigma=3.0) -> Volume:
+def blob_volume(
+    center_mm, shape=(30, 32, 34), spacing=(1.0, 1.2, 0.9), origin=(-5.0, 3.0, 10.0), direction=rot_z(0.0), sigma=3.0
+) -> Volume:
     vol = Volume(np.zeros(shape, np.float32), spacing, origin, direction, source="moving_blob.nii.gz")
     d2 = ((physical_coords(vol) - np.asarray(center_mm)) ** 2).sum(-1)
-    return vol.with_array((np.exp(-d2 / (2 * sigma ** 2)) * 1000.0 - 100.0).astype(np.float32))
+    return vol.with_array((np.exp(-d2 / (2 * sigma**2)) * 1000.0 - 100.0).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------- resample_to
@@ -43,8 +52,9 @@ def blob_volume(center_mm, shape=(30, 32, 34), spacing=(1.0, 1.2, 0.9), origin=(
 def test_resample_keeps_blob_at_same_physical_position():
     center = np.array([8.0, 20.0, 22.0])
     moving = blob_volume(center)
-    ref = Volume(np.zeros((26, 28, 24), np.int16), (1.5, 0.8, 1.3), (-12.0, 2.0, 6.0), rot_z(20.0),
-                 source="fixed.nii.gz")
+    ref = Volume(
+        np.zeros((26, 28, 24), np.int16), (1.5, 0.8, 1.3), (-12.0, 2.0, 6.0), rot_z(20.0), source="fixed.nii.gz"
+    )
     out = resample_to(moving, ref)
     assert out.shape == ref.shape
     assert out.spacing == ref.spacing and out.origin == ref.origin and out.direction == ref.direction
@@ -62,9 +72,12 @@ def test_resample_keeps_blob_at_same_physical_position():
 def test_resample_through_files_keeps_blob_position(tmp_path):
     center = np.array([6.0, 18.0, 25.0])
     moving = read_volume(write_volume(blob_volume(center, direction=rot_z(-15.0)), tmp_path / "m.nrrd"))
-    ref = read_volume(write_volume(
-        Volume(np.zeros((20, 22, 24), np.int16), (1.4, 1.1, 1.2), (-15.0, 0.0, 8.0), rot_z(10.0)),
-        tmp_path / "f.nii.gz"))
+    ref = read_volume(
+        write_volume(
+            Volume(np.zeros((20, 22, 24), np.int16), (1.4, 1.1, 1.2), (-15.0, 0.0, 8.0), rot_z(10.0)),
+            tmp_path / "f.nii.gz",
+        )
+    )
     out = resample_to(moving, ref)
     np.testing.assert_allclose(centroid_mm(out, out.array - out.array.min()), center, atol=0.3)
 
@@ -209,7 +222,7 @@ def test_mr_percentile_scaling():
 
 
 def test_constant_volume_gives_zeros_and_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="gvsl_app.preprocess"):
+    with caplog.at_level(logging.WARNING, logger="gvsl_app.data.preprocess"):
         out = normalise(Volume(np.full((6, 6, 6), 300, np.int16), source="flat.nii.gz"))
     assert out.dtype == np.float32 and not np.isnan(out).any()
     assert np.all(out == 0.0)

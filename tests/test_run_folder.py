@@ -1,4 +1,5 @@
 """Run folders that cannot be lost or mixed up: locks, no destruction, resume rules, clean exits."""
+
 import json
 import signal
 import subprocess
@@ -7,21 +8,44 @@ import time
 from pathlib import Path
 
 import pytest
+from test_training import GVSL, ROOT, drain, small
 
-from gvsl_app.config import FinetuneConfig
-from gvsl_app.finetune import finetune
-from gvsl_app.pretrain import pretrain
-from gvsl_app.runs import RunFolder
+from gvsl_app.training.config import FinetuneConfig
+from gvsl_app.training.finetune import finetune
+from gvsl_app.training.pretrain import pretrain
+from gvsl_app.training.runs import RunFolder
 from models.checkpoint import read_checkpoint
-from test_training import GVSL, ROOT, drain, seg_data, small  # noqa: F401  (seg_data is a fixture)
 
 
 def training_process(run: Path) -> subprocess.Popen:
     """A small ``gvsl pretrain`` in its own process, returned once it has logged two steps."""
-    proc = subprocess.Popen(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", str(run),
-                                    "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0",
-                                    "--device", "cpu", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        GVSL
+        + [
+            "pretrain",
+            "--data",
+            "synthetic:cardiac",
+            "--n-synthetic",
+            "2",
+            "--run",
+            str(run),
+            "--iters",
+            "1000",
+            "--size",
+            "24",
+            "--width",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
@@ -33,9 +57,34 @@ def test_resume_without_a_checkpoint_is_refused_and_keeps_the_history(tmp_path):
     run = tmp_path / "no-last"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"iteration": 1, "loss": 0.5}\n')
-    proc = subprocess.run(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run", str(run),
-                                  "--iters", "2", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu",
-                                  "--resume", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        GVSL
+        + [
+            "pretrain",
+            "--data",
+            "synthetic:cardiac",
+            "--n-synthetic",
+            "2",
+            "--run",
+            str(run),
+            "--iters",
+            "2",
+            "--size",
+            "24",
+            "--width",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--resume",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "last.pt: no checkpoint to resume from" in proc.stderr and "Traceback" not in proc.stderr
     assert (run / "metrics.jsonl").read_text() == '{"iteration": 1, "loss": 0.5}\n'
@@ -58,16 +107,16 @@ def test_half_written_checkpoints_of_a_killed_run_are_removed_on_the_next_start(
 def test_run_reports_are_strict_json_with_null_for_undefined_numbers(tmp_path):
     import numpy as np
 
-    from gvsl_app.jsonio import dumps_strict
+    from gvsl_app.io.jsonio import dumps_strict
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
 
     run = RunFolder(tmp_path / "r").create()
-    run.write_report({"best_val": float("inf"), "dice": {"1": float("nan"), "2": np.float32(0.5)},
-                      "rows": [np.float64("-inf"), 1]})
-    assert strict(run.report_path.read_text()) == {"best_val": None, "dice": {"1": None, "2": 0.5},
-                                                   "rows": [None, 1]}
+    run.write_report(
+        {"best_val": float("inf"), "dice": {"1": float("nan"), "2": np.float32(0.5)}, "rows": [np.float64("-inf"), 1]}
+    )
+    assert strict(run.report_path.read_text()) == {"best_val": None, "dice": {"1": None, "2": 0.5}, "rows": [None, 1]}
     assert strict(dumps_strict({"ok": 1.25})) == {"ok": 1.25}
 
 
@@ -76,10 +125,33 @@ def test_a_second_process_on_a_locked_run_folder_is_refused_with_the_holders_pid
     first = training_process(run)
     metrics = run / "metrics.jsonl"
     try:
-        second = subprocess.run(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "2", "--run",
-                                        str(run), "--iters", "2", "--size", "24", "--width", "4", "--workers", "0",
-                                        "--device", "cpu", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            GVSL
+            + [
+                "pretrain",
+                "--data",
+                "synthetic:cardiac",
+                "--n-synthetic",
+                "2",
+                "--run",
+                str(run),
+                "--iters",
+                "2",
+                "--size",
+                "24",
+                "--width",
+                "4",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stderr
         assert f"another process (PID {first.pid}) is training in this run folder" in second.stderr
         assert first.poll() is None  # the first run goes on, its log intact
@@ -94,8 +166,10 @@ def test_a_second_process_on_a_locked_run_folder_is_refused_with_the_holders_pid
 
 
 def test_the_lock_is_released_when_its_holder_is_killed(tmp_path):
-    script = ("import sys, time; from gvsl_app.runs import RunFolder\n"
-              f"with RunFolder({str(tmp_path / 'k')!r}).lock():\n    print('held', flush=True); time.sleep(60)\n")
+    script = (
+        "import sys, time; from gvsl_app.training.runs import RunFolder\n"
+        f"with RunFolder({str(tmp_path / 'k')!r}).lock():\n    print('held', flush=True); time.sleep(60)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RuntimeError, match=f"PID {holder.pid}"):
@@ -135,13 +209,22 @@ def test_finetune_checks_every_split_before_touching_the_run_folder(tmp_path, se
 
     import numpy as np
 
-    from gvsl_app.datasets import split_names
-    from gvsl_app.io import read_volume, write_volume
+    from gvsl_app.data.datasets import split_names
+    from gvsl_app.io.images import read_volume, write_volume
 
     data = tmp_path / "data"
     shutil.copytree(seg_data, data)
-    cfg = FinetuneConfig(data=str(data), run=str(tmp_path / "ft"), iters=1, size=16, batch=1, device="cpu",
-                         val_every=1, val_fraction=0.2, test_fraction=0.3)
+    cfg = FinetuneConfig(
+        data=str(data),
+        run=str(tmp_path / "ft"),
+        iters=1,
+        size=16,
+        batch=1,
+        device="cpu",
+        val_every=1,
+        val_fraction=0.2,
+        test_fraction=0.3,
+    )
     _, _, test = split_names(sorted(p.name.split(".")[0] for p in (data / "images").iterdir()), 0.2, 0.3, 0)
     label = data / "labels" / f"{test[0]}.nii.gz"
     bad = read_volume(label)

@@ -3,6 +3,7 @@
 Tiny on purpose (width-8 networks, volumes under 48^3, ~100 t-SNE points): the point is
 what the services promise (geometry, units, sampling, determinism, refusals), not quality.
 """
+
 import csv
 import dataclasses
 import json
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 import models
-from gvsl_app.embed import embed, features_at, sample_voxels
-from gvsl_app.segment import segment
-from gvsl_app.synthetic import make_cardiac_subject
+from gvsl_app.data.synthetic import make_cardiac_subject
+from gvsl_app.services.embed import embed, features_at, sample_voxels
+from gvsl_app.services.segment import segment
 from models.checkpoint import CheckpointError
 from models.downstream import SegmentationNet
 
@@ -32,9 +33,17 @@ def subject():
 
 
 def _seg_checkpoint(path, net, size=32, names=None):
-    torch.save({"format": "gvsl-studio", "kind": "segmentation", "model_config": net.config(),
-                "model": net.state_dict(), "preprocess": {"size": size},
-                "label_names": names or {1: "LV", 2: "RV"}}, path)
+    torch.save(
+        {
+            "format": "gvsl-studio",
+            "kind": "segmentation",
+            "model_config": net.config(),
+            "model": net.state_dict(),
+            "preprocess": {"size": size},
+            "label_names": names or {1: "LV", 2: "RV"},
+        },
+        path,
+    )
     return path
 
 
@@ -60,12 +69,12 @@ def gvsl_weights(tmp_path_factory):
     torch.manual_seed(0)
     m = models.GVSL(widths=models.DEMO_WIDTHS)
     path = tmp_path_factory.mktemp("w") / "gvsl.pt"
-    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()},
-               path)
+    torch.save({"format": "gvsl-studio", "kind": "pretrain", "model_config": m.config(), "model": m.state_dict()}, path)
     return path
 
 
 # ----------------------------------------------------------------------------- segmentation
+
 
 def test_segment_label_map_has_the_image_geometry(subject, seg_random):
     image, _ = subject
@@ -118,6 +127,7 @@ def test_segment_refuses_a_reference_on_another_grid(subject, seg_random):
 
 # ----------------------------------------------------------------------------- embedding
 
+
 @pytest.fixture(scope="module")
 def labels_with_small_structure(subject):
     """The subject's labels plus a label 9 of only 5 voxels (fewer than per_label)."""
@@ -133,8 +143,9 @@ PER_LABEL = 15
 @pytest.fixture(scope="module")
 def embedded(subject, labels_with_small_structure, gvsl_weights, tmp_path_factory):
     image, _ = subject
-    res = embed(image, labels_with_small_structure, weights=gvsl_weights, per_label=PER_LABEL, size=32, seed=3,
-                device="cpu")
+    res = embed(
+        image, labels_with_small_structure, weights=gvsl_weights, per_label=PER_LABEL, size=32, seed=3, device="cpu"
+    )
     out = res.save(tmp_path_factory.mktemp("embed"))
     return res, out
 
@@ -168,11 +179,36 @@ def test_embed_voxels_are_on_the_input_grid_and_carry_their_label(embedded, labe
     assert zyx[:, 2].max() >= SHAPE[0]
 
 
+def _silhouette(x, labels):
+    """Mean silhouette (Euclidean), written out from its definition; 0 for a lone point."""
+    d = np.linalg.norm(x[:, None, :].astype(np.float64) - x[None, :, :], axis=-1)
+    scores = []
+    for i, label in enumerate(labels):
+        same = labels == label
+        if same.sum() == 1:
+            scores.append(0.0)
+            continue
+        a = d[i, same].sum() / (same.sum() - 1)
+        b = min(d[i, labels == other].mean() for other in np.unique(labels) if other != label)
+        scores.append((b - a) / max(a, b))
+    return float(np.mean(scores))
+
+
+def test_silhouette_reference_on_hand_made_clusters():
+    """The reference above, on points whose score is known: two tight, far clusters -> ~1."""
+    x = np.array([[0.0, 0.0], [0.0, 1.0], [100.0, 0.0], [100.0, 1.0]])
+    # a = 1, b = mean(100, sqrt(100^2 + 1)) for every point
+    b = (100.0 + np.hypot(100.0, 1.0)) / 2
+    assert _silhouette(x, np.array([1, 1, 2, 2])) == pytest.approx((b - 1.0) / b)
+    assert _silhouette(x, np.array([1, 2, 1, 2])) < 0  # mixed clusters score below 0
+
+
 def test_embed_report_has_silhouette_scores(embedded):
-    _, out = embedded
+    res, out = embedded
     r = json.loads((out / "report.json").read_text())
-    for key in ("silhouette_features", "silhouette_2d"):
-        assert isinstance(r[key], float) and -1.0 <= r[key] <= 1.0
+    # the scores of the labels of the very points embedded, in feature space and in the 2D map
+    assert r["silhouette_features"] == pytest.approx(_silhouette(res.features, res.labels), abs=1e-5)
+    assert r["silhouette_2d"] == pytest.approx(_silhouette(res.xy, res.labels), abs=1e-5)
     assert r["feature_dim"] == models.DEMO_WIDTHS[-1]
     assert r["points_per_label"]["9"] == 5
 
@@ -195,8 +231,7 @@ def test_embed_is_deterministic_with_the_seed(subject, labels_with_small_structu
 def test_embed_refuses_labels_on_another_grid(subject, gvsl_weights):
     image, labels = subject
     with pytest.raises(ValueError, match="spacing"):
-        embed(image, dataclasses.replace(labels, spacing=(2.0, 2.0, 2.0)), weights=gvsl_weights, size=32,
-              device="cpu")
+        embed(image, dataclasses.replace(labels, spacing=(2.0, 2.0, 2.0)), weights=gvsl_weights, size=32, device="cpu")
     with pytest.raises(ValueError, match="shape"):
         embed(image, labels.with_array(labels.array[:, :-1]), weights=gvsl_weights, size=32, device="cpu")
 

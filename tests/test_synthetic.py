@@ -1,22 +1,22 @@
 """Synthetic cardiac phantoms, MNI-template brain subjects, bundled sample pairs."""
+
 from __future__ import annotations
 
 import csv
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from gvsl_app.synthetic import (CARDIAC_COLORS, CARDIAC_LABELS, cardiac_dataset, make_cardiac_subject,
-                                subject_seed)
+from gvsl_app.data.synthetic import CARDIAC_COLORS, CARDIAC_LABELS, cardiac_dataset, make_cardiac_subject, subject_seed
 
 SHAPE = (48, 48, 48)
 CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
-@lru_cache(maxsize=None)
+@cache
 def subject(seed, shape=SHAPE, abnormal=False):
     return make_cardiac_subject(seed, shape, abnormal=abnormal)
 
@@ -28,12 +28,20 @@ def physical_centroid(vol, mask):
 
 # --------------------------------------------------------------------------- cardiac
 
+
 def test_label_constants():
-    assert CARDIAC_LABELS == {1: "LV", 2: "RV", 3: "LA", 4: "RA", 5: "Myocardium", 6: "Aorta",
-                              7: "Pulmonary artery"}
+    assert CARDIAC_LABELS == {1: "LV", 2: "RV", 3: "LA", 4: "RA", 5: "Myocardium", 6: "Aorta", 7: "Pulmonary artery"}
     assert set(CARDIAC_COLORS) == set(CARDIAC_LABELS)
-    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in CARDIAC_COLORS.values())
-    assert subject_seed(5, 7) == 5 * 100003 + 7
+    rgb = np.array([CARDIAC_COLORS[k] for k in sorted(CARDIAC_COLORS)])
+    assert rgb.shape == (7, 3) and rgb.dtype.kind == "i" and rgb.min() >= 0 and rgb.max() <= 255
+    # every structure is told apart from the others and from the (black) background
+    pairwise = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1)[np.triu_indices(7, 1)]
+    assert pairwise.min() > 40 and np.linalg.norm(rgb, axis=1).min() > 150
+    # a dataset's subjects, and different datasets, never share a subject seed ...
+    seeds = [subject_seed(s, i) for s in range(20) for i in range(1000)]
+    assert len(set(seeds)) == len(seeds)
+    # ... and the seeds are pinned: changing them would change every generated dataset
+    assert [subject_seed(0, 0), subject_seed(0, 7), subject_seed(5, 7)] == [0, 7, 500022]
 
 
 def test_cardiac_deterministic_and_seed_dependent():
@@ -59,7 +67,7 @@ def test_all_structures_present_with_plausible_volumes(seed):
     vol = {k: (l == k).sum() * voxel_ml for k in CARDIAC_LABELS}
     for k, v in vol.items():
         assert 3.0 < v < 100.0, (CARDIAC_LABELS[k], v)
-    assert vol[5] > 0.8 * vol[1]       # a myocardial shell around the LV cavity
+    assert vol[5] > 0.8 * vol[1]  # a myocardial shell around the LV cavity
     assert vol[1] > vol[3] and vol[1] > vol[4]  # ventricles bigger than atria
     heart = (l > 0).mean()
     assert 0.05 < heart < 0.5, heart  # heart fills part of the field, not all of it
@@ -96,7 +104,7 @@ def test_intensities(seed):
     assert 30 < myo < 160, myo
     assert blood > myo + 120
     assert a.min() >= -1024
-    assert (a < -600).mean() > 0.05      # lungs and air
+    assert (a < -600).mean() > 0.05  # lungs and air
     assert a[l == 0].mean() < blood - 200
     core = ndi.binary_erosion(l == 1, iterations=2)
     assert core.sum() > 20 and 3 < np.std(a[core]) < 60  # noise present, blood pool homogeneous
@@ -170,9 +178,11 @@ def test_cardiac_dataset_files(tmp_path):
 
 # --------------------------------------------------------------------------- brain
 
+
 @pytest.fixture(scope="module")
 def brain_mod():
-    from gvsl_app import brain
+    from gvsl_app.data import brain
+
     if brain.mni_template_files() is None:
         pytest.importorskip("nilearn")
     return brain
@@ -214,8 +224,9 @@ def test_brain_dataset(brain_mod, tmp_path):
 
 # --------------------------------------------------------------------------- samples
 
+
 def test_sample_pair_and_write_samples(tmp_path):
-    from gvsl_app.samples import SAMPLE_PAIR_SEEDS, sample_pair, write_samples
+    from gvsl_app.data.samples import SAMPLE_PAIR_SEEDS, sample_pair, write_samples
 
     p = sample_pair("cardiac", (24, 24, 24))
     q = sample_pair("cardiac", (24, 24, 24))

@@ -1,6 +1,8 @@
 """Training runs: pre-training learns, resumes exactly, survives SIGKILL, runs under DDP;
 fine-tuning and linear evaluation; official checkpoints as initialisation."""
+
 import ast
+import csv
 import json
 import os
 import signal
@@ -9,25 +11,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from gvsl_app.config import FinetuneConfig, PretrainConfig
-from gvsl_app.finetune import finetune
-from gvsl_app.pretrain import build_model, pretrain, validate
-from gvsl_app.datasets import PairDataset, validation_pair
-from gvsl_app.progress import StopFlag
-from gvsl_app.runs import RunFolder, read_metrics
-from gvsl_app.synthetic import cardiac_dataset
+from gvsl_app.data.datasets import ClassificationDataset, PairDataset, load_labelled_volumes, validation_pair
+from gvsl_app.data.synthetic import cardiac_dataset
+from gvsl_app.services.inference import segment_array
+from gvsl_app.training.config import FinetuneConfig, PretrainConfig
+from gvsl_app.training.finetune import finetune
+from gvsl_app.training.pretrain import build_model, pretrain, validate
+from gvsl_app.training.progress import StopFlag
+from gvsl_app.training.runs import RunFolder, read_metrics
 from models.checkpoint import read_checkpoint
+from models.downstream import ClassificationNet, SegmentationNet
 
 ROOT = Path(__file__).resolve().parents[1]
 GVSL = [sys.executable, "-m", "gvsl_app.cli"]
-
-
-@pytest.fixture(scope="module")
-def seg_data(tmp_path_factory):
-    return cardiac_dataset(tmp_path_factory.mktemp("seg"), 6, seed=3, shape=(32, 32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +36,47 @@ def cls_data(tmp_path_factory):
 
 
 def small(run, **kw) -> PretrainConfig:
-    base = dict(data="synthetic:cardiac", n_synthetic=4, run=str(run), iters=6, size=32, width=8, workers=0,
-                log_every=1, ckpt_every=2, val_every=3, device="cpu", seed=0)
+    base = dict(
+        data="synthetic:cardiac",
+        n_synthetic=4,
+        run=str(run),
+        iters=6,
+        size=32,
+        width=8,
+        workers=0,
+        log_every=1,
+        ckpt_every=2,
+        val_every=3,
+        device="cpu",
+        seed=0,
+    )
     base.update(kw)
     return PretrainConfig(**base)
+
+
+def hand_dice(a, b) -> float:
+    """Dice of two boolean masks, counted by hand (1.0 when both are empty, as the reports)."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def best_model(run: Path):
+    """The network of a fine-tuning run's best checkpoint, in eval mode."""
+    ck = read_checkpoint(run / "checkpoints" / "best.pt")
+    mc = ck["model_config"]
+    net = SegmentationNet(mc["n_classes"], mc["widths"]) if "n_classes" in mc else ClassificationNet(**mc)
+    net.load_state_dict(ck["model"])
+    return net.eval()
+
+
+def per_case_dice(run: Path, data, names, size: int) -> dict[str, dict[int, float]]:
+    """Dice per label of the best checkpoint's segmentation of each case, counted here."""
+    net = best_model(run)
+    out = {}
+    for name, (img, lab, _) in zip(names, load_labelled_volumes(data, names)):
+        pred = segment_array(net, img, size, torch.device("cpu"))
+        out[name] = {k: hand_dice(pred == k, lab == k) for k in range(1, net.n_classes)}
+    return out
 
 
 def drain(gen, stop=None, stop_at=None):
@@ -98,7 +135,7 @@ def test_variants_train(tmp_path):
 
 
 def test_clean_matching_input_matches_the_clean_scans_and_restores_the_transformed_one(tmp_path):
-    from gvsl_app.pretrain import PretrainObjective
+    from gvsl_app.training.pretrain import PretrainObjective
 
     torch.manual_seed(0)
     moving, fixed = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
@@ -116,7 +153,7 @@ def test_clean_matching_input_matches_the_clean_scans_and_restores_the_transform
 
 
 def test_snapshots_keep_loadable_weights_of_every_nth_iteration_with_the_chosen_heads(tmp_path):
-    from gvsl_app.weights import load_gvsl
+    from gvsl_app.services.weights import load_gvsl
 
     cfg = small(tmp_path / "snap", iters=4, snapshot_every=2, val_every=4, affine_head="paper")
     assert drain(pretrain(cfg)).phase == "done"
@@ -141,12 +178,31 @@ def test_affine_warmup_matches_without_displacement_first(tmp_path):
 
 def test_sigkill_while_checkpointing_leaves_a_loadable_last(tmp_path):
     run = tmp_path / "killed"
-    cmd = GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "3", "--run", str(run),
-                  "--iters", "1000", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet"]
+    cmd = GVSL + [
+        "pretrain",
+        "--data",
+        "synthetic:cardiac",
+        "--n-synthetic",
+        "3",
+        "--run",
+        str(run),
+        "--iters",
+        "1000",
+        "--size",
+        "24",
+        "--width",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ckpt_every: 1\nval_every: 1000\nlog_every: 1\n")
-    proc = subprocess.Popen(cmd + ["--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd + ["--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = run / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline:
@@ -159,10 +215,34 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_last(tmp_path):
     assert ck["iteration"] >= 1 and "model" in ck and "optimizer" in ck
     # and the run resumes from it
     cfg.write_text("ckpt_every: 1\nval_every: 1000\nlog_every: 1\n")
-    subprocess.run(GVSL + ["pretrain", "--run", str(run), "--data", "synthetic:cardiac", "--n-synthetic", "3",
-                           "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet",
-                           "--iters", str(ck["iteration"] + 1), "--resume"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        GVSL
+        + [
+            "pretrain",
+            "--run",
+            str(run),
+            "--data",
+            "synthetic:cardiac",
+            "--n-synthetic",
+            "3",
+            "--size",
+            "24",
+            "--width",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--iters",
+            str(ck["iteration"] + 1),
+            "--resume",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert read_checkpoint(last)["iteration"] == ck["iteration"] + 1
 
 
@@ -170,10 +250,34 @@ def test_sigkill_while_checkpointing_leaves_a_loadable_last(tmp_path):
 def test_signal_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path, sig):
     """Ctrl-C in a terminal signals the whole process group, DataLoader workers included."""
     run = tmp_path / "term"
-    proc = subprocess.Popen(GVSL + ["pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "3", "--run",
-                                    str(run), "--iters", "1000", "--size", "24", "--width", "4", "--workers", "1",
-                                    "--device", "cpu", "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        GVSL
+        + [
+            "pretrain",
+            "--data",
+            "synthetic:cardiac",
+            "--n-synthetic",
+            "3",
+            "--run",
+            str(run),
+            "--iters",
+            "1000",
+            "--size",
+            "24",
+            "--width",
+            "4",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 120
     while (not metrics.exists() or len(metrics.read_text().splitlines()) < 2) and time.time() < deadline:
@@ -190,15 +294,45 @@ def test_signal_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path, s
 def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29577",
-                    "-m", "gvsl_app.cli", "pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "4",
-                    "--run-dir", str(run), "--iters", "3", "--size", "24", "--width", "4", "--workers", "0",
-                    "--device", "cpu", "--quiet"], cwd=ROOT, env=env, check=True, timeout=300,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29577",
+            "-m",
+            "gvsl_app.cli",
+            "pretrain",
+            "--data",
+            "synthetic:cardiac",
+            "--n-synthetic",
+            "4",
+            "--run-dir",
+            str(run),
+            "--iters",
+            "3",
+            "--size",
+            "24",
+            "--width",
+            "4",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["world_size"] == 2 and report["status"] == "done"
-    a, b = report["rank_param_checksums"]
-    assert a == pytest.approx(b, rel=1e-9)
+    a, b = report["replica_checksums"]  # one per rank, computed on each
+    assert a == pytest.approx(b, rel=1e-9) and report["replicas_in_sync"] is True
     single = read_checkpoint(run / "checkpoints" / "last.pt")
     assert single["iteration"] == 3
 
@@ -207,8 +341,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     script = tmp_path / "nan_on_rank1.py"
     script.write_text(f"""
 import os, sys, torch
-from gvsl_app import pretrain as P
-from gvsl_app.config import PretrainConfig
+from gvsl_app.training import pretrain as P
+from gvsl_app.training.config import PretrainConfig
 real = P.PretrainObjective.forward
 def forward(self, *a, **k):
     terms = real(self, *a, **k)
@@ -222,8 +356,14 @@ last = [p for p in P.pretrain(cfg)][-1]
 print("RANK", os.environ["RANK"], last.phase, last.iteration, flush=True)
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29578",
-                           str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29578", str(script)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = sorted(l for l in proc.stdout.splitlines() if l.startswith("RANK"))
     assert lines == ["RANK 0 error 1", "RANK 1 error 1"], proc.stdout
@@ -232,14 +372,34 @@ print("RANK", os.environ["RANK"], last.phase, last.iteration, flush=True)
 def test_finetune_from_pretrained_and_scratch_and_linear_freezes_backbone(tmp_path, seg_data):
     drain(pretrain(small(tmp_path / "pre", iters=2, val_every=2)))
     init = tmp_path / "pre" / "checkpoints" / "last.pt"
-    common = dict(data=str(seg_data), iters=4, size=24, width=8, batch=2, device="cpu", val_every=2,
-                  val_fraction=0.2, test_fraction=0.2, seed=0)
-    for name, init_ck, linear in (("scratch", "scratch", False), ("full", str(init), False),
-                                  ("linear", str(init), True)):
+    common = dict(
+        data=str(seg_data),
+        iters=4,
+        size=24,
+        width=8,
+        batch=2,
+        device="cpu",
+        val_every=2,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        seed=0,
+    )
+    for name, init_ck, linear in (
+        ("scratch", "scratch", False),
+        ("full", str(init), False),
+        ("linear", str(init), True),
+    ):
         last = drain(finetune(FinetuneConfig(run=str(tmp_path / name), init=init_ck, linear=linear, **common)))
         assert last.phase == "done", name
         report = json.loads((tmp_path / name / "report.json").read_text())
-        assert 0.0 <= report["test"]["mean_dice"] <= 1.0
+        splits = report["splits"]
+        assert splits["test"] and set(splits["test"]).isdisjoint(splits["train"] + splits["val"])
+        # the test numbers are the best checkpoint's on the held-out cases, recounted here
+        cases = per_case_dice(tmp_path / name, seg_data, splits["test"], size=24)
+        for k in range(1, 8):
+            expect = np.mean([d[k] for d in cases.values()])
+            assert report["test"][f"dice_{k}"] == pytest.approx(expect, abs=1e-6), (name, k)
+        assert report["test"]["mean_dice"] == pytest.approx(np.mean([report["test"][f"dice_{k}"] for k in range(1, 8)]))
     pre = read_checkpoint(init)["model"]
     lin = read_checkpoint(tmp_path / "linear" / "checkpoints" / "last.pt")["model"]
     full = read_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
@@ -250,56 +410,125 @@ def test_finetune_from_pretrained_and_scratch_and_linear_freezes_backbone(tmp_pa
 
 
 def test_classification_finetune_reports_auc(tmp_path, cls_data):
-    last = drain(finetune(FinetuneConfig(data=str(cls_data), run=str(tmp_path / "cls"), task="cls", iters=3,
-                                         size=24, width=8, batch=2, device="cpu", val_every=3,
-                                         val_fraction=0.25, test_fraction=0.25)))
+    last = drain(
+        finetune(
+            FinetuneConfig(
+                data=str(cls_data),
+                run=str(tmp_path / "cls"),
+                task="cls",
+                iters=3,
+                size=24,
+                width=8,
+                batch=2,
+                device="cpu",
+                val_every=3,
+                val_fraction=0.25,
+                test_fraction=0.25,
+            )
+        )
+    )
     assert last.phase == "done"
     report = json.loads((tmp_path / "cls" / "report.json").read_text())
-    assert "auc" in report["test"]
+    test = report["splits"]["test"]
+    with open(cls_data / "labels.csv", newline="") as fh:
+        truth = {row["name"]: int(row["label"]) for row in csv.DictReader(fh)}
+    ys = np.array([truth[n] for n in test])
+    assert set(ys) == {0, 1}  # both classes held out, so the AUC is defined
+    # the AUC of the best checkpoint's scores on the held-out cases, from its definition:
+    # the share of (abnormal, normal) pairs ranked correctly, ties counting one half
+    net = best_model(tmp_path / "cls")
+    images = ClassificationDataset(cls_data, 24, names=test)
+    with torch.no_grad():
+        scores = np.array([float(torch.sigmoid(net(images[i]["image"][None]))[0, 0]) for i in range(len(test))])
+    pairs = [(p, q) for p in scores[ys == 1] for q in scores[ys == 0]]
+    expect = np.mean([1.0 if p > q else 0.5 if p == q else 0.0 for p, q in pairs])
+    assert report["test"]["auc"] == pytest.approx(expect)
 
 
 def test_official_checkpoint_as_init(tmp_path, seg_data):
-    rows = [l.split("\t") for l in (ROOT / "tests" / "data" / "official_gvsl_state_dict.tsv").read_text().splitlines()
-            if "\t" in l and "." in l.split("\t")[0]]
+    rows = [
+        l.split("\t")
+        for l in (ROOT / "tests" / "data" / "official_gvsl_state_dict.tsv").read_text().splitlines()
+        if "\t" in l and "." in l.split("\t")[0]
+    ]
     g = torch.Generator().manual_seed(0)
     state = {n: torch.randn(ast.literal_eval(s), generator=g) * 0.01 for n, s, _ in rows}
     path = tmp_path / "GVSL_official.pth"
     torch.save(state, path)
-    cfg = FinetuneConfig(data=str(seg_data), run=str(tmp_path / "off"), init=str(path), iters=1, size=16,
-                         batch=1, device="cpu", val_every=1, linear=True, test_fraction=0.0, val_fraction=0.2)
+    cfg = FinetuneConfig(
+        data=str(seg_data),
+        run=str(tmp_path / "off"),
+        init=str(path),
+        iters=1,
+        size=16,
+        batch=1,
+        device="cpu",
+        val_every=1,
+        linear=True,
+        test_fraction=0.0,
+        val_fraction=0.2,
+    )
     last = drain(finetune(cfg))
     assert last.phase == "done"
     ck = read_checkpoint(tmp_path / "off" / "checkpoints" / "last.pt")
     assert ck["model_config"]["widths"][0] == 32
-    assert torch.equal(ck["model"]["unet.down4.maxpool_conv.1.double_conv.3.weight"],
-                       state["unet.down4.maxpool_conv.1.double_conv.3.weight"])
+    assert torch.equal(
+        ck["model"]["unet.down4.maxpool_conv.1.double_conv.3.weight"],
+        state["unet.down4.maxpool_conv.1.double_conv.3.weight"],
+    )
 
 
 def test_evaluate_cli_writes_report(tmp_path, seg_data):
     run = tmp_path / "ev"
-    drain(finetune(FinetuneConfig(data=str(seg_data), run=str(run), iters=2, size=24, width=8, batch=1,
-                                  device="cpu", val_every=2)))
-    out = subprocess.run(GVSL + ["evaluate", "--run", str(run), "--data", str(seg_data), "--device", "cpu"],
-                         cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "mean" in out.stdout
+    drain(
+        finetune(
+            FinetuneConfig(
+                data=str(seg_data), run=str(run), iters=2, size=24, width=8, batch=1, device="cpu", val_every=2
+            )
+        )
+    )
+    out = subprocess.run(
+        GVSL + ["evaluate", "--run", str(run), "--data", str(seg_data), "--device", "cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     report = json.loads((run / "report.json").read_text())
-    assert report["evaluation"]["n"] == 6 and len(report["evaluation"]["dice"]) == 7
+    ev = report["evaluation"]
+    names = sorted(p.name.split(".nii")[0] for p in (seg_data / "images").glob("*.nii.gz"))
+    assert ev["n"] == 6 and sorted(ev["per_case"]) == names
+    # every case of the folder, scored with the best checkpoint, recounted here
+    cases = per_case_dice(run, seg_data, names, size=24)
+    for name, per in cases.items():
+        for k, v in per.items():
+            assert ev["per_case"][name][str(k)] == pytest.approx(v, abs=1e-6), (name, k)
+    assert ev["dice"] == pytest.approx({str(k): np.mean([d[k] for d in cases.values()]) for k in range(1, 8)})
+    assert ev["mean_dice"] == pytest.approx(np.mean(list(ev["dice"].values())))
+    # the table printed shows the same numbers
+    lines = out.stdout.splitlines()
+    for k, v in ev["dice"].items():
+        assert f"{k:>8} {v:7.4f}" in lines, out.stdout
+    assert f"{'mean':>8} {ev['mean_dice']:7.4f}   (6 cases, {seg_data})" in lines, out.stdout
 
 
-@pytest.mark.parametrize("cls, options, culprit", [
-    (PretrainConfig, {"val_every": 0}, "val_every must be > 0"),
-    (PretrainConfig, {"ckpt_every": 0}, "ckpt_every must be > 0"),
-    (PretrainConfig, {"iters": "ten"}, "iters: expected a whole number, got 'ten'"),
-    (PretrainConfig, {"amp": "false"}, "amp: expected true or false, got 'false'"),
-    (PretrainConfig, {"batch": True}, "batch: expected a whole number"),
-    (PretrainConfig, {"lr": 0.0}, "lr must be > 0"),
-    (PretrainConfig, {"n_synthetic": 1}, "n_synthetic must be >= 2"),
-    (PretrainConfig, {"workers": -1}, "workers must be >= 0"),
-    (FinetuneConfig, {"iters": 0}, "iters must be > 0"),
-    (FinetuneConfig, {"iters": -2}, "iters must be > 0"),
-    (FinetuneConfig, {"n_train": -1}, "n_train must be >= 0"),
-    (FinetuneConfig, {"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "cls, options, culprit",
+    [
+        (PretrainConfig, {"val_every": 0}, "val_every must be > 0"),
+        (PretrainConfig, {"ckpt_every": 0}, "ckpt_every must be > 0"),
+        (PretrainConfig, {"iters": "ten"}, "iters: expected a whole number, got 'ten'"),
+        (PretrainConfig, {"amp": "false"}, "amp: expected true or false, got 'false'"),
+        (PretrainConfig, {"batch": True}, "batch: expected a whole number"),
+        (PretrainConfig, {"lr": 0.0}, "lr must be > 0"),
+        (PretrainConfig, {"n_synthetic": 1}, "n_synthetic must be >= 2"),
+        (PretrainConfig, {"workers": -1}, "workers must be >= 0"),
+        (FinetuneConfig, {"iters": 0}, "iters must be > 0"),
+        (FinetuneConfig, {"iters": -2}, "iters must be > 0"),
+        (FinetuneConfig, {"n_train": -1}, "n_train must be >= 0"),
+        (FinetuneConfig, {"val_fraction": 1.5}, "val_fraction must lie between 0 and 1"),
+    ],
+)
 def test_options_out_of_range_or_of_the_wrong_type_are_refused_by_name(cls, options, culprit):
     with pytest.raises(ValueError, match=culprit):
         cls(**options)
@@ -310,18 +539,24 @@ def test_cli_refuses_bad_yaml_and_bad_options_without_a_traceback(tmp_path):
     bad_yaml.write_text("iters: [1, 2\n")
     typed = tmp_path / "typed.yaml"
     typed.write_text("amp: 'false'\n")
-    for args, culprit in (([f"--config={bad_yaml}"], "not valid YAML"), ([f"--config={typed}"], "option amp"),
-                          (["--val-every", "0"], "val_every must be > 0")):
+    for args, culprit in (
+        ([f"--config={bad_yaml}"], "not valid YAML"),
+        ([f"--config={typed}"], "option amp"),
+        (["--val-every", "0"], "val_every must be > 0"),
+    ):
         run = tmp_path / f"r{len(culprit)}"
-        cmd = ["finetune", "--data", str(tmp_path), "--run", str(run)] if args[0] == "--val-every" else \
-            ["pretrain", "--run", str(run), "--device", "cpu"]
+        cmd = (
+            ["finetune", "--data", str(tmp_path), "--run", str(run)]
+            if args[0] == "--val-every"
+            else ["pretrain", "--run", str(run), "--device", "cpu"]
+        )
         proc = subprocess.run(GVSL + cmd + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and culprit in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not run.exists()  # refused before the run folder was touched
 
 
 def test_evaluate_on_a_pretraining_run_says_what_to_do(tmp_path):
-    from gvsl_app.finetune import evaluate_run
+    from gvsl_app.training.finetune import evaluate_run
 
     cfg = small(tmp_path / "pre", iters=1, val_every=1)
     drain(pretrain(cfg))

@@ -1,0 +1,198 @@
+"""Data sets and runs of the paper-table study: the generated downstream data, the configurations
+of the pre-training and downstream runs, running (or reusing, or resuming) them, and what their
+reports and metrics logs say.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from study_plan import DATA_SEEDS, VARIANTS, Budget
+from study_timing import Clock, fmt_s
+
+
+def make_data(budget: Budget, work: Path, clock: Clock) -> dict[str, Path]:
+    """The downstream and embedding data sets (reused when already written with the same spec)."""
+    from gvsl_app.data.brain import brain_dataset
+    from gvsl_app.data.synthetic import cardiac_dataset
+
+    shape = (budget.size,) * 3
+    specs = {
+        "heart_seg": ("cardiac", budget.n_heart, False),
+        "heart_cls": ("cardiac", budget.n_cls, True),
+        "brain_seg": ("brain", budget.n_brain, False),
+        "embed": ("cardiac", budget.n_embed, False),
+    }
+    out = {}
+    for name, (kind, n, cls) in specs.items():
+        folder = work / "data" / name
+        spec = {"kind": kind, "n": n, "seed": DATA_SEEDS[name], "shape": list(shape), "classification": cls}
+        marker = folder / "dataset.json"
+        if marker.is_file():
+            have = json.loads(marker.read_text())
+            if have != spec:
+                raise SystemExit(f"{folder} holds another data set ({have}); use a fresh --work folder")
+            out[name] = folder
+            continue
+        t = time.perf_counter()
+        if kind == "cardiac":
+            cardiac_dataset(folder, n, DATA_SEEDS[name], shape=shape, classification=cls)
+        else:
+            brain_dataset(folder, n, DATA_SEEDS[name], shape=shape)
+        marker.write_text(json.dumps(spec))
+        clock.say(
+            f"data {name}: {n} {kind} subjects {shape[0]}^3 (seed {DATA_SEEDS[name]}) in "
+            f"{time.perf_counter() - t:.1f} s"
+        )
+        out[name] = folder
+    return out
+
+
+_IGNORED_KEYS = ("resume", "device", "workers", "log_every")
+
+
+def _same_config(run: Path, cfg) -> bool:
+    """Whether the run's ``config.yaml`` holds ``cfg``, apart from keys that do not change the result."""
+    import yaml
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        return False
+    have = yaml.safe_load(path.read_text()) or {}
+    want = dataclasses.asdict(cfg)
+    # an option added after the run was made counts as equal when it is at its default
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return all(have.get(k, defaults.get(k)) == v for k, v in want.items() if k not in _IGNORED_KEYS)
+
+
+def run_job(kind: str, cfg, label: str, clock: Clock) -> tuple[dict, bool]:
+    """Run (or reuse, or resume) one pre-training / downstream run; returns (report, reused)."""
+    from gvsl_app.training.finetune import finetune
+    from gvsl_app.training.pretrain import pretrain
+
+    run = Path(cfg.run)
+    report_path = run / "report.json"
+    if run.exists() and (run / "config.yaml").is_file() and not _same_config(run, cfg):
+        raise SystemExit(
+            f"{run}: an existing run has another configuration; use a fresh --work folder or delete that run"
+        )
+    if report_path.is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("status") == "done":
+            clock.say(f"{label}: reused ({report_path})")
+            return report, True
+    if (run / "checkpoints" / "last.pt").is_file():
+        cfg = dataclasses.replace(cfg, resume=True)
+        clock.say(f"{label}: resuming from {run / 'checkpoints' / 'last.pt'}")
+    fn = pretrain if kind == "pretrain" else finetune
+    every = max(1, cfg.iters // 4)
+    next_print = every
+    t = time.perf_counter()
+    last = None
+    for p in fn(cfg):
+        last = p
+        if p.phase == "error":
+            raise RuntimeError(f"{label}: {p.message}")
+        if p.phase == "train" and p.iteration >= next_print:
+            next_print = (p.iteration // every + 1) * every
+            losses = " ".join(f"{k}={v:.4f}" for k, v in p.losses.items())
+            clock.say(f"  {label} {p.iteration}/{p.total} {losses} ({p.sec_per_step:.2f} s/step, eta {fmt_s(p.eta_s)})")
+    if last is None or last.phase not in ("done",):
+        raise RuntimeError(f"{label}: ended in phase {getattr(last, 'phase', None)!r}")
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {"status": "done"}
+    report.setdefault("wall_s", time.perf_counter() - t)
+    return report, False
+
+
+def pretrain_config(budget: Budget, variant: str, seed: int, run: Path, device: str):
+    """The engine's configuration of the pre-training run of ``variant`` for one study seed."""
+    from gvsl_app.training.config import PretrainConfig
+
+    return PretrainConfig(
+        data="synthetic:cardiac",
+        run=str(run),
+        variant=variant,
+        iters=budget.pre_iters,
+        size=budget.size,
+        width=budget.width,
+        batch=budget.pre_batch,
+        lr=budget.pre_lr,
+        device=device,
+        seed=seed,
+        workers=budget.workers,
+        n_synthetic=budget.n_synthetic,
+        log_every=max(1, min(10, budget.pre_iters // 20)),
+        ckpt_every=min(budget.ckpt_every, budget.pre_iters),
+        val_every=max(1, min(budget.pre_iters, max(budget.val_every, budget.pre_iters // 4))),
+    )
+
+
+def downstream_config(budget: Budget, task: str, mode: str, init: str, seed: int, data: Path, run: Path, device: str):
+    """The engine's configuration of one downstream run: ``task`` in ``mode`` from the weights ``init``."""
+    from gvsl_app.training.config import FinetuneConfig
+
+    seg = task != "heart_cls"
+    iters = budget.iters(mode)
+    return FinetuneConfig(
+        data=str(data),
+        run=str(run),
+        init=init,
+        task="seg" if seg else "cls",
+        linear=mode == "linear",
+        iters=iters,
+        size=budget.patch if seg else budget.cls_size,
+        width=budget.width,
+        batch=budget.ft_batch,
+        lr=budget.linear_lr if mode == "linear" else budget.ft_lr,
+        device=device,
+        seed=seed,
+        workers=0,
+        val_every=budget.validate_every(mode),
+        val_fraction=budget.val_fraction,
+        test_fraction=budget.test_fraction,
+        n_train=budget.n_train if seg else 0,
+        log_every=max(1, iters // 20),
+    )
+
+
+def downstream_value(report: dict, task: str) -> float:
+    """The test-split value of a downstream run: AUC for ``heart_cls``, mean Dice otherwise (NaN if missing)."""
+    key = "auc" if task == "heart_cls" else "mean_dice"
+    v = (report.get("test") or {}).get(key)
+    return float(v) if v is not None else float("nan")
+
+
+def pretrain_diagnostics(work: Path, seeds: list[int]) -> list[dict]:
+    """Loss terms at the start and end of each pre-training run and its last validation, from ``metrics.jsonl``."""
+    from gvsl_app.training.runs import read_metrics
+
+    rows = []
+    for s in seeds:
+        for v in VARIANTS:
+            path = work / f"seed{s}" / "pretrain" / v / "metrics.jsonl"
+            if not path.is_file():
+                continue
+            recs = read_metrics(path)
+            train = [r for r in recs if "loss" in r and r.get("event") is None]
+            vals = [r for r in recs if r.get("event") == "validate"]
+            row = {"seed": s, "variant": v, "iters": train[-1]["iteration"] if train else 0}
+            if train:
+                k = max(1, len(train) // 10)
+                for key in ("ncc", "mse"):
+                    first = [r[key] for r in train[:k] if key in r]
+                    lastv = [r[key] for r in train[-k:] if key in r]
+                    if first and lastv:
+                        row[f"train_{key}_first"] = float(np.mean(first))
+                        row[f"train_{key}_last"] = float(np.mean(lastv))
+            if vals:
+                last = vals[-1]
+                for key in ("val_ncc", "val_ncc_before", "val_mse", "val_smooth"):
+                    if key in last:
+                        row[key] = float(last[key])
+            rows.append(row)
+    return rows

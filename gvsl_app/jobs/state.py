@@ -1,0 +1,75 @@
+"""Job state as small evented dataclasses: workers write them, widgets only subscribe.
+
+``JobState`` follows one background computation (matching, segmentation, embedding),
+``TrainingState`` a training process, and ``SharedCheckpoints`` is the per-viewer channel
+through which the training widget hands a checkpoint to the other widgets.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from psygnal import evented
+
+IDLE, RUNNING, DONE, ERROR = "idle", "running", "done", "error"
+STARTING, STOPPING, STOPPED, FOLLOWING = "starting", "stopping", "stopped", "following"
+
+
+@evented
+@dataclass
+class JobState:
+    status: str = IDLE
+    stage: str = ""
+    fraction: float = 0.0
+    message: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+
+@evented
+@dataclass
+class TrainingState:
+    status: str = IDLE
+    run_dir: str = ""
+    iteration: int = 0
+    total: int = 0
+    sec_per_step: float = 0.0
+    eta_s: float = 0.0
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.status in (STARTING, RUNNING, STOPPING, FOLLOWING)
+
+
+@evented
+@dataclass
+class SharedCheckpoints:
+    """Checkpoints pushed by the training widget: ``gvsl`` (pre-training) and ``seg``."""
+
+    gvsl: str = ""
+    seg: str = ""
+
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FALLBACK = SharedCheckpoints()
+
+
+def shared_checkpoints(viewer) -> SharedCheckpoints:
+    """The checkpoint channel of ``viewer`` (one per viewer, created on first use)."""
+    if viewer is None:
+        return _FALLBACK
+    try:
+        return _SHARED.setdefault(viewer, SharedCheckpoints())
+    except TypeError:  # an object that cannot be weakly referenced
+        return _FALLBACK
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

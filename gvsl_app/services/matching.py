@@ -1,0 +1,423 @@
+"""Pairwise Z-Matching of two volumes in physical space, with ITK-compatible outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from gvsl_app.data.preprocess import Modality, check_overlap, detect_modality, normalise, resample_to, resize_array
+from gvsl_app.io.images import volume_to_sitk
+from gvsl_app.io.volume import Volume
+from gvsl_app.services.match_result import MatchResult
+from gvsl_app.services.metrics import dice_per_label
+from gvsl_app.services.weights import load_gvsl
+from models import GVSL, RefineSchedule, local_ncc, refine_coordinates, resolve_device
+from models.device import autocast
+from models.spatial import jacobian_determinant, voxel_grid, warp
+
+log = logging.getLogger(__name__)
+ProgressFn = Callable[[str, float], None]
+
+
+MIN_SIDE = 4
+"""Fewest voxels along any axis of a volume that ``match`` accepts."""
+
+LOW_OVERLAP = 0.5
+"""Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
+
+
+def _index_matrix(v: Volume) -> np.ndarray:
+    """3x3 map from (z, y, x) voxel steps to physical (x, y, z) millimetres."""
+    return v.index_to_physical_matrix()[:3, :3]
+
+
+def _working_to_fixed_scale(fixed_shape, size) -> np.ndarray:
+    """Per-axis factor from working-cube voxels to fixed-grid voxels (align_corners)."""
+    return np.array([(n - 1) / max(s - 1, 1) for n, s in zip(fixed_shape, size)], dtype=np.float64)
+
+
+def match(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    weights: str | os.PathLike | None = None,
+    size: int | None = None,
+    device: str | torch.device = "auto",
+    moving_labels: Volume | None = None,
+    fixed_labels: Volume | None = None,
+    model: GVSL | None = None,
+    refine: bool | RefineSchedule = False,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    fallback: bool = True,
+) -> MatchResult:
+    """Match ``moving`` onto ``fixed`` with a GVSL network (demo weights by default).
+
+    The moving volume is first brought onto the fixed grid in physical space, both are
+    normalised and resized to a ``size^3`` working cube (default: the cube the weights were
+    trained on, else 96), the network predicts one composed
+    map, and that map comes back to the fixed grid in millimetres. With ``refine`` (True for
+    the default :class:`models.RefineSchedule`) the network's map is then polished on this pair
+    by instance optimisation (a few seconds on a CPU; ``should_stop`` returning True ends it
+    early and keeps the map so far). The warped image is then
+    produced by SimpleITK from the original moving volume and the exported displacement
+    field, so ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly.
+    On CUDA out-of-memory it falls back to the CPU with a warning.
+
+    With ``fallback`` (the default) a map never leaves the pair less alike than it found it:
+    when the network's map lowers the local NCC of the working cubes, the identity is used
+    instead (and the refinement starts from it), and a refinement that lowers the NCC is
+    dropped; ``report["fallback"]`` says what happened. ``report["warnings"]`` notes a scan
+    whose modality the weights were not pre-trained on.
+    """
+    if size is not None and int(size) < 16:
+        raise ValueError(f"working size must be >= 16 voxels (the network pools four times), got {size}")
+    times: dict[str, float] = {}
+    say = progress or (lambda stage, frac: None)
+    t = time.perf_counter()
+    fixed, moving, notes = _checked_inputs(fixed, moving, fixed_labels, moving_labels)
+    overlap = check_overlap(fixed, moving)
+    dev = resolve_device(device)
+    say("load weights", 0.05)
+    weights_info = "given model"
+    if model is None:
+        model, weights_info = load_gvsl(weights, dev)
+    size = int(size or getattr(model, "working_size", None) or 96)
+    warnings = notes + _modality_warnings(model, fixed, moving) + _overlap_warnings(overlap, fixed, moving)
+    times["load_weights_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("preprocess", 0.1)
+    shape = (size, size, size)
+    f_w, m_w = _working_cubes(fixed, moving, shape)
+    times["preprocess_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("network", 0.25)
+    out, used = _network_map(model, m_w, f_w, dev)
+    times["network_s"] = time.perf_counter() - t
+    network_ncc = out["ncc_after"]
+    fell_back: list[str] = []
+    if fallback and out["ncc_after"] < out["ncc_before"]:
+        fell_back.append(_use_identity(out, shape, "the network's map"))
+
+    schedule = RefineSchedule() if refine is True else (refine or None)
+    steps_done = 0
+    if schedule is not None:
+        t = time.perf_counter()
+        say("refine", 0.3)
+        steps_done, note = _refine(out, m_w, f_w, used, schedule, say, should_stop, fallback)
+        fell_back += [note] if note else []
+        times["refine_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("displacement", 0.6)
+    disp_mm, jac, affine_phys = _on_fixed_grid(out, fixed, shape)
+    times["upsample_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("warp", 0.75)
+    result = _warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
+    times["warp_s"] = time.perf_counter() - t
+
+    say("report", 0.9)
+    report = {
+        "fixed": fixed.source,
+        "moving": moving.source,
+        "working_size": size,
+        "device": str(used),
+        "weights": weights_info,
+        "physical_overlap": overlap,
+        "refined": None
+        if schedule is None
+        else {"steps": schedule.total_steps, "steps_done": steps_done, **dataclasses.asdict(schedule)},
+        "ncc_before": out["ncc_before"],
+        "ncc_after": out["ncc_after"],
+        "ncc_network": network_ncc,
+        "fallback": fell_back,
+        "warnings": warnings,
+        "folding_percent": float((jac <= 0).mean() * 100.0),
+        "jacobian_min": float(jac.min()),
+        "jacobian_max": float(jac.max()),
+        "max_displacement_mm": float(np.linalg.norm(disp_mm, axis=-1).max()),
+        "seconds": {k: round(v, 4) for k, v in times.items()},
+    }
+    if moving_labels is not None and fixed_labels is not None:
+        assert result.warped_labels is not None  # set whenever moving_labels is given
+        report.update(_label_overlap(moving_labels, fixed_labels, result.warped_labels, fixed))
+    report["seconds"]["total_s"] = round(sum(times.values()), 4)
+    result.report = report
+    say("done", 1.0)
+    return result
+
+
+def _checked_inputs(
+    fixed: Volume, moving: Volume, fixed_labels: Volume | None, moving_labels: Volume | None
+) -> tuple[Volume, Volume, list[str]]:
+    """Refuse what cannot be matched (naming the file); NaN/Inf voxels become background, with notes."""
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        if v.array.ndim != 3:
+            raise ValueError(f"{name} volume {v.source}: expected 3D, got shape {v.array.shape}")
+        if min(v.array.shape) < MIN_SIDE:
+            raise ValueError(
+                f"{name} volume {v.source} has shape {v.array.shape}; matching needs at least "
+                f"{MIN_SIDE} voxels along every axis"
+            )
+    for name, labels, image in (("moving", moving_labels, moving), ("fixed", fixed_labels, fixed)):
+        if labels is not None and labels.shape != image.shape:
+            raise ValueError(
+                f"{name} labels {labels.source} have shape {labels.shape} but the {name} "
+                f"image {image.source} has {image.shape}: the labels must be on the image's grid"
+            )
+    fixed, fixed_note = _finite(fixed, "fixed")
+    moving, moving_note = _finite(moving, "moving")
+    return fixed, moving, [n for n in (fixed_note, moving_note) if n]
+
+
+def _overlap_warnings(overlap: float, fixed: Volume, moving: Volume) -> list[str]:
+    """A warning (logged too) when the moving scan covers little of the fixed one in physical space."""
+    if overlap >= LOW_OVERLAP:
+        return []
+    msg = (
+        f"the moving scan {moving.source} covers only {100 * overlap:.0f} % of the fixed scan "
+        f"{fixed.source} in physical space: the rest of the fixed grid has nothing to match; check "
+        "that both files keep their scanner origin and orientation"
+    )
+    log.warning("gvsl match: %s", msg)
+    return [msg]
+
+
+def _working_cubes(fixed: Volume, moving: Volume, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both scans on the fixed grid in physical space, normalised and resized to the working cube."""
+    moving_on_fixed = resample_to(moving, fixed)
+    f_w = torch.from_numpy(resize_array(normalise(fixed), shape))[None, None]
+    m_w = torch.from_numpy(resize_array(normalise(moving_on_fixed), shape))[None, None]
+    return f_w, m_w
+
+
+def _network_map(model: GVSL, m_w: torch.Tensor, f_w: torch.Tensor, dev: torch.device) -> tuple[dict, torch.device]:
+    """The network's map; on CUDA out-of-memory the CPU instead, with a warning."""
+    try:
+        return _run_network(model, m_w, f_w, dev)
+    except torch.cuda.OutOfMemoryError:
+        log.warning("CUDA out of memory at working size %d; falling back to the CPU", m_w.shape[-1])
+        torch.cuda.empty_cache()
+        return _run_network(model.cpu(), m_w, f_w, torch.device("cpu"))
+
+
+def _refine(
+    out: dict,
+    m_w: torch.Tensor,
+    f_w: torch.Tensor,
+    used: torch.device,
+    schedule: RefineSchedule,
+    say: ProgressFn,
+    should_stop: Callable[[], bool] | None,
+    fallback: bool,
+) -> tuple[int, str]:
+    """Polish ``out``'s map in place by instance optimisation; (steps done, fallback note or "")."""
+    dev_r = used if used.type != "mps" else torch.device("cpu")  # MPS lacks 3D grid_sample backward
+    stop = should_stop or (lambda: False)
+    done = [0]
+
+    def step(frac: float) -> bool:
+        done[0] += 1
+        say("refine", 0.3 + 0.3 * frac)
+        return bool(stop())
+
+    coords, correction = refine_coordinates(
+        m_w.to(dev_r), f_w.to(dev_r), out["coordinates"].to(dev_r), schedule, step=step
+    )
+    coords, corr, net = coords.cpu(), correction[0].cpu(), out["affine"][0]
+    with torch.no_grad():
+        refined_ncc = float(-local_ncc(warp(m_w, coords), f_w))
+    if refined_ncc >= out["ncc_after"] or not fallback:
+        out["coordinates"] = coords
+        out["affine"] = torch.cat([corr[:, :3] @ net[:, :3], corr[:, :3] @ net[:, 3:] + corr[:, 3:]], 1)[None]
+        out["ncc_after"] = refined_ncc
+        return done[0], ""
+    note = (
+        f"the refinement lowered the local NCC ({out['ncc_after']:.4f} -> {refined_ncc:.4f}); "
+        "kept the map it started from"
+    )
+    log.warning("gvsl match: %s", note)
+    return done[0], note
+
+
+def _on_fixed_grid(out: dict, fixed: Volume, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The working-cube map on the fixed grid: displacement in mm, Jacobian, physical affine."""
+    disp_w = out["coordinates"] - voxel_grid(shape).unsqueeze(0)  # working voxels (dz, dy, dx)
+    scale = _working_to_fixed_scale(fixed.shape, shape)
+    disp_f = F.interpolate(disp_w, size=fixed.shape, mode="trilinear", align_corners=True)[0]
+    disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
+    jac = jacobian_determinant(disp_f[None] + voxel_grid(fixed.shape).unsqueeze(0))[0, 0].numpy()
+    to_mm = _index_matrix(fixed)
+    # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
+    disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
+    affine_phys = _affine_to_physical(out["affine"][0].numpy().astype(np.float64), fixed, scale)
+    return disp_mm, jac, affine_phys
+
+
+def _warped_result(
+    fixed: Volume,
+    moving: Volume,
+    moving_labels: Volume | None,
+    disp_mm: np.ndarray,
+    jac: np.ndarray,
+    affine_phys: np.ndarray,
+) -> MatchResult:
+    """The result with the moving image (and labels) resampled by SimpleITK through the exported field."""
+    result = MatchResult(
+        fixed=fixed,
+        warped=fixed,
+        displacement_mm=disp_mm,
+        jacobian=fixed.with_array(jac.astype(np.float32)),
+        affine_physical=affine_phys,
+    )
+    transform = sitk.DisplacementFieldTransform(result.displacement_image())
+    warped = _resample(moving, fixed, transform, sitk.sitkLinear)
+    result.warped = fixed.with_array(warped.astype(np.float32), source="warped")
+    if moving_labels is not None:
+        wl = _resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor)
+        result.warped_labels = fixed.with_array(wl.astype(moving_labels.array.dtype), source="warped labels")
+    return result
+
+
+def _label_overlap(moving_labels: Volume, fixed_labels: Volume, warped_labels: Volume, fixed: Volume) -> dict:
+    """Per-label and mean Dice before (physical identity) and after matching, for the report."""
+    before = resample_to(moving_labels, fixed, is_label=True).array
+    labels = sorted(int(v) for v in np.union1d(np.unique(fixed_labels.array), np.unique(moving_labels.array)) if v)
+    d0 = dice_per_label(before, fixed_labels.array, labels)
+    d1 = dice_per_label(warped_labels.array, fixed_labels.array, labels)
+    return {
+        "dice_before": {str(k): v for k, v in d0.items()},
+        "dice_after": {str(k): v for k, v in d1.items()},
+        "mean_dice_before": float(np.mean(list(d0.values()))) if d0 else None,
+        "mean_dice_after": float(np.mean(list(d1.values()))) if d1 else None,
+    }
+
+
+@torch.no_grad()
+def _run_network(
+    model: GVSL, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device
+) -> tuple[dict, torch.device]:
+    """The network's map on the working cube, with the local NCC before and after it."""
+    model = model.to(dev).eval()
+    m, f = moving.to(dev), fixed.to(dev)
+    if dev.type == "cpu":
+        # oneDNN's 3D convolutions and trilinear upsampling run ~30 % faster channels-last;
+        # the weights go back afterwards so a shared model (the GUI's) is left as it was.
+        # torch's stub for Module.to lacks the memory_format keyword that Module.to accepts
+        model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        m, f = m.contiguous(memory_format=torch.channels_last_3d), f.contiguous(memory_format=torch.channels_last_3d)
+    try:
+        with autocast(dev):
+            o = model(m, f, restore=False)
+    finally:
+        if dev.type == "cpu":
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # as above
+    res = {
+        "coordinates": o.coordinates.float().cpu(),
+        "affine": o.affine.float().cpu(),
+        "ncc_before": float(-local_ncc(m, f)),
+        "ncc_after": float(-local_ncc(o.warped, f)),
+    }
+    return res, dev
+
+
+def _finite(volume: Volume, name: str) -> tuple[Volume, str]:
+    """``volume`` with NaN/Inf voxels set to its finite minimum, and a note when there were any.
+
+    Tools such as SPM write NaN outside the brain; left as they are, they become 3.4e38 in
+    the warped image and NaN in the network's input. Background is what they stand for.
+    """
+    arr = volume.array
+    if arr.dtype.kind != "f":
+        return volume, ""
+    bad = ~np.isfinite(arr)
+    n = int(bad.sum())
+    if not n:
+        return volume, ""
+    if n == arr.size:
+        raise ValueError(f"{name} volume {volume.source}: every voxel is NaN or infinite")
+    fill = float(arr[~bad].min())
+    note = (
+        f"the {name} scan {volume.source} has {n} NaN/infinite voxel(s) ({100 * n / arr.size:.1f} %); "
+        f"they were treated as background ({fill:g})"
+    )
+    log.warning("gvsl match: %s", note)
+    return volume.with_array(np.where(bad, fill, arr).astype(arr.dtype)), note
+
+
+def _modality_warnings(model: GVSL, fixed: Volume, moving: Volume) -> list[str]:
+    """One warning per modality the weights were not pre-trained on, naming the scans (logged too)."""
+    known = getattr(model, "trained_modalities", None)
+    if not known:
+        return []
+    unseen: dict[Modality, list[str]] = {}
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        mod = detect_modality(v)
+        if mod not in known:
+            unseen.setdefault(mod, []).append(f"the {name} scan {v.source}")
+    out = []
+    for mod, scans in unseen.items():
+        out.append(
+            f"{' and '.join(scans)} look{'s' if len(scans) == 1 else ''} like {mod.upper()}, but these "
+            f"weights were pre-trained on {' and '.join(sorted(m.upper() for m in known))} only: expect a "
+            "poor map (the match falls back to the identity if the map lowers the similarity)"
+        )
+        log.warning("gvsl match: %s", out[-1])
+    return out
+
+
+def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
+    """Replace a map that lowered the similarity by the identity; the reason, for the report.
+
+    A network applied to a scan unlike its training data (another modality, body part or
+    contrast) can predict a map that makes the pair *less* alike; returning the identity
+    instead means ``gvsl match`` never leaves a pair worse aligned than it found it.
+    """
+    reason = (
+        f"{what} lowered the local NCC ({out['ncc_before']:.4f} -> {out['ncc_after']:.4f}); used the identity instead"
+    )
+    log.warning("gvsl match: %s", reason)
+    out["coordinates"] = voxel_grid(shape).unsqueeze(0)
+    out["affine"] = torch.eye(3, 4).unsqueeze(0)
+    out["ncc_after"] = out["ncc_before"]
+    return reason
+
+
+def _affine_to_physical(affine_w: np.ndarray, fixed: Volume, scale: np.ndarray) -> np.ndarray:
+    """Working-cube voxel affine (q = M p + b) -> physical 4x4 on the fixed volume's frame."""
+    s = np.diag(scale)  # working -> fixed voxels
+    s_inv = np.diag(1.0 / scale)
+    m_f = s @ affine_w[:, :3] @ s_inv
+    b_f = s @ affine_w[:, 3]
+    idx = fixed.index_to_physical_matrix()
+    p, o = idx[:3, :3], idx[:3, 3]
+    p_inv = np.linalg.inv(p)
+    lin = p @ m_f @ p_inv
+    out = np.eye(4)
+    out[:3, :3] = lin
+    out[:3, 3] = p @ b_f + o - lin @ o
+    return out
+
+
+def _resample(volume: Volume, reference: Volume, transform: sitk.Transform, interpolator) -> np.ndarray:
+    ref = sitk.Image([int(s) for s in reference.shape[::-1]], sitk.sitkUInt8)
+    ref.SetSpacing(reference.spacing)
+    ref.SetOrigin(reference.origin)
+    ref.SetDirection(reference.direction)
+    img = volume_to_sitk(volume)
+    if interpolator == sitk.sitkLinear:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    fill = 0.0 if interpolator == sitk.sitkNearestNeighbor else float(np.nanmin(volume.array))
+    return sitk.GetArrayFromImage(sitk.Resample(img, ref, transform, interpolator, fill))

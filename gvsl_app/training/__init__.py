@@ -1,0 +1,2 @@
+"""Training runs: their configuration, pre-training and fine-tuning loops, run folders,
+progress reports and multi-GPU setup."""

@@ -1,0 +1,220 @@
+"""Configurations of training runs: dataclasses that load from YAML and CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+
+from models.gvsl import AFFINE_HEADS, DEFORMABLE_HEADS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+VARIANTS = ("gvsl", "restoration", "matching", "no-affine")
+SIMILARITIES = ("multiscale-ncc", "ncc")
+MATCH_INPUTS = ("clean", "transformed")
+
+
+@dataclass
+class PretrainConfig:
+    """GVSL pre-training. ``data`` is a folder of volumes or ``synthetic:cardiac``.
+
+    ``width`` is the base width (paper: 32; each level doubles it). Loss weights default
+    to the paper's (all 1). ``affine_head`` / ``deformable_head`` choose the Z-Matching
+    heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/MATCHING.md);
+    ``similarity`` is the matching loss: ``multiscale-ncc`` (local NCC 9^3 at full, 1/2 and
+    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only);
+    ``match_input``: ``clean`` (default: match the clean scans, restore the
+    appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
+    match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare
+    augmented pairs off the training loop. ``warmup`` ramps the learning rate over that many iterations;
+    ``affine_warmup`` matches with the affine head alone for that many iterations first, to
+    test whether the deformable head takes the signal away from the affine head (at the
+    study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
+    also keeps the model weights of every N-th iteration as ``checkpoints/iter_NNNNNN.pt``
+    (for learning curves: ``benchmarks/matching_curves.py``).
+    """
+
+    data: str = "synthetic:cardiac"
+    run: str = "runs/pretrain"
+    variant: str = "gvsl"
+    affine_head: str = "keypoints"
+    deformable_head: str = "pyramid"
+    similarity: str = "multiscale-ncc"
+    match_input: str = "clean"
+    iters: int = 1000
+    size: int = 64
+    width: int = 8
+    batch: int = 1
+    lr: float = 1e-4
+    warmup: int = 0
+    affine_warmup: int = 0
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    n_synthetic: int = 16
+    log_every: int = 1
+    ckpt_every: int = 50
+    val_every: int = 50
+    snapshot_every: int = 0
+    w_ncc: float = 1.0
+    w_smooth: float = 1.0
+    w_mse: float = 1.0
+    w_affine: float = 0.0
+    relative_pose: bool = False
+    amp: bool = True
+    compile: bool = False
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every", "n_synthetic", "lr"),
+            non_negative=(
+                "warmup",
+                "affine_warmup",
+                "workers",
+                "snapshot_every",
+                "seed",
+                "w_ncc",
+                "w_smooth",
+                "w_mse",
+                "w_affine",
+            ),
+            choices={
+                "variant": VARIANTS,
+                "affine_head": AFFINE_HEADS,
+                "deformable_head": DEFORMABLE_HEADS,
+                "similarity": SIMILARITIES,
+                "match_input": MATCH_INPUTS,
+            },
+        )
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
+        if self.n_synthetic < 2:
+            raise ValueError(f"n_synthetic must be >= 2 (a pair needs two subjects), got {self.n_synthetic}")
+
+
+@dataclass
+class FinetuneConfig:
+    """Downstream fine-tuning (``linear=False``) or linear evaluation (``linear=True``).
+
+    ``init`` is ``scratch``, one of our checkpoints or the authors' released checkpoint.
+    ``size`` is the training patch side (segmentation) or the resized volume side
+    (classification). ``n_train`` limits the labelled training subjects (few-label regime).
+    """
+
+    data: str = ""
+    run: str = "runs/finetune"
+    init: str = "scratch"
+    task: str = "seg"
+    linear: bool = False
+    iters: int = 500
+    size: int = 48
+    width: int = 8
+    batch: int = 2
+    lr: float = 1e-3
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    val_every: int = 50
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    n_train: int = 0
+    log_every: int = 1
+    amp: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(
+            self,
+            positive=("iters", "size", "width", "batch", "val_every", "log_every", "lr"),
+            non_negative=("workers", "n_train", "seed"),
+            choices={"task": ("seg", "cls")},
+        )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
+        if not 0.0 <= self.test_fraction < 1.0 - self.val_fraction:
+            raise ValueError(
+                f"test_fraction must be >= 0 and leave training cases (val_fraction + test_fraction "
+                f"< 1), got {self.test_fraction} with val_fraction {self.val_fraction}"
+            )
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16, got {self.size}")
+
+
+C = TypeVar("C", bound="DataclassInstance")
+
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "bool": bool, "str": str}
+_KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def check_values(
+    config: Any,
+    positive: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    choices: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Check every option's type against its annotation, then the ranges, the choices and
+    that ``resume`` and ``overwrite`` are not both set; errors name the option.
+
+    YAML and Python callers can pass anything: ``amp: 'false'`` is a non-empty string (true
+    in Python) and ``iters: 'ten'`` would fail much later with an unrelated message, and
+    ``val_every: 0`` divides by zero after the first step. ``bool`` is not accepted for a
+    number (``True`` is an ``int`` in Python), nor a number for a ``bool``.
+    """
+    for f in fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        expected = _TYPES.get(kind)
+        if expected is None:
+            continue
+        wrong = not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))
+        if wrong:
+            raise ValueError(f"option {f.name}: expected {_KIND[kind]}, got {value!r} ({type(value).__name__})")
+    for name in positive:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"option {name} must be > 0, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise ValueError(f"option {name} must be >= 0, got {getattr(config, name)}")
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of {', '.join(allowed)}")
+    if config.resume and config.overwrite:
+        raise ValueError(
+            "resume and overwrite exclude each other: --resume continues the run in the folder, "
+            "--overwrite starts a new one there"
+        )
+
+
+def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
+    """Build a config from an optional YAML file, then overrides (``None`` = not given).
+
+    Unknown keys in the YAML file are an error that names them, so a typo never silently
+    trains with a default.
+    """
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of option: value")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values.update(data)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def as_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,405 @@
+"""GVSL pre-training as a generator of progress reports (CLI, GUI and torchrun share it)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from typing import cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from gvsl_app.data.loading import close_loader, step_loader
+from gvsl_app.training import distributed
+from gvsl_app.training.config import PretrainConfig, as_dict
+from gvsl_app.training.progress import Progress, StopFlag
+from gvsl_app.training.runs import RunFolder
+from models import GVSL, local_ncc, multiscale_ncc, restoration_mse, smoothness, widths_from_base
+from models.checkpoint import load_state_into
+from models.device import autocast
+from models.spatial import sampling_coordinates, warp
+
+
+class PretrainObjective(nn.Module):
+    """The loss of one pre-training variant as a module (so DDP can wrap it whole).
+
+    ``gvsl``: NCC (or multi-scale NCC, ``config.similarity``) + smoothness on the match of
+    the moving scan to the fixed scan + restoration MSE of the appearance-transformed moving
+    scan. With ``match_input="transformed"`` (the paper's recipe) the backbone matches the
+    appearance-transformed moving scan (the clean one is warped); with ``"clean"`` (the
+    default) it matches the clean scans and restores the transformed one in a second pass.
+    ``restoration``: MSE only (Models Genesis-style fundament). ``matching``: Z-Matching only,
+    on clean scans. ``no-affine``: like ``gvsl`` with the affine head disabled.
+    """
+
+    def __init__(self, model: GVSL, config: PretrainConfig):
+        super().__init__()
+        self.model = model
+        self.variant = config.variant
+        self.similarity = multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc
+        self.match_clean = config.match_input == "clean"
+        self.w = (config.w_ncc, config.w_smooth, config.w_mse)
+        self.w_affine = config.w_affine if config.variant != "no-affine" else 0.0
+
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        moving_input: torch.Tensor,
+        amp_device: torch.device | None = None,
+        deformable: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        w_ncc, w_smooth, w_mse = self.w
+        terms: dict[str, torch.Tensor] = {}
+        with autocast(amp_device or moving.device, enabled=amp_device is not None):
+            if self.variant == "restoration":
+                terms["mse"] = restoration_mse(self._restore(moving_input), moving)
+            else:
+                restore = self.variant != "matching"
+                clean = self.variant == "matching" or self.match_clean
+                out = self.model(
+                    moving if clean else moving_input,
+                    fixed,
+                    source=moving,
+                    restore=restore and not clean,
+                    deformable=deformable,
+                )
+                terms["ncc"] = self.similarity(out.warped, fixed)
+                terms["smooth"] = smoothness(out.displacement)
+                if self.w_affine > 0:
+                    # The affine part scored on its own: otherwise the deformable head, which
+                    # learns faster, absorbs the global misalignment and the affine head starves.
+                    coords = sampling_coordinates(tuple(fixed.shape[2:]), affine=out.affine, batch=fixed.shape[0])
+                    terms["ncc_affine"] = self.similarity(warp(moving, coords), fixed)
+                if restore:
+                    restored = self._restore(moving_input) if clean else out.restored
+                    terms["mse"] = restoration_mse(restored, moving)
+        weights = {"ncc": w_ncc, "smooth": w_smooth, "mse": w_mse, "ncc_affine": self.w_affine}
+        # never the empty sum's int 0: every variant adds at least one term
+        terms["loss"] = cast(torch.Tensor, sum(weights[k] * v for k, v in terms.items()))
+        return terms
+
+    def _restore(self, corrupted: torch.Tensor) -> torch.Tensor:
+        _, local = self.model.features(corrupted)
+        return self.model.restoration_head(local).float()
+
+
+def build_model(config: PretrainConfig) -> GVSL:
+    return GVSL(
+        widths=widths_from_base(config.width),
+        use_affine=config.variant != "no-affine",
+        affine_head=config.affine_head,
+        deformable_head=config.deformable_head,
+    )
+
+
+def _lr_lambda(config: PretrainConfig):
+    def f(step: int) -> float:
+        return min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
+
+    return f
+
+
+def _rng_state() -> dict:
+    # numpy's stub types get_state() (legacy=True, the default: a tuple) as returning a dict
+    np_state = np.random.get_state()[1].tolist()  # type: ignore[index]
+    state = {"torch": torch.get_rng_state(), "numpy": np_state, "python": random.getstate()[1]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _make_data(config: PretrainConfig, info: distributed.DistInfo, start_step: int, device: torch.device):
+    from gvsl_app.data.datasets import PairDataset, validation_pair
+
+    dataset = PairDataset(
+        config.data, config.size, seed=config.seed, n_synthetic=config.n_synthetic, relative_pose=config.relative_pose
+    )
+    loader = step_loader(
+        dataset,
+        start=start_step * config.batch,
+        count=(config.iters - start_step) * config.batch,
+        batch=config.batch,
+        workers=config.workers,
+        rank=info.rank,
+        world=info.world,
+        pin_memory=device.type == "cuda",
+    )
+    return dataset, loader, validation_pair(dataset)
+
+
+def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[Progress]:
+    """Run (or resume) a pre-training run, yielding a ``Progress`` per logged step.
+
+    Writes the run folder on rank 0: ``config.yaml``, ``metrics.jsonl``, ``last.pt`` every
+    ``ckpt_every`` steps and when stopped, ``best.pt`` when the NCC (or MSE for the
+    restoration variant) on a fixed validation pair improves, and ``report.json``. A
+    non-finite loss stops the run with ``phase="error"`` without overwriting checkpoints.
+    """
+    stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
+    info, device = distributed.setup(config.device)
+    try:
+        # Only rank 0 writes the run folder, so only rank 0 holds it.
+        with RunFolder(config.run).lock() if info.is_main else contextlib.nullcontext():
+            yield from _pretrain(config, stop, info, device)
+    finally:
+        distributed.teardown()
+
+
+class _Session:
+    """The state one pre-training run carries from step to step, and what it does with it."""
+
+    def __init__(self, config: PretrainConfig, info: distributed.DistInfo, device: torch.device):
+        self.config, self.info, self.device = config, info, device
+        self.run = RunFolder(config.run)
+        torch.manual_seed(config.seed + info.rank)
+        self.model = build_model(config).to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(config))
+        self.start, self.best = 0, math.inf
+
+    def restore(self) -> None:
+        """Continue from ``last.pt`` (model, optimiser, scheduler, RNG, iteration, best)."""
+        self.run.require_resumable()
+        ck = self.run.load_checkpoint("last")
+        load_state_into(self.model, ck["model"], source=self.run.last)
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        _set_rng_state(ck["rng"])
+        self.start, self.best = int(ck["iteration"]), float(ck.get("best", math.inf))
+
+    def prepare_folder(self) -> None:
+        """Archive or refuse an earlier run (fresh starts), then write the configuration."""
+        if not self.info.is_main:
+            return
+        if not self.config.resume:
+            self.run.start_fresh(self.config.overwrite)
+        self.run.create()
+        self.run.write_config(self.config)
+        if self.start:
+            self.run.truncate_metrics(self.start)
+
+    def objective(self) -> nn.Module:
+        """The loss module, wrapped for DDP and ``torch.compile`` as configured."""
+        objective: nn.Module = PretrainObjective(self.model, self.config)
+        if self.info.enabled:
+            objective = nn.parallel.DistributedDataParallel(
+                objective,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.config.variant != "gvsl",
+            )
+        if self.config.compile:
+            # torch.compile of a Module returns an OptimizedModule (a Module); its stub says Callable
+            objective = torch.compile(objective)  # type: ignore[assignment]
+        return objective
+
+    def state(self, iteration: int) -> dict:
+        return {
+            "kind": "pretrain",
+            "config": as_dict(self.config),
+            "model_config": self.model.config(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": _rng_state(),
+            "iteration": iteration,
+            "best": self.best,
+        }
+
+    def non_finite_error(self, step: int, values: dict[str, float]) -> Progress | None:
+        """An error report when any rank's loss is not finite (all ranks agree), else None.
+
+        Every rank checks on the same steps and they agree: a rank that stopped alone would
+        leave the others waiting forever in the next all-reduce.
+        """
+        finite_here = all(math.isfinite(v) for v in values.values())
+        if not distributed.broadcast_flag(not finite_here, self.info, self.device):
+            return None
+        where = "" if not finite_here else " on another rank"
+        msg = (
+            f"non-finite loss at iteration {step}{where} ({values} here); stopped on every rank, "
+            f"keeping the last good checkpoint {self.run.last}. Try a lower --lr or check the data."
+        )
+        if self.info.is_main:
+            self.run.log({"iteration": step, "event": "error", "message": msg})
+        return Progress(step, self.config.iters, phase="error", losses=values, message=msg)
+
+    def step_report(self, step: int, values: dict[str, float], sps: float, wait: float) -> Progress:
+        """Log one step's losses and speed (rank 0) and report them."""
+        config = self.config
+        record = {
+            "iteration": step,
+            **values,
+            "lr": float(self.sched.get_last_lr()[0]),  # a float already (lr times the warm-up factor)
+            "sec_per_step": sps,
+            "samples_per_s": config.batch * self.info.world / sps,
+            "data_wait_s": wait,
+        }
+        if self.info.is_main:
+            self.run.log(record)
+        return Progress(
+            step,
+            config.iters,
+            losses=dict(values),
+            lr=record["lr"],
+            sec_per_step=sps,
+            samples_per_s=record["samples_per_s"],
+            data_wait_s=wait,
+            eta_s=sps * (config.iters - step),
+        )
+
+    def validate(self, step: int, val_pair: tuple[torch.Tensor, torch.Tensor]) -> Progress:
+        """Score the validation pair; rank 0 logs it and keeps ``best.pt``."""
+        val = validate(self.model, self.config, val_pair)
+        if self.info.is_main:
+            self.run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in val.items()}})
+            key = "mse" if self.config.variant == "restoration" else "ncc"
+            if val[key] < self.best:
+                self.best = val[key]
+                self.run.save_checkpoint("best", self.state(step))
+        return Progress(step, self.config.iters, phase="validate", metrics=val)
+
+    def save(self, step: int, stop_now: bool) -> None:
+        """Snapshots and ``last.pt`` on the steps the configuration asks for (rank 0)."""
+        config = self.config
+        if not self.info.is_main:
+            return
+        if config.snapshot_every > 0 and step % config.snapshot_every == 0:
+            snapshot = {"kind": "pretrain", "config": as_dict(config), "iteration": step}
+            self.run.save_snapshot(
+                step, {**snapshot, "model_config": self.model.config(), "model": self.model.state_dict()}
+            )
+        if step % config.ckpt_every == 0 or step == config.iters or stop_now:
+            self.run.save_checkpoint("last", self.state(step))
+
+    def finish(self, step: int, status: str, wall: float) -> Progress:
+        """Write ``report.json`` (rank 0) and the final report."""
+        checksums = _rank_checksums(self.model, self.info, self.device)
+        run, config = self.run, self.config
+        if self.info.is_main:
+            report = {
+                "kind": "pretrain",
+                "status": status,
+                "iteration": step,
+                "iters": config.iters,
+                "variant": config.variant,
+                "best_val": self.best,
+                "wall_s": wall,
+                "device": str(self.device),
+                "world_size": self.info.world,
+                # sum of |parameters| per rank: equal when DDP kept the replicas identical
+                "replica_checksums": checksums,
+                "replicas_in_sync": max(checksums) - min(checksums) <= 1e-9 * max(abs(c) for c in checksums),
+                "last": str(run.last),
+                "best": str(run.best) if run.best.is_file() else None,
+            }
+            run.write_report(report)
+        message = f"{status} at iteration {step}; checkpoint {run.last}"
+        return Progress(step, config.iters, phase=status, message=message)
+
+
+def _pretrain(
+    config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo, device: torch.device
+) -> Iterator[Progress]:
+    session = _Session(config, info, device)
+    if info.is_main:
+        session.run.remove_stale_temporaries()
+    if config.resume:
+        session.restore()
+    start = session.start
+    if start >= config.iters:
+        yield Progress(start, config.iters, phase="done", message="run already complete")
+        return
+    # The data is read (and refused, if bad) before the run folder is touched.
+    dataset, loader, val_pair = _make_data(config, info, start, device)
+    session.prepare_folder()
+    objective = session.objective()
+    amp_device = device if (config.amp and device.type == "cuda") else None
+    val_pair = (val_pair[0].to(device), val_pair[1].to(device))
+    yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects)")
+
+    step, t_last, wait_acc, n_acc = start, time.perf_counter(), 0.0, 0
+    t_start = time.perf_counter()
+    it = iter(loader)
+    try:
+        status = "done"
+        while step < config.iters:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            moving, fixed, moving_input = (
+                batch[k].to(device, non_blocking=True) for k in ("moving", "fixed", "moving_input")
+            )
+            wait_acc += time.perf_counter() - t0
+            objective.train()
+            terms = objective(
+                moving, fixed, moving_input, amp_device=amp_device, deformable=step >= config.affine_warmup
+            )
+            session.opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            step += 1
+            n_acc += 1
+            log_now = step % config.log_every == 0 or step == config.iters
+            if log_now or step % config.ckpt_every == 0:
+                values = {k: float(v.detach()) for k, v in terms.items()}  # the only host sync
+                error = session.non_finite_error(step, values)
+                if error is not None:
+                    yield error
+                    return
+            session.opt.step()
+            session.sched.step()
+            if log_now:
+                yield session.step_report(step, values, (time.perf_counter() - t_last) / n_acc, wait_acc / n_acc)
+                t_last, wait_acc, n_acc = time.perf_counter(), 0.0, 0
+            if step % config.val_every == 0 or step == config.iters:
+                yield session.validate(step, val_pair)
+            stop_now = distributed.broadcast_flag(stop.is_set(), info, device)
+            session.save(step, stop_now)
+            if stop_now:
+                status = "stopped"
+                break
+    finally:
+        close_loader(it)
+    yield session.finish(step, status, time.perf_counter() - t_start)
+
+
+@torch.no_grad()
+def _rank_checksums(model: nn.Module, info: distributed.DistInfo, device: torch.device) -> list[float]:
+    """Sum of |parameters| on every rank (one per rank): equal values show DDP kept replicas in sync."""
+    total = torch.stack([p.detach().double().abs().sum() for p in model.parameters()]).sum().to(device)
+    if not info.enabled:
+        return [float(total)]
+    import torch.distributed as dist
+
+    out = [torch.zeros_like(total) for _ in range(info.world)]
+    dist.all_gather(out, total)
+    return [float(t) for t in out]
+
+
+@torch.no_grad()
+def validate(model: GVSL, config: PretrainConfig, pair: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """NCC, smoothness and restoration MSE on a fixed, un-augmented pair (model in eval mode)."""
+    moving, fixed = pair
+    was = model.training
+    model.eval()
+    out = model(moving, fixed, restore=True)
+    res = {
+        "ncc": float(local_ncc(out.warped, fixed)),
+        "smooth": float(smoothness(out.displacement)),
+        "mse": float(restoration_mse(out.restored, moving)),
+        "ncc_before": float(local_ncc(moving, fixed)),
+    }
+    model.train(was)
+    return res

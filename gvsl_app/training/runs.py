@@ -1,0 +1,212 @@
+"""The run folder: config, metrics log, checkpoints and report of one training run.
+
+Layout (docs/ARCHITECTURE.md)::
+
+    RUN/config.yaml            the configuration actually used
+    RUN/metrics.jsonl          one JSON object per logged step, flushed as written
+    RUN/checkpoints/last.pt    latest state (model, optimiser, scheduler, RNG, iteration)
+    RUN/checkpoints/best.pt    best state on the validation split / fixed pair
+    RUN/checkpoints/iter_NNNNNN.pt  model weights of iteration N (pre-training with snapshot_every)
+    RUN/report.json            final numbers
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gvsl_app.io.jsonio import dumps_strict
+from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
+
+
+class RunFolder:
+    """Paths and writers of a run folder; only rank 0 should write."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.json"
+
+    def create(self) -> RunFolder:
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_config(self, config: Any) -> None:
+        data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def read_config(self) -> dict:
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.path}: not a run folder (no config.yaml)")
+        return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line and flush it to disk, so followers see it at once."""
+        record = {"time": time.time(), **record}
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_metrics(self, after_iteration: int) -> None:
+        """Drop log lines past ``after_iteration`` (a resumed run rewrites them)."""
+        if not self.metrics_path.is_file():
+            return
+        keep = [r for r in read_metrics(self.metrics_path) if r.get("iteration", 0) <= after_iteration]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.metrics_path)
+
+    def save_checkpoint(self, which: str, state: dict) -> Path:
+        """Atomically write ``last`` or ``best`` (temp file + rename)."""
+        return atomic_torch_save({"format": FORMAT, **state}, self.last if which == "last" else self.best)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunFolder]:
+        """Hold the run folder for this process (an advisory ``fcntl`` lock on ``RUN/.lock``).
+
+        A second process that tries to train into the same folder gets an error naming the
+        holder's PID instead of interleaving ``metrics.jsonl`` and overwriting checkpoints.
+        The operating system releases the lock when the holder exits, even on ``kill -9``, so
+        a crashed run never leaves the folder locked. Readers (the GUI following a run) do
+        not lock.
+        """
+        import fcntl
+
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise RuntimeError(
+                    f"{self.path}: another process (PID {holder}) is training in this run folder; "
+                    "wait for it to finish or stop it, or choose another --run"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield self
+        finally:
+            fh.close()  # closing releases the lock
+            # A run refused before it wrote anything leaves no empty folder behind.
+            if created and [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink(missing_ok=True)
+                self.path.rmdir()
+
+    def start_fresh(self, overwrite: bool) -> Path | None:
+        """Make room for a new run: refuse if the folder holds one, or with ``overwrite`` archive it.
+
+        Nothing is deleted: the earlier run's config, metrics, report and checkpoints move to
+        ``RUN/history/<UTC time>/``, whose path is returned (``None`` when there was nothing).
+        """
+        held = [p for p in (self.config_path, self.metrics_path, self.report_path, self.last, self.best) if p.exists()]
+        if not held:
+            return None
+        if not overwrite:
+            names = ", ".join(str(p.relative_to(self.path)) for p in held)
+            raise FileExistsError(
+                f"{self.path} holds a run ({names}); pass --resume to continue it, --overwrite "
+                "to start afresh (the earlier run moves to history/), or choose another --run"
+            )
+        dest = self.path / "history" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in (self.config_path, self.metrics_path, self.report_path, self.path / "checkpoints"):
+            if p.exists():
+                os.replace(p, dest / p.name)
+        return dest
+
+    def require_resumable(self) -> None:
+        """Refuse ``--resume`` where there is nothing to resume (instead of starting afresh)."""
+        if not self.last.is_file():
+            raise FileNotFoundError(
+                f"{self.last}: no checkpoint to resume from. Run without --resume to start a "
+                f"new run in {self.path}, or pass the run folder that holds last.pt."
+            )
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete half-written checkpoint files (``.NAME.pt.*.tmp``) that a killed process left.
+
+        Checkpoints are written to such a temporary file and renamed; a ``kill -9`` in
+        between leaves the temporary behind, and each one is a whole checkpoint's size.
+        Only the process that owns the run folder may call this.
+        """
+        folder = self.path / "checkpoints"
+        stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+        for f in stale:
+            f.unlink(missing_ok=True)
+        return stale
+
+    def save_snapshot(self, iteration: int, state: dict) -> Path:
+        """Atomically write the model-only snapshot ``checkpoints/iter_NNNNNN.pt``."""
+        return atomic_torch_save({"format": FORMAT, **state}, self.path / "checkpoints" / f"iter_{iteration:06d}.pt")
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        """``(iteration, path)`` of every snapshot, in iteration order."""
+        found = []
+        for f in (self.path / "checkpoints").glob("iter_*.pt"):
+            try:
+                found.append((int(f.stem[len("iter_") :]), f))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def load_checkpoint(self, which: str = "last") -> dict:
+        return read_checkpoint(self.last if which == "last" else self.best)
+
+    def write_report(self, report: dict) -> None:
+        tmp = self.report_path.with_suffix(".tmp")
+        tmp.write_text(dumps_strict(report))
+        os.replace(tmp, self.report_path)
+
+    def read_report(self) -> dict | None:
+        return json.loads(self.report_path.read_text()) if self.report_path.is_file() else None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All complete JSON lines of a metrics file (a half-written last line is skipped)."""
+    return list(iter_metrics(path))
+
+
+def iter_metrics(path: str | os.PathLike, start: int = 0) -> Iterator[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path) as fh:
+        for i, line in enumerate(fh):
+            if i < start or not line.endswith("\n"):
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,112 @@
+"""The desktop app (``gvsl app``): napari with the GVSL widgets docked.
+
+The top layer: it imports the plugin and the engine, nothing imports it. ``gvsl app``
+reaches it through the ``gvsl.commands`` entry point (:func:`add_command`).
+
+napari and Qt are imported only when the app starts, so the engine and the CLI stay
+usable on machines without a display. The widgets come through the installed napari
+plugin (``gvsl-studio``, the same npe2 manifest a napari user gets); a bundle without the
+plugin's package metadata falls back to adding them directly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+PLUGIN = "gvsl-studio"
+WIDGETS = ("Z-Matching", "Training", "Segmentation", "Feature clusters")
+
+
+def _engine_message(exc: BaseException) -> str:
+    """The innermost message: napari wraps reader errors in its own 'tried to read' text."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc) or type(exc).__name__
+
+
+def _dock_widgets(viewer) -> list:
+    docks = []
+    for name in WIDGETS:
+        try:
+            dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
+        except (KeyError, ValueError, LookupError):  # plugin metadata missing (e.g. a frozen bundle)
+            from napari_plugin import _clusters, _matching, _segmentation, _training
+
+            cls = {
+                "Z-Matching": _matching.MatchingWidget,
+                "Training": _training.TrainingWidget,
+                "Segmentation": _segmentation.SegmentationWidget,
+                "Feature clusters": _clusters.ClustersWidget,
+            }[name]
+            dock = viewer.window.add_dock_widget(cls(viewer), name=name, area="right", tabify=True)
+        docks.append(dock)
+    if docks:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
+    return docks
+
+
+def _open_sample(viewer, sample: str) -> None:
+    try:
+        viewer.open_sample(PLUGIN, sample)
+    except (KeyError, ValueError, LookupError):
+        from napari_plugin._samples import pair_layer_data
+
+        for data, kw, kind in pair_layer_data(sample):
+            getattr(viewer, f"add_{kind}")(data, **kw)
+
+
+def build_viewer(files=(), sample: str | None = None, viewer=None):
+    """A viewer with the GVSL widgets docked and ``files`` (or the ``sample`` pair) loaded.
+
+    A file that cannot be read becomes an error notification (and a line on stderr) with
+    the engine's message; the app still opens.
+    """
+    import napari
+    from napari.utils.notifications import show_error
+
+    viewer = viewer if viewer is not None else napari.Viewer(title="GVSL Studio")
+    _dock_widgets(viewer)
+    if sample:
+        _open_sample(viewer, sample)
+    for path in files or ():
+        try:
+            viewer.open(str(path), plugin=PLUGIN)
+        except Exception as exc:  # never let one bad file stop the app
+            msg = _engine_message(exc)
+            print(f"gvsl app: cannot open {path}: {msg}", file=sys.stderr)
+            show_error(f"cannot open {path}: {msg}")
+    return viewer
+
+
+def run_app(files: list[str], sample: str | None = None, screenshot: str | None = None) -> int:
+    """Open the desktop app and run its event loop until the window is closed.
+
+    With ``screenshot``, save a picture of the whole window once it is shown and exit
+    instead (used by ``make demo`` on a headless machine, under Xvfb).
+    """
+    import napari
+
+    viewer = build_viewer(files, sample)
+    if screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        for _ in range(20):  # let docked widgets and layers lay themselves out
+            QApplication.processEvents()
+        viewer.screenshot(str(screenshot), canvas_only=False)
+        viewer.close()
+        return 0
+    napari.run()
+    return 0
+
+
+def add_command(sub) -> None:
+    """Register ``gvsl app`` with the engine's command line (the ``gvsl.commands`` entry point)."""
+    p = sub.add_parser("app", help="the desktop app (napari with the GVSL widgets)")
+    p.add_argument("files", nargs="*")
+    p.add_argument("--sample", choices=["cardiac", "brain"])
+    p.add_argument("--screenshot", help="save a PNG of the window once shown, then exit")
+    p.set_defaults(
+        func=lambda args: run_app(args.files, sample=args.sample, screenshot=args.screenshot), tune_allocator=False
+    )
