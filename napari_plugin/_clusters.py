@@ -34,13 +34,12 @@ from ._common import (
     LayerCombo,
     WeightsChooser,
     device_combo,
-    notify_error,
     random_model,
     spin_box,
     thick_slices,
 )
 from ._geometry import layer_geometry, volume_from_layer
-from ._jobs import JobControls, calm_gc, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, upsert_layer
 from ._scatter import ScatterCanvas
 
@@ -65,7 +64,6 @@ class ClustersWidget(QWidget):
         self._worker = None
         self._label_values = np.zeros(0, int)
         warm_imports("openTSNE", "sklearn.metrics")
-        calm_gc()
         v = napari_viewer
         shared = shared_checkpoints(v)
         self.image = LayerCombo(v, Image, prefer=("fixed",))
@@ -118,12 +116,12 @@ class ClustersWidget(QWidget):
             return None
         il, ll = self.image.layer(), self.labels.layer()
         if il is None or ll is None:
-            notify_error("choose an image layer and a labels layer", "Feature clusters")
+            refuse(self.state, "choose an image layer and a labels layer", "Feature clusters")
             return None
         try:
             image, labels = volume_from_layer(il), volume_from_layer(ll, labels=True)
         except Exception as exc:
-            notify_error(exc, "Feature clusters")
+            refuse(self.state, exc, "Feature clusters")
             return None
         chosen = [w for w in (self.weights_a.value(), self.weights_b.value()) if w != NONE]
         per_label, size, device = self.per_label.value(), self.size.value(), self.device.currentText()

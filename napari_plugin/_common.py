@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
@@ -39,9 +41,20 @@ def notify_info(msg: str) -> None:
 class LayerCombo(QComboBox):
     """Layers of one type in ``viewer``, kept in sync with the layer list."""
 
-    def __init__(self, viewer, layer_type, optional: bool = False, prefer: tuple[str, ...] = (), parent=None):
+    def __init__(
+        self,
+        viewer,
+        layer_type,
+        optional: bool = False,
+        prefer: tuple[str, ...] = (),
+        fits: Callable[[Any], bool] | None = None,
+        parent=None,
+    ):
+        """``prefer``: name words chosen first; ``fits``: a test a layer must pass to be the
+        default of an optional combo (e.g. "on the chosen image's grid")."""
         super().__init__(parent)
         self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
+        self._fits = fits
         self._chosen = False  # True once the user picked a layer: keep it; until then follow the defaults
         self.activated.connect(self._on_user_choice)
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -62,6 +75,9 @@ class LayerCombo(QComboBox):
                 if word in n.lower():
                     return n
         if self._optional:
+            if self._fits is not None:
+                fitting = [n for n in plain if self._fits(self._viewer.layers[n])]
+                return fitting[0] if fitting else None
             return None
         return (plain or names or [None])[0]
 
@@ -74,7 +90,8 @@ class LayerCombo(QComboBox):
             if self._optional:
                 self.addItem("(none)")
             self.addItems(names)
-            keep = current if (self._chosen and current in names) else self._default(names)
+            kept = current in names or (self._optional and current == "(none)")
+            keep = current if (self._chosen and kept) else self._default(names)
             if keep is not None:
                 self.setCurrentText(keep)
             self.blockSignals(False)

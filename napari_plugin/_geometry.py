@@ -42,7 +42,16 @@ def data_to_world(layer) -> np.ndarray:
     """The 4x4 map from a 3D layer's data (z, y, x) indices to world (z, y, x) mm."""
     if layer.ndim != 3:
         raise ValueError(f"layer {layer.name!r} is {layer.ndim}D; GVSL works on 3D volumes")
-    return np.asarray(layer._data_to_world.affine_matrix, dtype=float)
+    # Public API only: the map is affine, so the images of the origin and the three unit
+    # index vectors give its matrix (napari's own transform chain is private).
+    origin = np.asarray(layer.data_to_world((0.0, 0.0, 0.0)), dtype=float)
+    matrix = np.eye(4)
+    for axis in range(3):
+        unit = np.zeros(3)
+        unit[axis] = 1.0
+        matrix[:3, axis] = np.asarray(layer.data_to_world(tuple(unit)), dtype=float) - origin
+    matrix[:3, 3] = origin
+    return matrix
 
 
 def geometry_from_matrix(matrix: np.ndarray) -> dict:

@@ -62,7 +62,9 @@ def calm_gc() -> None:
     """Collect once, then exempt everything alive (napari, Qt, torch: ~10^6 objects) from
     the cyclic garbage collector (``gc.freeze``). Otherwise a full collection, triggered by
     whichever thread allocates, holds the interpreter lock for 200-400 ms and the viewer
-    visibly freezes during jobs. Done once per process, when the first widget is built.
+    visibly freezes during jobs. Done once per process, and only by the desktop app
+    (``napari_plugin.app``), which owns its process: inside a user's own napari the plugin
+    is a guest and leaves the host's garbage collection alone.
     """
     global _GC_FROZEN
     if not _GC_FROZEN:
@@ -80,6 +82,15 @@ def warm_imports(*modules: str) -> None:
 
     for name in modules:
         importlib.import_module(name)
+
+
+def refuse(state: JobState, problem: BaseException | str, what: str) -> str:
+    """A job that cannot start: the reason as a notification *and* on the widget's status
+    line (a toast disappears and can be cut off by a narrow canvas; the status line stays)."""
+    msg = notify_error(problem, what)
+    state.message = msg
+    state.status = ERROR
+    return msg
 
 
 def start_job(func: Callable, state: JobState, on_result: Callable, what: str):

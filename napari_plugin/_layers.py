@@ -127,7 +127,7 @@ def upsert_layer(viewer, layer_data: tuple):
     name = kw["name"]
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if layer._type_string == kind:
+        if type(layer).__name__.lower() == kind:
             layer.data = data
             for key, value in kw.items():
                 if key == "name" or key in _KEEP_ON_UPDATE:

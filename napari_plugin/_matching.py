@@ -23,7 +23,7 @@ from ._common import (
     thick_slices,
 )
 from ._geometry import layer_geometry, volume_from_layer
-from ._jobs import JobControls, calm_gc, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
@@ -59,7 +59,6 @@ class MatchingWidget(QWidget):
         self.result = None
         self._worker = None
         warm_imports("monai.metrics")
-        calm_gc()
         v = napari_viewer
         self.fixed = LayerCombo(v, Image, prefer=("fixed",))
         self.moving = LayerCombo(v, Image, prefer=("moving",))
@@ -114,7 +113,7 @@ class MatchingWidget(QWidget):
             return None
         fl, ml = self.fixed.layer(), self.moving.layer()
         if fl is None or ml is None:
-            notify_error("choose a fixed and a moving image layer", "Z-Matching")
+            refuse(self.state, "choose a fixed and a moving image layer", "Z-Matching")
             return None
         mll, fll = self.moving_labels.layer(), self.fixed_labels.layer()
         try:
@@ -122,7 +121,7 @@ class MatchingWidget(QWidget):
             mlv = volume_from_layer(mll, labels=True) if mll is not None else None
             flv = volume_from_layer(fll, labels=True) if fll is not None else None
         except Exception as exc:
-            notify_error(exc, "Z-Matching")
+            refuse(self.state, exc, "Z-Matching")
             return None
         weights, device, size = self.weights.value(), self.device.currentText(), self.size.value() or None
         refine, stop = self.refine.isChecked(), self._stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
@@ -9,9 +10,9 @@ from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTabl
 from gvsl_app.jobs.state import JobState, shared_checkpoints
 from gvsl_app.services.segment import segment
 
-from ._common import LayerCombo, WeightsChooser, device_combo, notify_error
-from ._geometry import volume_from_layer
-from ._jobs import JobControls, calm_gc, start_job, warm_imports
+from ._common import LayerCombo, WeightsChooser, device_combo
+from ._geometry import data_to_world, volume_from_layer
+from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
@@ -29,10 +30,11 @@ class SegmentationWidget(QWidget):
         self.result = None
         self._worker = None
         warm_imports("monai.inferers", "monai.metrics")
-        calm_gc()
         v = napari_viewer
         self.image = LayerCombo(v, Image)
-        self.reference = LayerCombo(v, Labels, optional=True)
+        # a labels layer on the chosen image's grid is taken as its ground truth by default
+        self.reference = LayerCombo(v, Labels, optional=True, fits=self._on_image_grid)
+        self.image.currentTextChanged.connect(self.reference.refresh)
         self.weights = WeightsChooser(shared_checkpoints(v), "seg")
         self.device = device_combo()
         form = QFormLayout()
@@ -53,18 +55,24 @@ class SegmentationWidget(QWidget):
         lay.addWidget(self.table, 1)
         lay.addWidget(self.summary)
 
+    def _on_image_grid(self, labels) -> bool:
+        image = self.image.layer()
+        if image is None or tuple(labels.data.shape) != tuple(image.data.shape):
+            return False
+        return bool(np.allclose(data_to_world(labels), data_to_world(image), atol=1e-6))
+
     def run(self):
         if self.state.running:
             return None
         il, rl = self.image.layer(), self.reference.layer()
         if il is None:
-            notify_error("choose an image layer", "Segmentation")
+            refuse(self.state, "choose an image layer", "Segmentation")
             return None
         try:
             image = volume_from_layer(il)
             ref = volume_from_layer(rl, labels=True) if rl is not None else None
         except Exception as exc:
-            notify_error(exc, "Segmentation")
+            refuse(self.state, exc, "Segmentation")
             return None
         weights, device, name = self.weights.value(), self.device.currentText(), result_name(il.name)
         ref_names = label_names_of(rl) if rl is not None else {}

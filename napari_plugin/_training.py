@@ -25,7 +25,6 @@ from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec, resume_command
 from gvsl_app.training.config import VARIANTS
 
 from ._common import device_combo, notify_error, notify_info, spin_box
-from ._jobs import calm_gc
 from ._scatter import LossPlot
 
 TASKS = {"pre-training (GVSL)": "pretrain", "fine-tune: segmentation": "seg", "fine-tune: classification": "cls"}
@@ -67,7 +66,6 @@ class TrainingWidget(QWidget):
         self.viewer = napari_viewer
         self.state = TrainingState()
         self._holder: dict = {"job": None}  # shared with the close hooks, which must not hold `self`
-        calm_gc()
         self.task = QComboBox()
         self.task.addItems(list(TASKS))
         self.variant = QComboBox()
@@ -137,9 +135,16 @@ class TrainingWidget(QWidget):
         holder = self._holder
         self.destroyed.connect(lambda *_: _shutdown(holder))
         self._watcher = _CloseWatcher(holder)
-        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
-        if qt_window is not None:
-            qt_window.installEventFilter(self._watcher)
+        self._watched: QObject | None = None
+
+    def showEvent(self, event) -> None:
+        # Once docked, the top-level window is the viewer's (plain Qt, no private napari
+        # attribute): closing it stops the job even if this widget outlives it briefly.
+        top = self.window()
+        if top is not self and top is not self._watched:
+            top.installEventFilter(self._watcher)
+            self._watched = top
+        super().showEvent(event)
 
     @property
     def job(self) -> TrainingJob | None:

@@ -66,8 +66,11 @@ def build_viewer(files=(), sample: str | None = None, viewer=None):
     import napari
     from napari.utils.notifications import show_error
 
+    from napari_plugin._jobs import calm_gc
+
     viewer = viewer if viewer is not None else napari.Viewer(title="GVSL Studio")
     _dock_widgets(viewer)
+    calm_gc()  # our own process: its garbage collector may be tuned (a plugin in a host's may not)
     if sample:
         _open_sample(viewer, sample)
     for path in files or ():

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _world_of_index(layer, index) -> np.ndarray:
-    return layer._data_to_world(np.asarray(index, dtype=float))
+    return np.asarray(layer.data_to_world(np.asarray(index, dtype=float)))
 
 
 def _physical_of_index(volume: Volume, index_zyx) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_reader_keeps_physical_geometry(make_napari_viewer, oblique_ct):
     assert napari_get_reader(str(path.with_suffix(".txt"))) is None
     viewer = make_napari_viewer()
     (layer,) = viewer.open(str(path), plugin="gvsl-studio")
-    assert layer._type_string == "image"
+    assert type(layer).__name__.lower() == "image"
     np.testing.assert_allclose(layer.scale, ref.spacing[::-1], rtol=1e-6)
     np.testing.assert_allclose(layer.translate, ref.origin[::-1], rtol=1e-6)
     np.testing.assert_array_equal(layer.data, ref.array)
@@ -93,7 +93,7 @@ def test_reader_opens_label_maps_as_labels(make_napari_viewer, tmp_path):
     kinds = {}
     for name in ("heart_seg.nii.gz", "mask.mha", "ct.nrrd"):
         (layer,) = viewer.open(str(tmp_path / name), plugin="gvsl-studio")
-        kinds[layer.name] = layer._type_string
+        kinds[layer.name] = type(layer).__name__.lower()
     assert kinds == {"heart_seg": "labels", "mask": "labels", "ct": "image"}
     np.testing.assert_allclose(viewer.layers["heart_seg"].scale, (2, 1, 1))
 

@@ -7,6 +7,8 @@ import pytest
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
+from napari_plugin._geometry import data_to_world  # noqa: E402
+
 from helpers import rotated  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -51,7 +53,7 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     fixed = viewer.layers["cardiac fixed"]
     for name in (m.WARPED, m.WARPED_LABELS, m.DISPLACEMENT, m.MAGNITUDE, m.JACOBIAN, m.FOLDING):
         layer = viewer.layers[name]
-        np.testing.assert_allclose(layer._data_to_world.affine_matrix, fixed._data_to_world.affine_matrix, atol=1e-9)
+        np.testing.assert_allclose(data_to_world(layer), data_to_world(fixed), atol=1e-9)
     warped = viewer.layers[m.WARPED]
     assert warped.data.shape == fixed.data.shape and warped.blending == "additive"
     assert fixed.colormap.name == "green" and warped.colormap.name == "magenta"
@@ -128,8 +130,8 @@ def test_displacement_vectors_are_physical_on_oblique_grids(make_napari_viewer):
     np.testing.assert_allclose(mag, np.linalg.norm(d_xyz), rtol=1e-5)
     viewer = make_napari_viewer()
     layer = viewer.add_vectors(data, **layer_geometry(fixed))
-    start = layer._data_to_world(data[5, 0])
-    end = layer._data_to_world(data[5, 0] + data[5, 1])
+    start = np.asarray(layer.data_to_world(data[5, 0]))
+    end = np.asarray(layer.data_to_world(data[5, 0] + data[5, 1]))
     np.testing.assert_allclose(end - start, d_xyz[::-1], atol=1e-4)
 
 

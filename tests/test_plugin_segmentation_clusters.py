@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
+from napari_plugin._geometry import data_to_world  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -27,6 +28,27 @@ def _segmentation(viewer):
     return w
 
 
+def test_a_job_that_cannot_start_says_why_on_the_status_line(make_napari_viewer, notifications):
+    w = _segmentation(make_napari_viewer())
+    assert w.run() is None
+    assert "choose an image layer" in w.controls.status.text()
+    assert any("choose an image layer" in n for n in notifications)  # and as a notification
+
+
+def test_ground_truth_defaults_to_the_labels_on_the_chosen_images_grid(cardiac_viewer):
+    viewer = cardiac_viewer
+    w = _segmentation(viewer)
+    w.image.set_layer("cardiac fixed")
+    assert w.reference.currentText() == "cardiac fixed labels"
+    moving, fixed_labels = viewer.layers["cardiac moving"], viewer.layers["cardiac fixed labels"]
+    assert not np.allclose(data_to_world(moving), data_to_world(fixed_labels))  # the two subjects' grids differ
+    w.image.set_layer("cardiac moving")
+    assert w.reference.currentText() == "cardiac moving labels"
+    w.reference.set_layer("(none)")  # the user's choice is kept from then on
+    w.image.set_layer("cardiac fixed")
+    assert w.reference.currentText() == "(none)"
+
+
 def test_segmentation_flow_layer_and_table(qtbot, cardiac_viewer, seg_ckpt):
     from gvsl_app.jobs.state import shared_checkpoints
 
@@ -40,8 +62,8 @@ def test_segmentation_flow_layer_and_table(qtbot, cardiac_viewer, seg_ckpt):
     assert w.state.status == "done", w.state.message
     layer = viewer.layers["cardiac fixed segmentation"]
     image = viewer.layers["cardiac fixed"]
-    assert layer._type_string == "labels" and layer.data.shape == image.data.shape
-    np.testing.assert_allclose(layer._data_to_world.affine_matrix, image._data_to_world.affine_matrix, atol=1e-9)
+    assert type(layer).__name__.lower() == "labels" and layer.data.shape == image.data.shape
+    np.testing.assert_allclose(data_to_world(layer), data_to_world(image), atol=1e-9)
     np.testing.assert_array_equal(layer.data, w.result.labels.array)
     assert list(layer.features["name"][1:4]) == ["LV", "RV", "LA"]
     rep = w.result.report
@@ -79,7 +101,7 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     assert w.state.status == "done", w.state.message
     layer = viewer.layers[POINTS]
     image = viewer.layers["cardiac fixed"]
-    np.testing.assert_allclose(layer._data_to_world.affine_matrix, image._data_to_world.affine_matrix, atol=1e-9)
+    np.testing.assert_allclose(data_to_world(layer), data_to_world(image), atol=1e-9)
     feats = layer.features
     assert len(feats) == 7 * 25 and {"tsne_x_A", "tsne_y_B", "name", "selected"} <= set(feats.columns)
     # Each point lies on a voxel of its label.
