@@ -68,6 +68,7 @@ ROWS: dict[str, dict] = {
     "corr": {"deformable_head": "pyramid-corr"},
     "corr+affine-loss": {"deformable_head": "pyramid-corr", "w_affine": 1.0},
     "lr3e-3": {"lr": 3e-3},
+    "wide-heads": {"deformable_head": "pyramid-wide"},
 }
 
 

@@ -37,16 +37,26 @@ from gvsl_app.training.runs import RunFolder
 from models import GVSL
 
 
-def make_pairs(kind: str, n: int, shape: int, seed_base: int) -> list[tuple]:
-    """``n`` held-out ``(fixed, moving, fixed_labels, moving_labels)`` pairs of one kind."""
+def make_pairs(kind: str, n: int, shape: int, seed_base: int, training_seed: int | None = None) -> list[tuple]:
+    """``n`` held-out ``(fixed, moving, fixed_labels, moving_labels)`` pairs of one kind.
+
+    With ``training_seed``, pairs of the subjects a pre-training with that ``--seed`` saw
+    instead (subjects 0-1, 2-3, ...): a gap between the two says over- or underfitting.
+    """
+    from gvsl_app.data.synthetic import subject_seed
+
     if kind == "brain":
         from gvsl_app.data.brain import make_brain_subject as make
     else:
         from gvsl_app.data.synthetic import make_cardiac_subject as make
+
+    def seed(k: int) -> int:
+        return seed_base + k if training_seed is None else subject_seed(training_seed, k)
+
     pairs = []
     for i in range(n):
-        fixed, fl = make(seed_base + 2 * i, (shape,) * 3)
-        moving, ml = make(seed_base + 2 * i + 1, (shape,) * 3)
+        fixed, fl = make(seed(2 * i), (shape,) * 3)
+        moving, ml = make(seed(2 * i + 1), (shape,) * 3)
         pairs.append((fixed, moving, fl, ml))
     return pairs
 
@@ -117,11 +127,17 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", nargs="+", default=["cardiac", "brain"], choices=["cardiac", "brain"])
     ap.add_argument("--seed-base", type=int, default=7000)
     ap.add_argument("--every", type=int, default=1, help="score every k-th snapshot (the last always)")
+    ap.add_argument(
+        "--training-subjects",
+        type=int,
+        metavar="SEED",
+        help="score pairs of the subjects a pre-training with --seed SEED used, instead of held-out ones",
+    )
     ap.add_argument("--json", help="write the rows to this JSON file")
     args = ap.parse_args(argv)
     # A CT-only checkpoint on the brain pairs warns once per scan; the table says it all.
     logging.getLogger("gvsl_app.services.matching").setLevel(logging.ERROR)
-    pairs = {k: make_pairs(k, args.pairs, args.shape, args.seed_base) for k in args.kinds}
+    pairs = {k: make_pairs(k, args.pairs, args.shape, args.seed_base, args.training_subjects) for k in args.kinds}
     rows = [row for run in args.runs for row in curve(run, pairs, args.every)]
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

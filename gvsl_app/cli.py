@@ -361,10 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--deformable-head",
-        choices=["pyramid", "pyramid-corr", "pyramid-full", "paper"],
-        help="local matching head (default pyramid: 1/4 then 1/2 resolution; pyramid-corr adds a local "
-        "correlation cost volume to each level; pyramid-full adds full resolution; paper = one "
-        "full-resolution head)",
+        choices=["pyramid", "pyramid-wide", "pyramid-corr", "pyramid-full", "paper"],
+        help="local matching head (default pyramid: 1/4 then 1/2 resolution; pyramid-wide: its heads 8x "
+        "wider; pyramid-corr adds a local correlation cost volume to each level; pyramid-full adds full "
+        "resolution; paper = one full-resolution head)",
     )
     p.add_argument(
         "--w-affine",

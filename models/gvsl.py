@@ -13,7 +13,7 @@ from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coo
 from .unet import PAPER_WIDTHS, UNet3D
 
 AFFINE_HEADS = ("keypoints", "paper")
-DEFORMABLE_HEADS = ("pyramid", "pyramid-corr", "pyramid-full", "paper")
+DEFORMABLE_HEADS = ("pyramid", "pyramid-wide", "pyramid-corr", "pyramid-full", "paper")
 PAPER_HEADS: dict[str, str] = {"affine_head": "paper", "deformable_head": "paper"}
 """``GVSL(**PAPER_HEADS)``: the paper's Z-Matching heads (the authors' checkpoint has them)."""
 
@@ -51,7 +51,9 @@ class GVSL(nn.Module):
     bottleneck regressing 15 bounded parameters, :class:`~models.heads.AffineHead`; the
     authors' released checkpoint has this head). ``deformable_head``: ``"pyramid"`` (the
     default: coarse-to-fine heads at 1/4 and 1/2 resolution, a smooth field by
-    construction, :class:`~models.heads.PyramidDeformableHead`), ``"pyramid-full"`` (the
+    construction, :class:`~models.heads.PyramidDeformableHead`), ``"pyramid-wide"`` (the same
+    with heads four times the local width wide instead of half), ``"pyramid-corr"`` (a local
+    correlation cost volume into each level), ``"pyramid-full"`` (the
     same plus a full-resolution level, an ablation) or ``"paper"`` (one head at full
     resolution). docs/MATCHING.md measures these choices against the paper's.
     Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
@@ -88,7 +90,8 @@ class GVSL(nn.Module):
         else:
             levels = (4, 2, 1) if deformable_head == "pyramid-full" else (4, 2)
             radii = (2, 1) if deformable_head == "pyramid-corr" else None
-            self.deformable_head = PyramidDeformableHead(w[8], levels, radii)
+            hidden = 4 * w[8] if deformable_head == "pyramid-wide" else None  # 32 instead of 4 at width 8
+            self.deformable_head = PyramidDeformableHead(w[8], levels, radii, hidden)
         self.restoration_head = RestorationHead(w[8])
         self.use_affine = use_affine
         self.bounds = bounds

@@ -48,9 +48,9 @@ class DeformableHead(nn.Module):
     the initial displacement is ~0 while gradients reach the whole branch.
     """
 
-    def __init__(self, local_channels: int, extra_channels: int = 0):
+    def __init__(self, local_channels: int, extra_channels: int = 0, hidden: int | None = None):
         super().__init__()
-        hidden = max(local_channels // 2, 1)
+        hidden = hidden or max(local_channels // 2, 1)
         self.conv = DoubleConv(2 * local_channels + extra_channels, hidden)
         self.flow = nn.Conv3d(hidden, 3, 3, padding=1)
         nn.init.normal_(self.flow.weight, std=1e-5)
@@ -199,14 +199,21 @@ class PyramidDeformableHead(nn.Module):
     Every level's last convolution starts near zero, so the first output is ~0.
     """
 
-    def __init__(self, local_channels: int, levels: tuple[int, ...] = (4, 2), radii: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        local_channels: int,
+        levels: tuple[int, ...] = (4, 2),
+        radii: tuple[int, ...] | None = None,
+        hidden: int | None = None,
+    ):
         super().__init__()
         self.levels = tuple(int(f) for f in levels)
         self.radii = tuple(int(r) for r in radii) if radii is not None else (0,) * len(self.levels)
         if len(self.radii) != len(self.levels):
             raise ValueError(f"one correlation radius per level: levels {self.levels}, radii {self.radii}")
         self.heads = nn.ModuleList(
-            DeformableHead(local_channels, extra_channels=(2 * r + 1) ** 3 if r else 0) for r in self.radii
+            DeformableHead(local_channels, extra_channels=(2 * r + 1) ** 3 if r else 0, hidden=hidden)
+            for r in self.radii
         )
 
     def forward(self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor) -> torch.Tensor:
