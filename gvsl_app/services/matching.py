@@ -136,18 +136,13 @@ def match(
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
-        "refined": None
-        if schedule is None
-        else {"steps": schedule.total_steps, "steps_done": steps_done, **dataclasses.asdict(schedule)},
+        "refined": _refine_summary(schedule, steps_done),
         "ncc_before": out["ncc_before"],
         "ncc_after": out["ncc_after"],
         "ncc_network": network_ncc,
         "fallback": fell_back,
         "warnings": warnings,
-        "folding_percent": float((jac <= 0).mean() * 100.0),
-        "jacobian_min": float(jac.min()),
-        "jacobian_max": float(jac.max()),
-        "max_displacement_mm": float(np.linalg.norm(disp_mm, axis=-1).max()),
+        **_map_summary(jac, disp_mm),
         "seconds": {k: round(v, 4) for k, v in times.items()},
     }
     if moving_labels is not None and fixed_labels is not None:
@@ -157,6 +152,23 @@ def match(
     result.report = report
     say("done", 1.0)
     return result
+
+
+def _refine_summary(schedule: RefineSchedule | None, steps_done: int) -> dict | None:
+    """The refinement's schedule and the steps it took (None without refinement)."""
+    if schedule is None:
+        return None
+    return {"steps": schedule.total_steps, "steps_done": steps_done, **dataclasses.asdict(schedule)}
+
+
+def _map_summary(jac: np.ndarray, disp_mm: np.ndarray) -> dict[str, float]:
+    """Folding (share of voxels with a non-positive Jacobian), Jacobian range, largest displacement."""
+    return {
+        "folding_percent": float((jac <= 0).mean() * 100.0),
+        "jacobian_min": float(jac.min()),
+        "jacobian_max": float(jac.max()),
+        "max_displacement_mm": float(np.linalg.norm(disp_mm, axis=-1).max()),
+    }
 
 
 def _checked_inputs(

@@ -199,10 +199,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
                 break
     finally:
         close_loader(it)
-    if frozen is not None:  # a linear probe must leave the backbone bit-identical
-        changed = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, frozen[k])]
-        if changed:
-            raise RuntimeError(f"linear evaluation changed backbone parameters: {changed[:3]}")
+    _check_frozen(model, frozen)
     report: dict[str, Any] = {
         "kind": config.task,
         "status": status,
@@ -225,6 +222,15 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
         message=f"{status} at iteration {step}; best validation {key} {best:.4f}; "
         f"test {report.get('test', {}).get(key, float('nan')):.4f}",
     )
+
+
+def _check_frozen(model: SegmentationNet | ClassificationNet, frozen: dict[str, torch.Tensor] | None) -> None:
+    """A linear probe must leave the backbone bit-identical; raise if it did not."""
+    if frozen is None:
+        return
+    changed = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, frozen[k])]
+    if changed:
+        raise RuntimeError(f"linear evaluation changed backbone parameters: {changed[:3]}")
 
 
 def _splits(config: FinetuneConfig) -> tuple[list[str], list[str], list[str]]:
