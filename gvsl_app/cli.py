@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_finetune(sub)
     _add_evaluate(sub)
+    _add_evaluate_labels(sub)
     _add_match(sub)
     _add_segment(sub)
     _add_embed(sub)
@@ -146,6 +147,31 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=c.cmd_evaluate)
 
 
+def _add_evaluate_labels(sub) -> None:
+    """``gvsl evaluate-labels``."""
+    p = sub.add_parser(
+        "evaluate-labels",
+        help="volumes, Dice, HD95 and ASSD per structure of label maps made anywhere, against references",
+    )
+    p.add_argument("labels", help="a label map or a folder of them (cases paired by file name)")
+    p.add_argument("reference", nargs="?", help="the reference label map or folder (omit for volumes only)")
+    p.add_argument("--out", required=True, help="CSV table to write (one row per case and structure)")
+    p.add_argument(
+        "--names",
+        help="label names and colours: ITK-SNAP label descriptions, a 3D Slicer colour table, CSV or JSON "
+        "(default: a table found next to the label maps)",
+    )
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="put a label map on another grid onto its reference's with nearest neighbour (default: refuse)",
+    )
+    p.add_argument("--no-distances", action="store_true", help="skip HD95/ASSD (the slow part for large maps)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out table")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=c.cmd_evaluate_labels)
+
+
 def _add_match(sub) -> None:
     """``gvsl match``."""
     p = sub.add_parser("match", help="Z-Matching of MOVING onto FIXED")
@@ -177,11 +203,16 @@ def _add_match(sub) -> None:
 
 def _add_segment(sub) -> None:
     """``gvsl segment``."""
-    p = sub.add_parser("segment", help="segment a volume with a fine-tuned checkpoint")
-    p.add_argument("image")
+    p = sub.add_parser("segment", help="segment a volume (or every volume of a folder) with a fine-tuned checkpoint")
+    p.add_argument("image", help="a volume, or a folder of volumes (a data folder's images/ is used when present)")
     p.add_argument("--weights", help="segmentation checkpoint (default: shipped demo)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--reference", help="ground-truth labels: adds Dice to the report")
+    p.add_argument("--out", required=True, help="label map to write (a folder when IMAGE is a folder)")
+    p.add_argument(
+        "--reference",
+        help="ground-truth labels (a folder for a folder; default there: the data folder's labels/): adds "
+        "Dice (and, for folders, HD95/ASSD) to the report",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar (folders)")
     p.add_argument("--report", help="report JSON path (default: next to --out)")
     p.add_argument("--device", default="auto")
     _add_output_overwrite(p)

@@ -152,6 +152,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_labels(args: argparse.Namespace) -> int:
+    from gvsl_app.services.label_cohort import evaluate_cohort, pair_cases, structure_summary, write_table
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    pairs = pair_cases(args.labels, args.reference)
+    names = _label_names(args.names, pairs[0][1])
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pairs), unit="case", dynamic_ncols=True)
+    try:
+        results = evaluate_cohort(
+            pairs,
+            names,
+            resample=args.resample,
+            distances=not args.no_distances,
+            progress=(lambda done, total, case: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    write_table(results, out)
+    for res in results:
+        for note in res.notes:
+            print(f"note: {note}")
+    summary = structure_summary(results)
+    print(f"{'structure':<24} {'n':>3} {'volume mL':>10} {'Dice':>13} {'HD95 mm':>13} {'ASSD mm':>13}")
+    for name, s in summary.items():
+
+        def cell(key: str) -> str:
+            m = s[key]
+            return f"{m['mean']:6.3f}±{m['std']:<6.3f}" if m["mean"] is not None else f"{'-':>13}"
+
+        print(
+            f"{name[:24]:<24} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f} {cell('dice'):>13} "
+            f"{cell('hd95_mm'):>13} {cell('assd_mm'):>13}"
+        )
+    print(f"wrote {out} ({len(results)} case(s))")
+    return 0
+
+
+def _label_names(names_file: str | None, first_label_map: Path) -> dict[int, str]:
+    """Names from ``--names`` (an error if unreadable), else from a label table found next to
+    the label maps (skipped with a note if unreadable: it may be another kind of file, such
+    as a classification ``labels.csv``), else none."""
+    from gvsl_app.io.label_tables import LabelTableError, find_label_table, read_label_table
+
+    if names_file:
+        return dict(read_label_table(names_file).names)
+    found = find_label_table(first_label_map)
+    if found is None:
+        return {}
+    try:
+        table = read_label_table(found)
+    except LabelTableError as exc:
+        print(f"note: {found} is not a label table ({exc}); structures are named by value", file=sys.stderr)
+        return {}
+    print(f"structure names from {found}")
+    return dict(table.names)
+
+
 def prepare_output(path: str | Path, ours: tuple[str, ...] | None, overwrite: bool) -> Path:
     """Refuse to mix a command's outputs with an earlier run's; with ``overwrite``, clear ours.
 
@@ -227,6 +291,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from gvsl_app.io.images import read_labels, read_volume, write_volume
     from gvsl_app.services.segment import segment
 
+    if Path(args.image).is_dir():
+        return _segment_folder(args)
     report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
     prepare_output(args.out, None, args.overwrite)
     prepare_output(report_path, None, args.overwrite)
@@ -243,6 +309,54 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if ref is not None:
         print(f"{'mean Dice':>18} {'':>9} {res.report['mean_dice']:7.4f}")
     print(f"wrote {args.out} and {report_path}")
+    return 0
+
+
+def _segment_folder(args: argparse.Namespace) -> int:
+    """``gvsl segment FOLDER --out DIR``: every volume, then one table of volumes (and, with
+    references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``."""
+    from gvsl_app.io.folders import images_folder, list_volume_files, require_volumes
+    from gvsl_app.io.images import read_volume, write_volume
+    from gvsl_app.services.label_cohort import evaluate_cohort, structure_summary, write_table
+    from gvsl_app.services.segment import segment
+
+    folder = Path(args.image)
+    images = require_volumes(images_folder(folder))
+    ref_dir = Path(args.reference) if args.reference else (folder / "labels" if (folder / "labels").is_dir() else None)
+    refs = list_volume_files(ref_dir) if ref_dir is not None else {}
+    ours = (*(f"{n}.nii.gz" for n in images), "metrics.csv", "report.json")
+    out = prepare_output(args.out, ours, args.overwrite)
+    names: dict[int, str] = {}
+    bar = None
+    if not getattr(args, "quiet", False):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
+    pairs = []
+    try:
+        for name, path in images.items():
+            res = segment(read_volume(path), args.weights, device=args.device)
+            names = {int(k): v for k, v in res.report["label_names"].items()}
+            seg_path = write_volume(res.labels, out / f"{name}.nii.gz", is_label=True)
+            pairs.append((name, Path(seg_path), refs.get(name)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    with_ref = [p for p in pairs if p[2] is not None]
+    results = evaluate_cohort(with_ref, names) + evaluate_cohort([p for p in pairs if p[2] is None], names)
+    write_table(results, out / "metrics.csv")
+    summary = structure_summary(results)
+    (out / "report.json").write_text(
+        dumps_strict({"images": str(folder), "references": str(ref_dir) if refs else None, "summary": summary})
+    )
+    print(f"{'structure':<18} {'n':>3} {'volume mL':>10}" + (f" {'Dice':>7}" if with_ref else ""))
+    for name, s in summary.items():
+        dice = s["dice"]["mean"]
+        cell = (f" {dice:7.4f}" if dice is not None else f" {'-':>7}") if with_ref else ""
+        print(f"{name[:18]:<18} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f}{cell}")
+    print(f"wrote {len(pairs)} segmentation(s), {out / 'metrics.csv'} and {out / 'report.json'}")
     return 0
 
 
