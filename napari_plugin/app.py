@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 PLUGIN = "gvsl-studio"
-WIDGETS = ("Z-Matching", "Training", "Segmentation", "Feature clusters")
+WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
 
 
 def _engine_message(exc: BaseException) -> str:
@@ -30,12 +30,13 @@ def _dock_widgets(viewer) -> list:
         try:
             dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
         except (KeyError, ValueError, LookupError):  # plugin metadata missing (e.g. a frozen bundle)
-            from napari_plugin import _clusters, _matching, _segmentation, _training
+            from napari_plugin import _clusters, _explorer, _matching, _segmentation, _training
 
             cls = {
                 "Z-Matching": _matching.MatchingWidget,
                 "Training": _training.TrainingWidget,
                 "Segmentation": _segmentation.SegmentationWidget,
+                "Label explorer": _explorer.LabelExplorerWidget,
                 "Feature clusters": _clusters.ClustersWidget,
             }[name]
             dock = viewer.window.add_dock_widget(cls(viewer), name=name, area="right", tabify=True)

@@ -58,6 +58,7 @@ def test_manifest_validates_and_imports():
         "Z-Matching",
         "Training",
         "Segmentation",
+        "Label explorer",
         "Feature clusters",
     }
     assert {s.key for s in mf.contributions.sample_data} == {"cardiac", "brain"}

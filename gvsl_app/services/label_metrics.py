@@ -20,7 +20,19 @@ import torch
 
 from gvsl_app.io.volume import Volume
 
-__all__ = ["StructureMetrics", "check_label_map", "compare_label_maps", "summarise_structures", "METRIC_COLUMNS"]
+__all__ = [
+    "StructureMetrics",
+    "check_label_map",
+    "compare_label_maps",
+    "summarise_structures",
+    "disagreement_map",
+    "structure_centres",
+    "METRIC_COLUMNS",
+    "DISAGREEMENT_NAMES",
+]
+
+DISAGREEMENT_NAMES = {1: "only in the label map", 2: "only in the reference", 3: "different structures"}
+"""Values of :func:`disagreement_map`."""
 
 METRIC_COLUMNS = ("label", "name", "volume_ml", "ref_volume_ml", "dice", "hd95_mm", "assd_mm", "note")
 """The columns of one structure's row, in table order."""
@@ -146,3 +158,27 @@ def summarise_structures(rows: Sequence[StructureMetrics]) -> dict[str, dict[str
             "n": len(vals),
         }
     return out
+
+
+def disagreement_map(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Where two label maps on one grid differ (uint8, :data:`DISAGREEMENT_NAMES`): 1 labelled
+    only in ``pred`` (false positive), 2 only in ``ref`` (false negative), 3 both labelled
+    but as different structures; 0 where they agree."""
+    out = np.zeros(pred.shape, np.uint8)
+    p, r = pred != 0, ref != 0
+    out[p & ~r] = 1
+    out[~p & r] = 2
+    out[p & r & (pred != ref)] = 3
+    return out
+
+
+def structure_centres(labels: np.ndarray, values: Iterable[int]) -> dict[int, tuple[float, float, float]]:
+    """Centre of mass (voxel indices z, y, x) of each given value present in ``labels``."""
+    from scipy import ndimage
+
+    values = [int(v) for v in values]
+    present = [v for v in values if v != 0 and np.any(labels == v)]
+    if not present:
+        return {}
+    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, present)
+    return {v: (float(c[0]), float(c[1]), float(c[2])) for v, c in zip(present, centres)}

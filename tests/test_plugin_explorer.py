@@ -1,0 +1,98 @@
+"""Label explorer: any labels layer against an optional reference, structure by structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+from napari_plugin._geometry import data_to_world  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+def _explorer(viewer):
+    from napari_plugin._explorer import LabelExplorerWidget
+
+    w = LabelExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Label explorer")
+    return w
+
+
+def _edited_copy(viewer):
+    """The fixed labels with the LV shifted by 2 voxels along x and the aorta (6) erased."""
+    ref = viewer.layers["cardiac fixed labels"]
+    data = np.array(ref.data)
+    lv = data == 1
+    data[lv] = 0
+    data[np.roll(lv, 2, axis=2) & (data == 0)] = 1
+    data[data == 6] = 0
+    layer = viewer.add_labels(data, name="edited", scale=ref.scale, translate=ref.translate, affine=ref.affine)
+    layer.features = ref.features.copy()  # the same structure names
+    return layer, np.asarray(ref.data)
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_compare_fills_a_sortable_table_marks_disagreement_and_goes_to_a_structure(qtbot, cardiac_viewer):
+    viewer = cardiac_viewer
+    edited, ref = _edited_copy(viewer)
+    w = _explorer(viewer)
+    w.labels.set_layer("edited")
+    assert w.reference.currentText() == "cardiac fixed labels"  # the labels layer on the same grid
+    w.run()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    rows = {w.table.item(r, 0).text(): r for r in range(w.table.rowCount())}
+    assert len(rows) == 7
+    lv_dice = float(w.table.item(rows["LV"], 3).text())
+    assert lv_dice == pytest.approx(_dice(np.asarray(edited.data) == 1, ref == 1), abs=1e-3)
+    ao = rows[next(n for n in rows if n.lower().startswith("ao"))]
+    assert w.table.item(ao, 3).text() == "0.000" and "absent from the label map" in w.table.item(ao, 6).text()
+    assert w.table.item(ao, 4).text() == ""  # no distance to a structure that is not there
+    assert float(w.table.item(rows["LV"], 4).text()) > 0  # HD95 in mm of the shifted LV
+    # sorting by Dice puts the missing aorta first
+    w.table.sortItems(3)
+    assert w.table.item(0, 3).text() == "0.000"
+    # the disagreement layer: 1 only in the edited map, 2 only in the reference
+    diff = np.asarray(viewer.layers["edited vs reference"].data)
+    e = np.asarray(edited.data)
+    assert np.array_equal(diff == 1, (e != 0) & (ref == 0)) and np.array_equal(diff == 2, (e == 0) & (ref != 0))
+    assert (diff == 2).sum() >= (ref == 6).sum()  # the erased aorta is all "only in the reference"
+    # a click on the LV row shows the LV alone and moves the view to its centre
+    lv_row = next(r for r in range(w.table.rowCount()) if w.table.item(r, 0).text() == "LV")
+    w.focus_row(lv_row)
+    assert edited.selected_label == 1 and edited.show_selected_label
+    centre = np.argwhere(e == 1).mean(axis=0)
+    world = (data_to_world(edited) @ np.array([*centre, 1.0]))[:3]
+    np.testing.assert_allclose(viewer.dims.point[-3:], world, atol=np.max(edited.scale))
+
+
+def test_a_reference_on_another_grid_is_refused_with_the_reason(cardiac_viewer):
+    viewer = cardiac_viewer
+    w = _explorer(viewer)
+    w.labels.set_layer("cardiac fixed labels")
+    w.reference.set_layer("cardiac moving labels")
+    assert w.run() is None
+    assert "does not lie on the grid" in w.controls.status.text()
+
+
+def test_volumes_only_without_a_reference(qtbot, cardiac_viewer):
+    viewer = cardiac_viewer
+    w = _explorer(viewer)
+    w.labels.set_layer("cardiac moving labels")
+    w.reference.set_layer("(none)")
+    w.run()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    layer = viewer.layers["cardiac moving labels"]
+    voxel_ml = float(np.prod(layer.scale)) / 1000
+    rows = {w.table.item(r, 0).text(): r for r in range(w.table.rowCount())}
+    assert float(w.table.item(rows["LV"], 1).text()) == pytest.approx(
+        (np.asarray(layer.data) == 1).sum() * voxel_ml, abs=0.01
+    )
+    assert w.table.item(rows["LV"], 3).text() == ""  # no Dice without a reference
+    assert "cardiac moving labels vs reference" not in viewer.layers
