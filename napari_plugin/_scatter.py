@@ -100,7 +100,12 @@ class ScatterCanvas(FigureCanvasQTAgg):
         xy = self.panels[i]["xy"]
         self.selected.emit((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
 
-    def highlight(self, mask: np.ndarray) -> None:
+    def highlight(self, mask: np.ndarray | None) -> None:
+        """Ring the points of ``mask`` (bool per point; ``None`` clears) in every panel.
+
+        Only the offsets of one scatter change and the redraw is ``draw_idle``: successive
+        selections within one event-loop pass cost a single repaint.
+        """
         for h, p in zip(self._highlights, self.panels):
             h.set_offsets(p["xy"][mask] if mask is not None and mask.any() else np.empty((0, 2)))
         self.draw_idle()

@@ -143,6 +143,164 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     assert 0 < layer.features["selected"].sum() < len(pts)
 
 
+def _clusters(viewer, ckpt, compare: bool):
+    from napari_plugin._clusters import ClustersWidget
+
+    w = ClustersWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Feature clusters")
+    w.weights_a.add_path(str(ckpt))
+    if compare:
+        w.weights_b.combo.setCurrentIndex(w.weights_b.combo.findData("random"))
+    w.per_label.setValue(25)
+    w.size.setValue(32)
+    w.device.setCurrentText("cpu")
+    return w
+
+
+def _count_calls(monkeypatch, obj, name: str) -> list:
+    """Record each call of ``obj.name`` (still calling it) and return the record."""
+    calls: list = []
+    original = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+    return calls
+
+
+def _ringed(w) -> list[np.ndarray]:
+    """The plot's highlight: the offsets of each panel's ring scatter."""
+    return [np.asarray(h.get_offsets()) for h in w.canvas._highlights]
+
+
+def test_clusters_selecting_in_the_viewer_highlights_the_plot(qtbot, monkeypatch, cardiac_viewer, gvsl_ckpt):
+    from napari_plugin._clusters import POINTS
+
+    viewer = cardiac_viewer
+    w = _clusters(viewer, gvsl_ckpt, compare=True)
+    _wait(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    layer = viewer.layers[POINTS]
+    feats = layer.features
+    n = len(feats)
+    tsne = {tag: feats[[f"tsne_x_{tag}", f"tsne_y_{tag}"]].to_numpy() for tag in "AB"}
+    redraws = _count_calls(monkeypatch, w.canvas, "highlight")
+
+    def selected() -> np.ndarray:
+        return layer.features["selected"].to_numpy(bool)
+
+    # Napari's select tool assigns layer.selected_data (a box release assigns an index array,
+    # possibly several times per gesture): the plot follows once, with the picked points.
+    picked = np.array([3, 40, 41, 100, n - 1])
+    layer.selected_data = {3}
+    layer.selected_data = {3, 40}
+    layer.selected_data = np.array(picked)
+    qtbot.waitUntil(lambda: selected().sum() == len(picked), timeout=5000)
+    qtbot.wait(50)  # any further queued update would land here
+    assert len(redraws) == 1
+    expected = np.zeros(n, bool)
+    expected[picked] = True
+    np.testing.assert_array_equal(selected(), expected)
+    for tag, ring in zip("AB", _ringed(w)):
+        np.testing.assert_allclose(ring, tsne[tag][picked])
+    assert layer.shown.all()  # a pick in the viewer hides nothing
+    assert f"{len(picked)} of {n} voxels selected" in w.info.text()
+
+    # Deselecting in the viewer clears the plot.
+    layer.selected_data = set()
+    qtbot.waitUntil(lambda: not selected().any(), timeout=5000)
+    assert all(ring.shape == (0, 2) for ring in _ringed(w))
+
+    # Plot -> viewer still works and selects the points in the layer, without bouncing back.
+    xy = tsne["B"]
+    x0, y0 = np.percentile(xy, 20, axis=0)
+    x1, y1 = np.percentile(xy, 70, axis=0)
+    box = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    assert 0 < box.sum() < n
+    redraws.clear()
+    w.canvas.select_box(1, (x0, y0), (x1, y1))
+    qtbot.wait(50)
+    assert len(redraws) == 1
+    np.testing.assert_array_equal(selected(), box)
+    np.testing.assert_array_equal(layer.shown, box)
+    assert set(layer.selected_data) == set(np.flatnonzero(box).tolist())
+    np.testing.assert_allclose(_ringed(w)[0], tsne["A"][box])
+
+    # A shift-click in the viewer extends the plot's selection (napari toggles the clicked index
+    # in selected_data, which now holds the plot's selection).
+    extra = int(np.flatnonzero(~box)[0])
+    layer.selected_data = set(layer.selected_data) ^ {extra}
+    box[extra] = True
+    qtbot.waitUntil(lambda: selected()[extra], timeout=5000)
+    np.testing.assert_array_equal(selected(), box)
+    np.testing.assert_allclose(_ringed(w)[1], tsne["B"][box])
+
+    # Clicking on empty canvas ends the selection everywhere, as "Clear selection" does.
+    layer.selected_data = set()
+    qtbot.waitUntil(lambda: not selected().any(), timeout=5000)
+    assert layer.shown.all()
+    assert all(ring.shape == (0, 2) for ring in _ringed(w))
+
+    # Once the widget is gone, napari's select tool must not call into it (its timer is deleted).
+    from qtpy import sip
+
+    slots = layer.selected_data.events.items_changed
+    connected = len(slots)
+    sip.delete(w)
+    assert len(slots) == connected - 1
+    layer.selected_data = {1, 2}
+    qtbot.wait(50)
+
+
+def test_clusters_viewer_link_follows_reruns_and_ends_with_the_layer(qtbot, cardiac_viewer, gvsl_ckpt):
+    from napari_plugin._clusters import POINTS
+
+    viewer = cardiac_viewer
+    w = _clusters(viewer, gvsl_ckpt, compare=False)
+    _wait(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    layer = viewer.layers[POINTS]
+    slots = layer.selected_data.events.items_changed
+    connected = len(slots)
+    layer.selected_data = {1, 2}
+    qtbot.waitUntil(lambda: layer.features["selected"].sum() == 2, timeout=5000)
+
+    # A re-run updates the layer in place: one connection still, and the old indices are dropped.
+    _wait(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    assert viewer.layers[POINTS] is layer and len(slots) == connected
+    assert len(layer.selected_data) == 0 and not layer.features["selected"].any()
+    assert _ringed(w)[0].shape == (0, 2)
+    layer.selected_data = {5}
+    qtbot.waitUntil(lambda: _ringed(w)[0].shape == (1, 2), timeout=5000)
+
+    # A re-run after the user renamed the layer makes a new one: the link moves to it.
+    layer.name = "my voxels"
+    _wait(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    new = viewer.layers[POINTS]
+    assert new is not layer and len(slots) == connected - 1
+    layer.selected_data = {7, 8, 9}
+    qtbot.wait(50)
+    assert _ringed(w)[0].shape == (0, 2)  # the old layer no longer drives the plot
+    new.selected_data = {7, 8}
+    qtbot.waitUntil(lambda: _ringed(w)[0].shape == (2, 2), timeout=5000)
+
+    # Removing the layer disconnects; its selection and the plot's no longer reach each other.
+    new_slots = new.selected_data.events.items_changed
+    before = len(new_slots)
+    viewer.layers.remove(new)
+    assert len(new_slots) == before - 1
+    assert _ringed(w)[0].shape == (0, 2) and "removed" in w.info.text()
+    new.selected_data = {1, 2, 3}
+    qtbot.wait(50)
+    assert _ringed(w)[0].shape == (0, 2)
+    w.canvas.select_box(0, (-1e9, -1e9), (1e9, 1e9))  # a plot selection with no layer is a no-op
+    assert _ringed(w)[0].shape == (0, 2) and len(new.selected_data) == 3
+
+
 def test_structure_names_fall_back_to_the_ground_truth():
     from napari_plugin._segmentation import merge_names
 
