@@ -123,7 +123,7 @@ class ClustersWidget(QWidget):
         self.weights_a = WeightsChooser(shared, "gvsl", allow_random=True)
         self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
         self.per_label = spin_box(10, 5000, 300, 50)
-        self.size = spin_box(16, 256, 96, 16)
+        self.cube_size = spin_box(16, 256, 96, 16)
         self.device = device_combo()
         form = QFormLayout()
         for label, w in (
@@ -132,7 +132,7 @@ class ClustersWidget(QWidget):
             ("weights", self.weights_a),
             ("compare with", self.weights_b),
             ("voxels per label", self.per_label),
-            ("working size", self.size),
+            ("working size", self.cube_size),
             ("device", self.device),
         ):
             form.addRow(label, w)
@@ -176,7 +176,7 @@ class ClustersWidget(QWidget):
             refuse(self.state, exc, "Feature clusters")
             return None
         chosen = [w for w in (self.weights_a.value(), self.weights_b.value()) if w != NONE]
-        per_label, size, device = self.per_label.value(), self.size.value(), self.device.currentText()
+        per_label, size, device = self.per_label.value(), self.cube_size.value(), self.device.currentText()
         names = label_names_of(ll)
         colors = {v: tuple(label_rgba(ll, v)) for v in names}
 

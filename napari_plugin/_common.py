@@ -38,6 +38,13 @@ def notify_info(msg: str) -> None:
     show_info(msg)
 
 
+def _narrow(combo: QComboBox) -> None:
+    """A combo box whose longest entry (a layer name, a file path) does not set the dock's
+    minimum width: it shows ~16 characters at least and elides the rest (full text on hover)."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(16)
+
+
 class LayerCombo(QComboBox):
     """Layers of one type in ``viewer``, kept in sync with the layer list."""
 
@@ -53,6 +60,7 @@ class LayerCombo(QComboBox):
         """``prefer``: name words chosen first; ``fits``: a test a layer must pass to be the
         default of an optional combo (e.g. "on the chosen image's grid")."""
         super().__init__(parent)
+        _narrow(self)
         self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
         self._fits = fits
         self._chosen = False  # True once the user picked a layer: keep it; until then follow the defaults
@@ -122,9 +130,12 @@ class WeightsChooser(QWidget):
         demo = DEMO_GVSL if kind == "gvsl" else DEMO_SEG
         self.kind = kind
         self.combo = QComboBox()
+        _narrow(self.combo)
         if allow_none:
             self.combo.addItem("(none)", NONE)
-        self.combo.addItem("demo weights" + ("" if demo.is_file() else " (not installed)"), DEMO)
+        # segmentation: the shipped segmenter that fits the image (cardiac CT or brain MR)
+        label = "demo weights" if kind == "gvsl" else "shipped segmenter for the image's modality"
+        self.combo.addItem(label + ("" if demo.is_file() else " (not installed)"), DEMO)
         if allow_random:
             self.combo.addItem("random init", RANDOM)
         if allow_none:

@@ -46,9 +46,13 @@ class SegmentationWidget(QWidget):
         self.controls.run_button.clicked.connect(self.run)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        # columns the user can widen, the table scrolls: a column sized to its contents
+        # would set the whole dock's minimum width (562 px) and squeeze the image
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
         self.summary = QLabel("")
+        self.summary.setWordWrap(True)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.controls)
@@ -111,13 +115,16 @@ class SegmentationWidget(QWidget):
             self.table.item(row, 0).setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
         secs = rep["seconds"]["total_s"]
         found = sum(1 for v in vols.values() if v > 0)
+        which = "" if "(given)" in rep.get("segmenter", "(given)") else f"{rep['segmenter']}. "
         if "mean_dice" in rep:
             self.summary.setText(
-                f"mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; {secs:.1f} s on {rep.get('device')}"
+                f"{which}mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; "
+                f"{secs:.1f} s on {rep.get('device')}"
             )
         else:
             self.summary.setText(
-                f"{found} structures found; {secs:.1f} s on {rep.get('device')} (choose a ground-truth layer for Dice)"
+                f"{which}{found} structures found; {secs:.1f} s on {rep.get('device')} "
+                "(choose a ground-truth layer for Dice)"
             )
 
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -21,24 +16,13 @@ from qtpy.QtWidgets import (
 )
 
 from gvsl_app.jobs.state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
-from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec, resume_command, run_kind, task_defaults
-from gvsl_app.training.config import VARIANTS
+from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec, resume_command, run_kind
 
-from ._common import device_combo, notify_error, notify_info, spin_box
+from ._common import notify_error, notify_info
 from ._scatter import LossPlot
+from ._training_form import TrainingForm
 
-TASKS = {"pre-training (GVSL)": "pretrain", "fine-tune: segmentation": "seg", "fine-tune: classification": "cls"}
 POLL_MS = 500
-
-
-def _path_row(edit: QLineEdit, pick) -> QHBoxLayout:
-    row = QHBoxLayout()
-    button = QPushButton("…")
-    button.setMaximumWidth(30)
-    button.clicked.connect(pick)
-    row.addWidget(edit, 1)
-    row.addWidget(button)
-    return row
 
 
 class _CloseWatcher(QObject):
@@ -66,40 +50,10 @@ class TrainingWidget(QWidget):
         self.viewer = napari_viewer
         self.state = TrainingState()
         self._holder: dict = {"job": None}  # shared with the close hooks, which must not hold `self`
-        self.task = QComboBox()
-        self.task.addItems(list(TASKS))
-        self.variant = QComboBox()
-        self.variant.addItems(list(VARIANTS))
-        self.synthetic = QCheckBox("synthetic cardiac generator")
-        self.synthetic.setChecked(True)
-        self.data = QLineEdit()
-        self.data.setPlaceholderText("folder with images/ (and labels/ for fine-tuning)")
-        self.init = QLineEdit("scratch")
-        self.linear = QCheckBox("linear probe (frozen backbone)")
-        # ranges only: the values are the engine's defaults for the task (_on_task)
-        self.size, self.width, self.iters = spin_box(16, 512), spin_box(1, 64), spin_box(1, 10_000_000)
-        self.workers = spin_box(0, 32)
-        self.n_synthetic = spin_box(2, 10_000)
-        self.n_synthetic.setToolTip("subjects the synthetic generator makes")
-        self.device = device_combo()
-        self.run_dir = QLineEdit(str(Path.home() / "gvsl-runs" / time.strftime("run-%Y%m%d-%H%M%S")))
-        form = QFormLayout()
-        form.addRow("task", self.task)
-        form.addRow("variant", self.variant)
-        form.addRow("data", self.synthetic)
-        form.addRow("", _path_row(self.data, lambda: self._pick_dir(self.data, "Data folder")))
-        form.addRow("init", _path_row(self.init, self._pick_init))
-        form.addRow("", self.linear)
-        for label, w in (
-            ("size", self.size),
-            ("width", self.width),
-            ("iterations", self.iters),
-            ("device", self.device),
-            ("loader workers", self.workers),
-            ("synthetic subjects", self.n_synthetic),
-        ):
-            form.addRow(label, w)
-        form.addRow("run folder", _path_row(self.run_dir, lambda: self._pick_dir(self.run_dir, "Run folder")))
+        self.form = TrainingForm()
+        # the form's fields by name (magicgui widgets: .value, .enabled); not attributes, which
+        # would shadow QWidget methods such as size() and width()
+        self.fields = self.form.fields
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
         self.resume_button, self.attach_button = QPushButton("Resume"), QPushButton("Attach…")
         self.use_button = QPushButton("Use this checkpoint in the other widgets")
@@ -116,16 +70,12 @@ class TrainingWidget(QWidget):
         self.status.setWordWrap(True)
         self.plot = LossPlot(self)
         lay = QVBoxLayout(self)
-        lay.addLayout(form)
+        lay.addWidget(self.form.native)
         lay.addLayout(buttons)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         lay.addWidget(self.plot, 1)
         lay.addWidget(self.use_button)
-        self.task.currentTextChanged.connect(self._on_task)
-        self.synthetic.toggled.connect(self._on_synthetic)
-        self.data.setEnabled(False)
-        self._on_task()
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
@@ -150,45 +100,8 @@ class TrainingWidget(QWidget):
     def job(self) -> TrainingJob | None:
         return self._holder["job"]
 
-    # -- form ------------------------------------------------------------------------------
-    def _on_task(self, *_) -> None:
-        task = TASKS[self.task.currentText()]
-        pre = task == "pretrain"
-        for name, value in task_defaults(task).items():
-            getattr(self, name).setValue(value)
-        self.variant.setEnabled(pre)
-        self.init.setEnabled(not pre)
-        self.linear.setEnabled(not pre)
-
-    def _on_synthetic(self, on: bool) -> None:
-        self.data.setEnabled(not on)
-        self.n_synthetic.setEnabled(on)
-
-    def _pick_dir(self, edit: QLineEdit, title: str) -> None:
-        folder = QFileDialog.getExistingDirectory(self, title, edit.text())
-        if folder:
-            edit.setText(folder)
-
-    def _pick_init(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Initial checkpoint", "", "Checkpoints (*.pt *.pth);;All files (*)")
-        if path:
-            self.init.setText(path)
-
     def spec(self) -> TrainingSpec:
-        return TrainingSpec(
-            task=TASKS[self.task.currentText()],
-            run=self.run_dir.text().strip(),
-            data="synthetic:cardiac" if self.synthetic.isChecked() else self.data.text().strip(),
-            variant=self.variant.currentText(),
-            init=self.init.text().strip() or "scratch",
-            linear=self.linear.isChecked(),
-            size=self.size.value(),
-            width=self.width.value(),
-            iters=self.iters.value(),
-            device=self.device.currentText(),
-            workers=self.workers.value(),
-            n_synthetic=self.n_synthetic.value(),
-        )
+        return self.form.spec()
 
     # -- actions ---------------------------------------------------------------------------
     def _begin(self, job: TrainingJob) -> TrainingJob | None:
@@ -223,7 +136,7 @@ class TrainingWidget(QWidget):
         return self._begin(TrainingJob(spec.run, self.state, spec.commands(), total=spec.iters))
 
     def resume(self) -> TrainingJob | None:
-        run = self.run_dir.text().strip()
+        run = self.form.spec().run
         try:
             cmd = resume_command(run)
         except FileNotFoundError as exc:
@@ -245,7 +158,7 @@ class TrainingWidget(QWidget):
         if not (p / "config.yaml").is_file() and not (p / "metrics.jsonl").is_file():
             notify_error(f"{folder}: not a run folder (no config.yaml or metrics.jsonl)", "Training")
             return None
-        self.run_dir.setText(str(p))
+        self.fields["run_dir"].value = p
         return self._begin(TrainingJob(p, self.state))
 
     def use_checkpoint(self) -> str | None:

@@ -15,6 +15,8 @@ import sys
 
 PLUGIN = "gvsl-studio"
 WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
+DOCK_WIDTH = 440
+"""Widest the GVSL dock column gets in the desktop app (pixels)."""
 
 
 def _engine_message(exc: BaseException) -> str:
@@ -41,10 +43,21 @@ def _dock_widgets(viewer) -> list:
             }[name]
             dock = viewer.window.add_dock_widget(cls(viewer), name=name, area="right", tabify=True)
         docks.append(dock)
+    for dock in docks:
+        # The image comes first: the docks share a column at most DOCK_WIDTH wide (their
+        # tables and plots scroll or wrap), the canvas takes the rest of the window.
+        dock.setMaximumWidth(DOCK_WIDTH)
     if docks:
-        from qtpy.QtCore import QTimer
+        from qtpy.QtCore import Qt, QTimer
+        from qtpy.QtWidgets import QMainWindow, QTabWidget
 
+        main = docks[0].window()  # plain Qt: the main window the docks live in
+        if isinstance(main, QMainWindow):
+            # tabs down the side: five tab titles in a row would widen the column again
+            main.setTabPosition(Qt.RightDockWidgetArea, QTabWidget.East)
+            QTimer.singleShot(0, lambda: main.resizeDocks([docks[0]], [DOCK_WIDTH], Qt.Horizontal))
         QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
+        QTimer.singleShot(0, viewer.reset_view)  # fit the image to the canvas it now has
     return docks
 
 

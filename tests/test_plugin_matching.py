@@ -23,7 +23,7 @@ def _widget(viewer, ckpt, size=32):
     w.refine.setChecked(False)  # the tests that refine say so
     w.weights.add_path(str(ckpt))
     w.device.setCurrentText("cpu")
-    w.size.setValue(size)
+    w.cube_size.setValue(size)
     return w
 
 

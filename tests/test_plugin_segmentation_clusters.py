@@ -95,7 +95,7 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     w.weights_a.add_path(str(gvsl_ckpt))
     w.weights_b.combo.setCurrentIndex(w.weights_b.combo.findData("random"))
     w.per_label.setValue(25)
-    w.size.setValue(32)
+    w.cube_size.setValue(32)
     w.device.setCurrentText("cpu")
     _wait(qtbot, w)
     assert w.state.status == "done", w.state.message
@@ -152,7 +152,7 @@ def _clusters(viewer, ckpt, compare: bool):
     if compare:
         w.weights_b.combo.setCurrentIndex(w.weights_b.combo.findData("random"))
     w.per_label.setValue(25)
-    w.size.setValue(32)
+    w.cube_size.setValue(32)
     w.device.setCurrentText("cpu")
     return w
 

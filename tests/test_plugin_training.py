@@ -24,13 +24,13 @@ def _widget(viewer, run_dir, iters=400):
 
     w = TrainingWidget(viewer)
     viewer.window.add_dock_widget(w, name="Training")
-    w.run_dir.setText(str(run_dir))
-    w.size.setValue(32)
-    w.width.setValue(8)
-    w.iters.setValue(iters)
-    w.workers.setValue(0)
-    w.n_synthetic.setValue(2)
-    w.device.setCurrentText("cpu")
+    w.fields["run_dir"].value = run_dir
+    w.fields["size"].value = 32
+    w.fields["width"].value = 8
+    w.fields["iters"].value = iters
+    w.fields["workers"].value = 0
+    w.fields["n_synthetic"].value = 2
+    w.fields["device"].value = "cpu"
     return w
 
 
@@ -137,9 +137,9 @@ def test_attach_follows_a_run_started_elsewhere(qtbot, make_napari_viewer, tmp_p
 def test_failed_run_shows_the_engine_error(qtbot, make_napari_viewer, tmp_path, notifications):
     viewer = make_napari_viewer()
     w = _widget(viewer, tmp_path / "ft")
-    w.task.setCurrentText("fine-tune: segmentation")
-    w.synthetic.setChecked(False)
-    w.data.setText(str(tmp_path / "no_such_data"))
+    w.fields["task"].value = "fine-tune: segmentation"
+    w.fields["synthetic"].value = False
+    w.fields["data"].value = tmp_path / "no_such_data"
     w.start()
     qtbot.waitUntil(lambda: w.state.status == "error", timeout=120_000)
     assert "no_such_data" in w.state.message
@@ -221,3 +221,38 @@ def test_a_run_folder_in_use_elsewhere_is_an_error_naming_the_holder(tmp_path):
         job.poll()
     assert state.status == ERROR
     assert f"another process (PID {os.getpid()}) is training in this run folder" in state.message
+
+
+def test_the_form_is_magicgui_and_shows_the_engines_defaults_for_each_task(make_napari_viewer, tmp_path):
+    from magicgui.widgets import Container
+
+    from gvsl_app.training.config import FinetuneConfig, PretrainConfig
+    from napari_plugin._training import TrainingWidget
+
+    w = TrainingWidget(make_napari_viewer())
+    assert isinstance(w.form, Container)
+    pre, ft = PretrainConfig(), FinetuneConfig()
+    shown = (w.fields["size"].value, w.fields["width"].value, w.fields["iters"].value, w.fields["workers"].value)
+    assert shown == (pre.size, pre.width, pre.iters, pre.workers)
+    assert (
+        w.fields["n_synthetic"].value == pre.n_synthetic
+        and w.fields["variant"].enabled
+        and not w.fields["init"].enabled
+    )
+    w.fields["task"].value = "fine-tune: segmentation"
+    assert (w.fields["size"].value, w.fields["width"].value, w.fields["iters"].value, w.fields["workers"].value) == (
+        ft.size,
+        ft.width,
+        ft.iters,
+        ft.workers,
+    )
+    assert not w.fields["variant"].enabled and w.fields["init"].enabled and w.fields["linear"].enabled
+    w.fields["run_dir"].value = tmp_path / "run"
+    cmd = w.spec().commands()[-1]  # what the GUI starts: the CLI with the engine's values
+    assert cmd[cmd.index("finetune") :][:1] == ["finetune"]
+    assert cmd[cmd.index("--size") + 1] == str(ft.size) and cmd[cmd.index("--iters") + 1] == str(ft.iters)
+    assert cmd[cmd.index("--run") + 1] == str(tmp_path / "run")
+    w.fields["synthetic"].value = False
+    assert (
+        w.fields["data"].enabled and not w.fields["n_synthetic"].enabled and w.spec().data == ""
+    )  # no folder chosen yet
