@@ -299,6 +299,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     image = read_volume(args.image)
     ref = read_labels(args.reference, image) if args.reference else None
     res = segment(image, args.weights, device=args.device, reference=ref)
+    if args.weights is None:
+        print(res.report["segmenter"])
     write_volume(res.labels, args.out, is_label=True)
     report_path.write_text(dumps_strict(res.report))
     names = res.report["label_names"]
@@ -332,10 +334,12 @@ def _segment_folder(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
-    pairs = []
+    pairs: list[tuple[str, Path, Path | None]] = []
     try:
         for name, path in images.items():
             res = segment(read_volume(path), args.weights, device=args.device)
+            if args.weights is None and not pairs:
+                print(res.report["segmenter"])  # once: a folder is one modality
             names = {int(k): v for k, v in res.report["label_names"].items()}
             seg_path = write_volume(res.labels, out / f"{name}.nii.gz", is_label=True)
             pairs.append((name, Path(seg_path), refs.get(name)))

@@ -245,3 +245,41 @@ def test_features_are_read_at_the_voxels_position_in_the_working_cube():
     got = features_at(cube, vox, shape)
     expected = vox * (s - 1) / (np.array(shape) - 1)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- segmenter by modality
+
+
+def test_the_shipped_segmenter_follows_the_images_modality(subject, monkeypatch, tmp_path, seg_constant):
+    from gvsl_app.data.brain import make_brain_subject
+    from gvsl_app.services import segment as seg_module
+    from gvsl_app.services.weights import DEMO_SEG, DEMO_SEG_BRAIN
+
+    ct, _ = subject
+    mr, _ = make_brain_subject(3, (24, 28, 24))
+    path, why = seg_module.default_segmenter(ct)
+    assert path == DEMO_SEG and "looks like CT" in why and "cardiac CT" in why
+    path, why = seg_module.default_segmenter(mr)
+    assert path == DEMO_SEG_BRAIN and "looks like MR" in why and "brain MR tissues" in why
+    # which one ran is in the report; an installation without the MR one says so and uses the CT one
+    monkeypatch.setitem(seg_module.DEMO_SEGMENTERS, "mr", tmp_path / "missing.pt")
+    monkeypatch.setattr(seg_module, "DEMO_SEG", seg_constant)
+    res = segment(mr, device="cpu")
+    assert "is not installed" in res.report["segmenter"] and "missing.pt" in res.report["segmenter"]
+    assert np.all(res.labels.array == 3)  # the stand-in CT segmenter really ran
+    given = segment(ct, seg_constant, device="cpu")
+    assert given.report["segmenter"] == f"{seg_constant} (given)"
+
+
+def test_the_shipped_brain_segmenter_segments_a_held_out_mr_subject():
+    """The default `gvsl segment` on MR: the brain tissue segmenter, mean tissue Dice >= 0.75 on a
+    subject none of its training, validation or test subjects came from (seed 4242)."""
+    from gvsl_app.data.brain import make_brain_subject
+    from gvsl_app.services.weights import DEMO_SEG_BRAIN
+
+    assert DEMO_SEG_BRAIN.is_file(), "models/weights/seg_brain_demo.pt is shipped with the package"
+    image, labels = make_brain_subject(4242, (96, 96, 96))
+    res = segment(image, device="cpu", reference=labels)
+    assert "brain MR tissues" in res.report["segmenter"]
+    assert set(res.report["label_names"].values()) >= {"Grey matter", "White matter"}
+    assert res.report["mean_dice"] >= 0.75, res.report["dice"]

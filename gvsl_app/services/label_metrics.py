@@ -11,6 +11,7 @@ only and say how many there were.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,8 +94,11 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> t
     p = torch.from_numpy(pred[None, None].astype(np.float32))
     r = torch.from_numpy(ref[None, None].astype(np.float32))
     sp = [list(spacing)]
-    hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)
-    asd = compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp)
+    with warnings.catch_warnings():
+        # MONAI 1.5 warns about an argument its own metrics pass internally; nothing for a user to do
+        warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+        hd = compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)
+        asd = compute_average_surface_distance(p, r, include_background=True, symmetric=True, spacing=sp)
     return float(hd.reshape(-1)[0]), float(asd.reshape(-1)[0])
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gvsl_app.data.preprocess import normalise
+from gvsl_app.data.preprocess import detect_modality, normalise
 from gvsl_app.io.images import geometry_differences
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import dice_per_label, label_volumes_ml
-from gvsl_app.services.weights import DEMO_SEG
+from gvsl_app.services.weights import DEMO_SEG, DEMO_SEGMENTERS
 from models import resolve_device
 from models.checkpoint import CheckpointError, load_state_into, read_checkpoint
 from models.downstream import SegmentationNet
@@ -64,6 +64,18 @@ def load_segmenter(weights: str | os.PathLike | None, device: torch.device) -> t
     return model.to(device).eval(), ck
 
 
+def default_segmenter(image: Volume) -> tuple[Path, str]:
+    """The shipped segmenter that fits ``image``'s modality, and a sentence saying which and why.
+
+    CT (Hounsfield units, or a DICOM CT tag) gets the cardiac CT segmenter, MR the brain
+    tissue one (grey matter, white matter, CSF); see :func:`~gvsl_app.data.preprocess.detect_modality`.
+    """
+    modality = detect_modality(image)
+    path = DEMO_SEGMENTERS[modality]
+    what = "cardiac CT structures" if modality == "ct" else "brain MR tissues (GM, WM, CSF)"
+    return path, f"{image.source or 'the image'} looks like {modality.upper()}: the shipped {what} segmenter"
+
+
 def segment(
     image: Volume,
     weights: str | os.PathLike | None = None,
@@ -73,6 +85,9 @@ def segment(
     label_names: dict[int, str] | None = None,
 ) -> SegmentResult:
     """Label map of ``image`` (its own grid and geometry) by sliding-window inference.
+
+    ``weights=None`` picks the shipped segmenter that fits the image's modality
+    (:func:`default_segmenter`); the report's ``segmenter`` says which and why.
 
     With ``reference`` (a ground-truth label map on the same grid: same shape, spacing,
     origin and direction, else ``ValueError``) the report holds per-label Dice; it always
@@ -88,6 +103,13 @@ def segment(
             )
     dev = resolve_device(device)
     t0 = time.perf_counter()
+    chosen = f"{weights} (given)"
+    if weights is None:
+        path, chosen = default_segmenter(image)
+        if path.is_file():
+            weights = path
+        else:  # e.g. an installation without the brain segmenter: the CT one, said plainly
+            chosen += f" is not installed ({path}); using {DEMO_SEG.name}"
     model, ck = load_segmenter(weights, dev)
     roi = int((ck.get("preprocess") or {}).get("size", 48))
     names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
@@ -108,6 +130,7 @@ def segment(
     report = {
         "image": image.source,
         "weights": str(weights or DEMO_SEG),
+        "segmenter": chosen,
         "device": str(dev),
         "window": roi,
         "n_classes": model.n_classes,

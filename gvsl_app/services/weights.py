@@ -14,6 +14,9 @@ from models.checkpoint import CheckpointError, load_state_into, model_state, rea
 WEIGHTS_DIR = Path(models.__file__).resolve().parent / "weights"
 DEMO_GVSL = WEIGHTS_DIR / "gvsl_demo.pt"
 DEMO_SEG = WEIGHTS_DIR / "seg_demo.pt"
+DEMO_SEG_BRAIN = WEIGHTS_DIR / "seg_brain_demo.pt"
+DEMO_SEGMENTERS = {"ct": DEMO_SEG, "mr": DEMO_SEG_BRAIN}
+"""The shipped segmenter for each modality: cardiac CT structures, brain MR tissues."""
 
 
 def _widths_of(ck: dict, sd: dict, fmt: str, path: Path) -> tuple[int, ...]:
