@@ -16,9 +16,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QCheckBox,
+    QFileDialog,
     QFormLayout,
     QHeaderView,
     QLabel,
+    QPushButton,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -37,7 +39,7 @@ from gvsl_app.services.label_metrics import (
 from ._common import LayerCombo
 from ._geometry import data_to_world, volume_from_layer
 from ._jobs import JobControls, refuse, start_job, warm_imports
-from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
+from ._layers import label_colormap, label_features, label_names_of, label_rgba, labels_layer_data, upsert_layer
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice", "HD95 (mm)", "ASSD (mm)", "note")
 DISAGREEMENT_COLORS = {1: (230, 80, 60), 2: (60, 140, 230), 3: (240, 200, 40)}
@@ -77,8 +79,12 @@ class LabelExplorerWidget(QWidget):
         self.distances = QCheckBox("surface distances (HD95, ASSD)")
         self.distances.setChecked(True)
         self.distances.setToolTip("the slow part for large maps; volumes and Dice are quick")
+        self.names_button = QPushButton("Names and colours from a file…")
+        self.names_button.setToolTip("ITK-SNAP label descriptions, a 3D Slicer colour table, CSV or JSON")
+        self.names_button.clicked.connect(self._pick_table)
         form = QFormLayout()
         form.addRow("label map", self.labels)
+        form.addRow("", self.names_button)
         form.addRow("reference", self.reference)
         form.addRow("", self.distances)
         self.controls = JobControls(self.state, "Compare")
@@ -97,6 +103,38 @@ class LabelExplorerWidget(QWidget):
         lay.addWidget(self.controls)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.summary)
+
+    def _pick_table(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Label names and colours", "", "Label tables (*.txt *.ctbl *.csv *.tsv *.json);;All files (*)"
+        )
+        if path:
+            self.apply_label_table(path)
+
+    def apply_label_table(self, path) -> bool:
+        """Name and colour the chosen labels layer from a label table file; False (and the
+        reason on the status line) when the file is not one."""
+        from gvsl_app.io.label_tables import read_label_table
+
+        layer = self.labels.layer()
+        if layer is None:
+            refuse(self.state, "choose a labels layer first", "Label explorer")
+            return False
+        try:
+            table = read_label_table(path)
+        except (OSError, ValueError) as exc:
+            refuse(self.state, exc, "Label explorer")
+            return False
+        present = {int(v) for v in np.unique(np.asarray(layer.data)) if v != 0}
+        names = {v: table.name_of(v) for v in sorted(present | set(table.names)) if v != 0}
+        layer.features = label_features(names)
+        layer.colormap = label_colormap({v: table.color_of(v) for v in names})
+        missing = sorted(present - set(table.names))
+        self.summary.setText(
+            f"names and colours from {path}"
+            + (f"; values {', '.join(map(str, missing[:8]))} are not in it (named by value)" if missing else "")
+        )
+        return True
 
     def _reference_fits(self, layer) -> bool:
         """A default reference: another labels layer on the label map's grid."""

@@ -79,12 +79,38 @@ def layer_data_for(path) -> tuple:
         path = path.parent  # one slice: open the series it belongs to
     if path.is_file() and _LABEL_NAME.search(_name(path).lower()):
         vol = read_labels(path)
-        return labels_layer_data(vol, _name(path), names=vol.meta.get("label_names"))
+        return labels_layer_data(vol, _name(path), *_label_style(path, vol))
     vol = read_volume(path)
     if path.is_file() and is_label_volume(path, vol):
         vol = vol.with_array(vol.array.astype(np.int32) if vol.array.dtype.kind == "b" else vol.array)
-        return labels_layer_data(vol, _name(path), names=vol.meta.get("label_names"))
+        return labels_layer_data(vol, _name(path), *_label_style(path, vol))
     return image_layer_data(vol, _name(path))
+
+
+def _label_style(path: Path, vol: Volume) -> tuple[dict[int, str] | None, dict[int, tuple] | None]:
+    """Structure names and colours: from a label table next to the file (ITK-SNAP, 3D Slicer,
+    CSV, JSON: :func:`gvsl_app.io.label_tables.find_label_table`), else from the file itself.
+
+    A table that cannot be read is skipped with a warning (it may be another kind of file
+    that happens to sit there); values the table does not name keep ``label N``.
+    """
+    from gvsl_app.io.label_tables import LabelTableError, find_label_table, read_label_table
+
+    names = vol.meta.get("label_names")
+    table_path = find_label_table(path)
+    if table_path is None:
+        return names, None
+    try:
+        table = read_label_table(table_path)
+    except LabelTableError as exc:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{table_path} next to {path.name} is not a label table ({exc}); structures named by value")
+        return names, None
+    present = {int(v) for v in np.unique(vol.array) if v != 0}
+    named = {v: table.name_of(v) for v in sorted(present | set(table.names)) if v != 0}
+    colors = {v: table.color_of(v) for v in named}
+    return named, colors
 
 
 def read_layers(path) -> list[tuple]:

@@ -96,3 +96,23 @@ def test_volumes_only_without_a_reference(qtbot, cardiac_viewer):
     )
     assert w.table.item(rows["LV"], 3).text() == ""  # no Dice without a reference
     assert "cardiac moving labels vs reference" not in viewer.layers
+
+
+def test_names_and_colours_chosen_from_a_slicer_colour_table(cardiac_viewer, tmp_path):
+    from napari_plugin._layers import label_names_of, label_rgba
+
+    viewer = cardiac_viewer
+    w = _explorer(viewer)
+    w.labels.set_layer("cardiac fixed labels")
+    table = tmp_path / "heart.ctbl"
+    table.write_text("# Color table file heart.ctbl\n0 background 0 0 0 0\n1 left_ventricle 200 10 30 255\n")
+    assert w.apply_label_table(table)
+    layer = viewer.layers["cardiac fixed labels"]
+    names = label_names_of(layer)
+    assert names[1] == "left_ventricle" and names[2] == "Label 2"  # the table names value 1 only
+    np.testing.assert_allclose(label_rgba(layer, 1)[:3], np.array([200, 10, 30]) / 255, atol=1e-6)
+    assert "not in it" in w.summary.text()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"1": {"name": "LV", "color": [300, 0, 0]}}')
+    assert not w.apply_label_table(bad)
+    assert "bad.json" in w.controls.status.text() and "0-255" in w.controls.status.text()

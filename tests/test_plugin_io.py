@@ -204,3 +204,26 @@ def test_sample_data_loads(make_napari_viewer, small_samples, kind):
     value = next(iter(ref["label_names"]))
     expected = np.array(ref["label_colors"][value]) / 255.0
     np.testing.assert_allclose(labels.colormap.map(np.array([value]))[0][:3], expected, atol=1e-3)
+
+
+def test_a_label_table_next_to_a_label_map_names_and_colours_its_layer(tmp_path, notifications):
+    from gvsl_app.io.label_tables import LabelTable, write_label_table
+    from napari_plugin._reader import layer_data_for
+
+    arr = np.zeros((6, 7, 8), np.uint8)
+    arr[1:3, 1:4, 1:5], arr[4:6, 2:5, 3:7], arr[0, 0, 0] = 1, 2, 9  # 9: a value the table does not name
+    path = write_volume(Volume(arr, spacing=(1.0, 1.0, 2.0)), tmp_path / "heart_seg.nii.gz", is_label=True)
+    table = LabelTable({1: "Left ventricle", 2: "Right ventricle"}, colors={1: (255, 0, 0), 2: (0, 0, 255)})
+    write_label_table(table, tmp_path / "heart_seg.txt")  # ITK-SNAP's format, the same stem
+    data, kw, kind = layer_data_for(path)
+    assert kind == "labels"
+    names = dict(zip(kw["features"]["index"], kw["features"]["name"]))
+    assert names[1] == "Left ventricle" and names[2] == "Right ventricle" and names[9] == "Label 9"
+    colors = kw["colormap"].color_dict
+    np.testing.assert_allclose(colors[1][:3], [1.0, 0.0, 0.0]) and np.testing.assert_allclose(
+        colors[2][:3], [0, 0, 1.0]
+    )
+    # an unreadable table is skipped with a warning, the map still opens
+    (tmp_path / "heart_seg.txt").write_text("this is not a table\n")
+    data, kw, kind = layer_data_for(path)
+    assert kind == "labels" and any("not a label table" in n for n in notifications)
