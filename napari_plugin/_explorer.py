@@ -170,6 +170,7 @@ class LabelExplorerWidget(QWidget):
         names = {**(label_names_of(ref_layer) if ref_layer is not None else {}), **label_names_of(layer)}
         with_distances = self.distances.isChecked()
         out_name = disagreement_name(layer.name)
+        existing = {lay.name for lay in self.viewer.layers}
 
         def work(progress):
             progress("comparing", 0.1)
@@ -185,6 +186,11 @@ class LabelExplorerWidget(QWidget):
                     DISAGREEMENT_COLORS,
                     opacity=0.7,
                 )
+                if out_name not in existing:
+                    # Building a napari layer of a large map takes most of a second; done
+                    # here it costs the worker, and the GUI thread only inserts it.
+                    data, kw, _ = diff
+                    diff = Labels(data, **kw)
             return {"rows": rows, "centres": centres, "layer": layer, "disagreement": diff}
 
         self._worker = start_job(work, self.state, self._show, "Label explorer")
@@ -193,8 +199,11 @@ class LabelExplorerWidget(QWidget):
     def _show(self, result: dict) -> list:
         self.result = result
         steps = [lambda: self._fill_table(result)]
-        if result["disagreement"] is not None:
-            steps.append(lambda: upsert_layer(self.viewer, result["disagreement"]))
+        diff = result["disagreement"]
+        if isinstance(diff, Labels):
+            steps.append(lambda: self.viewer.add_layer(diff))
+        elif diff is not None:  # a re-run: the layer exists, its data is replaced in place
+            steps.append(lambda: upsert_layer(self.viewer, diff))
         return steps
 
     def _fill_table(self, result: dict) -> None:
