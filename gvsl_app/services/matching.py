@@ -9,19 +9,17 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from gvsl_app.data.preprocess import Modality, check_overlap, detect_modality, normalise, resample_to, resize_array
-from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
+from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
 from gvsl_app.services.match_result import MatchResult
 from gvsl_app.services.metrics import dice_per_label
 from gvsl_app.services.weights import load_gvsl
 from models import GVSL, RefineSchedule, local_ncc, refine_coordinates, resolve_device
 from models.device import autocast
-from models.spatial import jacobian_determinant, voxel_grid, warp
+from models.spatial import voxel_grid, warp
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
@@ -32,16 +30,6 @@ MIN_SIDE = 4
 
 LOW_OVERLAP = 0.5
 """Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
-
-
-def _index_matrix(v: Volume) -> np.ndarray:
-    """3x3 map from (z, y, x) voxel steps to physical (x, y, z) millimetres."""
-    return v.index_to_physical_matrix()[:3, :3]
-
-
-def _working_to_fixed_scale(fixed_shape, size) -> np.ndarray:
-    """Per-axis factor from working-cube voxels to fixed-grid voxels (align_corners)."""
-    return np.array([(n - 1) / max(s - 1, 1) for n, s in zip(fixed_shape, size)], dtype=np.float64)
 
 
 def match(
@@ -120,12 +108,12 @@ def match(
 
     t = time.perf_counter()
     say("displacement", 0.6)
-    disp_mm, jac, affine_phys = _on_fixed_grid(out, fixed, shape)
+    disp_mm, jac, affine_phys = map_on_fixed_grid(out, fixed, shape)
     times["upsample_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("warp", 0.75)
-    result = _warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
+    result = warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
     times["warp_s"] = time.perf_counter() - t
 
     say("report", 0.9)
@@ -264,45 +252,6 @@ def _refine(
     return done[0], note
 
 
-def _on_fixed_grid(out: dict, fixed: Volume, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The working-cube map on the fixed grid: displacement in mm, Jacobian, physical affine."""
-    disp_w = out["coordinates"] - voxel_grid(shape).unsqueeze(0)  # working voxels (dz, dy, dx)
-    scale = _working_to_fixed_scale(fixed.shape, shape)
-    disp_f = F.interpolate(disp_w, size=fixed.shape, mode="trilinear", align_corners=True)[0]
-    disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
-    jac = jacobian_determinant(disp_f[None] + voxel_grid(fixed.shape).unsqueeze(0))[0, 0].numpy()
-    to_mm = _index_matrix(fixed)
-    # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
-    disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
-    affine_phys = _affine_to_physical(out["affine"][0].numpy().astype(np.float64), fixed, scale)
-    return disp_mm, jac, affine_phys
-
-
-def _warped_result(
-    fixed: Volume,
-    moving: Volume,
-    moving_labels: Volume | None,
-    disp_mm: np.ndarray,
-    jac: np.ndarray,
-    affine_phys: np.ndarray,
-) -> MatchResult:
-    """The result with the moving image (and labels) resampled by SimpleITK through the exported field."""
-    result = MatchResult(
-        fixed=fixed,
-        warped=fixed,
-        displacement_mm=disp_mm,
-        jacobian=fixed.with_array(jac.astype(np.float32)),
-        affine_physical=affine_phys,
-    )
-    transform = sitk.DisplacementFieldTransform(result.displacement_image())
-    warped = _resample(moving, fixed, transform, sitk.sitkLinear)
-    result.warped = fixed.with_array(warped.astype(np.float32), source="warped")
-    if moving_labels is not None:
-        wl = _resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor)
-        result.warped_labels = fixed.with_array(wl.astype(moving_labels.array.dtype), source="warped labels")
-    return result
-
-
 def _label_overlap(moving_labels: Volume, fixed_labels: Volume, warped_labels: Volume, fixed: Volume) -> dict:
     """Per-label and mean Dice before (physical identity) and after matching, for the report."""
     before = resample_to(moving_labels, fixed, is_label=True).array
@@ -405,31 +354,3 @@ def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
     out["affine"] = torch.eye(3, 4).unsqueeze(0)
     out["ncc_after"] = out["ncc_before"]
     return reason
-
-
-def _affine_to_physical(affine_w: np.ndarray, fixed: Volume, scale: np.ndarray) -> np.ndarray:
-    """Working-cube voxel affine (q = M p + b) -> physical 4x4 on the fixed volume's frame."""
-    s = np.diag(scale)  # working -> fixed voxels
-    s_inv = np.diag(1.0 / scale)
-    m_f = s @ affine_w[:, :3] @ s_inv
-    b_f = s @ affine_w[:, 3]
-    idx = fixed.index_to_physical_matrix()
-    p, o = idx[:3, :3], idx[:3, 3]
-    p_inv = np.linalg.inv(p)
-    lin = p @ m_f @ p_inv
-    out = np.eye(4)
-    out[:3, :3] = lin
-    out[:3, 3] = p @ b_f + o - lin @ o
-    return out
-
-
-def _resample(volume: Volume, reference: Volume, transform: sitk.Transform, interpolator) -> np.ndarray:
-    ref = sitk.Image([int(s) for s in reference.shape[::-1]], sitk.sitkUInt8)
-    ref.SetSpacing(reference.spacing)
-    ref.SetOrigin(reference.origin)
-    ref.SetDirection(reference.direction)
-    img = volume_to_sitk(volume)
-    if interpolator == sitk.sitkLinear:
-        img = sitk.Cast(img, sitk.sitkFloat32)
-    fill = 0.0 if interpolator == sitk.sitkNearestNeighbor else float(np.nanmin(volume.array))
-    return sitk.GetArrayFromImage(sitk.Resample(img, ref, transform, interpolator, fill))

@@ -1,0 +1,93 @@
+"""From the working cube back to the scans: the map on the fixed grid in millimetres, its
+physical affine, and the warped moving image and labels resampled by SimpleITK."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from gvsl_app.io.images import volume_to_sitk
+from gvsl_app.io.volume import Volume
+from gvsl_app.services.match_result import MatchResult
+from models.spatial import jacobian_determinant, voxel_grid
+
+
+def _index_matrix(v: Volume) -> np.ndarray:
+    """3x3 map from (z, y, x) voxel steps to physical (x, y, z) millimetres."""
+    return v.index_to_physical_matrix()[:3, :3]
+
+
+def _working_to_fixed_scale(fixed_shape, size) -> np.ndarray:
+    """Per-axis factor from working-cube voxels to fixed-grid voxels (align_corners)."""
+    return np.array([(n - 1) / max(s - 1, 1) for n, s in zip(fixed_shape, size)], dtype=np.float64)
+
+
+def map_on_fixed_grid(
+    out: dict, fixed: Volume, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The working-cube map on the fixed grid: displacement in mm, Jacobian, physical affine."""
+    disp_w = out["coordinates"] - voxel_grid(shape).unsqueeze(0)  # working voxels (dz, dy, dx)
+    scale = _working_to_fixed_scale(fixed.shape, shape)
+    disp_f = F.interpolate(disp_w, size=fixed.shape, mode="trilinear", align_corners=True)[0]
+    disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
+    jac = jacobian_determinant(disp_f[None] + voxel_grid(fixed.shape).unsqueeze(0))[0, 0].numpy()
+    to_mm = _index_matrix(fixed)
+    # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
+    disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
+    affine_phys = _affine_to_physical(out["affine"][0].numpy().astype(np.float64), fixed, scale)
+    return disp_mm, jac, affine_phys
+
+
+def warped_result(
+    fixed: Volume,
+    moving: Volume,
+    moving_labels: Volume | None,
+    disp_mm: np.ndarray,
+    jac: np.ndarray,
+    affine_phys: np.ndarray,
+) -> MatchResult:
+    """The result with the moving image (and labels) resampled by SimpleITK through the exported field."""
+    result = MatchResult(
+        fixed=fixed,
+        warped=fixed,
+        displacement_mm=disp_mm,
+        jacobian=fixed.with_array(jac.astype(np.float32)),
+        affine_physical=affine_phys,
+    )
+    transform = sitk.DisplacementFieldTransform(result.displacement_image())
+    warped = _resample(moving, fixed, transform, sitk.sitkLinear)
+    result.warped = fixed.with_array(warped.astype(np.float32), source="warped")
+    if moving_labels is not None:
+        wl = _resample(moving_labels, fixed, transform, sitk.sitkNearestNeighbor)
+        result.warped_labels = fixed.with_array(wl.astype(moving_labels.array.dtype), source="warped labels")
+    return result
+
+
+def _affine_to_physical(affine_w: np.ndarray, fixed: Volume, scale: np.ndarray) -> np.ndarray:
+    """Working-cube voxel affine (q = M p + b) -> physical 4x4 on the fixed volume's frame."""
+    s = np.diag(scale)  # working -> fixed voxels
+    s_inv = np.diag(1.0 / scale)
+    m_f = s @ affine_w[:, :3] @ s_inv
+    b_f = s @ affine_w[:, 3]
+    idx = fixed.index_to_physical_matrix()
+    p, o = idx[:3, :3], idx[:3, 3]
+    p_inv = np.linalg.inv(p)
+    lin = p @ m_f @ p_inv
+    out = np.eye(4)
+    out[:3, :3] = lin
+    out[:3, 3] = p @ b_f + o - lin @ o
+    return out
+
+
+def _resample(volume: Volume, reference: Volume, transform: sitk.Transform, interpolator) -> np.ndarray:
+    ref = sitk.Image([int(s) for s in reference.shape[::-1]], sitk.sitkUInt8)
+    ref.SetSpacing(reference.spacing)
+    ref.SetOrigin(reference.origin)
+    ref.SetDirection(reference.direction)
+    img = volume_to_sitk(volume)
+    if interpolator == sitk.sitkLinear:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    fill = 0.0 if interpolator == sitk.sitkNearestNeighbor else float(np.nanmin(volume.array))
+    return sitk.GetArrayFromImage(sitk.Resample(img, ref, transform, interpolator, fill))
