@@ -11,7 +11,9 @@ plugin's package metadata falls back to adding them directly.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 PLUGIN = "gvsl-studio"
 WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
@@ -97,13 +99,40 @@ def build_viewer(files=(), sample: str | None = None, viewer=None):
     return viewer
 
 
+VOLUME_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd", "*.nhdr", "*.dcm")
+"""The files File > Open gives to this plugin without asking, in the desktop app."""
+
+
+def app_settings_file() -> Path:
+    """The desktop app's own napari settings (a user's napari keeps its own)."""
+    return Path.home() / ".config" / "gvsl-studio" / "napari_settings.yaml"
+
+
+def prefer_gvsl_reader() -> None:
+    """Make this plugin the reader of medical volumes in the current napari settings, so
+    File > Open no longer asks "GVSL Studio or napari builtins?" for every .nii.gz."""
+    from napari.settings import get_settings
+
+    plugins = get_settings().plugins
+    plugins.extension2reader = {**plugins.extension2reader, **{p: PLUGIN for p in VOLUME_PATTERNS}}
+
+
 def run_app(files: list[str], sample: str | None = None, screenshot: str | None = None) -> int:
     """Open the desktop app and run its event loop until the window is closed.
 
-    With ``screenshot``, save a picture of the whole window once it is shown and exit
-    instead (used by ``make demo`` on a headless machine, under Xvfb).
+    The app keeps its own napari settings file (:func:`app_settings_file`, unless
+    ``NAPARI_CONFIG`` says otherwise), in which this plugin reads medical volumes without a
+    reader dialog; a user's own napari settings are not touched. With ``screenshot``, save
+    a picture of the whole window once it is shown and exit instead (used by ``make demo``
+    on a headless machine, under Xvfb).
     """
+    own_settings = "napari" not in sys.modules and "NAPARI_CONFIG" not in os.environ
+    if own_settings:  # settings are read when napari is first imported
+        os.environ["NAPARI_CONFIG"] = str(app_settings_file())
     import napari
+
+    if own_settings:  # never in a napari someone else configured (a host, a test session)
+        prefer_gvsl_reader()
 
     viewer = build_viewer(files, sample)
     if screenshot:

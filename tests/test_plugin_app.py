@@ -83,3 +83,23 @@ def test_cli_app_command_opens_files_and_sample_and_saves_a_window_screenshot(
     np.testing.assert_allclose(image[..., :3] * 255, picture[..., :3], atol=0.5)
     colours = np.unique(picture[..., :3].reshape(-1, 3), axis=0)
     assert len(colours) > 50  # not blank: widgets, text and the images drawn
+
+
+def test_the_desktop_app_reads_volumes_with_the_plugin_without_a_reader_dialog(tmp_path):
+    """In the app's own napari settings the plugin is the preferred reader of .nii.gz & co."""
+    import subprocess
+    import sys
+
+    settings = tmp_path / "napari_settings.yaml"
+    code = (
+        "from napari_plugin.app import prefer_gvsl_reader\n"
+        "from napari.plugins.utils import get_preferred_reader\n"
+        "assert get_preferred_reader('scan.nii.gz') is None\n"  # a fresh napari would ask
+        "prefer_gvsl_reader()\n"
+        "print(get_preferred_reader('scan.nii.gz'), get_preferred_reader('a.mha'), get_preferred_reader('a.png'))\n"
+    )
+    env = {**__import__("os").environ, "NAPARI_CONFIG": str(settings), "QT_QPA_PLATFORM": "offscreen"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["gvsl-studio", "gvsl-studio", "None"]
+    assert "gvsl-studio" in settings.read_text()  # saved in the app's own file, not the user's
