@@ -68,6 +68,14 @@ def seg_data(tmp_path_factory):
     return cardiac_dataset(tmp_path_factory.mktemp("seg"), 6, seed=3, shape=(32, 32, 32))
 
 
+@pytest.fixture(scope="module")
+def cls_data(tmp_path_factory):
+    """Eight synthetic cardiac subjects with normal/abnormal labels at 32^3 (seed 4) in a data folder."""
+    from gvsl_app.data.synthetic import cardiac_dataset
+
+    return cardiac_dataset(tmp_path_factory.mktemp("cls"), 8, seed=4, shape=(32, 32, 32), classification=True)
+
+
 @pytest.fixture
 def small_samples(monkeypatch):
     """The plugin's sample-data contributions at 48^3."""

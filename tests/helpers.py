@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import sys
+from pathlib import Path
+
 import numpy as np
+
+from gvsl_app.io.volume import Volume
+from gvsl_app.training.config import PretrainConfig
 
 SMALL = (48, 48, 48)
 WIDTHS = (8, 16, 32, 64, 128, 64, 32, 16, 8)
@@ -13,3 +20,60 @@ def rotated(volume, degrees: float = 30.0):
     a = np.deg2rad(degrees)
     d = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
     return volume.with_array(volume.array, direction=tuple(d.flatten()), origin=(12.5, -40.0, 7.25))
+
+
+# ---------------------------------------------------------------------------- training runs
+
+ROOT = Path(__file__).resolve().parents[1]
+GVSL = [sys.executable, "-m", "gvsl_app.cli"]
+
+
+def small(run, **kw) -> PretrainConfig:
+    base = dict(
+        data="synthetic:cardiac",
+        n_synthetic=4,
+        run=str(run),
+        iters=6,
+        size=32,
+        width=8,
+        workers=0,
+        log_every=1,
+        ckpt_every=2,
+        val_every=3,
+        device="cpu",
+        seed=0,
+    )
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def drain(gen, stop=None, stop_at=None):
+    last = None
+    for p in gen:
+        last = p
+        if stop is not None and p.phase == "train" and p.iteration == stop_at:
+            stop.set()
+    return last
+
+
+# ---------------------------------------------------------------------------- volume IO
+
+
+def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
+    """Row-major 3x3 proper rotation (degrees about x, then y, then z)."""
+    ax, ay, az = (math.radians(a) for a in (ax, ay, az))
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return tuple((rz @ ry @ rx).ravel())
+
+
+ROT = rotation(20.0, -10.0, 30.0)
+SPACING = (0.7, 1.3, 2.5)
+ORIGIN = (-12.5, 30.25, 7.0)
+
+
+def make_volume(shape=(6, 9, 11), dtype=np.int16, seed=0) -> Volume:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(-1000, 1500, size=shape).astype(dtype)
+    return Volume(arr, SPACING, ORIGIN, ROT)

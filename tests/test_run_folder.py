@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_training import GVSL, ROOT, drain, small
 
 from gvsl_app.training.config import FinetuneConfig
 from gvsl_app.training.finetune import finetune
 from gvsl_app.training.pretrain import pretrain
 from gvsl_app.training.runs import RunFolder
 from models.checkpoint import read_checkpoint
+
+from helpers import GVSL, ROOT, drain, small
 
 
 def training_process(run: Path) -> subprocess.Popen:
