@@ -190,6 +190,12 @@ def _add_match(sub) -> None:
         "128^3 pair on a 2-core CPU); --no-refine returns the network's map alone (~2 s)",
     )
     p.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="apply the network N times, each to its own result, and compose the maps (default 1)",
+    )
+    p.add_argument(
         "--fallback",
         action=argparse.BooleanOptionalAction,
         default=True,

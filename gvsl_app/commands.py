@@ -270,6 +270,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         fixed_labels=fl,
         refine=args.refine,
         fallback=args.fallback,
+        passes=args.passes,
     )
     out = res.save(args.out)
     r = res.report

@@ -251,3 +251,36 @@ def test_checkpoint_of_another_width_is_refused_clearly(pair, tmp_path):
     torch.save(sd, p)
     with pytest.raises(CheckpointError, match="widths"):
         match(fixed, moving, weights=p, size=32, device="cpu")
+
+
+def test_more_network_passes_compose_into_one_map(tmp_path):
+    """passes=2 = the network applied to its own result, composed: the same as warping with the
+    first map, predicting again and sampling the first map's displacement at the second map."""
+    import torch
+
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services import matching as M
+    from models.spatial import voxel_grid, warp
+
+    torch.manual_seed(3)
+    model = GVSL(widths=DEMO_WIDTHS).eval()
+    with torch.no_grad():  # a network that predicts a visible map: larger last-layer weights
+        for head in model.deformable_head.heads:
+            head.flow.weight.normal_(0.0, 0.05)
+    fixed, _ = make_cardiac_subject(5, (32, 32, 32))
+    moving, _ = make_cardiac_subject(6, (32, 32, 32))
+    one = M.match(fixed, moving, model=model, size=32, device="cpu", fallback=False)
+    two = M.match(fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=2)
+    assert two.report["network_passes"] == 2 and one.report["network_passes"] == 1
+    assert not np.allclose(one.displacement_mm, two.displacement_mm)
+    f_w, m_w = M._working_cubes(fixed, moving, (32, 32, 32))
+    first, _ = M._run_network(model, m_w, f_w, torch.device("cpu"))
+    again, _ = M._run_network(model, warp(m_w, first["coordinates"]), f_w, torch.device("cpu"))
+    grid = voxel_grid((32, 32, 32)).unsqueeze(0)
+    composed = again["coordinates"] + warp(first["coordinates"] - grid, again["coordinates"], padding_mode="border")
+    by_hand = warp(m_w, composed)
+    out, _ = M._network_map(model, m_w, f_w, torch.device("cpu"), passes=2)
+    assert torch.allclose(out["coordinates"], composed, atol=1e-5)
+    assert out["ncc_after"] == pytest.approx(float(-M.local_ncc(by_hand, f_w)), abs=1e-6)
+    with pytest.raises(ValueError, match="passes must be >= 1"):
+        M.match(fixed, moving, model=model, size=32, device="cpu", passes=0)

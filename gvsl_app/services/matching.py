@@ -46,6 +46,7 @@ def match(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     fallback: bool = True,
+    passes: int = 1,
 ) -> MatchResult:
     """Match ``moving`` onto ``fixed`` with a GVSL network (demo weights by default).
 
@@ -64,8 +65,11 @@ def match(
     when the network's map lowers the local NCC of the working cubes, the identity is used
     instead (and the refinement starts from it), and a refinement that lowers the NCC is
     dropped; ``report["fallback"]`` says what happened. ``report["warnings"]`` notes a scan
-    whose modality the weights were not pre-trained on.
+    whose modality the weights were not pre-trained on. ``passes`` > 1 applies the network
+    again to its own result and composes the maps (still one resampling of the moving scan).
     """
+    if int(passes) < 1:
+        raise ValueError(f"passes must be >= 1 (how many times the network is applied), got {passes}")
     if size is not None and int(size) < 16:
         raise ValueError(f"working size must be >= 16 voxels (the network pools four times), got {size}")
     times: dict[str, float] = {}
@@ -90,7 +94,7 @@ def match(
 
     t = time.perf_counter()
     say("network", 0.25)
-    out, used = _network_map(model, m_w, f_w, dev)
+    out, used = _network_map(model, m_w, f_w, dev, int(passes))
     times["network_s"] = time.perf_counter() - t
     network_ncc = out["ncc_after"]
     fell_back: list[str] = []
@@ -121,6 +125,7 @@ def match(
         "fixed": fixed.source,
         "moving": moving.source,
         "working_size": size,
+        "network_passes": int(passes),
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
@@ -203,14 +208,40 @@ def _working_cubes(fixed: Volume, moving: Volume, shape: tuple[int, int, int]) -
     return f_w, m_w
 
 
-def _network_map(model: GVSL, m_w: torch.Tensor, f_w: torch.Tensor, dev: torch.device) -> tuple[dict, torch.device]:
-    """The network's map; on CUDA out-of-memory the CPU instead, with a warning."""
+def _network_map(
+    model: GVSL, m_w: torch.Tensor, f_w: torch.Tensor, dev: torch.device, passes: int = 1
+) -> tuple[dict, torch.device]:
+    """The network's map, applied ``passes`` times (:func:`_compose_passes`); on CUDA
+    out-of-memory the CPU instead, with a warning."""
     try:
-        return _run_network(model, m_w, f_w, dev)
+        out, used = _run_network(model, m_w, f_w, dev)
     except torch.cuda.OutOfMemoryError:
         log.warning("CUDA out of memory at working size %d; falling back to the CPU", m_w.shape[-1])
         torch.cuda.empty_cache()
-        return _run_network(model.cpu(), m_w, f_w, torch.device("cpu"))
+        model, used = model.cpu(), torch.device("cpu")
+        out, used = _run_network(model, m_w, f_w, used)
+    for _ in range(passes - 1):
+        again, _ = _run_network(model, warp(m_w, out["coordinates"]), f_w, used)
+        _compose_passes(out, again, m_w, f_w)
+    return out, used
+
+
+@torch.no_grad()
+def _compose_passes(out: dict, again: dict, m_w: torch.Tensor, f_w: torch.Tensor) -> None:
+    """``out``'s map followed by a second prediction on the already-warped moving scan.
+
+    A network that stops short of the full alignment (it underfits at CPU budgets) closes
+    part of the remaining gap when shown its own result: the composed map samples the first
+    map's displacement at the second map's points, so the moving scan is still resampled
+    once. The global parts compose as matrices (``A1 A2``).
+    """
+    shape = tuple(f_w.shape[2:])
+    grid = voxel_grid(shape).unsqueeze(0)
+    c2 = again["coordinates"]
+    out["coordinates"] = c2 + warp(out["coordinates"] - grid, c2, padding_mode="border")
+    a1, a2 = out["affine"][0], again["affine"][0]
+    out["affine"] = torch.cat([a1[:, :3] @ a2[:, :3], a1[:, :3] @ a2[:, 3:] + a1[:, 3:]], 1)[None]
+    out["ncc_after"] = float(-local_ncc(warp(m_w, out["coordinates"]), f_w))
 
 
 def _refine(
