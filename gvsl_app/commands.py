@@ -186,7 +186,7 @@ def cmd_evaluate_labels(args: argparse.Namespace) -> int:
 
         def cell(key: str) -> str:
             m = s[key]
-            return f"{m['mean']:6.3f}±{m['std']:<6.3f}" if m["mean"] is not None else f"{'-':>13}"
+            return f"{m['mean']:6.3f}+-{m['std']:<6.3f}" if m["mean"] is not None else f"{'-':>13}"
 
         print(
             f"{name[:24]:<24} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f} {cell('dice'):>13} "

@@ -133,7 +133,7 @@ def test_cli_evaluate_labels_writes_the_table_and_prints_the_summary(tmp_path):
     assert r.returncode == 0, r.stderr
     assert len(list(csv.DictReader(open(out)))) == 6
     lv_line = next(line for line in r.stdout.splitlines() if line.startswith("label 1"))
-    assert " 0.900±0.082" in lv_line  # mean and std of 1.0, 0.9, 0.8
+    assert " 0.900+-0.082" in lv_line  # mean and std of 1.0, 0.9, 0.8
     again = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True)
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
 
