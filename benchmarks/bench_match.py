@@ -123,6 +123,7 @@ def run_pairs(args, model, info) -> dict:
                 moving_labels=ml,
                 fixed_labels=fl,
                 refine=True,
+                passes=args.passes,
             )
             row.update(
                 refined_dice=mean_dice(res.warped_labels.array, fl.array),
@@ -268,7 +269,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sampling", type=float, default=0.1, help="classical: fraction of voxels sampled by the metric")
     ap.add_argument("--mesh", type=int, default=3, help="B-spline mesh at the coarsest level (x2 per level)")
     ap.add_argument("--no-classical", action="store_true")
-    ap.add_argument("--passes", type=int, default=1, help="network passes of the GVSL-alone row (gvsl match --passes)")
+    ap.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="network passes of the GVSL rows (gvsl match --passes)",
+    )
     ap.add_argument(
         "--no-refine", action="store_true", help="skip the instance-optimisation rows (gvsl match --refine)"
     )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the shipped demo weights (models/weights/). CPU, about 30-60 minutes on 2 cores.
+# Reproduces the shipped demo weights (models/weights/). CPU, about 2 hours on 2 cores.
 #   1. GVSL pre-training (width 8, 48^3 working cube, the default keypoint/pyramid heads and
 #      multi-scale NCC) on 24 synthetic cardiac CT and 24 MNI-derived brain MR subjects (seed 0);
 #   2. segmentation fine-tuning from it on 5 labelled synthetic subjects (seed 5; SEG=0 skips it:
@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-ITERS=${ITERS:-1500}
+ITERS=${ITERS:-4000}
 SEG_ITERS=${SEG_ITERS:-900}
 SEG=${SEG:-1}
 "$BIN/gvsl" pretrain --data synthetic:cardiac+brain --n-synthetic 24 --run runs/demo_gvsl --iters "$ITERS" \
