@@ -72,67 +72,33 @@ def _drive(progress_iter, quiet: bool = False, stop: StopFlag | None = None) -> 
     return rc
 
 
+def _config_from_args(cls, args: argparse.Namespace):
+    """A training config from ``--config`` and the command-line options named like its fields
+    (an option left out is ``None``: the YAML's value or the config's default applies)."""
+    from dataclasses import fields
+
+    from gvsl_app.training.config import load_config
+
+    return load_config(
+        cls, args.config, **{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    )
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from gvsl_app.training.config import PretrainConfig, load_config
+    from gvsl_app.training.config import PretrainConfig
     from gvsl_app.training.pretrain import pretrain
 
-    cfg = load_config(
-        PretrainConfig,
-        args.config,
-        data=args.data,
-        run=args.run,
-        variant=args.variant,
-        iters=args.iters,
-        size=args.size,
-        width=args.width,
-        batch=args.batch,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
-        workers=args.workers,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        compile=args.compile,
-        n_synthetic=args.n_synthetic,
-        affine_warmup=args.affine_warmup,
-        affine_head=args.affine_head,
-        deformable_head=args.deformable_head,
-        snapshot_every=args.snapshot_every,
-        similarity=args.similarity,
-        match_input=args.match_input,
-        w_affine=args.w_affine,
-        relative_pose=args.relative_pose,
-    )
+    cfg = _config_from_args(PretrainConfig, args)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(pretrain(cfg, stop), quiet=args.quiet, stop=stop)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from gvsl_app.training.config import FinetuneConfig, load_config
+    from gvsl_app.training.config import FinetuneConfig
     from gvsl_app.training.finetune import finetune
 
-    cfg = load_config(
-        FinetuneConfig,
-        args.config,
-        data=args.data,
-        run=args.run,
-        init=args.init,
-        task=args.task,
-        linear=args.linear,
-        iters=args.iters,
-        size=args.size,
-        width=args.width,
-        batch=args.batch,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
-        workers=args.workers,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        n_train=args.n_train,
-        val_every=args.val_every,
-    )
+    cfg = _config_from_args(FinetuneConfig, args)
     stop = StopFlag()
     _install_stop_handlers(stop)
     return _drive(finetune(cfg, stop), quiet=args.quiet, stop=stop)

@@ -189,6 +189,24 @@ def spin_box(lo: int, hi: int, value: int | None = None, step: int = 1) -> QSpin
     return s
 
 
+def results_table(columns: tuple[str, ...]):
+    """A read-only, row-selecting table for per-structure results.
+
+    Its columns can be widened by hand and the table scrolls: columns sized to their
+    contents would set the whole dock's minimum width (562 px for four) and squeeze the image.
+    """
+    from qtpy.QtWidgets import QHeaderView, QTableWidget
+
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.verticalHeader().setVisible(False)
+    table.setSelectionBehavior(QTableWidget.SelectRows)
+    table.setEditTriggers(QTableWidget.NoEditTriggers)
+    return table
+
+
 def device_combo() -> QComboBox:
     from models.device import available_devices
 

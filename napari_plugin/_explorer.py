@@ -18,10 +18,8 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
-    QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -36,7 +34,7 @@ from gvsl_app.services.label_metrics import (
     summarise_structures,
 )
 
-from ._common import LayerCombo
+from ._common import LayerCombo, results_table
 from ._geometry import data_to_world, volume_from_layer
 from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_colormap, label_features, label_names_of, label_rgba, labels_layer_data, upsert_layer
@@ -89,12 +87,7 @@ class LabelExplorerWidget(QWidget):
         form.addRow("", self.distances)
         self.controls = JobControls(self.state, "Compare")
         self.controls.run_button.clicked.connect(self.run)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setSelectionBehavior(QTableWidget.SelectRows)
-        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table = results_table(COLUMNS)
         self.table.cellClicked.connect(self.focus_row)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QFormLayout, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
 from gvsl_app.services.segment import segment
 
-from ._common import LayerCombo, WeightsChooser, device_combo
+from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import data_to_world, volume_from_layer
 from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
@@ -44,13 +44,7 @@ class SegmentationWidget(QWidget):
         form.addRow("device", self.device)
         self.controls = JobControls(self.state, "Segment")
         self.controls.run_button.clicked.connect(self.run)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        # columns the user can widen, the table scrolls: a column sized to its contents
-        # would set the whole dock's minimum width (562 px) and squeeze the image
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().setVisible(False)
+        self.table = results_table(COLUMNS)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         lay = QVBoxLayout(self)
