@@ -161,6 +161,21 @@ def warp(
     return out
 
 
+def compose_affines(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The ``(..., 3, 4)`` voxel affine ``p -> outer(inner(p))``."""
+    return torch.cat([outer[..., :3] @ inner[..., :3], outer[..., :3] @ inner[..., 3:] + outer[..., 3:]], dim=-1)
+
+
+def compose_coordinates(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
+    """The sampling map ``p -> first(then(p))`` of two voxel maps ``(B, 3, D, H, W)`` on one grid.
+
+    The displacement ``first - p`` is sampled at ``then``'s points (border values outside,
+    where it is smooth), so an image warped with the result is interpolated once.
+    """
+    grid = voxel_grid(tuple(then.shape[2:]), device=then.device).unsqueeze(0)
+    return then + warp(first - grid, then, padding_mode="border")
+
+
 def jacobian_determinant(coords: torch.Tensor) -> torch.Tensor:
     """Determinant of the Jacobian of a voxel map ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``.
 

@@ -35,7 +35,7 @@ from gvsl_app.services.label_metrics import (
 )
 
 from ._common import LayerCombo, results_table
-from ._geometry import data_to_world, volume_from_layer
+from ._geometry import data_to_world, same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_colormap, label_features, label_names_of, label_rgba, labels_layer_data, upsert_layer
 
@@ -132,9 +132,7 @@ class LabelExplorerWidget(QWidget):
     def _reference_fits(self, layer) -> bool:
         """A default reference: another labels layer on the label map's grid."""
         chosen = self.labels.layer()
-        if chosen is None or layer is chosen or tuple(layer.data.shape) != tuple(chosen.data.shape):
-            return False
-        return bool(np.allclose(data_to_world(layer), data_to_world(chosen), atol=1e-6))
+        return chosen is not None and layer is not chosen and same_layer_grid(layer, chosen)
 
     def run(self):
         if self.state.running:
@@ -149,9 +147,7 @@ class LabelExplorerWidget(QWidget):
         except Exception as exc:
             refuse(self.state, exc, "Label explorer")
             return None
-        if ref is not None and (
-            ref.shape != pred.shape or not np.allclose(data_to_world(ref_layer), data_to_world(layer), atol=1e-6)
-        ):
+        if ref is not None and not same_layer_grid(ref_layer, layer):
             refuse(
                 self.state,
                 f"the reference {ref_layer.name!r} does not lie on the grid of {layer.name!r} (shape {ref.shape} vs "

@@ -54,6 +54,13 @@ def data_to_world(layer) -> np.ndarray:
     return matrix
 
 
+def same_layer_grid(a, b, atol: float = 1e-6) -> bool:
+    """True when two layers have the same data shape and the same data-to-world map."""
+    if tuple(a.data.shape) != tuple(b.data.shape):
+        return False
+    return bool(np.allclose(data_to_world(a), data_to_world(b), atol=atol))
+
+
 def geometry_from_matrix(matrix: np.ndarray) -> dict:
     """ITK ``spacing``/``origin``/``direction`` from a data-to-world (z, y, x) 4x4 matrix."""
     lin = _REV @ np.asarray(matrix, dtype=float)[:3, :3] @ _REV  # physical xyz per xyz index

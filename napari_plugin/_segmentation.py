@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFormLayout, QLabel, QTableWidgetItem, QVBoxLayout, QWidget
@@ -11,7 +10,7 @@ from gvsl_app.jobs.state import JobState, shared_checkpoints
 from gvsl_app.services.segment import segment
 
 from ._common import LayerCombo, WeightsChooser, device_combo, results_table
-from ._geometry import data_to_world, volume_from_layer
+from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job, warm_imports
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
 
@@ -55,9 +54,7 @@ class SegmentationWidget(QWidget):
 
     def _on_image_grid(self, labels) -> bool:
         image = self.image.layer()
-        if image is None or tuple(labels.data.shape) != tuple(image.data.shape):
-            return False
-        return bool(np.allclose(data_to_world(labels), data_to_world(image), atol=1e-6))
+        return image is not None and same_layer_grid(labels, image)
 
     def run(self):
         if self.state.running:

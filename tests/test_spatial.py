@@ -90,3 +90,19 @@ def test_jacobian_of_identity_is_one_and_folding_is_negative():
     flipped = coords.clone()
     flipped[:, 2] = -flipped[:, 2]
     assert (jacobian_determinant(flipped) < 0).all()
+
+
+def test_composing_two_affine_maps_equals_the_map_of_the_composed_affine():
+    from models.spatial import compose_affines, compose_coordinates
+
+    shape = (10, 12, 14)
+    a, b = identity_affine(1), identity_affine(1)
+    a[0, :, 3] = torch.tensor([1.0, -2.0, 0.5])
+    b[0, :3, :3] = torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.95, 0.0], [0.05, 0.0, 1.02]])
+    ab = compose_affines(a, b)
+    p = torch.tensor([3.0, 4.0, 5.0, 1.0])
+    np.testing.assert_allclose(ab[0] @ p, a[0] @ torch.cat([b[0] @ p, torch.ones(1)]), atol=1e-6)
+    maps = compose_coordinates(sampling_coordinates(shape, affine=a), sampling_coordinates(shape, affine=b))
+    inside = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))  # border values outside
+    np.testing.assert_allclose(maps[inside], sampling_coordinates(shape, affine=ab)[inside], atol=1e-4)
+    assert torch.equal(compose_affines(identity_affine(1), b), b)

@@ -18,7 +18,7 @@ import torch
 from gvsl_app.data.appearance import AppearanceTransform, InPaint, LocalPixelShuffle, NonLinearIntensity, OutPaint
 from gvsl_app.data.spatial_augment import RandomAffine, RandomElastic, SpatialAugment
 from gvsl_app.data.transforms import Compose, Transform, _check_volume, _resolve_generator, make_generator
-from models.spatial import sampling_coordinates, voxel_grid, warp
+from models.spatial import compose_coordinates, sampling_coordinates, warp
 
 __all__ = [
     "Transform",
@@ -44,8 +44,7 @@ def _then_affine(coords: torch.Tensor, affine: RandomAffine, g: torch.Generator)
     """
     shape = tuple(coords.shape[2:])
     rel = sampling_coordinates(shape, affine=affine.sample(shape, coords.shape[0], g, coords.device))
-    grid = voxel_grid(shape, device=coords.device).unsqueeze(0)
-    return rel + warp(coords - grid, rel, padding_mode="border")
+    return compose_coordinates(coords, rel)
 
 
 class GVSLPairAugment:

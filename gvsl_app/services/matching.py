@@ -19,7 +19,7 @@ from gvsl_app.services.metrics import dice_per_label
 from gvsl_app.services.weights import load_gvsl
 from models import GVSL, RefineSchedule, local_ncc, refine_coordinates, resolve_device
 from models.device import autocast
-from models.spatial import voxel_grid, warp
+from models.spatial import compose_affines, compose_coordinates, voxel_grid, warp
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
@@ -237,12 +237,8 @@ def _compose_passes(out: dict, again: dict, m_w: torch.Tensor, f_w: torch.Tensor
     map's displacement at the second map's points, so the moving scan is still resampled
     once. The global parts compose as matrices (``A1 A2``).
     """
-    shape = tuple(f_w.shape[2:])
-    grid = voxel_grid(shape).unsqueeze(0)
-    c2 = again["coordinates"]
-    out["coordinates"] = c2 + warp(out["coordinates"] - grid, c2, padding_mode="border")
-    a1, a2 = out["affine"][0], again["affine"][0]
-    out["affine"] = torch.cat([a1[:, :3] @ a2[:, :3], a1[:, :3] @ a2[:, 3:] + a1[:, 3:]], 1)[None]
+    out["coordinates"] = compose_coordinates(out["coordinates"], again["coordinates"])
+    out["affine"] = compose_affines(out["affine"], again["affine"])
     out["ncc_after"] = float(-local_ncc(warp(m_w, out["coordinates"]), f_w))
 
 
@@ -274,7 +270,7 @@ def _refine(
         refined_ncc = float(-local_ncc(warp(m_w, coords), f_w))
     if refined_ncc >= out["ncc_after"] or not fallback:
         out["coordinates"] = coords
-        out["affine"] = torch.cat([corr[:, :3] @ net[:, :3], corr[:, :3] @ net[:, 3:] + corr[:, 3:]], 1)[None]
+        out["affine"] = compose_affines(corr, net)[None]
         out["ncc_after"] = refined_ncc
         return done[0], ""
     note = (
