@@ -14,6 +14,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,22 +34,15 @@ from qtpy.QtWidgets import (
 )
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
-from gvsl_app.services.embed import embed
 
-from ._common import (
-    NONE,
-    RANDOM,
-    LayerCombo,
-    WeightsChooser,
-    device_combo,
-    random_model,
-    spin_box,
-    thick_slices,
-)
+from . import _warmup
+from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, random_model, spin_box, thick_slices
 from ._geometry import layer_geometry, volume_from_layer
-from ._jobs import JobControls, refuse, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
-from ._scatter import ScatterCanvas
+
+if TYPE_CHECKING:  # matplotlib: imported in the background after start (see `canvas`)
+    from ._scatter import ScatterCanvas
 
 POINTS = "embedded voxels"
 
@@ -115,7 +109,7 @@ class ClustersWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         link = self._link  # not self: the lambda must not keep the widget alive
         self.destroyed.connect(lambda *_: link.disconnect())
-        warm_imports("openTSNE", "sklearn.metrics")
+        _warmup.start()
         v = napari_viewer
         shared = shared_checkpoints(v)
         self.image = LayerCombo(v, Image, prefer=("fixed",))
@@ -138,11 +132,14 @@ class ClustersWidget(QWidget):
             form.addRow(label, w)
         self.controls = JobControls(self.state, "Compute embedding")
         self.controls.run_button.clicked.connect(self.run)
-        self.canvas = ScatterCanvas(self)
-        self.canvas.selected.connect(self.select)
+        self._canvas: ScatterCanvas | None = None
+        self._plot_area = QVBoxLayout()
+        self._plot_placeholder = QWidget()
+        self._plot_placeholder.setMinimumHeight(260)  # the plot's room, kept while matplotlib loads
+        self._plot_area.addWidget(self._plot_placeholder)
         self.mode = QComboBox()
         self.mode.addItems(["lasso", "rectangle"])
-        self.mode.currentTextChanged.connect(self.canvas.set_mode)
+        self.mode.currentTextChanged.connect(lambda mode: self._canvas.set_mode(mode) if self._canvas else None)
         clear = QPushButton("Clear selection")
         clear.clicked.connect(lambda: self.select(None))
         tools = QHBoxLayout()
@@ -157,10 +154,30 @@ class ClustersWidget(QWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.controls)
-        lay.addWidget(self.canvas, 1)
+        lay.addLayout(self._plot_area, 1)
         lay.addLayout(tools)
         lay.addWidget(self.label_list)
         lay.addWidget(self.info)
+        _warmup.when_ready(self._build_canvas)
+
+    def _build_canvas(self) -> None:
+        self.objectName()  # raises RuntimeError once the Qt side is gone: then nothing to build
+        self.canvas  # noqa: B018 (builds it)
+
+    @property
+    def canvas(self) -> ScatterCanvas:
+        """The t-SNE plot (matplotlib), built on first use: importing matplotlib with the
+        widget added a third of a second before the viewer showed; it now loads with the
+        engine in the background, and a blank area of the same size stands in until then."""
+        if self._canvas is None:
+            from ._scatter import ScatterCanvas
+
+            self._canvas = ScatterCanvas(self)
+            self._canvas.selected.connect(self.select)
+            self._canvas.set_mode(self.mode.currentText())
+            self._plot_placeholder.hide()
+            self._plot_area.addWidget(self._canvas)
+        return self._canvas
 
     # -- running -------------------------------------------------------------------------
     def run(self):
@@ -181,6 +198,9 @@ class ClustersWidget(QWidget):
         colors = {v: tuple(label_rgba(ll, v)) for v in names}
 
         def work(progress):
+            _warmup.ready()  # the engine is imported in the background after start
+            from gvsl_app.services.embed import embed
+
             out = []
             for k, w in enumerate(chosen):
 
@@ -241,12 +261,18 @@ class ClustersWidget(QWidget):
                 # The new run samples other voxels: the old indices would select arbitrary ones.
                 with self._writing_selection():
                     old.selected_data = set()
+            thick_slices(self.viewer, 2.0 * float(np.max(np.abs(geo["scale"]))))  # +-2 voxels around the slice
             layer = upsert_layer(self.viewer, (first.voxels.astype(float), kw, "points"))
             self._link.connect(layer)
-            thick_slices(self.viewer, 2.0 * float(np.max(np.abs(layer.scale))))  # +-2 voxels around the slice
-            self._draw(layer, tags, results, names, colors)
 
-        return [add_points]
+        def plot() -> None:
+            # A step of its own: the plot's first draw and the viewer's first paint of the
+            # points then fall in different turns of the event loop.
+            layer = self._points()
+            if layer is not None:
+                self._draw(layer, tags, results, names, colors)
+
+        return [add_points, plot]
 
     def _draw(self, layer, tags, results, names, colors) -> None:
         """Plot panels from the points layer's features (the data contract)."""

@@ -9,6 +9,8 @@ from typing import Any
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
 
+from ._warmup import when_ready
+
 DEMO, RANDOM, NONE = None, "random", "none"
 _RESULT_WORDS = ("warped", "displacement", "jacobian", "folding", "segmentation", "embedded")
 
@@ -125,9 +127,6 @@ class WeightsChooser(QWidget):
         self, shared=None, kind: str = "gvsl", allow_random: bool = False, allow_none: bool = False, parent=None
     ):
         super().__init__(parent)
-        from gvsl_app.services.weights import DEMO_GVSL, DEMO_SEG
-
-        demo = DEMO_GVSL if kind == "gvsl" else DEMO_SEG
         self.kind = kind
         self.combo = QComboBox()
         _narrow(self.combo)
@@ -135,7 +134,10 @@ class WeightsChooser(QWidget):
             self.combo.addItem("(none)", NONE)
         # segmentation: the shipped segmenter that fits the image (cardiac CT or brain MR)
         label = "demo weights" if kind == "gvsl" else "shipped segmenter for the image's modality"
-        self.combo.addItem(label + ("" if demo.is_file() else " (not installed)"), DEMO)
+        demo_row = self.combo.count()
+        self.combo.addItem(label, DEMO)
+        # whether the shipped file is there is known once the engine (torch) is imported
+        when_ready(lambda: self._mark_missing_demo(demo_row, label))
         if allow_random:
             self.combo.addItem("random init", RANDOM)
         if allow_none:
@@ -148,6 +150,13 @@ class WeightsChooser(QWidget):
         row.addWidget(browse)
         if shared is not None:
             getattr(shared.events, kind).connect(self._on_shared)
+
+    def _mark_missing_demo(self, row: int, label: str) -> None:
+        from gvsl_app.services.weights import DEMO_GVSL, DEMO_SEG
+
+        demo = DEMO_GVSL if self.kind == "gvsl" else DEMO_SEG
+        if not demo.is_file():
+            self.combo.setItemText(row, label + " (not installed)")
 
     def _on_shared(self, path: str) -> None:
         try:
@@ -208,10 +217,19 @@ def results_table(columns: tuple[str, ...]):
 
 
 def device_combo() -> QComboBox:
-    from models.device import available_devices
-
+    """``auto`` and ``cpu`` at once; each CUDA GPU and ``mps`` once torch is imported (in
+    the background: asking torch now would add its import to the viewer's start)."""
     combo = QComboBox()
-    combo.addItems(available_devices())
+    combo.addItems(["auto", "cpu"])
+
+    def add_accelerators() -> None:
+        from models.device import available_devices
+
+        for name in available_devices():
+            if combo.findText(name) < 0:
+                combo.addItem(name)
+
+    when_ready(add_accelerators)
     return combo
 
 

@@ -26,17 +26,11 @@ from qtpy.QtWidgets import (
 )
 
 from gvsl_app.jobs.state import JobState
-from gvsl_app.services.label_metrics import (
-    DISAGREEMENT_NAMES,
-    compare_label_maps,
-    disagreement_map,
-    structure_centres,
-    summarise_structures,
-)
 
+from . import _warmup
 from ._common import LayerCombo, results_table
 from ._geometry import data_to_world, same_layer_grid, volume_from_layer
-from ._jobs import JobControls, refuse, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job
 from ._layers import label_colormap, label_features, label_names_of, label_rgba, labels_layer_data, upsert_layer
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice", "HD95 (mm)", "ASSD (mm)", "note")
@@ -69,7 +63,7 @@ class LabelExplorerWidget(QWidget):
         self.state = JobState()
         self.result: dict | None = None
         self._worker = None
-        warm_imports("monai.metrics", "scipy.ndimage")
+        _warmup.start()
         v = napari_viewer
         self.labels = LayerCombo(v, Labels)
         self.reference = LayerCombo(v, Labels, optional=True, fits=self._reference_fits)
@@ -162,6 +156,14 @@ class LabelExplorerWidget(QWidget):
         existing = {lay.name for lay in self.viewer.layers}
 
         def work(progress):
+            _warmup.ready()  # the engine is imported in the background after start
+            from gvsl_app.services.label_metrics import (
+                DISAGREEMENT_NAMES,
+                compare_label_maps,
+                disagreement_map,
+                structure_centres,
+            )
+
             progress("comparing", 0.1)
             rows = compare_label_maps(pred, ref, names, distances=with_distances)
             progress("centres", 0.8)
@@ -196,6 +198,8 @@ class LabelExplorerWidget(QWidget):
         return steps
 
     def _fill_table(self, result: dict) -> None:
+        from gvsl_app.services.label_metrics import summarise_structures  # imported by the job
+
         rows, layer = result["rows"], result["layer"]
         self.table.setSortingEnabled(False)  # filling a sorted table reorders rows under the loop
         self.table.setRowCount(len(rows))

@@ -7,12 +7,13 @@ interleaves, and ``JobControls`` only subscribes to the state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QPushButton, QWidget
 
-from gvsl_app.jobs.state import DONE, ERROR, RUNNING, JobState
+from gvsl_app.jobs.state import DONE, ERROR, RUNNING, JobState, format_seconds
 
 from ._common import notify_error
 
@@ -62,26 +63,18 @@ def calm_gc() -> None:
     """Collect once, then exempt everything alive (napari, Qt, torch: ~10^6 objects) from
     the cyclic garbage collector (``gc.freeze``). Otherwise a full collection, triggered by
     whichever thread allocates, holds the interpreter lock for 200-400 ms and the viewer
-    visibly freezes during jobs. Done once per process, and only by the desktop app
-    (``napari_plugin.app``), which owns its process: inside a user's own napari the plugin
-    is a guest and leaves the host's garbage collection alone.
+    visibly freezes during jobs. Done by the desktop app (``napari_plugin.app``) only, which
+    owns its process: inside a user's own napari the plugin is a guest and leaves the host's
+    garbage collection alone. The first call collects; later ones (once the engine is
+    imported in the background) only freeze what was added, which takes no time.
     """
     global _GC_FROZEN
+    import gc
+
     if not _GC_FROZEN:
-        import gc
-
         gc.collect()
-        gc.freeze()
         _GC_FROZEN = True
-
-
-def warm_imports(*modules: str) -> None:
-    """Import engine modules in the GUI thread now: an import inside a worker thread holds
-    the interpreter lock for its whole duration and would freeze the viewer."""
-    import importlib
-
-    for name in modules:
-        importlib.import_module(name)
+    gc.freeze()
 
 
 def refuse(state: JobState, problem: BaseException | str, what: str) -> str:
@@ -135,10 +128,20 @@ class JobControls(QWidget):
     """Run button, progress bar and status line bound to a ``JobState``.
 
     With ``stop_text`` a second button (``stop_button``, enabled only while the job runs)
-    is added; the owner connects it to whatever ends its job early.
+    is added; the owner connects it to whatever ends its job early. With ``timed_stage``
+    ``(stage, share_done)``, the bar shows the time left while that stage runs, from its
+    elapsed time and ``share_done(fraction)``, the share of the stage's work done at the
+    job's progress ``fraction``.
     """
 
-    def __init__(self, state: JobState, run_text: str = "Run", parent=None, stop_text: str | None = None):
+    def __init__(
+        self,
+        state: JobState,
+        run_text: str = "Run",
+        parent=None,
+        stop_text: str | None = None,
+        timed_stage: tuple[str, Callable[[float], float]] | None = None,
+    ):
         super().__init__(parent)
         from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout
 
@@ -159,6 +162,8 @@ class JobControls(QWidget):
             lay.addWidget(self.stop_button)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
+        self._timed = timed_stage
+        self._stage_start: float | None = None  # when the timed stage began (perf_counter)
         state.events.fraction.connect(self._on_fraction)
         state.events.stage.connect(self._on_text)
         state.events.status.connect(self._on_text)
@@ -167,8 +172,25 @@ class JobControls(QWidget):
     def _on_fraction(self, fraction: float) -> None:
         try:
             self.bar.setValue(int(round(100 * fraction)))
+            left = self._time_left(fraction)
+            if left is not None:
+                self.bar.setFormat(f"{self.state.stage} %p% · about {format_seconds(left)} left")
         except RuntimeError:
             pass
+
+    def _time_left(self, fraction: float) -> float | None:
+        """Seconds left in the timed stage, extrapolated from its pace so far (None elsewhere)."""
+        if self._timed is None or self.state.stage != self._timed[0] or self.state.status != RUNNING:
+            self._stage_start = None
+            return None
+        now = time.perf_counter()
+        if self._stage_start is None:
+            self._stage_start = now
+        done = self._timed[1](fraction)
+        elapsed = now - self._stage_start
+        if done < 0.02 or elapsed < 0.3:  # too early for the pace to mean anything
+            return None
+        return elapsed * (1.0 - done) / done
 
     def _on_text(self, *_) -> None:
         s = self.state

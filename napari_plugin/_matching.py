@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import html
 import threading
+from functools import lru_cache
 
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
-from gvsl_app.services.matching import match
 
+from . import _warmup
 from ._common import (
     RANDOM,
     LayerCombo,
@@ -23,12 +24,41 @@ from ._common import (
     thick_slices,
 )
 from ._geometry import layer_geometry, volume_from_layer
-from ._jobs import JobControls, refuse, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
 DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
 JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
+
+REFINE_MEASURED = "~{} s on the 96³ sample, 2 CPU cores"
+"""What the refine checkbox promises before a run here has measured it (benchmarks/bench_gui.py)."""
+REFINE_SPAN = (0.3, 0.6)
+"""Job progress at the refinement's first and last step (``gvsl_app.services.matching``
+reports ``0.3 + 0.3 * steps done / steps``)."""
+
+
+@lru_cache(maxsize=1)
+def _refine_step_costs() -> tuple[np.ndarray, np.ndarray]:
+    """(step fraction, work fraction) at each step of the default refinement schedule.
+
+    A step at image side ``s`` costs about ``s^3``: the 48^3 levels are a quarter of the
+    steps but most of the time, so the step count alone would promise too short a wait.
+    """
+    from models import RefineSchedule
+
+    schedule = RefineSchedule()
+    levels = list(schedule.affine_levels) + [(side, n) for side, _, n in schedule.deformable_levels]
+    cost = np.concatenate([np.full(n, float(side) ** 3) for side, n in levels])
+    steps = np.arange(len(cost) + 1) / max(len(cost), 1)
+    return steps, np.concatenate([[0.0], np.cumsum(cost) / cost.sum()])
+
+
+def refine_share_done(fraction: float) -> float:
+    """The share of the refinement's work done at the matching job's progress ``fraction``."""
+    lo, hi = REFINE_SPAN
+    steps, work = _refine_step_costs()
+    return float(np.interp((fraction - lo) / (hi - lo), steps, work))
 
 
 def displacement_vectors(result, per_axis: int = 12) -> tuple[np.ndarray, np.ndarray, int]:
@@ -58,7 +88,7 @@ class MatchingWidget(QWidget):
         self.state = JobState()
         self.result = None
         self._worker = None
-        warm_imports("monai.metrics")
+        _warmup.start()
         v = napari_viewer
         self.fixed = LayerCombo(v, Image, prefer=("fixed",))
         self.moving = LayerCombo(v, Image, prefer=("moving",))
@@ -73,12 +103,12 @@ class MatchingWidget(QWidget):
         self.cube_size.setValue(0)
         self.cube_size.setSuffix(" voxels")
         self.cube_size.setToolTip("side of the working cube both volumes are resized to")
-        self.refine = QCheckBox("refine on this pair (~5 s for 128^3)")
+        self.refine = QCheckBox(f"refine on this pair ({REFINE_MEASURED.format(4)})")
         self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
         self.refine.setToolTip(
-            "instance optimisation, ~5 s for a 128^3 pair on 2 CPU cores: after the network, "
-            "a few hundred gradient steps on this pair's local NCC: "
-            "a global affine correction, then a smooth coarse-grid displacement"
+            "instance optimisation after the network: a few hundred gradient steps on this pair's "
+            "local NCC (a global affine correction, then a smooth coarse-grid displacement); "
+            "its cost grows with the working size. The progress bar shows the time left while it runs."
         )
         self._stop = threading.Event()
         form = QFormLayout()
@@ -93,7 +123,12 @@ class MatchingWidget(QWidget):
             ("refine", self.refine),
         ):
             form.addRow(label, w)
-        self.controls = JobControls(self.state, "Run Z-Matching", stop_text="Stop refining (keep the map so far)")
+        self.controls = JobControls(
+            self.state,
+            "Run Z-Matching",
+            stop_text="Stop refining (keep the map so far)",
+            timed_stage=("refine", refine_share_done),
+        )
         self.controls.run_button.clicked.connect(self.run)
         self.controls.stop_button.clicked.connect(self._stop.set)
         self.report = QLabel("")
@@ -132,6 +167,9 @@ class MatchingWidget(QWidget):
         names = label_names_of(mll) if mll is not None else {}
 
         def work(progress):
+            _warmup.ready()  # the engine is imported in the background after start
+            from gvsl_app.services.matching import match
+
             model = random_model() if weights == RANDOM else None
             r = match(
                 fixed,
@@ -164,15 +202,18 @@ class MatchingWidget(QWidget):
             layers[moving_name].visible = False
         self.report.setText(report_html(r.report, names))
         self.export_button.setEnabled(True)
-        steps = [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
+        refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
+        if refine_s is not None and refined.get("steps_done") == refined.get("steps"):  # not stopped early
+            # what it cost here, for these volumes and this working size, is the best promise
+            self.refine.setText(f"refine on this pair (took {refine_s:.1f} s here last time)")
         vec = layer_data[-1][1]
 
         def margins() -> None:
-            if DISPLACEMENT in layers:
-                layer = layers[DISPLACEMENT]
-                thick_slices(self.viewer, 0.5 * vec["metadata"]["gvsl_grid_step"] * float(np.max(np.abs(layer.scale))))
+            # First: a new margin re-slices every layer, so better before the six new ones.
+            half = 0.5 * vec["metadata"]["gvsl_grid_step"] * float(np.max(np.abs(vec["scale"])))
+            thick_slices(self.viewer, half)
 
-        return steps + [margins]
+        return [margins] + [lambda d=d: upsert_layer(self.viewer, d) for d in layer_data]
 
     def _export_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export Z-Matching outputs")

@@ -7,11 +7,11 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFormLayout, QLabel, QTableWidgetItem, QVBoxLayout, QWidget
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
-from gvsl_app.services.segment import segment
 
+from . import _warmup
 from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import same_layer_grid, volume_from_layer
-from ._jobs import JobControls, refuse, start_job, warm_imports
+from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
@@ -28,7 +28,7 @@ class SegmentationWidget(QWidget):
         self.state = JobState()
         self.result = None
         self._worker = None
-        warm_imports("monai.inferers", "monai.metrics")
+        _warmup.start()
         v = napari_viewer
         self.image = LayerCombo(v, Image)
         # a labels layer on the chosen image's grid is taken as its ground truth by default
@@ -74,6 +74,9 @@ class SegmentationWidget(QWidget):
         ref_colors = {v: tuple(int(round(255 * c)) for c in label_rgba(rl, v)[:3]) for v in ref_names} if rl else {}
 
         def work(progress):
+            _warmup.ready()  # the engine is imported in the background after start
+            from gvsl_app.services.segment import segment
+
             progress("segmenting", 0.1)
             res = segment(image, weights, device=device, reference=ref)
             names = merge_names({int(k): v for k, v in res.report.get("label_names", {}).items()}, ref_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
@@ -16,11 +17,15 @@ from qtpy.QtWidgets import (
 )
 
 from gvsl_app.jobs.state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
-from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec, resume_command, run_kind
 
+from . import _warmup
 from ._common import notify_error, notify_info
-from ._scatter import LossPlot
-from ._training_form import TrainingForm
+from ._lossplot import LossPlot
+
+if TYPE_CHECKING:  # the engine's training modules import torch: loaded in the background
+    from gvsl_app.jobs.training_job import TrainingJob, TrainingSpec
+
+    from ._training_form import TrainingForm
 
 POLL_MS = 500
 
@@ -50,10 +55,8 @@ class TrainingWidget(QWidget):
         self.viewer = napari_viewer
         self.state = TrainingState()
         self._holder: dict = {"job": None}  # shared with the close hooks, which must not hold `self`
-        self.form = TrainingForm()
-        # the form's fields by name (magicgui widgets: .value, .enabled); not attributes, which
-        # would shadow QWidget methods such as size() and width()
-        self.fields = self.form.fields
+        self._form: TrainingForm | None = None  # built once torch is imported (see `form`)
+        _warmup.start()
         self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
         self.resume_button, self.attach_button = QPushButton("Resume"), QPushButton("Attach…")
         self.use_button = QPushButton("Use this checkpoint in the other widgets")
@@ -70,7 +73,9 @@ class TrainingWidget(QWidget):
         self.status.setWordWrap(True)
         self.plot = LossPlot(self)
         lay = QVBoxLayout(self)
-        lay.addWidget(self.form.native)
+        self._layout = lay
+        self._placeholder = QLabel("loading the training settings (PyTorch)…")
+        lay.addWidget(self._placeholder)
         lay.addLayout(buttons)
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
@@ -86,6 +91,34 @@ class TrainingWidget(QWidget):
         self.destroyed.connect(lambda *_: _shutdown(holder))
         self._watcher = _CloseWatcher(holder)
         self._watched: QObject | None = None
+        _warmup.when_ready(self._build_form)
+
+    def _build_form(self) -> None:
+        self.objectName()  # raises RuntimeError once the Qt side is gone: then nothing to build
+        self.form  # noqa: B018 (builds it)
+
+    @property
+    def form(self) -> TrainingForm:
+        """The training form (magicgui), built on first use.
+
+        Its defaults come from the engine's training settings, whose module imports torch;
+        building it with the widget would put that import before the viewer shows, so a
+        placeholder stands in until the background import is done (or a script uses it).
+        """
+        if self._form is None:
+            _warmup.ready()
+            from ._training_form import TrainingForm
+
+            self._form = TrainingForm()
+            self._placeholder.hide()
+            self._layout.insertWidget(0, self._form.native)
+        return self._form
+
+    @property
+    def fields(self) -> dict:
+        """The form's fields by name (magicgui widgets: ``.value``, ``.enabled``); not
+        attributes, which would shadow QWidget methods such as ``size()`` and ``width()``."""
+        return self.form.fields
 
     def showEvent(self, event) -> None:
         # Once docked, the top-level window is the viewer's (plain Qt, no private napari
@@ -133,10 +166,14 @@ class TrainingWidget(QWidget):
         if not spec.data:
             notify_error("choose a data folder or the synthetic generator", "Training")
             return None
+        from gvsl_app.jobs.training_job import TrainingJob
+
         return self._begin(TrainingJob(spec.run, self.state, spec.commands(), total=spec.iters))
 
     def resume(self) -> TrainingJob | None:
-        run = self.form.spec().run
+        run = self.form.spec().run  # the form waits for the engine's import
+        from gvsl_app.jobs.training_job import TrainingJob, resume_command
+
         try:
             cmd = resume_command(run)
         except FileNotFoundError as exc:
@@ -158,10 +195,14 @@ class TrainingWidget(QWidget):
         if not (p / "config.yaml").is_file() and not (p / "metrics.jsonl").is_file():
             notify_error(f"{folder}: not a run folder (no config.yaml or metrics.jsonl)", "Training")
             return None
-        self.fields["run_dir"].value = p
+        self.fields["run_dir"].value = p  # the form waits for the engine's import
+        from gvsl_app.jobs.training_job import TrainingJob
+
         return self._begin(TrainingJob(p, self.state))
 
     def use_checkpoint(self) -> str | None:
+        from gvsl_app.jobs.training_job import run_kind
+
         job = self.job
         ckpt = job.checkpoint() if job is not None else None
         if ckpt is None:

@@ -49,10 +49,12 @@ class TrainingForm(Container):
         self.fields = {
             "task": ComboBox(choices=list(TASKS), label="task"),
             "variant": ComboBox(choices=list(VARIANTS), label="variant"),
-            "synthetic": CheckBox(value=True, text="synthetic cardiac generator", label="data"),
+            # check boxes carry their text (magicgui shows no form label for buttons; giving
+            # both `text` and `label` only prints a warning)
+            "synthetic": CheckBox(value=True, text="synthetic cardiac generator"),
             "data": FileEdit(mode="d", label="data folder", tooltip="folder with images/ (and labels/ to fine-tune)"),
             "init": LineEdit(value="scratch", label="init", tooltip="scratch, or a checkpoint (.pt) to start from"),
-            "linear": CheckBox(value=False, text="linear probe (frozen backbone)", label=""),
+            "linear": CheckBox(value=False, text="linear probe (frozen backbone)"),
             "size": numbers["size"],
             "width": numbers["width"],
             "iters": numbers["iters"],

@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 PLUGIN = "gvsl-studio"
 WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
 DOCK_WIDTH = 440
 """Widest the GVSL dock column gets in the desktop app (pixels)."""
+LEFT_WIDTH = 250
+"""Width given to napari's layer list and layer controls column at start (pixels)."""
+SCREEN_SHARE = 0.9
+"""Share of the screen's width and height the window takes on a first start (later starts
+restore the size napari saved)."""
 
 
 def _engine_message(exc: BaseException) -> str:
@@ -57,13 +63,64 @@ def _dock_widgets(viewer) -> list:
         if isinstance(main, QMainWindow):
             # tabs down the side: five tab titles in a row would widen the column again
             main.setTabPosition(Qt.RightDockWidgetArea, QTabWidget.East)
-            QTimer.singleShot(0, lambda: main.resizeDocks([docks[0]], [DOCK_WIDTH], Qt.Horizontal))
+            _fit_window(viewer, main)
+            QTimer.singleShot(0, lambda: _narrow_docks(main, docks[0]))
         QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
         QTimer.singleShot(0, viewer.reset_view)  # fit the image to the canvas it now has
     return docks
 
 
+def _fit_window(viewer, main) -> None:
+    """On a first start, most of the screen (napari's first size is its widgets' size hint,
+    which left the image a quarter of the window); a size the user had is restored by napari."""
+    from napari.settings import get_settings
+
+    screen = main.screen() if hasattr(main, "screen") else None
+    if get_settings().application.window_size is not None or screen is None:
+        return
+    area = screen.availableGeometry()
+    width, height = int(area.width() * SCREEN_SHARE), int(area.height() * SCREEN_SHARE)
+    viewer.window.set_geometry(
+        area.x() + (area.width() - width) // 2, area.y() + (area.height() - height) // 2, width, height
+    )
+
+
+def _narrow_docks(main, gvsl_dock) -> None:
+    """The GVSL column at DOCK_WIDTH, napari's left column (layer list and controls) at
+    LEFT_WIDTH where its widgets allow: the canvas gets the rest."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    left = [
+        d
+        for d in main.findChildren(QDockWidget)
+        if main.dockWidgetArea(d) == Qt.LeftDockWidgetArea and d.isVisible() and not d.isFloating()
+    ]
+    docks, widths = [gvsl_dock, *left], [DOCK_WIDTH] + [LEFT_WIDTH] * len(left)
+    main.resizeDocks(docks, widths, Qt.Horizontal)
+
+
+_PREFETCH: dict[str, threading.Thread] = {}
+
+
+def _prefetch_sample(sample: str) -> None:
+    """Generate the cardiac sample pair in a thread while napari starts (about a second of
+    numpy work that would otherwise come after it); :func:`_open_sample` waits for it."""
+    if sample != "cardiac":  # the brain pair imports nilearn on first use: not beside napari's imports
+        return
+    import gvsl_app.data.synthetic  # noqa: F401 (imported here: a thread must not race napari's imports)
+    from gvsl_app.data.samples import sample_pair
+    from napari_plugin._samples import SAMPLE_SHAPE
+
+    thread = threading.Thread(target=sample_pair, args=(sample, SAMPLE_SHAPE), name="gvsl-sample", daemon=True)
+    thread.start()
+    _PREFETCH[sample] = thread
+
+
 def _open_sample(viewer, sample: str) -> None:
+    prefetch = _PREFETCH.pop(sample, None)
+    if prefetch is not None:
+        prefetch.join()  # the pair is then in sample_pair's cache
     try:
         viewer.open_sample(PLUGIN, sample)
     except (KeyError, ValueError, LookupError):
@@ -83,10 +140,12 @@ def build_viewer(files=(), sample: str | None = None, viewer=None):
     from napari.utils.notifications import show_error
 
     from napari_plugin._jobs import calm_gc
+    from napari_plugin._warmup import when_ready
 
     viewer = viewer if viewer is not None else napari.Viewer(title="GVSL Studio")
     _dock_widgets(viewer)
     calm_gc()  # our own process: its garbage collector may be tuned (a plugin in a host's may not)
+    when_ready(calm_gc)  # and again once torch & co are imported in the background
     if sample:
         _open_sample(viewer, sample)
     for path in files or ():
@@ -97,6 +156,41 @@ def build_viewer(files=(), sample: str | None = None, viewer=None):
             print(f"gvsl app: cannot open {path}: {msg}", file=sys.stderr)
             show_error(f"cannot open {path}: {msg}")
     return viewer
+
+
+def private_runtime_dir() -> str | None:
+    """A private ``XDG_RUNTIME_DIR`` (``/tmp/gvsl-runtime-UID``, mode 0700) where none is set.
+
+    Qt needs one on Linux; without it (containers, ``sudo``, ssh sessions) it warns and
+    picks a default. Returns the folder, or None where it is not ours to set or cannot be made.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("XDG_RUNTIME_DIR"):
+        return None
+    import stat
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"gvsl-runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
+        return None  # someone else's, or open to others: leave the choice to Qt
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+    return str(path)
+
+
+def quiet_launch() -> None:
+    """What the desktop app does before Qt starts so that its terminal shows only what
+    matters: a private runtime folder where none is set, and napari's note that it cannot
+    detect the system theme with Qt 5 silenced (it falls back to its dark theme, which the
+    app uses anyway). Only in the app's own process, never in a napari the plugin is a guest of.
+    """
+    import warnings
+
+    private_runtime_dir()
+    warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend", category=UserWarning)
 
 
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd", "*.nhdr", "*.dcm")
@@ -129,6 +223,9 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
     own_settings = "napari" not in sys.modules and "NAPARI_CONFIG" not in os.environ
     if own_settings:  # settings are read when napari is first imported
         os.environ["NAPARI_CONFIG"] = str(app_settings_file())
+    quiet_launch()
+    if sample:
+        _prefetch_sample(sample)
     import napari
 
     if own_settings:  # never in a napari someone else configured (a host, a test session)
@@ -143,8 +240,32 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
         viewer.screenshot(str(screenshot), canvas_only=False)
         viewer.close()
         return 0
+    if os.environ.get("GVSL_APP_EXIT_WHEN_SHOWN"):
+        _exit_when_shown()
     napari.run()
     return 0
+
+
+def _exit_when_shown() -> None:
+    """Say when the image canvas has first been painted, then quit (for
+    ``benchmarks/bench_gui.py``, which times ``gvsl app`` from process start to that line)."""
+    from qtpy.QtCore import QEvent, QObject, QTimer
+    from qtpy.QtWidgets import QApplication, QOpenGLWidget
+
+    class FirstPaint(QObject):
+        def eventFilter(self, obj, event) -> bool:
+            if event.type() == QEvent.Paint and isinstance(obj, QOpenGLWidget) and obj.isVisible():
+                app.removeEventFilter(self)
+                QTimer.singleShot(0, shown)  # once this paint is done
+            return False
+
+    def shown() -> None:
+        print("gvsl app: window shown", flush=True)
+        QApplication.quit()
+
+    app = QApplication.instance()
+    watcher = FirstPaint(app)
+    app.installEventFilter(watcher)
 
 
 def add_command(sub) -> None:

@@ -103,3 +103,55 @@ def test_the_desktop_app_reads_volumes_with_the_plugin_without_a_reader_dialog(t
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gvsl-studio", "gvsl-studio", "None"]
     assert "gvsl-studio" in settings.read_text()  # saved in the app's own file, not the user's
+
+
+def test_the_launcher_gives_qt_a_private_runtime_folder_and_leaves_a_set_one_alone(tmp_path, monkeypatch):
+    import os
+    import stat
+    import tempfile
+
+    from napari_plugin.app import private_runtime_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    folder = private_runtime_dir()
+    assert folder is not None and os.environ["XDG_RUNTIME_DIR"] == folder
+    info = os.stat(folder)
+    assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+    assert private_runtime_dir() is None  # set now: never overridden
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    os.chmod(folder, 0o755)  # opened to others by someone: not used
+    assert private_runtime_dir() is None and "XDG_RUNTIME_DIR" not in os.environ
+
+
+def test_the_launcher_silences_only_the_qt5_theme_note():
+    import warnings
+
+    from napari_plugin.app import quiet_launch
+
+    with warnings.catch_warnings(record=True) as caught:  # restores the filters afterwards
+        warnings.simplefilter("always")
+        quiet_launch()
+        warnings.warn("System theme detection requires a Qt6 backend. Please switch", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_napari_viewer, qtbot):
+    """The widgets need no torch to appear; the device list, the training form and the
+    t-SNE plot complete once the background import is done."""
+    import sys
+
+    from napari_plugin import _warmup
+    from napari_plugin._clusters import ClustersWidget
+    from napari_plugin._training import TrainingWidget
+
+    viewer = make_napari_viewer()
+    clusters, training = ClustersWidget(viewer), TrainingWidget(viewer)
+    viewer.window.add_dock_widget(clusters, name="clusters")
+    viewer.window.add_dock_widget(training, name="training")
+    assert clusters.device.itemText(0) == "auto" and clusters.device.findText("cpu") >= 0
+    qtbot.waitUntil(_warmup.is_ready, timeout=120_000)
+    assert {"torch", "monai.metrics", "openTSNE"} <= set(sys.modules)
+    qtbot.waitUntil(lambda: training._form is not None and clusters._canvas is not None, timeout=10_000)
+    assert training.fields["device"].value == "auto" and not training._placeholder.isVisible()

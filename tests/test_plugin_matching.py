@@ -110,9 +110,45 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
     assert 0 < refined["steps_done"] < refined["steps"]
     assert "refinement" in w.report.text()
     assert not w.controls.stop_button.isEnabled()
+    assert "took" not in w.refine.text()  # a run stopped early measures nothing
     # the next run starts with a cleared stop request and refines to the end
     _run(qtbot, w)
     assert w.result.report["refined"]["steps_done"] == w.result.report["refined"]["steps"]
+    # the checkbox now promises what the refinement took here
+    assert f"took {w.result.report['seconds']['refine_s']:.1f} s" in w.refine.text()
+
+
+def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
+    """During the refinement the bar shows an estimate of the time left, from the pace so far;
+    other stages show none."""
+    from gvsl_app.jobs.state import RUNNING, JobState
+    from napari_plugin._jobs import JobControls
+    from napari_plugin._matching import REFINE_SPAN, refine_share_done
+
+    state = JobState()
+    controls = JobControls(state, timed_stage=("refine", refine_share_done))
+    qtbot.addWidget(controls)
+    state.status, state.stage, state.fraction = RUNNING, "network", 0.25
+    assert "left" not in controls.bar.format()
+    state.stage, state.fraction = "refine", REFINE_SPAN[0]
+    qtbot.wait(400)
+    state.fraction = REFINE_SPAN[0] + 0.5 * (REFINE_SPAN[1] - REFINE_SPAN[0])
+    assert controls.bar.format().startswith("refine") and "left" in controls.bar.format()
+    assert controls.bar.value() == 45
+    state.stage, state.fraction = "displacement", REFINE_SPAN[1]
+    assert "left" not in controls.bar.format()
+
+
+def test_refinement_estimate_weighs_steps_by_their_cost():
+    """The refinement's late steps run at full resolution: half the steps are well under
+    half the work, so the estimate does not promise half the time at half the steps."""
+    from napari_plugin._matching import REFINE_SPAN, refine_share_done
+
+    lo, hi = REFINE_SPAN
+    shares = [refine_share_done(lo + f * (hi - lo)) for f in np.linspace(0, 1, 11)]
+    assert shares[0] == 0.0 and shares[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(shares, shares[1:]))
+    assert shares[5] < 0.5
 
 
 def test_displacement_vectors_are_physical_on_oblique_grids(make_napari_viewer):

@@ -70,7 +70,7 @@ def test_training_run_progress_stop_resume_and_use_checkpoint(qtbot, make_napari
     assert w.state.status == "running" and w.state.total == 400
     assert "ETA" in w.bar.format() and w.bar.value() == w.state.iteration
     assert {"ncc", "smooth", "mse", "loss"} <= set(w.job.history)
-    assert {line.get_label() for line in w.plot.ax.get_lines()} >= {"ncc", "smooth", "mse", "loss"}
+    assert set(w.plot.labels()) >= {"ncc", "smooth", "mse", "loss"}
 
     _click(qtbot, w.stop_button)
     qtbot.waitUntil(lambda: w.state.status == "stopped", timeout=120_000)
@@ -256,3 +256,36 @@ def test_the_form_is_magicgui_and_shows_the_engines_defaults_for_each_task(make_
     assert (
         w.fields["data"].enabled and not w.fields["n_synthetic"].enabled and w.spec().data == ""
     )  # no folder chosen yet
+
+
+def test_loss_plot_draws_each_term_and_validation_in_its_training_colour(qtbot):
+    import numpy as np
+
+    from napari_plugin._lossplot import CYCLE, LossPlot, nice_ticks
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(420, 300)
+    history = {
+        "ncc": ([1, 2, 3, 4], [-0.1, -0.2, -0.3, -0.35]),
+        "loss": ([1, 2, 3, 4], [0.9, 0.6, 0.4, 0.3]),
+        "val_ncc": ([2, 4], [-0.15, -0.33]),
+    }
+    plot.update_curves(history)
+    assert plot.labels() == ["loss", "ncc", "val_ncc"]  # training terms sorted, then validation
+    image = plot.grab().toImage().convertToFormat(4)  # QImage.Format_RGB32: B, G, R, 255 per pixel
+    ptr = image.constBits()
+    ptr.setsize(image.height() * image.bytesPerLine())
+    pixels = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine())[:, : 4 * image.width()]
+    bgr = pixels.reshape(image.height(), image.width(), 4)[..., :3]
+
+    def drawn(hex_colour: str) -> int:
+        rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+        return int(np.all(bgr == rgb[::-1], axis=-1).sum())
+
+    assert drawn(CYCLE[0]) > 20 and drawn(CYCLE[1]) > 20  # loss (C0) and ncc (C1) lines
+    plot.clear()
+    assert plot.labels() == []
+    ticks = nice_ticks(-0.35, 0.9)
+    assert 3 <= len(ticks) <= 7 and ticks[0] >= -0.35 and ticks[-1] <= 0.9
+    assert all(round(t / 0.2, 9).is_integer() for t in ticks) or all(round(t / 0.5, 9).is_integer() for t in ticks)
