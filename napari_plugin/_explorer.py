@@ -31,7 +31,15 @@ from . import _warmup
 from ._common import LayerCombo, results_table
 from ._geometry import data_to_world, same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
-from ._layers import label_colormap, label_features, label_names_of, label_rgba, labels_layer_data, upsert_layer
+from ._layers import (
+    label_colormap,
+    label_features,
+    label_names_of,
+    label_rgba,
+    labels_layer_data,
+    prebuild,
+    upsert_layer,
+)
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice", "HD95 (mm)", "ASSD (mm)", "note")
 DISAGREEMENT_COLORS = {1: (230, 80, 60), 2: (60, 140, 230), 3: (240, 200, 40)}
@@ -153,7 +161,7 @@ class LabelExplorerWidget(QWidget):
         names = {**(label_names_of(ref_layer) if ref_layer is not None else {}), **label_names_of(layer)}
         with_distances = self.distances.isChecked()
         out_name = disagreement_name(layer.name)
-        existing = {lay.name for lay in self.viewer.layers}
+        existing = frozenset(lay.name for lay in self.viewer.layers)
 
         def work(progress):
             _warmup.ready()  # the engine is imported in the background after start
@@ -170,18 +178,16 @@ class LabelExplorerWidget(QWidget):
             centres = structure_centres(np.asarray(pred.array), [r.label for r in rows])
             diff = None
             if ref is not None:
-                diff = labels_layer_data(
-                    pred.with_array(disagreement_map(np.asarray(pred.array), np.asarray(ref.array))),
-                    out_name,
-                    DISAGREEMENT_NAMES,
-                    DISAGREEMENT_COLORS,
-                    opacity=0.7,
+                diff = prebuild(
+                    labels_layer_data(
+                        pred.with_array(disagreement_map(np.asarray(pred.array), np.asarray(ref.array))),
+                        out_name,
+                        DISAGREEMENT_NAMES,
+                        DISAGREEMENT_COLORS,
+                        opacity=0.7,
+                    ),
+                    existing,
                 )
-                if out_name not in existing:
-                    # Building a napari layer of a large map takes most of a second; done
-                    # here it costs the worker, and the GUI thread only inserts it.
-                    data, kw, _ = diff
-                    diff = Labels(data, **kw)
             return {"rows": rows, "centres": centres, "layer": layer, "disagreement": diff}
 
         self._worker = start_job(work, self.state, self._show, "Label explorer")
@@ -191,9 +197,7 @@ class LabelExplorerWidget(QWidget):
         self.result = result
         steps = [lambda: self._fill_table(result)]
         diff = result["disagreement"]
-        if isinstance(diff, Labels):
-            steps.append(lambda: self.viewer.add_layer(diff))
-        elif diff is not None:  # a re-run: the layer exists, its data is replaced in place
+        if diff is not None:  # a new layer (built in the worker), or a re-run's in-place update
             steps.append(lambda: upsert_layer(self.viewer, diff))
         return steps
 

@@ -117,13 +117,31 @@ def copy_label_style(source_layer) -> dict:
     return kw
 
 
+def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:
+    """``layer_data`` with its napari layer built, where no layer of that name exists yet.
+
+    Called in a job's worker thread: building a layer (checking the data, its colormap,
+    features, thumbnail state) is a share of the cost of adding one, and here it no longer
+    holds up the viewer; the GUI thread only inserts it (:func:`upsert_layer`). A name in
+    ``existing`` (the viewer's layers when the job started) is updated in place instead.
+    """
+    data, kw, kind = layer_data[:3]
+    if kw["name"] in existing:
+        return layer_data
+    from napari import layers
+
+    cls = {"image": layers.Image, "labels": layers.Labels, "vectors": layers.Vectors, "points": layers.Points}[kind]
+    return data, kw, kind, cls(data, **kw)
+
+
 def upsert_layer(viewer, layer_data: tuple):
     """Add a layer, or replace the data of the existing layer of that name and type.
 
     Running a job again therefore updates its result layers in place (the user's
     visibility, opacity and blending choices are kept) instead of piling up copies.
+    ``layer_data`` is ``(data, kwargs, kind)``, or with a layer :func:`prebuild` made.
     """
-    data, kw, kind = layer_data
+    data, kw, kind = layer_data[:3]
     name = kw["name"]
     if name in viewer.layers:
         layer = viewer.layers[name]
@@ -138,4 +156,6 @@ def upsert_layer(viewer, layer_data: tuple):
                     setattr(layer, key, value)
             return layer
         viewer.layers.remove(layer)
+    if len(layer_data) > 3:
+        return viewer.add_layer(layer_data[3])
     return getattr(viewer, f"add_{kind}")(data, **kw)

@@ -25,14 +25,15 @@ from ._common import (
 )
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
-from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, upsert_layer
+from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, prebuild, upsert_layer
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
 DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
 JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
 
-REFINE_MEASURED = "~{} s on the 96³ sample, 2 CPU cores"
-"""What the refine checkbox promises before a run here has measured it (benchmarks/bench_gui.py)."""
+REFINE_MEASURED = "5-9 s"
+"""What the refine checkbox promises until a run here has measured it: the refinement of the
+96³ cardiac sample pair on 2 shared CPU cores in ``benchmarks/bench_gui.py`` (docs/GUI.md)."""
 REFINE_SPAN = (0.3, 0.6)
 """Job progress at the refinement's first and last step (``gvsl_app.services.matching``
 reports ``0.3 + 0.3 * steps done / steps``)."""
@@ -103,12 +104,14 @@ class MatchingWidget(QWidget):
         self.cube_size.setValue(0)
         self.cube_size.setSuffix(" voxels")
         self.cube_size.setToolTip("side of the working cube both volumes are resized to")
-        self.refine = QCheckBox(f"refine on this pair ({REFINE_MEASURED.format(4)})")
+        self.refine = QCheckBox(f"refine on this pair (+{REFINE_MEASURED})")
         self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
         self.refine.setToolTip(
             "instance optimisation after the network: a few hundred gradient steps on this pair's "
             "local NCC (a global affine correction, then a smooth coarse-grid displacement); "
-            "its cost grows with the working size. The progress bar shows the time left while it runs."
+            f"it took {REFINE_MEASURED} for the 96³ cardiac sample on 2 shared CPU cores and grows with the "
+            "working size; after a run here the box says what it took. The progress bar shows the time "
+            "left while it runs."
         )
         self._stop = threading.Event()
         form = QFormLayout()
@@ -165,6 +168,7 @@ class MatchingWidget(QWidget):
         style = copy_label_style(mll) if mll is not None else {}
         clim = tuple(ml.contrast_limits)
         names = label_names_of(mll) if mll is not None else {}
+        existing = frozenset(layer.name for layer in self.viewer.layers)
 
         def work(progress):
             _warmup.ready()  # the engine is imported in the background after start
@@ -184,7 +188,7 @@ class MatchingWidget(QWidget):
                 refine=refine,
                 should_stop=stop.is_set,
             )
-            return r, result_layers(r, clim, style)
+            return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
 
         self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names), "Z-Matching")
         return self._worker
@@ -205,7 +209,7 @@ class MatchingWidget(QWidget):
         refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
         if refine_s is not None and refined.get("steps_done") == refined.get("steps"):  # not stopped early
             # what it cost here, for these volumes and this working size, is the best promise
-            self.refine.setText(f"refine on this pair (took {refine_s:.1f} s here last time)")
+            self.refine.setText(f"refine on this pair (took {refine_s:.1f} s last run)")
         vec = layer_data[-1][1]
 
         def margins() -> None:

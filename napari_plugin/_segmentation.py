@@ -12,7 +12,7 @@ from . import _warmup
 from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
-from ._layers import label_names_of, label_rgba, labels_layer_data, upsert_layer
+from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
 
@@ -71,6 +71,7 @@ class SegmentationWidget(QWidget):
             return None
         weights, device, name = self.weights.value(), self.device.currentText(), result_name(il.name)
         ref_names = label_names_of(rl) if rl is not None else {}
+        existing = frozenset(layer.name for layer in self.viewer.layers)
         ref_colors = {v: tuple(int(round(255 * c)) for c in label_rgba(rl, v)[:3]) for v in ref_names} if rl else {}
 
         def work(progress):
@@ -82,7 +83,8 @@ class SegmentationWidget(QWidget):
             names = merge_names({int(k): v for k, v in res.report.get("label_names", {}).items()}, ref_names)
             res.report["label_names"] = {str(k): v for k, v in names.items()}
             progress("layers", 0.9)
-            return res, labels_layer_data(res.labels, name, names or None, ref_colors or None, opacity=0.6)
+            data = labels_layer_data(res.labels, name, names or None, ref_colors or None, opacity=0.6)
+            return res, prebuild(data, existing)
 
         self._worker = start_job(work, self.state, lambda out: self._show(*out), "Segmentation")
         return self._worker

@@ -87,6 +87,8 @@ def _deliver() -> None:
             callback()
         except RuntimeError:  # the widget that asked was deleted meanwhile
             pass
+        except Exception:  # one widget failing to complete must not stop the others
+            log.exception("completing a widget after the engine import failed")
 
 
 def _launch() -> None:

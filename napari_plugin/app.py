@@ -20,8 +20,6 @@ PLUGIN = "gvsl-studio"
 WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
 DOCK_WIDTH = 440
 """Widest the GVSL dock column gets in the desktop app (pixels)."""
-LEFT_WIDTH = 250
-"""Width given to napari's layer list and layer controls column at start (pixels)."""
 SCREEN_SHARE = 0.9
 """Share of the screen's width and height the window takes on a first start (later starts
 restore the size napari saved)."""
@@ -64,7 +62,7 @@ def _dock_widgets(viewer) -> list:
             # tabs down the side: five tab titles in a row would widen the column again
             main.setTabPosition(Qt.RightDockWidgetArea, QTabWidget.East)
             _fit_window(viewer, main)
-            QTimer.singleShot(0, lambda: _narrow_docks(main, docks[0]))
+            QTimer.singleShot(0, lambda: main.resizeDocks([docks[0]], [DOCK_WIDTH], Qt.Horizontal))
         QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
         QTimer.singleShot(0, viewer.reset_view)  # fit the image to the canvas it now has
     return docks
@@ -83,21 +81,6 @@ def _fit_window(viewer, main) -> None:
     viewer.window.set_geometry(
         area.x() + (area.width() - width) // 2, area.y() + (area.height() - height) // 2, width, height
     )
-
-
-def _narrow_docks(main, gvsl_dock) -> None:
-    """The GVSL column at DOCK_WIDTH, napari's left column (layer list and controls) at
-    LEFT_WIDTH where its widgets allow: the canvas gets the rest."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QDockWidget
-
-    left = [
-        d
-        for d in main.findChildren(QDockWidget)
-        if main.dockWidgetArea(d) == Qt.LeftDockWidgetArea and d.isVisible() and not d.isFloating()
-    ]
-    docks, widths = [gvsl_dock, *left], [DOCK_WIDTH] + [LEFT_WIDTH] * len(left)
-    main.resizeDocks(docks, widths, Qt.Horizontal)
 
 
 _PREFETCH: dict[str, threading.Thread] = {}
