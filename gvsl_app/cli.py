@@ -84,6 +84,11 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--n-synthetic", type=int, help="subjects generated per kind for synthetic:...")
     p.add_argument("--affine-warmup", type=int, help="first N iterations match with the affine head alone")
     p.add_argument(
+        "--decay-start",
+        type=int,
+        help="from this iteration to the last, lower the learning rate along a half cosine (0: constant)",
+    )
+    p.add_argument(
         "--similarity",
         choices=["multiscale-ncc", "ncc"],
         help="matching loss (default multiscale-ncc; ncc = the paper's full-resolution local NCC)",

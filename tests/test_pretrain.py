@@ -14,7 +14,7 @@ import torch
 
 from gvsl_app.data.datasets import PairDataset, validation_pair
 from gvsl_app.training.config import FinetuneConfig, PretrainConfig
-from gvsl_app.training.pretrain import build_model, pretrain, validate
+from gvsl_app.training.pretrain import DECAY_FLOOR, build_model, lr_factor, pretrain, validate
 from gvsl_app.training.progress import StopFlag
 from gvsl_app.training.runs import RunFolder, read_metrics
 from models.checkpoint import read_checkpoint
@@ -57,6 +57,18 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
     its = [r["iteration"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "event" not in r]
     assert its == list(range(1, 7))
+
+
+def test_learning_rate_decays_along_a_half_cosine_from_decay_start(tmp_path):
+    cfg = small(tmp_path / "run", iters=8, decay_start=3, lr=1e-3)
+    drain(pretrain(cfg))
+    rates = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "event" not in r]
+    # each row holds the rate of the next step: lr * factor(iteration)
+    assert rates == pytest.approx([1e-3 * lr_factor(cfg, i) for i in range(1, 9)])
+    assert rates[:3] == pytest.approx([1e-3] * 3) and all(a > b for a, b in zip(rates[2:7], rates[3:7]))
+    assert lr_factor(cfg, cfg.iters - 1) == pytest.approx(DECAY_FLOOR)
+    with pytest.raises(ValueError, match="decay_start"):
+        small(tmp_path / "bad", iters=8, decay_start=8)
 
 
 def test_variants_train(tmp_path):

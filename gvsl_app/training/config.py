@@ -32,6 +32,8 @@ class PretrainConfig:
     appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
     match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare
     augmented pairs off the training loop. ``warmup`` ramps the learning rate over that many iterations;
+    ``decay_start`` > 0 lowers it from that iteration to the last along a half cosine, to 1/50 of
+    ``lr`` (the shipped weights' recipe: a constant rate, then a decay for the last half);
     ``affine_warmup`` matches with the affine head alone for that many iterations first, to
     test whether the deformable head takes the signal away from the affine head (at the
     study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
@@ -52,6 +54,7 @@ class PretrainConfig:
     batch: int = 1
     lr: float = 1e-4
     warmup: int = 0
+    decay_start: int = 0
     affine_warmup: int = 0
     device: str = "auto"
     seed: int = 0
@@ -77,6 +80,7 @@ class PretrainConfig:
             positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every", "n_synthetic", "lr"),
             non_negative=(
                 "warmup",
+                "decay_start",
                 "affine_warmup",
                 "workers",
                 "snapshot_every",
@@ -98,6 +102,8 @@ class PretrainConfig:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
         if self.n_synthetic < 2:
             raise ValueError(f"n_synthetic must be >= 2 (a pair needs two subjects), got {self.n_synthetic}")
+        if self.decay_start >= self.iters:
+            raise ValueError(f"decay_start ({self.decay_start}) must be below iters ({self.iters}), or 0 for no decay")
 
 
 @dataclass

@@ -31,11 +31,21 @@ def build_model(config: PretrainConfig) -> GVSL:
     )
 
 
-def _lr_lambda(config: PretrainConfig):
-    def f(step: int) -> float:
-        return min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
+DECAY_FLOOR = 0.02
 
-    return f
+
+def lr_factor(config: PretrainConfig, step: int) -> float:
+    """The learning-rate multiplier at ``step`` (0-based): the linear warm-up, then a constant
+    rate, then (``decay_start`` > 0) a half cosine from 1 to ``DECAY_FLOOR`` at the last step."""
+    factor = min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
+    if 0 < config.decay_start <= step:
+        progress = min(1.0, (step - config.decay_start) / max(1, config.iters - 1 - config.decay_start))
+        factor *= DECAY_FLOOR + (1 - DECAY_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _lr_lambda(config: PretrainConfig):
+    return lambda step: lr_factor(config, step)
 
 
 def _rng_state() -> dict:
