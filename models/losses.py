@@ -19,7 +19,7 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
         c = a.shape[1]
         stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
         ones = torch.ones(1, 1, *a.shape[2:], device=a.device, dtype=a.dtype)
-        # Box means as three 1D passes (27 instead of 729 multiply-adds per voxel for a 9^3
+        # Box means as running sums along each axis (a few operations per voxel whatever the
         # window); zero padding with an explicit count keeps borders and small sides exact.
         sums, count = _box_sum(stack, window), _box_sum(ones, window)
         mu_a, mu_b, m_aa, m_bb, m_ab = (sums / count).split(c, dim=1)
@@ -31,15 +31,20 @@ def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e
 
 
 def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over a ``window^3`` neighbourhood (zero padded), as separable 1D convolutions."""
-    ch, pad = x.shape[1], window // 2
-    k = torch.ones(ch, 1, window, device=x.device, dtype=x.dtype)
-    for axis in range(3):
-        shape = [1, 1, 1]
-        shape[axis] = window
-        pads = [0, 0, 0]
-        pads[axis] = pad
-        x = F.conv3d(x, k.view(ch, 1, *shape), padding=tuple(pads), groups=ch)
+    """Sum over a ``window^3`` neighbourhood (zero padded), as running sums along each axis.
+
+    A cumulative sum and one difference per axis cost the same at any window and, forward
+    and backward, about a third of separable 1D convolutions on a CPU (oneDNN's grouped 3D
+    convolutions with thin kernels are slow); in fp32 the sums stay exact to ~1e-6 relative.
+    """
+    pad = window // 2
+    for axis in (2, 3, 4):
+        n = x.shape[axis]
+        widths = [0] * 6
+        i = 2 * (4 - axis)  # F.pad lists the last axis first
+        widths[i], widths[i + 1] = pad + 1, pad
+        running = F.pad(x, widths).cumsum(axis)
+        x = running.narrow(axis, window, n) - running.narrow(axis, 0, n)
     return x
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import local_ncc, multiscale_ncc, restoration_mse, smoothness
 from models.spatial import voxel_grid, warp
@@ -66,3 +67,19 @@ def test_multiscale_ncc_pulls_a_structure_from_further_away_than_local_ncc():
     assert multi < 0  # descending the loss moves the sampling towards +8
     assert abs(multi) > 10 * abs(single)
     assert multiscale_ncc(fixed, fixed) < multiscale_ncc(moving, fixed) - 0.3
+
+
+@pytest.mark.parametrize("window", [3, 9, 15])
+def test_box_sums_equal_a_direct_sum_over_the_zero_padded_window(window):
+    from models.losses import _box_sum
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 7, 11, 12, dtype=torch.float64)  # sides smaller than the window too
+    pad = window // 2
+    padded = F.pad(x, (pad,) * 6)
+    direct = torch.zeros_like(x)
+    for dz in range(window):
+        for dy in range(window):
+            for dx in range(window):
+                direct += padded[:, :, dz : dz + 7, dy : dy + 11, dx : dx + 12]
+    torch.testing.assert_close(_box_sum(x, window), direct)
