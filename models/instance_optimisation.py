@@ -11,6 +11,7 @@ schedule's (small) sizes: refining a 96^3 map costs the same as a 48^3 one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import local_ncc, smoothness
-from .spatial import jacobian_determinant, warp
+from .spatial import jacobian_determinant, sampling_coordinates, warp
 
 StepFn = Callable[[float], bool]  # fraction done -> True to stop early
 
@@ -30,37 +31,79 @@ class RefineSchedule:
     The defaults were chosen on synthetic cardiac pairs from a handful of variants: levels
     and smoothness on ``bench_match.py``'s default seeds 1000-1005, the folding weight on
     seeds 2000-2007 (folding 1.39 % -> 0.26 % of voxels at equal Dice); ``bench_match.py
-    --seed-base 3000`` checks them on pairs they never saw.
+    --seed-base 3000`` checks them on pairs they never saw. The finest level was added for
+    brain MR at its own resolution (``bench_brain_match.py``, docs/MATCHING.md).
 
     ``affine_levels``: (image side, Adam steps) per level; ``deformable_levels``: (image
-    side, control-grid side, steps). ``smoothness`` weighs the mean squared difference of
-    neighbouring control points, summed over the three axes and measured in voxels of the
-    last deformable level;
+    side, control-grid side, steps). An image side is the longest side of that level's
+    images (the others keep the scan's proportions); a level never works above the images'
+    own resolution, so on small images the finest levels run at it (or are skipped when an
+    identical level ran already). ``smoothness`` weighs the mean squared difference of
+    neighbouring control points, summed over the three axes and measured in voxels of an
+    image of longest side ``smoothness_side`` (so that adding a finer level does not change
+    how smooth the coarser ones are);
     ``folding`` the mean of ``relu(-det J)`` of the whole map at each level's resolution, so
-    that folds a network's own displacement brings along are unfolded too.
+    that folds a network's own displacement brings along are unfolded too; on levels finer
+    than ``folding_side`` it is evaluated on a copy of the map at that side.
+    ``whole_field`` (used when the starting map's affine part is given): the control grid
+    starts from the network's own displacement and the smoothness weighs all of it, so that
+    a refinement from the network solves the same problem as one from the identity, only
+    from a closer start; off, the network's displacement stays as it is and only the
+    correction on top of it is regularised. ``tolerance`` > 0 ends a level early once the
+    loss's mean over the last ``patience`` steps improves on the mean over the ``patience``
+    before by less than that (in NCC units).
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
-    deformable_levels: tuple[tuple[int, int, int], ...] = ((24, 12, 80), (48, 16, 40))
+    deformable_levels: tuple[tuple[int, int, int], ...] = ((24, 12, 80), (48, 16, 40), (96, 16, 30))
     window: int = 9
     smoothness: float = 0.02
+    smoothness_side: int = 48
+    folding_side: int = 48
     folding: float = 10.0
     affine_lr: float = 0.01
     deformable_lr: float = 0.02
+    whole_field: bool = True
+    tolerance: float = 3e-4
+    patience: int = 10
 
     @property
     def total_steps(self) -> int:
         return sum(n for _, n in self.affine_levels) + sum(n for _, _, n in self.deformable_levels)
 
 
+@dataclass
+class LevelRecord:
+    """What one level of a refinement did: its stage, image shape, steps run of those planned, seconds."""
+
+    stage: str
+    shape: tuple[int, int, int]
+    steps: int
+    planned: int
+    seconds: float
+
+
+def level_shape(shape: tuple[int, ...], side: int) -> tuple[int, int, int]:
+    """The image shape of a level of longest side ``side`` for images of ``shape`` (never above it)."""
+    longest = max(shape)
+    if side >= longest:
+        return (int(shape[0]), int(shape[1]), int(shape[2]))
+    d, h, w = (max(2, round(n * side / longest)) for n in shape)
+    return (d, h, w)
+
+
 def _scale(shape) -> torch.Tensor:
     return torch.tensor([(n - 1) / 2.0 for n in shape], dtype=torch.float32).view(1, 3, 1, 1, 1)
 
 
-def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
-    if tuple(x.shape[2:]) == (side,) * 3:
+def _resize(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(shape):
         return x
-    return F.interpolate(x, size=(side,) * 3, mode="trilinear", align_corners=True)
+    return F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=True)
+
+
+def _work(shape: tuple[int, ...]) -> float:
+    return float(shape[0] * shape[1] * shape[2])
 
 
 def refine_coordinates(
@@ -69,6 +112,8 @@ def refine_coordinates(
     coords: torch.Tensor,
     schedule: RefineSchedule = RefineSchedule(),
     step: StepFn | None = None,
+    affine: torch.Tensor | None = None,
+    record: list[LevelRecord] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine a sampling map ``coords`` (1, 3, D, H, W) of ``moving`` onto ``fixed`` (both (1, 1, D, H, W)).
 
@@ -77,86 +122,139 @@ def refine_coordinates(
     refined coordinates of the same shape, ``A(coords) + u`` with ``A`` a global affine and
     ``u`` a smooth displacement fitted by Adam on the local NCC of this pair, and ``A`` itself
     as a (1, 3, 4) voxel-space matrix (``q = A[:, :3] p + A[:, 3]``). ``step`` is
-    called with the fraction done after each step; returning True stops early (the map so
-    far is returned). Runs under ``torch.enable_grad`` on the inputs' device, in fp32.
+    called after each step with the share of the planned work done (steps weighted by their
+    level's voxel count, so that it grows like the time spent); returning True stops early
+    (the map so far is returned). ``affine`` (1, 3, 4), the voxel-space affine part of
+    ``coords``, lets the refinement treat the rest of ``coords`` as a displacement of its own
+    (see ``RefineSchedule.whole_field``); the returned matrix then applies on top of it.
+    ``record``, when given, receives one :class:`LevelRecord` per level run. Runs under
+    ``torch.enable_grad`` on the inputs' device, in fp32.
     """
     if moving.shape[0] != 1 or fixed.shape[0] != 1 or coords.shape[0] != 1:
         raise ValueError("refine_coordinates works on one pair (batch size 1)")
-    shape = tuple(fixed.shape[2:])
+    shape = tuple(int(n) for n in fixed.shape[2:])
     dev = fixed.device
     scale = _scale(shape).to(dev)
     base = coords.detach().float() / scale - 1.0  # normalised (z, y, x)
+    field = None  # the starting map's own displacement, when it is refined as a whole
+    if affine is not None and schedule.whole_field and schedule.deformable_levels:
+        linear_part = sampling_coordinates(shape, affine=affine.detach().float().to(dev)) / scale - 1.0
+        base, field = linear_part, base - linear_part
     m, f = moving.detach().float(), fixed.detach().float()
-    clock = _Steps(schedule.total_steps, step)
+    affine_plan = _plan([(side, n) for side, n in schedule.affine_levels], shape)
+    deform_plan = _plan([(side, n) for side, _, n in schedule.deformable_levels], shape)
+    grids = {side: grid for side, grid, _ in schedule.deformable_levels}
+    clock = _Clock(
+        sum(_work(s) * n for s, n, _ in affine_plan) + sum(_work(s) * n for s, n, _ in deform_plan),
+        step,
+        schedule,
+        record,
+    )
 
     with torch.enable_grad():
         lin = torch.zeros(1, 3, 3, device=dev, requires_grad=True)
         shift = torch.zeros(1, 3, 1, device=dev, requires_grad=True)
         eye = torch.eye(3, device=dev).unsqueeze(0)
 
-        def affine(points: torch.Tensor) -> torch.Tensor:
+        def moved(points: torch.Tensor) -> torch.Tensor:
             flat = points.reshape(1, 3, -1)
             return ((eye + lin) @ flat + shift).reshape(points.shape)
 
         opt = torch.optim.Adam([lin, shift], lr=schedule.affine_lr)
-        for side, steps in schedule.affine_levels:
-            side = min(side, max(shape))  # never optimise above the working resolution
-            mm, ff, bb = _resize(m, side), _resize(f, side), _resize(base, side)
-            s = _scale((side,) * 3).to(dev)
-            clock.minimise(opt, steps, lambda: local_ncc(warp(mm, (affine(bb) + 1.0) * s), ff, window=schedule.window))
+        for lv, steps, _ in affine_plan:
+            mm, ff, bb = _resize(m, lv), _resize(f, lv), _resize(base, lv)
+            uu = 0.0 if field is None else _resize(field, lv)
+            s = _scale(lv).to(dev)
+            clock.minimise(
+                "affine",
+                lv,
+                opt,
+                steps,
+                lambda: local_ncc(warp(mm, (moved(bb) + uu + 1.0) * s), ff, window=schedule.window),
+            )
         with torch.no_grad():
-            aligned = affine(base)
+            aligned = moved(base)
 
-        last_side = min(schedule.deformable_levels[-1][0], max(shape)) if schedule.deformable_levels else shape[0]
-        to_voxels = (last_side - 1) / 2.0
+        to_voxels = (schedule.smoothness_side - 1) / 2.0
         residual = None
-        for side, grid, steps in schedule.deformable_levels:
-            side = min(side, max(shape))
-            mm, ff, aa = _resize(m, side), _resize(f, side), _resize(aligned, side)
-            s = _scale((side,) * 3).to(dev)
-            residual = (
-                torch.zeros(1, 3, grid, grid, grid, device=dev)
-                if residual is None
-                else _resize(residual.detach(), grid)
-            ).requires_grad_(True)
+        for lv, steps, side in deform_plan:
+            grid = (grids[side],) * 3
+            mm, ff, aa = _resize(m, lv), _resize(f, lv), _resize(aligned, lv)
+            s = _scale(lv).to(dev)
+            # folds live at the control grid's scale: a coarser copy of the map finds them as
+            # well, at a fraction of the cost of the Jacobian at a fine level's resolution
+            fold_shape = level_shape(lv, schedule.folding_side)
+            aa_fold, s_fold = _resize(aligned, fold_shape), _scale(fold_shape).to(dev)
+            if residual is None:
+                residual = torch.zeros(1, 3, *grid, device=dev) if field is None else _resize(field, grid)
+            residual = _resize(residual.detach(), grid).requires_grad_(True)
 
             def loss() -> torch.Tensor:
-                mapped = (aa + _resize(residual, side) + 1.0) * s
+                mapped = (aa + _resize(residual, lv) + 1.0) * s
                 value = local_ncc(warp(mm, mapped), ff, window=schedule.window)
                 # smoothness() averages the three axes' mean squared differences; the weight is
                 # defined on their sum
                 value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
                 if schedule.folding:
-                    value = value + schedule.folding * F.relu(-jacobian_determinant(mapped)).mean()
+                    folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
+                    value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()
                 return value
 
-            clock.minimise(torch.optim.Adam([residual], lr=schedule.deformable_lr), steps, loss)
+            clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=schedule.deformable_lr), steps, loss)
         with torch.no_grad():
-            out = (
-                aligned
-                if residual is None
-                else aligned + F.interpolate(residual, size=shape, mode="trilinear", align_corners=True)
-            )
+            out = aligned if residual is None else aligned + _resize(residual, shape)
             return (out + 1.0) * scale, _voxel_affine(eye + lin, shift, scale.view(3))
 
 
-class _Steps:
-    """Counts Adam steps across levels, reports the fraction done and remembers a stop request."""
+def _plan(levels: list[tuple[int, int]], shape: tuple[int, ...]) -> list[tuple[tuple[int, int, int], int, int]]:
+    """(level shape, steps, side) per level; a level capped to the same shape as the one before is dropped."""
+    plan: list[tuple[tuple[int, int, int], int, int]] = []
+    for side, steps in levels:
+        lv = level_shape(shape, side)
+        if plan and plan[-1][0] == lv:
+            continue
+        plan.append((lv, steps, side))
+    return plan
 
-    def __init__(self, total: int, step: StepFn | None):
-        self.total, self.done, self.step, self.stopped = max(total, 1), 0, step, False
 
-    def minimise(self, opt: torch.optim.Optimizer, steps: int, loss: Callable[[], torch.Tensor]) -> None:
+class _Clock:
+    """Runs the levels' steps, reports the share of work done, ends a level on convergence,
+    remembers a stop request and records what each level did."""
+
+    def __init__(self, total: float, step: StepFn | None, schedule: RefineSchedule, record: list[LevelRecord] | None):
+        self.total, self.done, self.step, self.stopped = max(total, 1.0), 0.0, step, False
+        self.schedule, self.record = schedule, record
+
+    def minimise(
+        self,
+        stage: str,
+        shape: tuple[int, int, int],
+        opt: torch.optim.Optimizer,
+        steps: int,
+        loss: Callable[[], torch.Tensor],
+    ) -> None:
+        t0, ran, history = time.perf_counter(), 0, []
+        k, tol = self.schedule.patience, self.schedule.tolerance
         for _ in range(steps):
             if self.stopped:
-                return
+                break
             value = loss()
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
-            self.done += 1
+            ran += 1
+            self.done += _work(shape)
             if self.step is not None and self.step(self.done / self.total):
                 self.stopped = True
+            if tol <= 0:
+                continue
+            history.append(float(value.detach()))  # a device sync per step, so only when asked
+            if len(history) >= 2 * k:
+                if sum(history[-2 * k : -k]) / k - sum(history[-k:]) / k < tol:
+                    break
+        self.done += _work(shape) * (steps - ran)  # a level that converged early is work done
+        if self.record is not None:
+            self.record.append(LevelRecord(stage, shape, ran, steps, time.perf_counter() - t0))
 
 
 def _voxel_affine(lin: torch.Tensor, shift: torch.Tensor, s: torch.Tensor) -> torch.Tensor:

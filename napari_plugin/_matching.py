@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import threading
-from functools import lru_cache
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -34,32 +33,16 @@ JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
 REFINE_MEASURED = "5-9 s"
 """What the refine checkbox promises until a run here has measured it: the refinement of the
 96³ cardiac sample pair on 2 shared CPU cores in ``benchmarks/bench_gui.py`` (docs/GUI.md)."""
-REFINE_SPAN = (0.3, 0.6)
-"""Job progress at the refinement's first and last step (``gvsl_app.services.matching``
-reports ``0.3 + 0.3 * steps done / steps``)."""
-
-
-@lru_cache(maxsize=1)
-def _refine_step_costs() -> tuple[np.ndarray, np.ndarray]:
-    """(step fraction, work fraction) at each step of the default refinement schedule.
-
-    A step at image side ``s`` costs about ``s^3``: the 48^3 levels are a quarter of the
-    steps but most of the time, so the step count alone would promise too short a wait.
-    """
-    from models import RefineSchedule
-
-    schedule = RefineSchedule()
-    levels = list(schedule.affine_levels) + [(side, n) for side, _, n in schedule.deformable_levels]
-    cost = np.concatenate([np.full(n, float(side) ** 3) for side, n in levels])
-    steps = np.arange(len(cost) + 1) / max(len(cost), 1)
-    return steps, np.concatenate([[0.0], np.cumsum(cost) / cost.sum()])
 
 
 def refine_share_done(fraction: float) -> float:
-    """The share of the refinement's work done at the matching job's progress ``fraction``."""
+    """The share of the refinement's work done at the matching job's progress ``fraction``
+    (the engine moves the progress across ``REFINE_SPAN`` with the work done, weighted by
+    each level's size, so the time-left estimate can extrapolate linearly)."""
+    from gvsl_app.services.match_refine import REFINE_SPAN
+
     lo, hi = REFINE_SPAN
-    steps, work = _refine_step_costs()
-    return float(np.interp((fraction - lo) / (hi - lo), steps, work))
+    return min(1.0, max(0.0, (fraction - lo) / (hi - lo)))
 
 
 def displacement_vectors(result, per_axis: int = 12) -> tuple[np.ndarray, np.ndarray, int]:

@@ -132,9 +132,28 @@ def test_folding_penalty_unfolds_a_folded_starting_map(image):
     bump = torch.exp(-((z - 16) ** 2) / 8.0)  # a narrow wave along x that folds the map
     start[:, 2] += 6.0 * bump.view(1, 1, 1, 32)  # x moves by a bump in x: dx/dx < 0 on one flank
     assert (jacobian_determinant(start) <= 0).float().mean() > 0.02
-    fast = RefineSchedule(affine_levels=(), deformable_levels=((32, 32, 40),), deformable_lr=0.05)
+    fast = RefineSchedule(
+        affine_levels=(), deformable_levels=((32, 32, 40),), deformable_lr=0.05, tolerance=0, smoothness_side=32
+    )
     folded = []
     for weight in (0.0, 10.0):
         coords, _ = refine_coordinates(image, image, start, dataclasses.replace(fast, folding=weight))
         folded.append(float((jacobian_determinant(coords) <= 0).float().mean()))
     assert folded[1] < 0.5 * folded[0], folded
+
+
+def test_whole_field_refinement_regularises_the_starting_displacement_too(image):
+    # A starting map whose displacement is voxel-scale noise, which no coarse control grid can
+    # represent: refined as a whole (the default), the noise is replaced by a smooth field
+    # (here the identity, as moving == fixed); with only the correction regularised it stays.
+    torch.manual_seed(0)
+    identity = voxel_grid(SHAPE)[None]
+    start = identity + torch.randn(1, 3, *SHAPE)
+    eye = torch.eye(3, 4)[None]
+    errors = {}
+    for whole in (True, False):
+        schedule = dataclasses.replace(SMALL, whole_field=whole)
+        coords, _ = refine_coordinates(image, image, start, schedule, affine=eye)
+        errors[whole] = float((coords - identity).norm(dim=1).mean())
+    assert errors[True] < 0.3 * errors[False], errors
+    assert errors[False] > 1.0  # the noise (mean norm ~1.6 voxels) is still there

@@ -273,7 +273,7 @@ def test_more_network_passes_compose_into_one_map(tmp_path):
     two = M.match(fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=2)
     assert two.report["network_passes"] == 2 and one.report["network_passes"] == 1
     assert not np.allclose(one.displacement_mm, two.displacement_mm)
-    f_w, m_w = M._working_cubes(fixed, moving, (32, 32, 32))
+    f_w, m_w = (M._cube(a, (32, 32, 32)) for a in M._normalised_on_fixed_grid(fixed, moving))
     first, _ = M._run_network(model, m_w, f_w, torch.device("cpu"))
     again, _ = M._run_network(model, warp(m_w, first["coordinates"]), f_w, torch.device("cpu"))
     grid = voxel_grid((32, 32, 32)).unsqueeze(0)

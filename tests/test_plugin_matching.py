@@ -122,8 +122,9 @@ def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
     """During the refinement the bar shows an estimate of the time left, from the pace so far;
     other stages show none."""
     from gvsl_app.jobs.state import RUNNING, JobState
+    from gvsl_app.services.match_refine import REFINE_SPAN
     from napari_plugin._jobs import JobControls
-    from napari_plugin._matching import REFINE_SPAN, refine_share_done
+    from napari_plugin._matching import refine_share_done
 
     state = JobState()
     controls = JobControls(state, timed_stage=("refine", refine_share_done))
@@ -139,16 +140,32 @@ def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
     assert "left" not in controls.bar.format()
 
 
-def test_refinement_estimate_weighs_steps_by_their_cost():
-    """The refinement's late steps run at full resolution: half the steps are well under
-    half the work, so the estimate does not promise half the time at half the steps."""
-    from napari_plugin._matching import REFINE_SPAN, refine_share_done
+def test_refinement_progress_moves_with_the_work_done_not_the_step_count():
+    """The refinement's late steps run at the finest level: the engine reports the share of
+    work (steps weighted by voxels), so the time-left estimate can extrapolate linearly."""
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services.matching import match
+    from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
+    from napari_plugin._matching import refine_share_done
 
-    lo, hi = REFINE_SPAN
-    shares = [refine_share_done(lo + f * (hi - lo)) for f in np.linspace(0, 1, 11)]
-    assert shares[0] == 0.0 and shares[-1] == pytest.approx(1.0)
-    assert all(b >= a for a, b in zip(shares, shares[1:]))
-    assert shares[5] < 0.5
+    fixed, _ = make_cardiac_subject(1, (32, 32, 32))
+    moving, _ = make_cardiac_subject(2, (32, 32, 32))
+    schedule = RefineSchedule(affine_levels=((16, 20),), deformable_levels=((16, 8, 20), (32, 8, 20)))
+    seen = []
+    match(
+        fixed,
+        moving,
+        model=GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS),
+        size=32,
+        device="cpu",
+        refine=schedule,
+        progress=lambda stage, frac: seen.append(refine_share_done(frac)) if stage == "refine" else None,
+    )
+    shares = seen[1:]  # one per step, after the stage's opening report
+    assert len(shares) == 60 and shares[-1] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(shares, shares[1:]))
+    # the 40 steps at 16^3 are 2/3 of the steps but 2 * 4096 / (2 * 4096 + 32768) = 1/5 of the work
+    assert shares[39] == pytest.approx(0.2)
 
 
 def test_displacement_vectors_are_physical_on_oblique_grids(make_napari_viewer):

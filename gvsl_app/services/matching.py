@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -14,11 +13,13 @@ import torch
 from gvsl_app.data.preprocess import Modality, check_overlap, detect_modality, normalise, resample_to, resize_array
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
+from gvsl_app.services.match_refine import REFINE_SPAN, refine_map, refine_summary
 from gvsl_app.services.match_result import MatchResult
 from gvsl_app.services.metrics import dice_per_label
 from gvsl_app.services.weights import load_gvsl
-from models import GVSL, RefineSchedule, local_ncc, refine_coordinates, resolve_device
+from models import GVSL, RefineSchedule, local_ncc, resolve_device
 from models.device import autocast
+from models.instance_optimisation import LevelRecord
 from models.spatial import compose_affines, compose_coordinates, voxel_grid, warp
 
 log = logging.getLogger(__name__)
@@ -91,30 +92,34 @@ def match(
     t = time.perf_counter()
     say("preprocess", 0.1)
     shape = (size, size, size)
-    f_w, m_w = _working_cubes(fixed, moving, shape)
+    fixed_n, moving_n = _normalised_on_fixed_grid(fixed, moving)
+    f_w, m_w = _cube(fixed_n, shape), _cube(moving_n, shape)
     times["preprocess_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("network", 0.25)
     out, used = _network_map(model, m_w, f_w, dev, int(passes))
     times["network_s"] = time.perf_counter() - t
-    network_ncc = out["ncc_after"]
+    out["ncc_network"] = out["ncc_after"]
     fell_back: list[str] = []
     if fallback and out["ncc_after"] < out["ncc_before"]:
         fell_back.append(_use_identity(out, shape, "the network's map"))
 
     schedule = RefineSchedule() if refine is True else (refine or None)
-    steps_done = 0
+    steps_done, grid = 0, shape
+    levels: list[LevelRecord] = []
     if schedule is not None:
         t = time.perf_counter()
-        say("refine", 0.3)
-        steps_done, note = _refine(out, m_w, f_w, used, schedule, say, should_stop, fallback)
+        say("refine", REFINE_SPAN[0])
+        grid, steps_done, levels, note = refine_map(
+            out, shape, fixed_n, moving_n, (f_w, m_w), used, schedule, say, should_stop, fallback
+        )
         fell_back += [note] if note else []
         times["refine_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say("displacement", 0.6)
-    disp_mm, jac, affine_phys = map_on_fixed_grid(out, fixed, shape)
+    say("displacement", REFINE_SPAN[1])
+    disp_mm, jac, affine_phys = map_on_fixed_grid(out, fixed, grid)
     times["upsample_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -131,10 +136,11 @@ def match(
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
-        "refined": _refine_summary(schedule, steps_done),
+        "refined": refine_summary(schedule, steps_done, levels),
+        "similarity_grid": list(grid),
         "ncc_before": out["ncc_before"],
         "ncc_after": out["ncc_after"],
-        "ncc_network": network_ncc,
+        "ncc_network": out["ncc_network"],
         "fallback": fell_back,
         "warnings": warnings,
         **_map_summary(jac, disp_mm),
@@ -147,13 +153,6 @@ def match(
     result.report = report
     say("done", 1.0)
     return result
-
-
-def _refine_summary(schedule: RefineSchedule | None, steps_done: int) -> dict | None:
-    """The refinement's schedule and the steps it took (None without refinement)."""
-    if schedule is None:
-        return None
-    return {"steps": schedule.total_steps, "steps_done": steps_done, **dataclasses.asdict(schedule)}
 
 
 def _map_summary(jac: np.ndarray, disp_mm: np.ndarray) -> dict[str, float]:
@@ -202,12 +201,15 @@ def _overlap_warnings(overlap: float, fixed: Volume, moving: Volume) -> list[str
     return [msg]
 
 
-def _working_cubes(fixed: Volume, moving: Volume, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both scans on the fixed grid in physical space, normalised and resized to the working cube."""
-    moving_on_fixed = resample_to(moving, fixed)
-    f_w = torch.from_numpy(resize_array(normalise(fixed), shape))[None, None]
-    m_w = torch.from_numpy(resize_array(normalise(moving_on_fixed), shape))[None, None]
-    return f_w, m_w
+def _cube(array: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+    """A normalised scan resized to ``shape``, as a (1, 1, D, H, W) tensor."""
+    return torch.from_numpy(resize_array(array, shape))[None, None]
+
+
+def _normalised_on_fixed_grid(fixed: Volume, moving: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """Both scans on the fixed grid in physical space, normalised (the network's and the
+    refinement's images are resized from these)."""
+    return normalise(fixed), normalise(resample_to(moving, fixed))
 
 
 def _network_map(
@@ -240,45 +242,6 @@ def _compose_passes(out: dict, again: dict, m_w: torch.Tensor, f_w: torch.Tensor
     out["coordinates"] = compose_coordinates(out["coordinates"], again["coordinates"])
     out["affine"] = compose_affines(out["affine"], again["affine"])
     out["ncc_after"] = float(-local_ncc(warp(m_w, out["coordinates"]), f_w))
-
-
-def _refine(
-    out: dict,
-    m_w: torch.Tensor,
-    f_w: torch.Tensor,
-    used: torch.device,
-    schedule: RefineSchedule,
-    say: ProgressFn,
-    should_stop: Callable[[], bool] | None,
-    fallback: bool,
-) -> tuple[int, str]:
-    """Polish ``out``'s map in place by instance optimisation; (steps done, fallback note or "")."""
-    dev_r = used if used.type != "mps" else torch.device("cpu")  # MPS lacks 3D grid_sample backward
-    stop = should_stop or (lambda: False)
-    done = [0]
-
-    def step(frac: float) -> bool:
-        done[0] += 1
-        say("refine", 0.3 + 0.3 * frac)
-        return bool(stop())
-
-    coords, correction = refine_coordinates(
-        m_w.to(dev_r), f_w.to(dev_r), out["coordinates"].to(dev_r), schedule, step=step
-    )
-    coords, corr, net = coords.cpu(), correction[0].cpu(), out["affine"][0]
-    with torch.no_grad():
-        refined_ncc = float(-local_ncc(warp(m_w, coords), f_w))
-    if refined_ncc >= out["ncc_after"] or not fallback:
-        out["coordinates"] = coords
-        out["affine"] = compose_affines(corr, net)[None]
-        out["ncc_after"] = refined_ncc
-        return done[0], ""
-    note = (
-        f"the refinement lowered the local NCC ({out['ncc_after']:.4f} -> {refined_ncc:.4f}); "
-        "kept the map it started from"
-    )
-    log.warning("gvsl match: %s", note)
-    return done[0], note
 
 
 def _label_overlap(moving_labels: Volume, fixed_labels: Volume, warped_labels: Volume, fixed: Volume) -> dict:
