@@ -190,7 +190,7 @@ class MatchingWidget(QWidget):
         self.report.setText(report_html(r.report, names))
         self.export_button.setEnabled(True)
         refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
-        if refine_s is not None and refined.get("steps_done") == refined.get("steps"):  # not stopped early
+        if refine_s is not None and not refined.get("stopped"):
             # what it cost here, for these volumes and this working size, is the best promise
             self.refine.setText(f"refine on this pair (took {refine_s:.1f} s last run)")
         vec = layer_data[-1][1]
@@ -286,6 +286,9 @@ def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
             f"(network {sec.get('network_s', 0):.2f} s{refined})",
         )
     )
+    for lv in (rep.get("refined") or {}).get("levels", []):
+        side = "×".join(str(n) for n in lv["shape"])
+        rows.append((f"refine {lv['stage']} {side}", f"{lv['steps']}/{lv['planned']} steps, {lv['seconds']:.2f} s"))
     for key, after in (rep.get("dice_after") or {}).items():
         name = names.get(int(key), f"label {key}")
         rows.append((f"Dice {name}", f"{rep['dice_before'][key]:.3f} → {after:.3f}"))

@@ -178,6 +178,7 @@ def test_match_refine_records_the_refinement(data, weights, tmp_path):
     assert "refinement" in proc.stdout
     r = json.loads((out / "report.json").read_text())
     levels = r["refined"]["levels"]
+    assert r["refined"]["stopped"] is False
     # levels end early on convergence: the steps done are what the levels record
     assert 0 < r["refined"]["steps_done"] == sum(lv["steps"] for lv in levels) <= r["refined"]["steps"]
     assert all(0 < lv["steps"] <= lv["planned"] and lv["seconds"] > 0 for lv in levels)

@@ -121,7 +121,7 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
         should_stop=lambda: calls.append(1) or len(calls) > 3,
     )
     assert len(calls) == 4 and stopped.displacement_mm.shape == (*fixed.shape, 3)
-    assert stopped.report["refined"]["steps_done"] == 4 < SMALL.total_steps
+    assert stopped.report["refined"]["steps_done"] == 4 < SMALL.total_steps and stopped.report["refined"]["stopped"]
 
 
 def test_folding_penalty_unfolds_a_folded_starting_map(image):

@@ -107,13 +107,13 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
     qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
     assert w.state.status == "done", w.state.message
     refined = w.result.report["refined"]
-    assert 0 < refined["steps_done"] < refined["steps"]
+    assert 0 < refined["steps_done"] < refined["steps"] and refined["stopped"]
     assert "refinement" in w.report.text()
     assert not w.controls.stop_button.isEnabled()
     assert "took" not in w.refine.text()  # a run stopped early measures nothing
     # the next run starts with a cleared stop request and refines to the end
     _run(qtbot, w)
-    assert w.result.report["refined"]["steps_done"] == w.result.report["refined"]["steps"]
+    assert not w.result.report["refined"]["stopped"]
     # the checkbox now promises what the refinement took here
     assert f"took {w.result.report['seconds']['refine_s']:.1f} s" in w.refine.text()
 
@@ -276,3 +276,25 @@ def test_report_shows_fallbacks_and_modality_warnings_above_the_numbers():
     text = report_html(rep)
     assert text.index("looks like MR") < text.index("used the identity") < text.index("NCC</b>")
     assert report_html({**rep, "warnings": [], "fallback": []}).count("⚠") == 0
+
+
+def test_report_lists_each_refinement_level_with_its_steps_and_seconds():
+    from napari_plugin._matching import report_html
+
+    levels = [
+        {"stage": "affine", "shape": [20, 24, 20], "steps": 36, "planned": 150, "seconds": 0.14},
+        {"stage": "deformable", "shape": [80, 96, 78], "steps": 30, "planned": 30, "seconds": 6.81},
+    ]
+    rep = {
+        "ncc_before": 0.2,
+        "ncc_after": 0.5,
+        "folding_percent": 0.0,
+        "jacobian_min": 1.0,
+        "max_displacement_mm": 3.0,
+        "seconds": {"total_s": 9.0, "network_s": 0.5, "refine_s": 7.2},
+        "refined": {"levels": levels},
+    }
+    text = report_html(rep)
+    assert "refine affine 20×24×20" in text and "36/150 steps, 0.14 s" in text
+    assert text.index("refine affine") < text.index("refine deformable 80×96×78") and "30/30 steps, 6.81 s" in text
+    assert "refine " not in report_html({**rep, "refined": None})

@@ -92,7 +92,8 @@ def refine_map(
     def step(frac: float) -> bool:
         done[0] += 1
         say("refine", REFINE_SPAN[0] + (REFINE_SPAN[1] - REFINE_SPAN[0]) * frac)
-        return bool(stop())
+        out["refine_stopped"] = bool(stop())
+        return out["refine_stopped"]
 
     coords, correction = refine_coordinates(
         m_r.to(dev), f_r.to(dev), start.to(dev), schedule, step=step, affine=start_affine.to(dev), record=levels
@@ -116,13 +117,17 @@ def refine_map(
     return grid, done[0], levels, ""
 
 
-def refine_summary(schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord]) -> dict | None:
-    """The refinement's schedule, the steps it took and what each level did (None without refinement)."""
+def refine_summary(
+    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], stopped: bool = False
+) -> dict | None:
+    """The refinement's schedule, the steps it took, whether a stop request ended it and what
+    each level did (None without refinement)."""
     if schedule is None:
         return None
     return {
         "steps": schedule.total_steps,
         "steps_done": steps_done,
+        "stopped": stopped,
         "levels": [
             {**dataclasses.asdict(lv), "shape": list(lv.shape), "seconds": round(lv.seconds, 4)} for lv in levels
         ],

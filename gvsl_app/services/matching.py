@@ -136,7 +136,7 @@ def match(
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
-        "refined": refine_summary(schedule, steps_done, levels),
+        "refined": refine_summary(schedule, steps_done, levels, bool(out.get("refine_stopped"))),
         "similarity_grid": list(grid),
         "ncc_before": out["ncc_before"],
         "ncc_after": out["ncc_after"],
