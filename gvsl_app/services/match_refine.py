@@ -4,6 +4,7 @@ scans no larger than that), not only at the network's working cube."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from gvsl_app.data.preprocess import resize_array
 from models import RefineSchedule, local_ncc, refine_coordinates
+from models.device import cpu_threads, threads_for_load
 from models.instance_optimisation import LevelRecord, level_shape
 from models.spatial import compose_affines, warp
 
@@ -95,9 +97,12 @@ def refine_map(
         out["refine_stopped"] = bool(stop())
         return out["refine_stopped"]
 
-    coords, correction = refine_coordinates(
-        m_r.to(dev), f_r.to(dev), start.to(dev), schedule, step=step, affine=start_affine.to(dev), record=levels
-    )
+    # hundreds of small steps: threads beyond the free cores would wait on each other
+    out["refine_threads"] = threads_for_load() if dev.type == "cpu" else None
+    with cpu_threads(out["refine_threads"]) if out["refine_threads"] else contextlib.nullcontext():
+        coords, correction = refine_coordinates(
+            m_r.to(dev), f_r.to(dev), start.to(dev), schedule, step=step, affine=start_affine.to(dev), record=levels
+        )
     coords = coords.cpu()
     with torch.no_grad():
         refined_ncc = float(-local_ncc(warp(m_r, coords), f_r))
@@ -118,16 +123,17 @@ def refine_map(
 
 
 def refine_summary(
-    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], stopped: bool = False
+    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], out: dict
 ) -> dict | None:
-    """The refinement's schedule, the steps it took, whether a stop request ended it and what
-    each level did (None without refinement)."""
+    """The refinement's schedule, the steps it took, whether a stop request ended it, the CPU
+    threads it ran on and what each level did (None without refinement)."""
     if schedule is None:
         return None
     return {
         "steps": schedule.total_steps,
         "steps_done": steps_done,
-        "stopped": stopped,
+        "stopped": bool(out.get("refine_stopped")),
+        "cpu_threads": out.get("refine_threads"),
         "levels": [
             {**dataclasses.asdict(lv), "shape": list(lv.shape), "seconds": round(lv.seconds, 4)} for lv in levels
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from gvsl_app.services.match_result import MatchResult
 from gvsl_app.services.metrics import dice_per_label
 from gvsl_app.services.weights import load_gvsl
 from models import GVSL, RefineSchedule, local_ncc, resolve_device
-from models.device import autocast
+from models.device import autocast, cpu_threads, threads_for_load
 from models.instance_optimisation import LevelRecord
 from models.spatial import compose_affines, compose_coordinates, voxel_grid, warp
 
@@ -98,7 +99,9 @@ def match(
 
     t = time.perf_counter()
     say("network", 0.25)
-    out, used = _network_map(model, m_w, f_w, dev, int(passes))
+    # threads beyond the cores other processes leave free wait on each other at every layer
+    with cpu_threads(threads_for_load()) if dev.type == "cpu" else contextlib.nullcontext():
+        out, used = _network_map(model, m_w, f_w, dev, int(passes))
     times["network_s"] = time.perf_counter() - t
     out["ncc_network"] = out["ncc_after"]
     fell_back: list[str] = []
@@ -136,7 +139,7 @@ def match(
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
-        "refined": refine_summary(schedule, steps_done, levels, bool(out.get("refine_stopped"))),
+        "refined": refine_summary(schedule, steps_done, levels, out),
         "similarity_grid": list(grid),
         "ncc_before": out["ncc_before"],
         "ncc_after": out["ncc_after"],

@@ -1,0 +1,57 @@
+"""Peak memory of ``gvsl match`` on a large pair: does a 256^3 pair fit a 24 GB machine?
+
+Usage:
+  python benchmarks/match_memory.py [--side 256] [--no-refine] [--size 48]
+
+Writes a synthetic cardiac pair (subject seeds 3000 and 3001, ``--side``^3 voxels) as NIfTI
+into a temporary folder, then runs the real command ``gvsl match FIXED MOVING --out OUT``
+(the demo weights, refinement on unless ``--no-refine``) in a child process and prints its
+peak resident memory (``ru_maxrss`` of the child: the whole command, reading and writing
+included) and wall time, and the report's seconds per stage and per refinement level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gvsl_app.data.synthetic import make_cardiac_subject
+from gvsl_app.io.images import write_volume
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--size", type=int, default=48, help="network working cube")
+    ap.add_argument("--no-refine", action="store_true")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, seed in (("fixed", 3000), ("moving", 3001)):
+            image, _ = make_cardiac_subject(seed, (args.side,) * 3)
+            write_volume(image, folder / f"{name}.nii.gz")
+        cmd = [sys.executable, "-m", "gvsl_app.cli", "match", str(folder / "fixed.nii.gz")]
+        cmd += [str(folder / "moving.nii.gz"), "--out", str(folder / "out"), "--size", str(args.size)]
+        cmd += ["--device", "cpu"] + (["--no-refine"] if args.no_refine else [])
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # Linux: kB
+        report = json.loads((folder / "out" / "report.json").read_text())
+    print(f"gvsl match, {args.side}^3 pair, working size {args.size}, refine {not args.no_refine}")
+    print(f"  peak resident memory of the command: {peak_gb:.2f} GB; wall time {wall:.1f} s")
+    print("  seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in report["seconds"].items()))
+    for lv in (report.get("refined") or {}).get("levels", []):
+        shape = "x".join(map(str, lv["shape"]))
+        print(f"  refine {lv['stage']:<10} {shape:>10}: {lv['steps']:>3}/{lv['planned']} steps, {lv['seconds']:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
