@@ -55,7 +55,7 @@ class RefineSchedule:
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
-    deformable_levels: tuple[tuple[int, int, int], ...] = ((24, 12, 80), (48, 16, 40), (96, 16, 30))
+    deformable_levels: tuple[tuple[int, int, int], ...] = ((24, 12, 80), (48, 16, 40), (96, 16, 20))
     window: int = 9
     smoothness: float = 0.02
     smoothness_side: int = 48

@@ -1,0 +1,112 @@
+"""Which refinement schedule: Dice and seconds of ``gvsl match`` with each candidate, on cardiac CT and brain MR.
+
+Usage:
+  python benchmarks/refine_schedules.py [--cardiac-pairs 5] [--brain-pairs 1] [--rows NAME ...] [--threads 1]
+                                        [--json OUT]
+
+The network (the shipped demo weights) then the refinement with each candidate schedule,
+on the held-out cardiac pairs of ``bench_match.py`` (subject seeds 3000 + 2i / + 2i + 1,
+96^3, working size 48, mean Dice of the seven structures) and the MNI-derived brain pairs of
+``bench_brain_match.py`` (seeds 5000 + 2i / + 2i + 1 on the template's native 1 mm grid,
+mean Dice and HD95 of grey matter, white matter and CSF). Prints per row the mean Dice, the
+seconds per pair inside the matching service and the steps each level ran (levels end early
+on convergence). Rows:
+
+* ``coarse``: the levels at 24 and 48 voxels only (the schedule before the finest level);
+* ``default``: ``models.RefineSchedule()``;
+* ``fine30``: the finest level (96) with 30 steps instead of 20;
+* ``fine80``: the finest level at 80 voxels, 30 steps;
+* ``no-tolerance``: the default without convergence stopping;
+* ``residual``: the default, the network's displacement kept as it is and only the
+  correction on top of it regularised (``whole_field=False``, the earlier behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_brain_match import score
+from match_models import load_model, mean_dice
+
+from gvsl_app.data.brain import make_brain_subject
+from gvsl_app.data.synthetic import make_cardiac_subject
+from gvsl_app.services.matching import match
+from models import RefineSchedule
+
+D = RefineSchedule()
+ROWS: dict[str, RefineSchedule] = {
+    "coarse": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2]),
+    "default": D,
+    "fine30": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 16, 30),)),
+    "fine80": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((80, 16, 30),)),
+    "no-tolerance": dataclasses.replace(D, tolerance=0.0),
+    "residual": dataclasses.replace(D, whole_field=False),
+}
+
+
+def _pairs(kind: str, n: int):
+    for i in range(n):
+        if kind == "cardiac":
+            a, b = 3000 + 2 * i, 3001 + 2 * i
+            yield make_cardiac_subject(a, (96, 96, 96)), make_cardiac_subject(b, (96, 96, 96))
+        else:
+            yield make_brain_subject(5000 + 2 * i, None), make_brain_subject(5001 + 2 * i, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cardiac-pairs", type=int, default=5)
+    ap.add_argument("--brain-pairs", type=int, default=1)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable under load)")
+    ap.add_argument("--json", help="write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in ("gvsl_app.services.matching", "gvsl_app.services.match_refine"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    model, info = load_model(None, "cpu")
+    print(f"weights: {info}; {args.threads} thread(s)", flush=True)
+    rows = []
+    for kind, n in (("cardiac", args.cardiac_pairs), ("brain", args.brain_pairs)):
+        data = list(_pairs(kind, n))
+        for name in args.rows:
+            dice, hd95, secs, steps = [], [], [], []
+            for (fixed, fl), (moving, ml) in data:
+                r = match(fixed, moving, model=model, size=48, device="cpu", moving_labels=ml, refine=ROWS[name])
+                if kind == "brain":
+                    d, h = score(r.warped_labels.array, fl)
+                else:
+                    d, h = mean_dice(r.warped_labels.array, fl.array), float("nan")
+                dice.append(d)
+                hd95.append(h)
+                secs.append(r.report["seconds"]["total_s"])
+                steps.append([lv["steps"] for lv in r.report["refined"]["levels"]])
+            row = {
+                "kind": kind,
+                "row": name,
+                "dice": float(np.mean(dice)),
+                "dice_per_pair": dice,
+                "hd95_mm": float(np.mean(hd95)),
+                "seconds": float(np.mean(secs)),
+                "steps_first_pair": steps[0],
+            }
+            rows.append(row)
+            print(
+                f"{kind:<8} {name:<13} Dice {row['dice']:.4f}  HD95 {row['hd95_mm']:.2f} mm  "
+                f"{row['seconds']:.1f} s/pair  steps {steps[0]}",
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"weights": info, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
