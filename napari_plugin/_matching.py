@@ -30,9 +30,10 @@ WARPED, WARPED_LABELS = "warped moving", "warped labels"
 DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
 JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
 
-REFINE_MEASURED = "5-9 s"
-"""What the refine checkbox promises until a run here has measured it: the refinement of the
-96³ cardiac sample pair on 2 shared CPU cores in ``benchmarks/bench_gui.py`` (docs/GUI.md)."""
+REFINE_MEASURED = "9-15 s"
+"""What the refine checkbox promises until a run here has measured it: the refinement of a
+96³ cardiac pair on the project's 2-core CPU (8.9 s alone in ``benchmarks/match_memory.py
+--side 96``, 8-15 s per pair in ``benchmarks/bench_match.py`` beside another benchmark)."""
 
 
 def refine_share_done(fraction: float) -> float:
