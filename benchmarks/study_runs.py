@@ -122,6 +122,7 @@ def pretrain_config(budget: Budget, variant: str, seed: int, run: Path, device: 
         width=budget.width,
         batch=budget.pre_batch,
         lr=budget.pre_lr,
+        decay_start=budget.pre_decay_start,
         device=device,
         seed=seed,
         workers=budget.workers,

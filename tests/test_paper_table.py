@@ -111,3 +111,14 @@ def test_summary_helpers(pt):
     assert _cell(0.512, 0.0, 1, 0.432, False, False) == "0.512 (+0.080)"
     assert _cell(float("nan"), 0.0, 0, 0.4, False, False) == "n/a"
     assert _nan_to_none({"a": [float("nan"), 1.0]}) == {"a": [None, 1.0]}
+
+
+def test_budgets_pass_their_pretraining_schedule_to_the_engine(pt, tmp_path):
+    import study_plan
+    import study_runs
+
+    medium = study_plan.BUDGETS["medium"]
+    cfg = study_runs.pretrain_config(medium, "gvsl", 0, tmp_path / "run", "cpu")
+    assert (cfg.iters, cfg.decay_start, cfg.lr) == (3000, 1500, 1e-3)
+    # the budgets without a decay keep the constant rate they were measured with
+    assert study_runs.pretrain_config(study_plan.BUDGETS["small"], "gvsl", 0, tmp_path / "s", "cpu").decay_start == 0
