@@ -92,7 +92,8 @@ def level_shape(shape: tuple[int, ...], side: int) -> tuple[int, int, int]:
     return (d, h, w)
 
 
-def _scale(shape) -> torch.Tensor:
+def half_extent(shape: tuple[int, ...]) -> torch.Tensor:
+    """(1, 3, 1, 1, 1) half extents ``(n - 1) / 2`` of a grid: voxel = (normalised + 1) * half extent."""
     return torch.tensor([(n - 1) / 2.0 for n in shape], dtype=torch.float32).view(1, 3, 1, 1, 1)
 
 
@@ -134,7 +135,7 @@ def refine_coordinates(
         raise ValueError("refine_coordinates works on one pair (batch size 1)")
     shape = tuple(int(n) for n in fixed.shape[2:])
     dev = fixed.device
-    scale = _scale(shape).to(dev)
+    scale = half_extent(shape).to(dev)
     base = coords.detach().float() / scale - 1.0  # normalised (z, y, x)
     field = None  # the starting map's own displacement, when it is refined as a whole
     if affine is not None and schedule.whole_field and schedule.deformable_levels:
@@ -164,7 +165,7 @@ def refine_coordinates(
         for lv, steps, _ in affine_plan:
             mm, ff, bb = _resize(m, lv), _resize(f, lv), _resize(base, lv)
             uu = 0.0 if field is None else _resize(field, lv)
-            s = _scale(lv).to(dev)
+            s = half_extent(lv).to(dev)
             clock.minimise(
                 "affine",
                 lv,
@@ -180,11 +181,11 @@ def refine_coordinates(
         for lv, steps, side in deform_plan:
             grid = (grids[side],) * 3
             mm, ff, aa = _resize(m, lv), _resize(f, lv), _resize(aligned, lv)
-            s = _scale(lv).to(dev)
+            s = half_extent(lv).to(dev)
             # folds live at the control grid's scale: a coarser copy of the map finds them as
             # well, at a fraction of the cost of the Jacobian at a fine level's resolution
             fold_shape = level_shape(lv, schedule.folding_side)
-            aa_fold, s_fold = _resize(aligned, fold_shape), _scale(fold_shape).to(dev)
+            aa_fold, s_fold = _resize(aligned, fold_shape), half_extent(fold_shape).to(dev)
             if residual is None:
                 residual = torch.zeros(1, 3, *grid, device=dev) if field is None else _resize(field, grid)
             residual = _resize(residual.detach(), grid).requires_grad_(True)

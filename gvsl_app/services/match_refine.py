@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from gvsl_app.data.preprocess import resize_array
 from models import RefineSchedule, local_ncc, refine_coordinates
 from models.device import cpu_threads, threads_for_load
-from models.instance_optimisation import LevelRecord, level_shape
+from models.instance_optimisation import LevelRecord, half_extent, level_shape
 from models.spatial import compose_affines, warp
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ def regrid_coordinates(coords: torch.Tensor, src: tuple[int, ...], dst: tuple[in
     """A voxel sampling map on grid ``src`` as the same map on grid ``dst`` (both spanning the same box)."""
     if tuple(src) == tuple(dst):
         return coords
-    s_src = _half_extent(src)
+    s_src = half_extent(src)
     normalised = coords / s_src - 1.0
     resized = F.interpolate(normalised, size=tuple(dst), mode="trilinear", align_corners=True)
-    return (resized + 1.0) * _half_extent(dst)
+    return (resized + 1.0) * half_extent(dst)
 
 
 def regrid_affine(affine: torch.Tensor, src: tuple[int, ...], dst: tuple[int, ...]) -> torch.Tensor:
@@ -50,10 +50,6 @@ def regrid_affine(affine: torch.Tensor, src: tuple[int, ...], dst: tuple[int, ..
     k = torch.tensor([(d - 1) / max(s - 1, 1) for s, d in zip(src, dst)], dtype=affine.dtype)
     lin = k.view(1, 3, 1) * affine[:, :, :3] / k.view(1, 1, 3)
     return torch.cat([lin, k.view(1, 3, 1) * affine[:, :, 3:]], dim=2)
-
-
-def _half_extent(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor([(n - 1) / 2.0 for n in shape], dtype=torch.float32).view(1, 3, 1, 1, 1)
 
 
 def refine_map(
