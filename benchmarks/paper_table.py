@@ -7,10 +7,12 @@ Usage::
     python benchmarks/paper_table.py --budget paper --device cuda   # the paper's sizes (GPU, days)
     python benchmarks/paper_table.py --budget tiny --out /tmp/smoke # plumbing check, seconds
     python benchmarks/paper_table.py --budget small --dry-run       # plan and time estimate only
+    python benchmarks/paper_table.py --budget gpu --seeds 0 1 2 --jobs 15 --device cuda  # ~8 min, one H200
 
-For every seed it pre-trains, with the same budget each, the four variants ``restoration``
+For every seed it pre-trains, with the same budget each, the five variants ``restoration``
 (Models Genesis-style fundament only), ``matching`` (Z-Matching only), ``no-affine`` and
-``gvsl`` (whole) on synthetic cardiac CT subjects; ``scratch`` has no pre-training. Every
+``gvsl`` (whole, the studio's Z-Matching heads) and ``paper-heads`` (whole, the paper's heads)
+on synthetic cardiac CT subjects; ``scratch`` has no pre-training. Every
 method is then evaluated downstream with linear evaluation (frozen backbone) and fine-tuning:
 
 * ``heart_seg``: seven cardiac structures on held-out synthetic cardiac subjects, few
@@ -27,6 +29,10 @@ the same hyper-parameters (fixed per budget before any result was seen), no per-
 
 Clustering (Fig. 7): silhouette of the seven structures in local-feature space (mean over a
 few held-out cardiac subjects and the seeds) and a t-SNE scatter per method.
+
+Beside the means, GVSL is compared with every other row seed by seed (paired differences).
+``--jobs N`` runs N pre-training, then N downstream runs at once in separate processes (on a
+GPU, small networks leave the card mostly idle); the results are the same runs either way.
 
 Writes ``OUT/RESULTS.md``, ``OUT/results.json`` and ``OUT/figures/*.png``. ``--out`` defaults
 to ``docs`` for the ``small`` and ``paper`` budgets and to ``WORK/out`` for ``tiny`` (a tiny
@@ -50,7 +56,15 @@ from study_clustering import clustering
 from study_figures import draw_figures
 from study_plan import BUDGETS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
 from study_report import write_outputs
-from study_runs import downstream_config, downstream_value, make_data, pretrain_config, pretrain_diagnostics, run_job
+from study_runs import (
+    downstream_config,
+    downstream_value,
+    make_data,
+    pretrain_config,
+    pretrain_diagnostics,
+    run_job,
+    run_jobs_side_by_side,
+)
 from study_stats import Measurements, silhouette_summary
 from study_timing import Clock, calibrate, estimate, fmt_s
 
@@ -81,6 +95,13 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--pre-iters", type=int, help="override the budget's pre-training iterations (recorded)")
     p.add_argument("--ft-iters", type=int, help="override the budget's fine-tuning iterations (recorded)")
     p.add_argument("--linear-iters", type=int, help="override the budget's linear-probe iterations (recorded)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs side by side in separate processes (default 1): all pre-training runs first, then all "
+        "downstream runs; worth it on a GPU, where small networks leave the card mostly idle",
+    )
     p.add_argument("--no-estimate", action="store_true", help="skip the step-time calibration and the estimate")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
     p.add_argument("--quiet", action="store_true")
@@ -182,45 +203,95 @@ def _time_estimate(args, budget: Budget, seeds: list[int], dev, clock: Clock) ->
     return est
 
 
-def _pretrain_seed(budget: Budget, seed: int, base: Path, device: str, clock: Clock, measured: Measurements) -> dict:
-    """Pre-train every variant for one seed; returns the checkpoint each method starts from (None for scratch)."""
+def _number(v) -> float:
+    """A report's number, NaN where it is missing or null (a JSON report writes NaN as null)."""
+    return float("nan") if v is None else float(v)
+
+
+def _pretrain_jobs(budget: Budget, seed: int, base: Path, device: str) -> list[tuple[str, object, str]]:
+    """The pre-training runs of one seed as ``(kind, config, label)``, one per variant."""
+    return [
+        ("pretrain", pretrain_config(budget, v, seed, base / "pretrain" / v, device), f"pretrain {v} seed {seed}")
+        for v in VARIANTS
+    ]
+
+
+def _starts(base: Path) -> dict[str, str | None]:
+    """The weights each method's downstream runs start from: None for scratch, else its pre-training's ``last.pt``."""
     ckpts: dict[str, str | None] = {"scratch": None}
-    for v in VARIANTS:
-        t = time.perf_counter()
-        cfg = pretrain_config(budget, v, seed, base / "pretrain" / v, device)
-        clock.say(f"seed {seed}: pre-training {v} ({budget.pre_iters} iterations)")
-        report, was = run_job("pretrain", cfg, f"pretrain {v} seed {seed}", clock)
-        measured.reused += was
-        measured.run_walls[f"seed{seed}/pretrain/{v}"] = float(report.get("wall_s", float("nan")))
-        ckpts[v] = str(Path(cfg.run) / "checkpoints" / "last.pt")
-        dt = time.perf_counter() - t
-        clock.add(f"pretrain {v}", dt)
-        clock.say(f"seed {seed}: pre-training {v} finished in {fmt_s(dt)}")
+    ckpts.update({v: str(base / "pretrain" / v / "checkpoints" / "last.pt") for v in VARIANTS})
     return ckpts
 
 
-def _downstream_seed(
-    budget: Budget, seed: int, base: Path, ckpts: dict, data: dict, device: str, clock: Clock, measured: Measurements
-) -> None:
-    """Run every task × evaluation × method for one seed and record its test-split value in ``measured``."""
+def _downstream_jobs(budget: Budget, seed: int, base: Path, data: dict, device: str) -> list[tuple]:
+    """The downstream runs of one seed as ``(kind, config, label, task, mode, method)``."""
+    ckpts = _starts(base)
+    jobs = []
     for task in TASKS:
         for mode in MODES:
-            t = time.perf_counter()
             for method in METHODS:
-                init = ckpts[method] or "scratch"
-                run = base / task / mode / method
-                cfg = downstream_config(budget, task, mode, init, seed, data[task], run, device)
-                report, was = run_job("finetune", cfg, f"{task} {mode} {method} seed {seed}", clock)
-                measured.reused += was
-                measured.run_walls[f"seed{seed}/{task}/{mode}/{method}"] = float(report.get("wall_s", float("nan")))
-                value = downstream_value(report, task)
-                measured.per_seed[task][mode][method][seed] = value
-                clock.say(
-                    f"seed {seed}: {task} {mode} {method}: test "
-                    f"{'AUC' if task == 'heart_cls' else 'Dice'} {value:.4f} "
-                    f"(best val {report.get('best_val', float('nan')):.4f})"
+                cfg = downstream_config(
+                    budget,
+                    task,
+                    mode,
+                    ckpts[method] or "scratch",
+                    seed,
+                    data[task],
+                    base / task / mode / method,
+                    device,
                 )
+                jobs.append(("finetune", cfg, f"{task} {mode} {method} seed {seed}", task, mode, method))
+    return jobs
+
+
+def _pretrain_seed(budget: Budget, seed: int, base: Path, device: str, clock: Clock, measured: Measurements) -> dict:
+    """Pre-train every variant for one seed; returns the checkpoint each method starts from (None for scratch)."""
+    for v, (kind, cfg, label) in zip(VARIANTS, _pretrain_jobs(budget, seed, base, device), strict=True):
+        t = time.perf_counter()
+        clock.say(f"seed {seed}: pre-training {v} ({budget.pre_iters} iterations)")
+        report, was = run_job(kind, cfg, label, clock)
+        measured.reused += was
+        measured.run_walls[f"seed{seed}/pretrain/{v}"] = _number(report.get("wall_s"))
+        dt = time.perf_counter() - t
+        clock.add(f"pretrain {v}", dt)
+        clock.say(f"seed {seed}: pre-training {v} finished in {fmt_s(dt)}")
+    return _starts(base)
+
+
+def _downstream_seed(
+    budget: Budget, seed: int, base: Path, data: dict, device: str, clock: Clock, measured: Measurements
+) -> None:
+    """Run every task × evaluation × method for one seed and record its test-split value in ``measured``."""
+    t = time.perf_counter()
+    for kind, cfg, label, task, mode, method in _downstream_jobs(budget, seed, base, data, device):
+        report, was = run_job(kind, cfg, label, clock)
+        measured.reused += was
+        measured.run_walls[f"seed{seed}/{task}/{mode}/{method}"] = _number(report.get("wall_s"))
+        value = downstream_value(report, task)
+        measured.per_seed[task][mode][method][seed] = value
+        clock.say(
+            f"seed {seed}: {task} {mode} {method}: test "
+            f"{'AUC' if task == 'heart_cls' else 'Dice'} {value:.4f} "
+            f"(best val {_number(report.get('best_val')):.4f})"
+        )
+        if method == METHODS[-1]:
             clock.add(f"{task} {mode}", time.perf_counter() - t)
+            t = time.perf_counter()
+
+
+def _side_by_side(budget: Budget, seeds: list[int], work: Path, data: dict, args, clock: Clock) -> None:
+    """With ``--jobs N``: every seed's pre-training runs, then every downstream run, N at a time.
+
+    The sequential pass that follows finds them finished and only reads their reports.
+    """
+    t = time.perf_counter()
+    pre = [j for s in seeds for j in _pretrain_jobs(budget, s, work / f"seed{s}", args.device)]
+    run_jobs_side_by_side(pre, args.jobs, clock)
+    clock.add("pretrain (side by side)", time.perf_counter() - t)
+    t = time.perf_counter()
+    down = [j[:3] for s in seeds for j in _downstream_jobs(budget, s, work / f"seed{s}", data, args.device)]
+    run_jobs_side_by_side(down, args.jobs, clock)
+    clock.add("downstream (side by side)", time.perf_counter() - t)
 
 
 def _cluster_seed(
@@ -268,11 +339,13 @@ def _main(argv: list[str] | None) -> dict:
     data = make_data(budget, work, clock)
     clock.add("data", time.perf_counter() - t)
 
+    if args.jobs > 1:
+        _side_by_side(budget, seeds, work, data, args, clock)
     measured = Measurements()
     for si, seed in enumerate(seeds):
         base = work / f"seed{seed}"
         ckpts = _pretrain_seed(budget, seed, base, args.device, clock, measured)
-        _downstream_seed(budget, seed, base, ckpts, data, args.device, clock, measured)
+        _downstream_seed(budget, seed, base, data, args.device, clock, measured)
         _cluster_seed(budget, seed, si == 0, ckpts, data["embed"], args.device, clock, measured)
 
     t = time.perf_counter()

@@ -10,8 +10,17 @@ from dataclasses import dataclass, replace
 
 TASKS = ("heart_seg", "heart_cls", "brain_seg")
 MODES = ("linear", "finetune")
-METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl")
-VARIANTS = ("restoration", "matching", "no-affine", "gvsl")
+METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl", "paper-heads")
+VARIANTS = ("restoration", "matching", "no-affine", "gvsl", "paper-heads")
+# A pre-training variant is the engine's ``variant`` plus the Z-Matching heads; "paper-heads" is
+# GVSL with the paper's heads instead of the studio's defaults, so the change of heads is measured.
+VARIANT_ENGINE: dict[str, dict[str, str]] = {
+    "restoration": {"variant": "restoration"},
+    "matching": {"variant": "matching"},
+    "no-affine": {"variant": "no-affine"},
+    "gvsl": {"variant": "gvsl"},
+    "paper-heads": {"variant": "gvsl", "affine_head": "paper", "deformable_head": "paper"},
+}
 TASK_TITLES = {
     "heart_seg": "Heart structures (Dice)",
     "heart_cls": "Abnormal myocardium (AUC)",
@@ -24,6 +33,7 @@ METHOD_TITLES = {
     "matching": "w/o Fundament (Z-Matching only)",
     "no-affine": "w/o Affine head",
     "gvsl": "GVSL (whole)",
+    "paper-heads": "GVSL with the paper's Z-Matching heads",
 }
 
 # Seeds of the generated data sets (subject i of a set with seed S uses subject_seed(S, i)).
@@ -171,6 +181,17 @@ BUDGETS["medium"] = replace(
     note="the small budget's downstream runs after 7.5x longer pre-training with the shipped "
     "weights' recipe (constant rate, then a cosine decay over the second half): the matching "
     "converges (docs/MATCHING.md); about 60 min per seed on the project's 2-core CPU",
+)
+
+
+# The medium study at the paper's width on one GPU, three seeds run side by side (``--jobs``):
+# planned for about 8 minutes of an H200 (scripts/gpu_study.sh). Same data, schedules and rates.
+BUDGETS["gpu"] = replace(
+    BUDGETS["medium"],
+    name="gpu",
+    width=32,
+    note="the medium budget at the paper's base width 32 (medium: 8) for one GPU, seeds run side by "
+    "side in separate processes; everything else as medium",
 )
 
 

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("heart_seg", "heart_cls", "brain_seg")
 MODES = ("linear", "finetune")
-METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl")
+METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl", "paper-heads")
 BENCHMARKS = ROOT / "benchmarks"
 
 
@@ -65,7 +65,9 @@ def test_results_json_structure(study):
     assert meta["budget"] == "tiny" and meta["smoke"] is True and meta["seeds"] == [0]
     assert meta["wall_s"]["total"] > 0 and "data" in meta["wall_s"]
     assert "paper_table.py --budget tiny" in meta["command"]
-    assert {r["variant"] for r in meta["pretrain_diagnostics"]} == {"restoration", "matching", "no-affine", "gvsl"}
+    assert {r["variant"] for r in meta["pretrain_diagnostics"]} == set(METHODS) - {"scratch"}
+    paired = meta["paired_gvsl_minus"]["heart_seg"]["linear"]
+    assert set(paired) == set(METHODS) - {"gvsl"} and all(p["n"] == 1 for p in paired.values())
 
 
 def test_results_md_and_figures(study):
@@ -78,6 +80,7 @@ def test_results_md_and_figures(study):
     for title in METHOD_TITLES.values():
         assert f"| {title} |" in md
     assert "(+" in md or "(-" in md  # differences to scratch
+    assert "## GVSL against each row, seed by seed" in md
     assert "Discussion" in md and "| **total** |" in md and "python benchmarks/paper_table.py" in md
     for name in [f"tsne_{m}.png" for m in METHODS] + ["fig7_tsne.png"]:
         png = out / "figures" / name
@@ -88,7 +91,7 @@ def test_results_md_and_figures(study):
 def test_rerun_reuses_runs(study):
     pt, argv, work, out, first = study
     again = pt.main(argv + ["--no-estimate"])
-    assert again["meta"]["runs_reused"] == 4 + 30
+    assert again["meta"]["runs_reused"] == 5 + 36
     for task in TASKS:
         assert again[task] == first[task]
 
@@ -122,3 +125,51 @@ def test_budgets_pass_their_pretraining_schedule_to_the_engine(pt, tmp_path):
     assert (cfg.iters, cfg.decay_start, cfg.lr) == (3000, 1500, 1e-3)
     # the budgets without a decay keep the constant rate they were measured with
     assert study_runs.pretrain_config(study_plan.BUDGETS["small"], "gvsl", 0, tmp_path / "s", "cpu").decay_start == 0
+
+
+def test_paper_heads_row_pretrains_gvsl_with_the_papers_heads(pt, tmp_path):
+    import study_plan
+    import study_runs
+
+    small = study_plan.BUDGETS["small"]
+    cfg = study_runs.pretrain_config(small, "paper-heads", 0, tmp_path / "p", "cpu")
+    assert (cfg.variant, cfg.affine_head, cfg.deformable_head) == ("gvsl", "paper", "paper")
+    default = study_runs.pretrain_config(small, "gvsl", 0, tmp_path / "g", "cpu")
+    assert (default.affine_head, default.deformable_head) != ("paper", "paper")
+
+
+def test_paired_differences_per_seed(pt):
+    from study_stats import Measurements, paired
+
+    per_seed = Measurements().per_seed
+    col = per_seed["heart_seg"]["linear"]
+    col["gvsl"].update({0: 0.60, 1: 0.50, 2: 0.70})
+    col["scratch"].update({0: 0.40, 1: 0.55, 2: 0.30})  # GVSL ahead on seeds 0 and 2, behind on 1
+    col["restoration"].update({0: 0.50, 2: float("nan")})  # only seed 0 is comparable
+    p = paired(per_seed, [0, 1, 2])["heart_seg"]["linear"]
+    assert p["scratch"]["diffs"] == pytest.approx([0.20, -0.05, 0.40])
+    assert p["scratch"]["wins"] == 2 and p["scratch"]["n"] == 3
+    assert p["scratch"]["mean"] == pytest.approx(0.55 / 3)
+    assert p["restoration"]["n"] == 1 and p["restoration"]["std"] == 0.0
+    assert p["matching"]["n"] == 0 and math.isnan(p["matching"]["mean"])
+
+
+def test_runs_side_by_side_finish_every_run_and_raise_a_failure(pt, tmp_path):
+    import dataclasses
+
+    import study_plan
+    import study_runs
+    from study_timing import Clock
+
+    tiny = study_plan.BUDGETS["tiny"]
+    jobs = [
+        ("pretrain", study_runs.pretrain_config(tiny, v, 0, tmp_path / v, "cpu"), v)
+        for v in ("restoration", "paper-heads")
+    ]
+    study_runs.run_jobs_side_by_side(jobs, 2, Clock(quiet=True))
+    for v in ("restoration", "paper-heads"):
+        report = json.loads((tmp_path / v / "report.json").read_text())
+        assert report["status"] == "done" and (tmp_path / v / "checkpoints" / "last.pt").is_file()
+    bad = dataclasses.replace(jobs[0][1], run=str(tmp_path / "bad"), data=str(tmp_path / "missing"))
+    with pytest.raises(Exception, match="missing"):
+        study_runs.run_jobs_side_by_side([("pretrain", bad, "bad")], 2, Clock(quiet=True))
