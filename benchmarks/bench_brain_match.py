@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/bench_brain_match.py [--pairs 2] [--seed-base 5000] [--shape native|N] [--size 48]
-                                        [--no-classical] [--json OUT]
+                                        [--no-classical] [--json OUT] [--device auto|cpu|cuda|cuda:N]
 
 Pairs of MNI-derived brain MR subjects (``gvsl_app.data.brain.make_brain_subject``: the
 nilearn MNI152 2009 template, each subject with its own random rotation (5 degrees),
@@ -58,11 +58,12 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=48, help="GVSL working cube")
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument("--json", help="write the rows to this JSON file")
+    ap.add_argument("--device", default="auto", help="GVSL network and refinement: auto, cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
     logging.getLogger("gvsl_app.services.matching").setLevel(logging.ERROR)
     shape = None if args.shape == "native" else (int(args.shape),) * 3
-    network, _ = load_model(None, "cpu")
-    identity, _ = load_model("random", "cpu")
+    network, _ = load_model(None, args.device)
+    identity, _ = load_model("random", args.device)
     rows = []
     head = f"{'pair':>4} {'shape':>13} | {'method':<28} | {'Dice':>6} {'HD95 mm':>8} {'fold %':>7} {'s':>7}"
     print(head, flush=True)
@@ -70,10 +71,12 @@ def main(argv=None) -> int:
         fixed, fl = make_brain_subject(args.seed_base + 2 * i, shape)
         moving, ml = make_brain_subject(args.seed_base + 2 * i + 1, shape)
         results = {"before": (resample_to(ml, fixed, is_label=True).array, 0.0, 0.0)}
+        devices = {"before": None, "SimpleITK affine + B-spline": "cpu"}
         for name, model in (("gvsl match (network + refine)", network), ("refine from the identity", identity)):
             t0 = time.perf_counter()
-            r = match(fixed, moving, model=model, size=args.size, device="cpu", moving_labels=ml, refine=True)
+            r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=True)
             results[name] = (r.warped_labels.array, r.report["folding_percent"], time.perf_counter() - t0)
+            devices[name] = r.report["device"]
         if not args.no_classical:
             t0 = time.perf_counter()
             tf = classical_registration(fixed, moving, metric="mi")
@@ -90,6 +93,7 @@ def main(argv=None) -> int:
                     "hd95_mm": hd,
                     "folding_percent": fold,
                     "seconds": secs,
+                    "device": devices.get(method),
                 }
             )
             print(
