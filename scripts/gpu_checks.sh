@@ -16,7 +16,12 @@
 # Settings (environment): DEADLINE_S (default 540: the study is stopped with SIGINT so that the
 # whole script ends by then, leaving time to pack the results), PY (python; default .venv/bin/python
 # where it exists, else python3), DEVICE (cuda), STUDY_BUDGET (gpu), JOBS (15: every pre-training
-# run of the three seeds at once), SEEDS ("0 1 2"), PAIRS (5 cardiac pairs), MEM_SIDE (256).
+# run of the three seeds at once), SEEDS ("0 1 2"), PAIRS (5 cardiac pairs), MEM_SIDE (256),
+# STEPS ("tests match study": which parts to run; STEPS=study gives the study the whole time).
+#
+# The study starts NVIDIA's Multi-Process Service where it can: without it the 15 processes share
+# the H200 by time slices and each GVSL step took 0.20 s (0.032 s alone), with it 0.065 s
+# (docs/BENCHMARKS.md, "On a lent GPU").
 # DEVICE=cpu STUDY_BUDGET=tiny JOBS=2 SEEDS=0 PAIRS=1 MEM_SIDE=64 is a dry run of the whole script.
 #
 # A machine whose python lacks the project's dependencies (SimpleITK, MONAI, openTSNE, psygnal,
@@ -34,6 +39,8 @@ JOBS=${JOBS:-15}
 SEEDS=${SEEDS:-0 1 2}
 PAIRS=${PAIRS:-5}
 MEM_SIDE=${MEM_SIDE:-256}
+STEPS=${STEPS:-tests match study}
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
@@ -58,10 +65,14 @@ if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 fi
 
+if want tests; then
 say "1. CUDA tests"
 # -o filterwarnings=: the project's warning filters name packages of the GUI, absent there
 timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider -o filterwarnings= tests/test_cuda.py 2>&1 | tee -a "$LOG"
 
+fi
+
+if want match; then
 say "2a. cardiac matching on $DEVICE: $PAIRS held-out pairs"
 timeout 120 "$PY" benchmarks/bench_match.py --pairs "$PAIRS" --seed-base 3000 --no-classical --skip-latency \
   --device "$DEVICE" --json "$OUT/bench_match_$DEVICE.json" 2>&1 | tee -a "$LOG"
@@ -71,6 +82,14 @@ timeout 120 "$PY" benchmarks/bench_brain_match.py --pairs 1 --no-classical --dev
 say "2c. memory and time of one ${MEM_SIDE}^3 pair on $DEVICE"
 timeout 90 "$PY" benchmarks/match_memory.py --side "$MEM_SIDE" --device "$DEVICE" 2>&1 | tee -a "$LOG"
 
+fi
+
+if want study; then
+MPS=0
+if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
+  MPS=1
+  say "NVIDIA Multi-Process Service started for the study's processes"
+fi
 STUDY_S=$(( $(left) - 30 ))
 say "3. paper-table study, budget $STUDY_BUDGET, seeds $SEEDS, $JOBS runs side by side, at most $STUDY_S s"
 if [ "$STUDY_S" -gt 60 ]; then
@@ -79,6 +98,8 @@ if [ "$STUDY_S" -gt 60 ]; then
     --jobs "$JOBS" --device "$DEVICE" --work "$WORK/study_work" --out "$WORK/study" 2>&1 | tee -a "$LOG"
 else
   say "no time left for the study"
+fi
+[ "$MPS" = 1 ] && (echo quit | nvidia-cuda-mps-control)
 fi
 
 # What comes back from a lent machine is a few files: the study's tables, Fig. 7 and the runs'
