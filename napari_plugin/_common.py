@@ -40,11 +40,11 @@ def notify_info(msg: str) -> None:
     show_info(msg)
 
 
-def _narrow(combo: QComboBox) -> None:
+def _narrow(combo: QComboBox, chars: int = 16) -> None:
     """A combo box whose longest entry (a layer name, a file path) does not set the dock's
-    minimum width: it shows ~16 characters at least and elides the rest (full text on hover)."""
+    minimum width: it shows ``chars`` characters at least and elides the rest (full text on hover)."""
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(16)
+    combo.setMinimumContentsLength(chars)
 
 
 class LayerCombo(QComboBox):
@@ -129,7 +129,7 @@ class WeightsChooser(QWidget):
         super().__init__(parent)
         self.kind = kind
         self.combo = QComboBox()
-        _narrow(self.combo)
+        _narrow(self.combo, 10)  # it shares its row with the browse button
         if allow_none:
             self.combo.addItem("(none)", NONE)
         # segmentation: the shipped segmenter that fits the image (cardiac CT or brain MR)
@@ -142,7 +142,9 @@ class WeightsChooser(QWidget):
             self.combo.addItem("random init", RANDOM)
         if allow_none:
             self.combo.setCurrentIndex(0)
-        browse = QPushButton("Browse…")
+        browse = QPushButton("…")  # narrow: the dock column is kept narrow so the image gets the room
+        browse.setToolTip("Browse for a checkpoint file (.pt)")
+        browse.setMaximumWidth(32)
         browse.clicked.connect(self._browse)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)

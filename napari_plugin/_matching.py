@@ -84,10 +84,12 @@ class MatchingWidget(QWidget):
         self.cube_size = QSpinBox()
         self.cube_size.setRange(0, 256)
         self.cube_size.setSingleStep(16)
-        self.cube_size.setSpecialValueText("auto (the weights' training cube)")
+        self.cube_size.setSpecialValueText("auto")
         self.cube_size.setValue(0)
         self.cube_size.setSuffix(" voxels")
-        self.cube_size.setToolTip("side of the working cube both volumes are resized to")
+        self.cube_size.setToolTip(
+            "side of the working cube both volumes are resized to; auto: the cube the weights were trained at"
+        )
         self.refine = QCheckBox(f"refine on this pair (+{REFINE_MEASURED})")
         self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
         self.refine.setToolTip(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,7 @@ class TrainingWidget(QWidget):
         holder = self._holder
         self.destroyed.connect(lambda *_: _shutdown(holder))
         self._watcher = _CloseWatcher(holder)
-        self._watched: QObject | None = None
+        self._watched: weakref.ref[QObject] | None = None  # weak: the window must not outlive napari's close
         _warmup.when_ready(self._build_form)
 
     def _build_form(self) -> None:
@@ -124,9 +125,9 @@ class TrainingWidget(QWidget):
         # Once docked, the top-level window is the viewer's (plain Qt, no private napari
         # attribute): closing it stops the job even if this widget outlives it briefly.
         top = self.window()
-        if top is not self and top is not self._watched:
+        if top is not self and (self._watched is None or self._watched() is not top):
             top.installEventFilter(self._watcher)
-            self._watched = top
+            self._watched = weakref.ref(top)
         super().showEvent(event)
 
     @property

@@ -18,8 +18,10 @@ from pathlib import Path
 
 PLUGIN = "gvsl-studio"
 WIDGETS = ("Z-Matching", "Training", "Segmentation", "Label explorer", "Feature clusters")
-DOCK_WIDTH = 440
-"""Widest the GVSL dock column gets in the desktop app (pixels)."""
+DOCK_WIDTH = 380
+"""Width of the GVSL dock column in the desktop app (pixels); its forms fit, tables scroll."""
+LEFT_WIDTH = 250
+"""Width the desktop app gives napari's layer controls and layer list on the left (pixels)."""
 SCREEN_SHARE = 0.9
 """Share of the screen's width and height the window takes on a first start (later starts
 restore the size napari saved)."""
@@ -55,14 +57,17 @@ def _dock_widgets(viewer) -> list:
         dock.setMaximumWidth(DOCK_WIDTH)
     if docks:
         from qtpy.QtCore import Qt, QTimer
-        from qtpy.QtWidgets import QMainWindow, QTabWidget
+        from qtpy.QtWidgets import QDockWidget, QMainWindow, QTabWidget
 
         main = docks[0].window()  # plain Qt: the main window the docks live in
         if isinstance(main, QMainWindow):
             # tabs down the side: five tab titles in a row would widen the column again
             main.setTabPosition(Qt.RightDockWidgetArea, QTabWidget.East)
             _fit_window(viewer, main)
-            QTimer.singleShot(0, lambda: main.resizeDocks([docks[0]], [DOCK_WIDTH], Qt.Horizontal))
+            # napari's own docks (layer controls, layer list) found through Qt, not napari's privates
+            left = [d for d in main.findChildren(QDockWidget) if main.dockWidgetArea(d) == Qt.LeftDockWidgetArea]
+            sizes = [LEFT_WIDTH] * len(left) + [DOCK_WIDTH]
+            QTimer.singleShot(0, lambda: main.resizeDocks([*left, docks[0]], sizes, Qt.Horizontal))
         QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
         QTimer.singleShot(0, viewer.reset_view)  # fit the image to the canvas it now has
     return docks

@@ -155,3 +155,26 @@ def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_
     assert {"torch", "monai.metrics", "openTSNE"} <= set(sys.modules)
     qtbot.waitUntil(lambda: training._form is not None and clusters._canvas is not None, timeout=10_000)
     assert training.fields["device"].value == "auto" and not training._placeholder.isVisible()
+
+
+def test_the_image_canvas_is_the_widest_panel_of_the_app_window(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget, QOpenGLWidget
+
+    from napari_plugin import app
+
+    viewer = make_napari_viewer(show=True)
+    app.build_viewer(viewer=viewer)
+    dock = viewer.window.dock_widgets["Z-Matching (gvsl-studio)"]
+    main = dock.window()
+    viewer.window.set_geometry(0, 0, 1280, 800)  # a laptop screen's window, whatever the test screen
+    canvas = next(w for w in main.findChildren(QOpenGLWidget) if w.isVisible())
+    docks = [d for d in main.findChildren(QDockWidget) if d.isVisible() and not d.isFloating()]
+
+    qtbot.waitUntil(lambda: canvas.width() > max(d.width() for d in docks), timeout=5000)
+    # every GVSL form fits the narrow column: no dock is wider than the app's column
+    right = [d for d in docks if main.dockWidgetArea(d) == Qt.RightDockWidgetArea]
+    assert all(d.minimumSizeHint().width() <= app.DOCK_WIDTH for d in right), [
+        (d.windowTitle(), d.minimumSizeHint().width()) for d in right
+    ]
+    assert canvas.width() > 0.4 * main.width()
