@@ -9,7 +9,7 @@ import torch
 
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
-from gvsl_app.services.matching import match
+from gvsl_app.services.matching import FALLBACK_TOLERANCE, match
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
 from models.checkpoint import CheckpointError
 
@@ -175,6 +175,24 @@ def test_a_map_that_lowers_the_similarity_falls_back_to_the_identity(pair, pertu
     assert np.abs(res.displacement_mm).max() < 1e-4
     np.testing.assert_allclose(res.affine_physical, np.eye(4), atol=1e-6)
     assert res.report["mean_dice_after"] == pytest.approx(res.report["mean_dice_before"], abs=1e-6)
+
+
+@pytest.mark.parametrize("drop, falls_back", [(0.2 * FALLBACK_TOLERANCE, False), (5 * FALLBACK_TOLERANCE, True)])
+def test_only_a_map_lowering_the_similarity_beyond_interpolation_noise_falls_back(pair, monkeypatch, drop, falls_back):
+    import gvsl_app.services.matching as service
+
+    fixed, moving, _, _ = pair
+    real = service._network_map
+
+    def network_map(*args, **kwargs):  # the real map, its NCC then lowered by ``drop``
+        out, dev = real(*args, **kwargs)
+        return {**out, "ncc_after": out["ncc_before"] - drop}, dev
+
+    monkeypatch.setattr(service, "_network_map", network_map)
+    torch.manual_seed(0)
+    m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # starts at the identity map (to ~1e-5)
+    res = match(fixed, moving, model=m, size=32, device="cpu")
+    assert (len(res.report["fallback"]) == 1) is falls_back
 
 
 def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):

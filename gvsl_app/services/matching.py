@@ -34,6 +34,11 @@ LOW_OVERLAP = 0.5
 """Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
 
 
+FALLBACK_TOLERANCE = 1e-4
+"""How much the network's map must lower the local NCC before the identity replaces it: a map
+that is the identity up to interpolation (an untrained network) changes it by less."""
+
+
 def match(
     fixed: Volume,
     moving: Volume,
@@ -105,7 +110,7 @@ def match(
     times["network_s"] = time.perf_counter() - t
     out["ncc_network"] = out["ncc_after"]
     fell_back: list[str] = []
-    if fallback and out["ncc_after"] < out["ncc_before"]:
+    if fallback and out["ncc_after"] < out["ncc_before"] - FALLBACK_TOLERANCE:
         fell_back.append(_use_identity(out, shape, "the network's map"))
 
     schedule = RefineSchedule() if refine is True else (refine or None)
