@@ -12,8 +12,9 @@ import math
 import platform
 from pathlib import Path
 
+from study_paired import md_paired, paired
 from study_plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
-from study_stats import Measurements, mean_std, paired, silhouette_summary, summarise
+from study_stats import Measurements, silhouette_summary, summarise
 from study_timing import Clock, fmt_s
 
 
@@ -208,50 +209,6 @@ def _md_table1(budget: Budget, mean: dict, spread: dict, several: bool) -> list[
     return L
 
 
-def _md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
-    """GVSL against every other row seed by seed: mean ± std of the paired difference and GVSL's wins."""
-    L = ["## GVSL against each row, seed by seed", ""]
-    L.append(
-        "Each cell: GVSL's value minus the row's, averaged over the seeds where both ran "
-        "(± the standard deviation of those differences), and in brackets on how many seeds GVSL is ahead. "
-        "A difference larger than its standard deviation and ahead on every seed is a clear effect; the "
-        "spread of Table 1's means also holds what a seed does to every method alike, which this removes."
-    )
-    L.append("")
-    head = (
-        ["GVSL minus"]
-        + [f"a) linear {TASK_SHORT[t]}" for t in TASKS]
-        + [f"b) fine-tune {TASK_SHORT[t]}" for t in TASKS]
-        + ["silhouette"]
-    )
-    L.append("| " + " | ".join(head) + " |")
-    L.append("|" + "---|" * len(head))
-
-    def cell(d: dict) -> str:
-        if not d["n"]:
-            return "n/a"
-        sd = f" ± {d['std']:.3f}" if d["n"] > 1 else ""
-        return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']})"
-
-    for other in METHODS:
-        if other == "gvsl":
-            continue
-        cells = [METHOD_TITLES[other]]
-        cells += [cell(pair[t][mode][other]) for mode in MODES for t in TASKS]
-        diffs = [
-            sil_seed["gvsl"][s] - sil_seed[other][s]
-            for s in seeds
-            if s in sil_seed["gvsl"]
-            and s in sil_seed[other]
-            and math.isfinite(sil_seed["gvsl"][s] - sil_seed[other][s])
-        ]
-        mu, sd, n = mean_std(diffs)
-        cells.append(cell({"mean": mu, "std": sd, "n": n, "wins": sum(d > 0 for d in diffs)}))
-        L.append("| " + " | ".join(cells) + " |")
-    L.append("")
-    return L
-
-
 def _md_clustering(
     out: Path, budget: Budget, figures: list[Path], sil: dict, sil_sd: dict, sil2d: dict, several: bool
 ) -> list[str]:
@@ -414,7 +371,7 @@ def write_outputs(
     lines = [
         *_md_intro(budget, seeds, device_desc, meta["date"], command, several),
         *_md_table1(budget, mean, spread, several),
-        *_md_paired(pair, measured.sil_seed, seeds),
+        *md_paired(pair, measured.sil_seed, seeds),
         *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several),
         *_md_discussion(out, budget, mean, spread, sil, several),
         *_md_diagnostics(diag),

@@ -56,34 +56,3 @@ def silhouette_summary(sil_seed: dict[str, dict]) -> tuple[dict[str, float], dic
     sil = {m: mean_std(sil_seed[m].values())[0] for m in METHODS}
     sil_sd = {m: mean_std(sil_seed[m].values())[1] for m in METHODS}
     return sil, sil_sd
-
-
-def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
-    """``ref`` against every other method, seed by seed, in each task and evaluation.
-
-    For ``[task][mode][other]``: the per-seed differences ``ref - other`` (seeds where both are
-    finite), their mean and sample standard deviation, and on how many seeds ``ref`` is ahead. A
-    paired difference removes what a seed does to every method alike (its data order, its
-    initialisation), which the spread of the means in Table 1 does not.
-    """
-    out: dict = {t: {m: {} for m in MODES} for t in TASKS}
-    for t in TASKS:
-        for mode in MODES:
-            col = per_seed[t][mode]
-            for other in METHODS:
-                if other == ref:
-                    continue
-                diffs = [
-                    col[ref][s] - col[other][s]
-                    for s in seeds
-                    if s in col[ref] and s in col[other] and math.isfinite(col[ref][s] - col[other][s])
-                ]
-                mu, sd, n = mean_std(diffs)
-                out[t][mode][other] = {
-                    "diffs": diffs,
-                    "mean": mu,
-                    "std": sd,
-                    "n": n,
-                    "wins": sum(d > 0 for d in diffs),
-                }
-    return out

@@ -139,7 +139,8 @@ def test_paper_heads_row_pretrains_gvsl_with_the_papers_heads(pt, tmp_path):
 
 
 def test_paired_differences_per_seed(pt):
-    from study_stats import Measurements, paired
+    from study_paired import paired
+    from study_stats import Measurements
 
     per_seed = Measurements().per_seed
     col = per_seed["heart_seg"]["linear"]

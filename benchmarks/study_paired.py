@@ -1,0 +1,85 @@
+"""GVSL against every other row of the paper-table study, seed by seed: the paired
+differences per task and evaluation (and of the silhouette) and their section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from study_plan import METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS
+from study_stats import mean_std
+
+
+def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
+    """``ref`` against every other method, seed by seed, in each task and evaluation.
+
+    For ``[task][mode][other]``: the per-seed differences ``ref - other`` (seeds where both are
+    finite), their mean and sample standard deviation, and on how many seeds ``ref`` is ahead. A
+    paired difference removes what a seed does to every method alike (its data order, its
+    initialisation), which the spread of the means in Table 1 does not.
+    """
+    out: dict = {t: {m: {} for m in MODES} for t in TASKS}
+    for t in TASKS:
+        for mode in MODES:
+            col = per_seed[t][mode]
+            for other in METHODS:
+                if other == ref:
+                    continue
+                diffs = [
+                    col[ref][s] - col[other][s]
+                    for s in seeds
+                    if s in col[ref] and s in col[other] and math.isfinite(col[ref][s] - col[other][s])
+                ]
+                mu, sd, n = mean_std(diffs)
+                out[t][mode][other] = {
+                    "diffs": diffs,
+                    "mean": mu,
+                    "std": sd,
+                    "n": n,
+                    "wins": sum(d > 0 for d in diffs),
+                }
+    return out
+
+
+def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
+    """GVSL against every other row seed by seed: mean ± std of the paired difference and GVSL's wins."""
+    L = ["## GVSL against each row, seed by seed", ""]
+    L.append(
+        "Each cell: GVSL's value minus the row's, averaged over the seeds where both ran "
+        "(± the standard deviation of those differences), and in brackets on how many seeds GVSL is ahead. "
+        "A difference larger than its standard deviation and ahead on every seed is a clear effect; the "
+        "spread of Table 1's means also holds what a seed does to every method alike, which this removes."
+    )
+    L.append("")
+    head = (
+        ["GVSL minus"]
+        + [f"a) linear {TASK_SHORT[t]}" for t in TASKS]
+        + [f"b) fine-tune {TASK_SHORT[t]}" for t in TASKS]
+        + ["silhouette"]
+    )
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|" + "---|" * len(head))
+
+    def cell(d: dict) -> str:
+        if not d["n"]:
+            return "n/a"
+        sd = f" ± {d['std']:.3f}" if d["n"] > 1 else ""
+        return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']})"
+
+    for other in METHODS:
+        if other == "gvsl":
+            continue
+        cells = [METHOD_TITLES[other]]
+        cells += [cell(pair[t][mode][other]) for mode in MODES for t in TASKS]
+        diffs = [
+            sil_seed["gvsl"][s] - sil_seed[other][s]
+            for s in seeds
+            if s in sil_seed["gvsl"]
+            and s in sil_seed[other]
+            and math.isfinite(sil_seed["gvsl"][s] - sil_seed[other][s])
+        ]
+        mu, sd, n = mean_std(diffs)
+        cells.append(cell({"mean": mu, "std": sd, "n": n, "wins": sum(d > 0 for d in diffs)}))
+        L.append("| " + " | ".join(cells) + " |")
+    L.append("")
+    return L
