@@ -19,6 +19,9 @@ on convergence). Rows:
 * ``no-tolerance``: the default without convergence stopping;
 * ``residual``: the default, the network's displacement kept as it is and only the
   correction on top of it regularised (``whole_field=False``, the earlier behaviour).
+* the rest (``grid24`` ... ``lr01-smooth08-fine60``): the issue #16 search on brain MR at 1 mm,
+  one change per row then combinations (finer grids, a level at 128 or 160, NCC window,
+  smoothness, deformable step size and ``lr_side``); results in docs/MATCHING.md section 6.
 """
 
 from __future__ import annotations
@@ -48,6 +51,60 @@ ROWS: dict[str, RefineSchedule] = {
     "fine80": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((80, 16, 30),)),
     "no-tolerance": dataclasses.replace(D, tolerance=0.0),
     "residual": dataclasses.replace(D, whole_field=False),
+    # issue #16 (brain MR at 1 mm below the classical registration): one change per row
+    "grid24": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 24, 20),)),
+    "grid32": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 32, 25),)),
+    "side160": dataclasses.replace(D, deformable_levels=D.deformable_levels + ((160, 24, 15),)),
+    "window7": dataclasses.replace(D, window=7),
+    "window5": dataclasses.replace(D, window=5),
+    "smooth01": dataclasses.replace(D, smoothness=0.01),
+    "steps48": dataclasses.replace(D, deformable_levels=((24, 12, 80), (48, 16, 80), (96, 16, 20))),
+    "lr01": dataclasses.replace(D, deformable_lr=0.01),
+    "lr-side48": dataclasses.replace(D, lr_side=48),
+    "smooth04": dataclasses.replace(D, smoothness=0.04),
+    "grid24-lr-side48": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 24, 30),)),
+    "side160-lr-side48": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels + ((160, 24, 15),)),
+    "lr005": dataclasses.replace(D, deformable_lr=0.005),
+    "lr-side24": dataclasses.replace(D, lr_side=24),
+    "lr01-side48": dataclasses.replace(D, deformable_lr=0.01, lr_side=48),
+    "lr01-fine40": dataclasses.replace(
+        D, deformable_lr=0.01, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr01-smooth01": dataclasses.replace(D, deformable_lr=0.01, smoothness=0.01),
+    "lr01-smooth04-fine40": dataclasses.replace(
+        D, deformable_lr=0.01, smoothness=0.04, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr01-w5-fine40": dataclasses.replace(
+        D, deformable_lr=0.01, window=5, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr01-fine60": dataclasses.replace(
+        D, deformable_lr=0.01, deformable_levels=D.deformable_levels[:2] + ((96, 16, 60),)
+    ),
+    "lr01-side128": dataclasses.replace(
+        D, deformable_lr=0.01, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20))
+    ),
+    "lr01-smooth08-fine40": dataclasses.replace(
+        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr005-smooth04-fine40": dataclasses.replace(
+        D, deformable_lr=0.005, smoothness=0.04, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr01-smooth04-side128": dataclasses.replace(
+        D,
+        deformable_lr=0.01,
+        smoothness=0.04,
+        lr_side=48,
+        deformable_levels=D.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20)),
+    ),
+    "lr01-smooth16-fine40": dataclasses.replace(
+        D, deformable_lr=0.01, smoothness=0.16, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+    ),
+    "lr01-smooth08-grid24": dataclasses.replace(
+        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 24, 40),)
+    ),
+    "lr01-smooth08-fine60": dataclasses.replace(
+        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 16, 60),)
+    ),
 }
 
 
@@ -75,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {info}; {args.threads} thread(s)", flush=True)
     rows = []
     for kind, n in (("cardiac", args.cardiac_pairs), ("brain", args.brain_pairs)):
+        if n <= 0:
+            continue
         data = list(_pairs(kind, n))
         for name in args.rows:
-            dice, hd95, secs, steps = [], [], [], []
+            dice, hd95, secs, steps, fold = [], [], [], [], []
             for (fixed, fl), (moving, ml) in data:
                 r = match(fixed, moving, model=model, size=48, device="cpu", moving_labels=ml, refine=ROWS[name])
                 if kind == "brain":
@@ -87,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 dice.append(d)
                 hd95.append(h)
                 secs.append(r.report["seconds"]["total_s"])
+                fold.append(r.report["folding_percent"])
                 steps.append([lv["steps"] for lv in r.report["refined"]["levels"]])
             row = {
                 "kind": kind,
@@ -95,12 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                 "dice_per_pair": dice,
                 "hd95_mm": float(np.mean(hd95)),
                 "seconds": float(np.mean(secs)),
+                "seconds_per_pair": secs,
+                "folding_percent": float(np.mean(fold)),
+                "folding_per_pair": fold,
                 "steps_first_pair": steps[0],
             }
             rows.append(row)
             print(
                 f"{kind:<8} {name:<13} Dice {row['dice']:.4f}  HD95 {row['hd95_mm']:.2f} mm  "
-                f"{row['seconds']:.1f} s/pair  steps {steps[0]}",
+                f"{row['seconds']:.1f} s/pair  fold {row['folding_percent']:.2f} %  "
+                f"per pair {' '.join(f'{x:.4f}' for x in dice)}  steps {steps[0]}",
                 flush=True,
             )
     if args.json:

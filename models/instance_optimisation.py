@@ -51,7 +51,11 @@ class RefineSchedule:
     from a closer start; off, the network's displacement stays as it is and only the
     correction on top of it is regularised. ``tolerance`` > 0 ends a level early once the
     loss's mean over the last ``patience`` steps improves on the mean over the ``patience``
-    before by less than that (in NCC units).
+    before by less than that (in NCC units). ``lr_side`` > 0 scales the deformable step size
+    on levels of longest side above it by ``lr_side / side``, so that an Adam step moves the
+    control points by the same number of that level's voxels as at ``lr_side`` (off by
+    default; on brain MR at 1 mm halving the 96 level's step added +0.007 Dice, issue #16 in
+    docs/MATCHING.md section 6).
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
@@ -63,6 +67,7 @@ class RefineSchedule:
     folding: float = 10.0
     affine_lr: float = 0.01
     deformable_lr: float = 0.02
+    lr_side: int = 0
     whole_field: bool = True
     tolerance: float = 3e-4
     patience: int = 10
@@ -201,7 +206,10 @@ def refine_coordinates(
                     value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()
                 return value
 
-            clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=schedule.deformable_lr), steps, loss)
+            lr = schedule.deformable_lr
+            if schedule.lr_side and max(lv) > schedule.lr_side:
+                lr *= schedule.lr_side / max(lv)  # the same step in voxels of this level's images
+            clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=lr), steps, loss)
         with torch.no_grad():
             out = aligned if residual is None else aligned + _resize(residual, shape)
             return (out + 1.0) * scale, _voxel_affine(eye + lin, shift, scale.view(3))
