@@ -22,6 +22,12 @@ on convergence). Rows:
 * the rest (``grid24`` ... ``lr01-smooth08-fine60``): the issue #16 search on brain MR at 1 mm,
   one change per row then combinations (finer grids, a level at 128 or 160, NCC window,
   smoothness, deformable step size and ``lr_side``); results in docs/MATCHING.md section 6.
+* ``side48-fine40``: ``lr_side=48`` and the 96 level with 40 steps (the control of the next rows);
+* ``side48-fine40-rsNN`` / ``lr01-fine40-rsNN``: the second round, ``lr_side=48`` (or
+  ``deformable_lr=0.01``), the 96 level with 40 steps and ``fine_smoothness=0.NN`` (the
+  finest level's own correction made stiff, the coarse levels' deformation left alone);
+  ``side48-fine40-wsNN``: the same extra smoothness on the whole field at the 96 level only
+  (``fine_residual=False``; 0.14 + the default 0.02 = 0.16 there).
 """
 
 from __future__ import annotations
@@ -105,6 +111,30 @@ ROWS: dict[str, RefineSchedule] = {
     "lr01-smooth08-fine60": dataclasses.replace(
         D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 16, 60),)
     ),
+    # issue #16, second round: stiff finest level on its own correction only (fine_smoothness)
+    "side48-fine40": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)),
+    **{
+        f"side48-fine40-rs{int(w * 100):02d}": dataclasses.replace(
+            D, lr_side=48, fine_smoothness=w, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        )
+        for w in (0.08, 0.16, 0.32, 0.64)
+    },
+    **{
+        f"lr01-fine40-rs{int(w * 100):02d}": dataclasses.replace(
+            D, deformable_lr=0.01, fine_smoothness=w, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        )
+        for w in (0.16, 0.32)
+    },
+    **{
+        f"side48-fine40-ws{int(w * 100):02d}": dataclasses.replace(
+            D,
+            lr_side=48,
+            fine_smoothness=w,
+            fine_residual=False,
+            deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),),
+        )
+        for w in (0.14, 0.3)
+    },
 }
 
 

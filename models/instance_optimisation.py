@@ -55,6 +55,15 @@ class RefineSchedule:
     on levels of longest side above it by ``lr_side / side``, so that an Adam step moves the
     control points by the same number of that level's voxels as at ``lr_side`` (off by
     default; on brain MR at 1 mm halving the 96 level's step added +0.007 Dice, issue #16 in
+    docs/MATCHING.md section 6). ``fine_smoothness`` > 0 adds, on levels of longest side
+    above ``fine_side``, a second smoothness term of that weight (measured like
+    ``smoothness``) on the correction that level adds only (the control grid minus where the
+    level started it), so that the fine levels are stiff without pulling back the large
+    deformation the coarse levels found (a stiffer ``smoothness`` weighs the whole field and
+    does; off by default); with ``fine_residual`` off that term weighs the whole field
+    instead, like ``smoothness`` but on the fine levels only. Neither became the default: on
+    brain MR at 1 mm a stiff correction at 96 lost Dice, and the whole-field term that gained
+    (pair 0 0.870 -> 0.875) cost the cardiac pairs 0.916 -> 0.818 (issue #16, second round,
     docs/MATCHING.md section 6).
     """
 
@@ -68,6 +77,9 @@ class RefineSchedule:
     affine_lr: float = 0.01
     deformable_lr: float = 0.02
     lr_side: int = 0
+    fine_smoothness: float = 0.0
+    fine_side: int = 48
+    fine_residual: bool = True
     whole_field: bool = True
     tolerance: float = 3e-4
     patience: int = 10
@@ -194,6 +206,9 @@ def refine_coordinates(
             if residual is None:
                 residual = torch.zeros(1, 3, *grid, device=dev) if field is None else _resize(field, grid)
             residual = _resize(residual.detach(), grid).requires_grad_(True)
+            # where this level starts (its correction is residual - start), or zero to weigh the whole field
+            start = residual.detach().clone() if schedule.fine_residual else torch.zeros_like(residual)
+            stiff = schedule.fine_smoothness if max(lv) > schedule.fine_side else 0.0
 
             def loss() -> torch.Tensor:
                 mapped = (aa + _resize(residual, lv) + 1.0) * s
@@ -201,6 +216,8 @@ def refine_coordinates(
                 # smoothness() averages the three axes' mean squared differences; the weight is
                 # defined on their sum
                 value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
+                if stiff:
+                    value = value + stiff * 3.0 * smoothness((residual - start) * to_voxels)
                 if schedule.folding:
                     folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
                     value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()

@@ -157,3 +157,46 @@ def test_whole_field_refinement_regularises_the_starting_displacement_too(image)
         errors[whole] = float((coords - identity).norm(dim=1).mean())
     assert errors[True] < 0.3 * errors[False], errors
     assert errors[False] > 1.0  # the noise (mean norm ~1.6 voxels) is still there
+
+
+def test_fine_smoothness_stiffens_the_fine_correction_without_pulling_back_the_coarse_field(image):
+    # The starting map is already the true one, a smooth displacement of ~3 voxels (what the
+    # coarse levels found). A stiff whole-field smoothness pulls it back towards the identity;
+    # the same weight on the fine level's own correction (fine_smoothness) leaves it where it
+    # is and only keeps that correction smooth.
+    from models.losses import smoothness
+
+    identity = voxel_grid(SHAPE)[None]
+    z = torch.arange(32, dtype=torch.float32)
+    wave = 3.0 * torch.sin(np.pi * z / 31)  # zero at the borders, 3 voxels in the middle
+    true = identity.clone()
+    true[:, 2] += wave.view(1, 1, 32, 1)  # x displaced as a function of y
+    true[:, 0] += wave.view(1, 1, 1, 32)  # z displaced as a function of x
+    fixed = warp(image, true, padding_mode="border")  # fixed(p) = image(true(p)): the map is `true`
+    level = RefineSchedule(
+        affine_levels=(),
+        deformable_levels=((32, 16, 40),),
+        smoothness_side=32,
+        fine_side=16,
+        tolerance=0,
+        deformable_lr=0.005,
+    )
+    eye = torch.eye(3, 4)[None]
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    err, rough, maps = {}, {}, {}
+    for name, schedule in {
+        "free": dataclasses.replace(level, smoothness=0.0),
+        "whole": dataclasses.replace(level, smoothness=2.0),
+        "fine": dataclasses.replace(level, smoothness=0.0, fine_smoothness=2.0),
+        "fine-off": dataclasses.replace(level, smoothness=0.0, fine_smoothness=2.0, fine_side=32),  # 32 not above
+        "fine-whole": dataclasses.replace(level, smoothness=0.0, fine_smoothness=2.0, fine_residual=False),
+    }.items():
+        maps[name], _ = refine_coordinates(image, fixed, true, schedule, affine=eye)
+        err[name] = float((maps[name] - true)[inner].norm(dim=1).mean())
+        rough[name] = float(smoothness(maps[name] - true))
+    # (seen: free 0.71, whole 1.19, fine 0.40 voxels; roughness free 0.094, fine 0.0015)
+    assert err["whole"] > 0.8, err  # the stiff whole field gives up part of the true displacement
+    assert err["fine"] < 0.5 * err["whole"], err  # the residual-only stiffness keeps it
+    assert rough["fine"] < 0.2 * rough["free"], rough  # and damps the fine correction
+    torch.testing.assert_close(maps["fine-off"], maps["free"])  # only levels above fine_side are stiffened
+    torch.testing.assert_close(maps["fine-whole"], maps["whole"])  # fine_residual off: the whole field, as smoothness
