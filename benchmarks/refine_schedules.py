@@ -50,88 +50,91 @@ from gvsl_app.services.matching import match
 from models import RefineSchedule
 
 D = RefineSchedule()
+# The schedule every row below changes, as it was measured (the default when the rows were
+# recorded): a rerun reproduces their numbers even if the default moves on.
+P = dataclasses.replace(D, lr_side=0, deformable_levels=D.deformable_levels[:2] + ((96, 16, 20),))
 ROWS: dict[str, RefineSchedule] = {
-    "coarse": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2]),
+    "coarse": dataclasses.replace(P, deformable_levels=P.deformable_levels[:2]),
     "default": D,
-    "fine30": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 16, 30),)),
-    "fine80": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((80, 16, 30),)),
-    "no-tolerance": dataclasses.replace(D, tolerance=0.0),
-    "residual": dataclasses.replace(D, whole_field=False),
+    "fine30": dataclasses.replace(P, deformable_levels=P.deformable_levels[:2] + ((96, 16, 30),)),
+    "fine80": dataclasses.replace(P, deformable_levels=P.deformable_levels[:2] + ((80, 16, 30),)),
+    "no-tolerance": dataclasses.replace(P, tolerance=0.0),
+    "residual": dataclasses.replace(P, whole_field=False),
     # issue #16 (brain MR at 1 mm below the classical registration): one change per row
-    "grid24": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 24, 20),)),
-    "grid32": dataclasses.replace(D, deformable_levels=D.deformable_levels[:2] + ((96, 32, 25),)),
-    "side160": dataclasses.replace(D, deformable_levels=D.deformable_levels + ((160, 24, 15),)),
-    "window7": dataclasses.replace(D, window=7),
-    "window5": dataclasses.replace(D, window=5),
-    "smooth01": dataclasses.replace(D, smoothness=0.01),
-    "steps48": dataclasses.replace(D, deformable_levels=((24, 12, 80), (48, 16, 80), (96, 16, 20))),
-    "lr01": dataclasses.replace(D, deformable_lr=0.01),
-    "lr-side48": dataclasses.replace(D, lr_side=48),
-    "smooth04": dataclasses.replace(D, smoothness=0.04),
-    "grid24-lr-side48": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 24, 30),)),
-    "side160-lr-side48": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels + ((160, 24, 15),)),
-    "lr005": dataclasses.replace(D, deformable_lr=0.005),
-    "lr-side24": dataclasses.replace(D, lr_side=24),
-    "lr01-side48": dataclasses.replace(D, deformable_lr=0.01, lr_side=48),
+    "grid24": dataclasses.replace(P, deformable_levels=P.deformable_levels[:2] + ((96, 24, 20),)),
+    "grid32": dataclasses.replace(P, deformable_levels=P.deformable_levels[:2] + ((96, 32, 25),)),
+    "side160": dataclasses.replace(P, deformable_levels=P.deformable_levels + ((160, 24, 15),)),
+    "window7": dataclasses.replace(P, window=7),
+    "window5": dataclasses.replace(P, window=5),
+    "smooth01": dataclasses.replace(P, smoothness=0.01),
+    "steps48": dataclasses.replace(P, deformable_levels=((24, 12, 80), (48, 16, 80), (96, 16, 20))),
+    "lr01": dataclasses.replace(P, deformable_lr=0.01),
+    "lr-side48": dataclasses.replace(P, lr_side=48),
+    "smooth04": dataclasses.replace(P, smoothness=0.04),
+    "grid24-lr-side48": dataclasses.replace(P, lr_side=48, deformable_levels=P.deformable_levels[:2] + ((96, 24, 30),)),
+    "side160-lr-side48": dataclasses.replace(P, lr_side=48, deformable_levels=P.deformable_levels + ((160, 24, 15),)),
+    "lr005": dataclasses.replace(P, deformable_lr=0.005),
+    "lr-side24": dataclasses.replace(P, lr_side=24),
+    "lr01-side48": dataclasses.replace(P, deformable_lr=0.01, lr_side=48),
     "lr01-fine40": dataclasses.replace(
-        D, deformable_lr=0.01, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.01, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
-    "lr01-smooth01": dataclasses.replace(D, deformable_lr=0.01, smoothness=0.01),
+    "lr01-smooth01": dataclasses.replace(P, deformable_lr=0.01, smoothness=0.01),
     "lr01-smooth04-fine40": dataclasses.replace(
-        D, deformable_lr=0.01, smoothness=0.04, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.01, smoothness=0.04, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
     "lr01-w5-fine40": dataclasses.replace(
-        D, deformable_lr=0.01, window=5, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.01, window=5, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
     "lr01-fine60": dataclasses.replace(
-        D, deformable_lr=0.01, deformable_levels=D.deformable_levels[:2] + ((96, 16, 60),)
+        P, deformable_lr=0.01, deformable_levels=P.deformable_levels[:2] + ((96, 16, 60),)
     ),
     "lr01-side128": dataclasses.replace(
-        D, deformable_lr=0.01, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20))
+        P, deformable_lr=0.01, lr_side=48, deformable_levels=P.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20))
     ),
     "lr01-smooth08-fine40": dataclasses.replace(
-        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.01, smoothness=0.08, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
     "lr005-smooth04-fine40": dataclasses.replace(
-        D, deformable_lr=0.005, smoothness=0.04, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.005, smoothness=0.04, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
     "lr01-smooth04-side128": dataclasses.replace(
-        D,
+        P,
         deformable_lr=0.01,
         smoothness=0.04,
         lr_side=48,
-        deformable_levels=D.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20)),
+        deformable_levels=P.deformable_levels[:2] + ((96, 16, 30), (128, 24, 20)),
     ),
     "lr01-smooth16-fine40": dataclasses.replace(
-        D, deformable_lr=0.01, smoothness=0.16, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+        P, deformable_lr=0.01, smoothness=0.16, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
     ),
     "lr01-smooth08-grid24": dataclasses.replace(
-        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 24, 40),)
+        P, deformable_lr=0.01, smoothness=0.08, deformable_levels=P.deformable_levels[:2] + ((96, 24, 40),)
     ),
     "lr01-smooth08-fine60": dataclasses.replace(
-        D, deformable_lr=0.01, smoothness=0.08, deformable_levels=D.deformable_levels[:2] + ((96, 16, 60),)
+        P, deformable_lr=0.01, smoothness=0.08, deformable_levels=P.deformable_levels[:2] + ((96, 16, 60),)
     ),
     # issue #16, second round: stiff finest level on its own correction only (fine_smoothness)
-    "side48-fine40": dataclasses.replace(D, lr_side=48, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)),
+    "side48-fine40": dataclasses.replace(P, lr_side=48, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)),
     **{
         f"side48-fine40-rs{int(w * 100):02d}": dataclasses.replace(
-            D, lr_side=48, fine_smoothness=w, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+            P, lr_side=48, fine_smoothness=w, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
         )
         for w in (0.08, 0.16, 0.32, 0.64)
     },
     **{
         f"lr01-fine40-rs{int(w * 100):02d}": dataclasses.replace(
-            D, deformable_lr=0.01, fine_smoothness=w, deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),)
+            P, deformable_lr=0.01, fine_smoothness=w, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
         )
         for w in (0.16, 0.32)
     },
     **{
         f"side48-fine40-ws{int(w * 100):02d}": dataclasses.replace(
-            D,
+            P,
             lr_side=48,
             fine_smoothness=w,
             fine_residual=False,
-            deformable_levels=D.deformable_levels[:2] + ((96, 16, 40),),
+            deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),),
         )
         for w in (0.14, 0.3)
     },
