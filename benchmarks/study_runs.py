@@ -70,7 +70,18 @@ def _same_config(run: Path, cfg) -> bool:
     want = dataclasses.asdict(cfg)
     # an option added after the run was made counts as equal when it is at its default
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    return all(have.get(k, defaults.get(k)) == v for k, v in want.items() if k not in _IGNORED_KEYS)
+    return all(_same_value(k, have.get(k, defaults.get(k)), v) for k, v in want.items() if k not in _IGNORED_KEYS)
+
+
+_PATH_KEYS = ("run", "init", "data")
+
+
+def _same_value(key: str, have, want) -> bool:
+    """Equal values; paths count as equal when they name the same file (a work folder given
+    relative once and absolute once is the same study)."""
+    if key in _PATH_KEYS and isinstance(have, str) and isinstance(want, str) and have != want:
+        return Path(have).resolve() == Path(want).resolve()
+    return have == want
 
 
 def run_job(kind: str, cfg, label: str, clock: Clock) -> tuple[dict, bool]:

@@ -174,3 +174,22 @@ def test_runs_side_by_side_finish_every_run_and_raise_a_failure(pt, tmp_path):
     bad = dataclasses.replace(jobs[0][1], run=str(tmp_path / "bad"), data=str(tmp_path / "missing"))
     with pytest.raises(Exception, match="missing"):
         study_runs.run_jobs_side_by_side([("pretrain", bad, "bad")], 2, Clock(quiet=True))
+
+
+def test_a_run_made_with_a_relative_work_folder_is_reused_with_an_absolute_one(pt, tmp_path, monkeypatch):
+    import dataclasses
+
+    import yaml
+
+    import study_plan
+    import study_runs
+
+    monkeypatch.chdir(tmp_path)
+    tiny = study_plan.BUDGETS["tiny"]
+    rel = study_runs.pretrain_config(tiny, "gvsl", 0, Path("work") / "gvsl", "cpu")
+    (tmp_path / "work" / "gvsl").mkdir(parents=True)
+    (tmp_path / "work" / "gvsl" / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(rel)))
+    absolute = study_runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "work" / "gvsl", "cpu")
+    assert study_runs._same_config(tmp_path / "work" / "gvsl", absolute)
+    other = study_runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "elsewhere", "cpu")
+    assert not study_runs._same_config(tmp_path / "work" / "gvsl", other)
