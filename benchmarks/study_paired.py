@@ -10,6 +10,14 @@ from study_plan import METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS
 from study_stats import mean_std
 
 
+def paired_difference(ref: dict, other: dict, seeds: list[int]) -> dict:
+    """``ref[seed] - other[seed]`` over the seeds where both are finite: the differences, their
+    mean, sample standard deviation and count, and on how many seeds ``ref`` is ahead."""
+    diffs = [ref[s] - other[s] for s in seeds if s in ref and s in other and math.isfinite(ref[s] - other[s])]
+    mu, sd, n = mean_std(diffs)
+    return {"diffs": diffs, "mean": mu, "std": sd, "n": n, "wins": sum(d > 0 for d in diffs)}
+
+
 def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
     """``ref`` against every other method, seed by seed, in each task and evaluation.
 
@@ -23,21 +31,8 @@ def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
         for mode in MODES:
             col = per_seed[t][mode]
             for other in METHODS:
-                if other == ref:
-                    continue
-                diffs = [
-                    col[ref][s] - col[other][s]
-                    for s in seeds
-                    if s in col[ref] and s in col[other] and math.isfinite(col[ref][s] - col[other][s])
-                ]
-                mu, sd, n = mean_std(diffs)
-                out[t][mode][other] = {
-                    "diffs": diffs,
-                    "mean": mu,
-                    "std": sd,
-                    "n": n,
-                    "wins": sum(d > 0 for d in diffs),
-                }
+                if other != ref:
+                    out[t][mode][other] = paired_difference(col[ref], col[other], seeds)
     return out
 
 
@@ -71,15 +66,7 @@ def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
             continue
         cells = [METHOD_TITLES[other]]
         cells += [cell(pair[t][mode][other]) for mode in MODES for t in TASKS]
-        diffs = [
-            sil_seed["gvsl"][s] - sil_seed[other][s]
-            for s in seeds
-            if s in sil_seed["gvsl"]
-            and s in sil_seed[other]
-            and math.isfinite(sil_seed["gvsl"][s] - sil_seed[other][s])
-        ]
-        mu, sd, n = mean_std(diffs)
-        cells.append(cell({"mean": mu, "std": sd, "n": n, "wins": sum(d > 0 for d in diffs)}))
+        cells.append(cell(paired_difference(sil_seed["gvsl"], sil_seed[other], seeds)))
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
     return L

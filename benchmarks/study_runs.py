@@ -95,11 +95,10 @@ def run_job(kind: str, cfg, label: str, clock: Clock) -> tuple[dict, bool]:
         raise SystemExit(
             f"{run}: an existing run has another configuration; use a fresh --work folder or delete that run"
         )
-    if report_path.is_file():
-        report = json.loads(report_path.read_text())
-        if report.get("status") == "done":
-            clock.say(f"{label}: reused ({report_path})")
-            return report, True
+    report = finished_report(run)
+    if report is not None:
+        clock.say(f"{label}: reused ({report_path})")
+        return report, True
     if (run / "checkpoints" / "last.pt").is_file():
         cfg = dataclasses.replace(cfg, resume=True)
         clock.say(f"{label}: resuming from {run / 'checkpoints' / 'last.pt'}")
@@ -145,7 +144,7 @@ def run_jobs_side_by_side(jobs: list[tuple[str, object, str]], n: int, clock: Cl
     kernel launches, not arithmetic, so several runs side by side use the card far better than one.
     A failed run stops the rest and is raised here.
     """
-    todo = [j for j in jobs if not _done(Path(j[1].run))]
+    todo = [j for j in jobs if finished_report(Path(j[1].run)) is None]
     if not todo:
         return
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -162,10 +161,13 @@ def run_jobs_side_by_side(jobs: list[tuple[str, object, str]], n: int, clock: Cl
             raise
 
 
-def _done(run: Path) -> bool:
-    """Whether a run's report says it finished."""
+def finished_report(run: Path) -> dict | None:
+    """The run's report if it says the run finished, else None."""
     path = run / "report.json"
-    return path.is_file() and json.loads(path.read_text()).get("status") == "done"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("status") == "done" else None
 
 
 def pretrain_config(budget: Budget, variant: str, seed: int, run: Path, device: str):
