@@ -185,7 +185,7 @@ BUDGETS["medium"] = replace(
 
 
 # The medium study at the paper's width on one GPU, three seeds run side by side (``--jobs``):
-# planned for about 8 minutes of an H200 (scripts/gpu_study.sh). Same data, schedules and rates.
+# sized for about 8 minutes of an H200 with MPS (scripts/gpu_checks.sh). Same data, schedules and rates.
 BUDGETS["gpu"] = replace(
     BUDGETS["medium"],
     name="gpu",
