@@ -28,6 +28,9 @@ on convergence). Rows:
   finest level's own correction made stiff, the coarse levels' deformation left alone);
   ``side48-fine40-wsNN``: the same extra smoothness on the whole field at the 96 level only
   (``fine_residual=False``; 0.14 + the default 0.02 = 0.16 there).
+* ``...-beNN``: the third round, a bending energy of weight 0.NN on the whole field at every
+  deformable level (``bending``), on ``side48-fine40``, on ``P`` itself (``beNN``), on
+  ``P`` with ``lr_side=48`` (``side48-beNN``), or with the smoothness halved (``-s01-``).
 """
 
 from __future__ import annotations
@@ -138,6 +141,21 @@ ROWS: dict[str, RefineSchedule] = {
         )
         for w in (0.14, 0.3)
     },
+    # issue #16, third round: a bending energy on the whole field (zero for affine fields)
+    **{
+        f"side48-fine40-be{int(w * 100):02d}": dataclasses.replace(
+            P, lr_side=48, bending=w, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
+        )
+        for w in (0.05, 0.2, 0.8, 3.2)
+    },
+    **{
+        f"side48-fine40-s01-be{int(w * 100):02d}": dataclasses.replace(
+            P, lr_side=48, smoothness=0.01, bending=w, deformable_levels=P.deformable_levels[:2] + ((96, 16, 40),)
+        )
+        for w in (0.2, 0.8)
+    },
+    **{f"be{int(w * 100):02d}": dataclasses.replace(P, bending=w) for w in (0.2, 0.8)},
+    **{f"side48-be{int(w * 100):02d}": dataclasses.replace(P, lr_side=48, bending=w) for w in (0.2, 0.8)},
 }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import local_ncc, smoothness
+from .losses import bending_energy, local_ncc, smoothness
 from .spatial import jacobian_determinant, sampling_coordinates, warp
 
 StepFn = Callable[[float], bool]  # fraction done -> True to stop early
@@ -64,7 +64,11 @@ class RefineSchedule:
     instead, like ``smoothness`` but on the fine levels only. Neither became the default: on
     brain MR at 1 mm a stiff correction at 96 lost Dice, and the whole-field term that gained
     (pair 0 0.870 -> 0.875) cost the cardiac pairs 0.916 -> 0.818 (issue #16, second round,
-    docs/MATCHING.md section 6).
+    docs/MATCHING.md section 6). ``bending`` > 0 adds a bending energy of that weight
+    (:func:`models.losses.bending_energy`: squared second differences of the control grid,
+    summed over the nine second derivatives, in the same voxels as ``smoothness``) on the
+    whole field at every deformable level: zero for any affine field, it lets a large smooth
+    deformation stand and charges only its curvature.
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
@@ -80,6 +84,7 @@ class RefineSchedule:
     fine_smoothness: float = 0.0
     fine_side: int = 48
     fine_residual: bool = True
+    bending: float = 0.0
     whole_field: bool = True
     tolerance: float = 3e-4
     patience: int = 10
@@ -218,6 +223,8 @@ def refine_coordinates(
                 value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
                 if stiff:
                     value = value + stiff * 3.0 * smoothness((residual - start) * to_voxels)
+                if schedule.bending:
+                    value = value + schedule.bending * 9.0 * bending_energy(residual * to_voxels)
                 if schedule.folding:
                     folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
                     value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()

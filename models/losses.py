@@ -57,6 +57,28 @@ def smoothness(displacement: torch.Tensor) -> torch.Tensor:
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean()) / 3.0
 
 
+def bending_energy(displacement: torch.Tensor) -> torch.Tensor:
+    """Mean squared second differences of a displacement ``(B, 3, D, H, W)`` (thin-plate bending energy).
+
+    The three pure and three mixed (counted twice) second differences, averaged like
+    :func:`smoothness`. Unlike squared first differences it is zero for any affine field, so
+    it leaves a large but smooth deformation alone and penalises only its curvature.
+    """
+    d = displacement.float()
+    dz = d[:, :, 1:] - d[:, :, :-1]
+    dy = d[:, :, :, 1:] - d[:, :, :, :-1]
+    dx = d[:, :, :, :, 1:] - d[:, :, :, :, :-1]
+    zz = dz[:, :, 1:] - dz[:, :, :-1]
+    yy = dy[:, :, :, 1:] - dy[:, :, :, :-1]
+    xx = dx[:, :, :, :, 1:] - dx[:, :, :, :, :-1]
+    zy = dz[:, :, :, 1:] - dz[:, :, :, :-1]
+    zx = dz[:, :, :, :, 1:] - dz[:, :, :, :, :-1]
+    yx = dy[:, :, :, :, 1:] - dy[:, :, :, :, :-1]
+    pure = zz.pow(2).mean() + yy.pow(2).mean() + xx.pow(2).mean()
+    mixed = zy.pow(2).mean() + zx.pow(2).mean() + yx.pow(2).mean()
+    return (pure + 2.0 * mixed) / 9.0
+
+
 def restoration_mse(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the restoration head, in fp32."""
     return F.mse_loss(restored.float(), target.float())

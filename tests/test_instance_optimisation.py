@@ -200,3 +200,35 @@ def test_fine_smoothness_stiffens_the_fine_correction_without_pulling_back_the_c
     assert rough["fine"] < 0.2 * rough["free"], rough  # and damps the fine correction
     torch.testing.assert_close(maps["fine-off"], maps["free"])  # only levels above fine_side are stiffened
     torch.testing.assert_close(maps["fine-whole"], maps["whole"])  # fine_residual off: the whole field, as smoothness
+
+
+def test_bending_keeps_a_large_smooth_deformation_that_smoothness_pulls_back(image):
+    # The starting map is the true one: a stretch of up to 3 voxels (a linear ramp, what a
+    # cardiac pair's coarse levels find). Squared first differences charge a ramp and pull it
+    # back towards the identity; the bending energy charges only curvature, so the same weight
+    # leaves it in place and still damps a rough correction.
+    from models.losses import smoothness
+
+    identity = voxel_grid(SHAPE)[None]
+    ramp = torch.linspace(-3.0, 3.0, 32)
+    true = identity.clone()
+    true[:, 0] += ramp.view(1, 32, 1, 1)  # z stretched about the centre
+    fixed = warp(image, true, padding_mode="border")
+    level = RefineSchedule(
+        affine_levels=(), deformable_levels=((32, 16, 40),), smoothness_side=32, tolerance=0, deformable_lr=0.005
+    )
+    eye = torch.eye(3, 4)[None]
+    inner = (slice(None), slice(None), slice(4, -4), slice(4, -4), slice(4, -4))
+    err, rough = {}, {}
+    for name, schedule in {
+        "free": dataclasses.replace(level, smoothness=0.0),
+        "smooth": dataclasses.replace(level, smoothness=2.0),
+        "bending": dataclasses.replace(level, smoothness=0.0, bending=2.0),
+    }.items():
+        out, _ = refine_coordinates(image, fixed, true, schedule, affine=eye)
+        err[name] = float((out - true)[inner].norm(dim=1).mean())
+        rough[name] = float(smoothness(out - true))
+    # (seen: free 0.63, smooth 0.72, bending 0.13 voxels)
+    assert err["smooth"] > 0.5, err  # the first-difference penalty gives up part of the stretch
+    assert err["bending"] < 0.4 * err["smooth"], err  # the bending energy keeps it
+    assert rough["bending"] < rough["free"], rough  # and the correction it adds is smoother

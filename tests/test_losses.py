@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models import local_ncc, multiscale_ncc, restoration_mse, smoothness
+from models.losses import bending_energy
 from models.spatial import voxel_grid, warp
 
 
@@ -42,6 +43,21 @@ def test_smoothness_zero_for_constant_field_and_known_values_otherwise():
     checker = ((-1.0) ** torch.arange(8.0)).view(1, 1, 1, 1, 8).expand(1, 3, 8, 8, 8)
     assert float(smoothness(checker)) == pytest.approx(4 / 3)
     assert smoothness(checker) > smoothness(ramp) > 0  # rough fields cost more than smooth ones
+
+
+def test_bending_energy_is_zero_for_affine_fields_and_counts_curvature():
+    g = torch.stack(torch.meshgrid(*(torch.arange(8.0),) * 3, indexing="ij"))[None]  # (1, 3, 8, 8, 8): z, y, x
+    a = torch.tensor([[0.3, -0.2, 0.1], [0.05, 0.4, -0.3], [0.2, 0.1, -0.1]])
+    affine = torch.einsum("ij,bjzyx->bizyx", a, g) + torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1, 1)
+    assert float(bending_energy(affine)) == pytest.approx(0.0, abs=1e-9)  # any affine field is free
+    assert float(smoothness(affine)) > 0.01  # where first differences charge it
+    # u_z = z^2: second z-difference 2 on one of three components -> (4 / 3) / 9 per the definition
+    z = g[:, :1]
+    bowl = torch.cat([z * z, torch.zeros(1, 2, 8, 8, 8)], 1)
+    assert float(bending_energy(bowl)) == pytest.approx(4 / 27)
+    # a mixed term: u_x = z * y has d2/dzdy = 1 everywhere, counted twice -> 2 * (1 / 3) / 9
+    saddle = torch.cat([torch.zeros(1, 2, 8, 8, 8), g[:, :1] * g[:, 1:2]], 1)
+    assert float(bending_energy(saddle)) == pytest.approx(2 / 27)
 
 
 def test_mse():
