@@ -16,8 +16,10 @@ three tissues of the warped moving labels against the fixed ones, folding and se
 pair (the whole job: preprocessing, network, refinement, upsampling, warping the labels):
 
 * before: the moving labels resampled onto the fixed grid in physical space;
-* ``gvsl match``: the network (demo weights) then the default refinement;
-* the same refinement from the identity (an untrained network): what the network adds;
+* ``gvsl match``: the network (demo weights) then the default refinement (preset ``standard``);
+* ``gvsl match --refine-preset brain``: the network then the refinement preset for brain MR
+  (``models.REFINE_PRESETS``);
+* each refinement from the identity (an untrained network): what the network adds;
 * SimpleITK affine + B-spline (Mattes MI, 3 levels; ``benchmarks/classical_registration.py``).
 """
 
@@ -65,16 +67,21 @@ def main(argv=None) -> int:
     network, _ = load_model(None, args.device)
     identity, _ = load_model("random", args.device)
     rows = []
-    head = f"{'pair':>4} {'shape':>13} | {'method':<28} | {'Dice':>6} {'HD95 mm':>8} {'fold %':>7} {'s':>7}"
+    head = f"{'pair':>4} {'shape':>13} | {'method':<30} | {'Dice':>6} {'HD95 mm':>8} {'fold %':>7} {'s':>7}"
     print(head, flush=True)
     for i in range(args.pairs):
         fixed, fl = make_brain_subject(args.seed_base + 2 * i, shape)
         moving, ml = make_brain_subject(args.seed_base + 2 * i + 1, shape)
         results = {"before": (resample_to(ml, fixed, is_label=True).array, 0.0, 0.0)}
         devices = {"before": None, "SimpleITK affine + B-spline": "cpu"}
-        for name, model in (("gvsl match (network + refine)", network), ("refine from the identity", identity)):
+        for name, model, preset in (
+            ("gvsl match (network + refine)", network, "standard"),
+            ("refine from the identity", identity, "standard"),
+            ("gvsl match, preset brain", network, "brain"),
+            ("preset brain from the identity", identity, "brain"),
+        ):
             t0 = time.perf_counter()
-            r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=True)
+            r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=preset)
             results[name] = (r.warped_labels.array, r.report["folding_percent"], time.perf_counter() - t0)
             devices[name] = r.report["device"]
         if not args.no_classical:
@@ -97,14 +104,14 @@ def main(argv=None) -> int:
                 }
             )
             print(
-                f"{i:>4} {str(fixed.shape):>13} | {method:<28} | {dice:6.3f} {hd:8.2f} {fold:7.2f} {secs:7.1f}",
+                f"{i:>4} {str(fixed.shape):>13} | {method:<30} | {dice:6.4f} {hd:8.2f} {fold:7.2f} {secs:7.1f}",
                 flush=True,
             )
     print("\nmean over pairs:")
     for method in dict.fromkeys(r["method"] for r in rows):
         sel = [r for r in rows if r["method"] == method]
         print(
-            f"  {method:<28} Dice {np.mean([r['dice'] for r in sel]):.3f}  HD95 {np.mean([r['hd95_mm'] for r in sel]):.2f} mm"
+            f"  {method:<30} Dice {np.mean([r['dice'] for r in sel]):.4f}  HD95 {np.mean([r['hd95_mm'] for r in sel]):.2f} mm"
             f"  folding {np.mean([r['folding_percent'] for r in sel]):.2f} %  {np.mean([r['seconds'] for r in sel]):.1f} s"
         )
     if args.json:

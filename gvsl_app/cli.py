@@ -191,8 +191,16 @@ def _add_match(sub) -> None:
         "--refine",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="polish the network's map on this pair by instance optimisation (default; ~5 s for a "
+        help="polish the network's map on this pair by instance optimisation (default; ~9 s for a "
         "128^3 pair on a 2-core CPU); --no-refine returns the network's map alone (~2 s)",
+    )
+    p.add_argument(
+        "--refine-preset",
+        choices=("standard", "brain"),
+        default="standard",
+        help="the refinement's schedule: standard (default; CT and large deformations) or brain (brain MR "
+        "and other ~1 mm scans with small smooth deformations: stiffer and finer, ~1.5x the time; "
+        "docs/MATCHING.md)",
     )
     p.add_argument(
         "--passes",

@@ -234,7 +234,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         device=args.device,
         moving_labels=ml,
         fixed_labels=fl,
-        refine=args.refine,
+        refine=args.refine_preset if args.refine else False,
         fallback=args.fallback,
         passes=args.passes,
     )

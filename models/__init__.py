@@ -3,7 +3,7 @@
 from .checkpoint import CheckpointError, LoadReport, atomic_torch_save, load_state_into, model_state, read_checkpoint
 from .device import available_devices, resolve_device
 from .gvsl import GVSL, PAPER_HEADS, GVSLOutput
-from .instance_optimisation import RefineSchedule, refine_coordinates
+from .instance_optimisation import REFINE_PRESETS, RefineSchedule, refine_coordinates, refine_preset
 from .losses import local_ncc, multiscale_ncc, restoration_mse, smoothness
 from .spatial import AffineBounds, affine_from_parameters, identity_affine, sampling_coordinates, warp
 from .unet import DEMO_WIDTHS, PAPER_WIDTHS, UNet3D, widths_from_base
@@ -25,8 +25,10 @@ __all__ = [
     "multiscale_ncc",
     "smoothness",
     "restoration_mse",
+    "REFINE_PRESETS",
     "RefineSchedule",
     "refine_coordinates",
+    "refine_preset",
     "CheckpointError",
     "LoadReport",
     "atomic_torch_save",

@@ -7,7 +7,18 @@ import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
 
@@ -99,6 +110,19 @@ class MatchingWidget(QWidget):
             "working size; after a run here the box says what it took. The progress bar shows the time "
             "left while it runs."
         )
+        self.refine_preset = QComboBox()
+        self.refine_preset.addItems(["standard", "brain"])  # models.REFINE_PRESETS, without importing torch
+        self.refine_preset.setItemData(
+            0, "CT and other scans with large deformations (the cardiac pairs); the default", Qt.ToolTipRole
+        )
+        self.refine_preset.setItemData(
+            1,
+            "brain MR and other ~1 mm scans with small, smooth deformations: a finer last level and a "
+            "bending penalty; about 1.5x the time (docs/MATCHING.md)",
+            Qt.ToolTipRole,
+        )
+        self.refine_preset.setToolTip("the refinement's schedule (gvsl match --refine-preset)")
+        self.refine.toggled.connect(self.refine_preset.setEnabled)
         self._stop = threading.Event()
         form = QFormLayout()
         for label, w in (
@@ -110,6 +134,7 @@ class MatchingWidget(QWidget):
             ("device", self.device),
             ("working size", self.cube_size),
             ("refine", self.refine),
+            ("schedule", self.refine_preset),
         ):
             form.addRow(label, w)
         self.controls = JobControls(
@@ -149,7 +174,8 @@ class MatchingWidget(QWidget):
             refuse(self.state, exc, "Z-Matching")
             return None
         weights, device, size = self.weights.value(), self.device.currentText(), self.cube_size.value() or None
-        refine, stop = self.refine.isChecked(), self._stop
+        refine = self.refine_preset.currentText() if self.refine.isChecked() else False
+        stop = self._stop
         stop.clear()
         style = copy_label_style(mll) if mll is not None else {}
         clim = tuple(ml.contrast_limits)
@@ -281,7 +307,9 @@ def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
     rows.append(("folding", f"{rep['folding_percent']:.3f} % (det J min {rep['jacobian_min']:.3f})"))
     rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
     sec = rep.get("seconds", {})
+    preset = (rep.get("refined") or {}).get("preset")
     refined = f", refinement {sec['refine_s']:.2f} s" if "refine_s" in sec else ""
+    refined += f" ({preset})" if refined and preset else ""
     rows.append(
         (
             "time",

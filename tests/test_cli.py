@@ -185,6 +185,22 @@ def test_match_refine_records_the_refinement(data, weights, tmp_path):
     assert [lv["stage"] for lv in levels][:1] == ["affine"] and levels[-1]["stage"] == "deformable"
     assert r["similarity_grid"] == levels[-1]["shape"]  # the NCCs are measured on the finest level's grid
     assert r["ncc_after"] > r["ncc_network"]
+    assert r["refined"]["preset"] == "standard" and r["refined"]["bending"] == 0.0
+
+
+def test_match_refine_preset_brain_is_recorded_and_a_wrong_one_is_refused(data, weights, tmp_path):
+    from models import REFINE_PRESETS
+
+    fixed, moving = data / "images" / "case_000.nii.gz", data / "images" / "case_001.nii.gz"
+    args = ("match", fixed, moving, "--weights", weights / "gvsl.pt", "--size", 32, "--device", "cpu")
+    ok(gvsl(*args, "--out", tmp_path / "brain", "--refine-preset", "brain"))
+    r = json.loads((tmp_path / "brain" / "report.json").read_text())["refined"]
+    brain = REFINE_PRESETS["brain"]
+    assert r["preset"] == "brain" and r["bending"] == brain.bending and r["lr_side"] == brain.lr_side
+    bad = gvsl(*args, "--out", tmp_path / "bad", "--refine-preset", "lung")
+    assert bad.returncode != 0 and "invalid choice: 'lung'" in bad.stderr and "standard" in bad.stderr
+    # the CLI lists the presets without importing torch: the list must be the engine's
+    assert "choose from 'standard', 'brain'" in bad.stderr and list(REFINE_PRESETS) == ["standard", "brain"]
 
 
 def test_segment_writes_a_label_map_on_the_image_grid_and_a_report(data, weights, tmp_path):

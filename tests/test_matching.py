@@ -10,7 +10,7 @@ import torch
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.matching import FALLBACK_TOLERANCE, match
-from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
 from models.checkpoint import CheckpointError
 
 
@@ -302,3 +302,14 @@ def test_more_network_passes_compose_into_one_map(tmp_path):
     assert out["ncc_after"] == pytest.approx(float(-M.local_ncc(by_hand, f_w)), abs=1e-6)
     with pytest.raises(ValueError, match="passes must be >= 1"):
         M.match(fixed, moving, model=model, size=32, device="cpu", passes=0)
+
+
+def test_a_refinement_preset_is_named_in_the_report_and_an_unknown_one_refused_before_any_work(pair):
+    fixed, moving, _, _ = pair
+    with pytest.raises(ValueError, match=r"unknown refinement preset 'lung': choose one of standard, brain"):
+        match(fixed, moving, weights="/nonexistent/weights.pt", refine="lung")  # refused before loading weights
+    model = GVSL(widths=DEMO_WIDTHS)
+    r = match(fixed, moving, model=model, size=32, refine="brain").report["refined"]
+    assert r["preset"] == "brain" and r["bending"] == 0.2 and r["levels"][-1]["stage"] == "deformable"
+    own = match(fixed, moving, model=model, size=32, refine=RefineSchedule(deformable_levels=((24, 8, 5),)))
+    assert own.report["refined"]["preset"] is None  # a schedule of one's own has no name

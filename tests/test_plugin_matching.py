@@ -111,9 +111,15 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
     assert "refinement" in w.report.text()
     assert not w.controls.stop_button.isEnabled()
     assert "took" not in w.refine.text()  # a run stopped early measures nothing
-    # the next run starts with a cleared stop request and refines to the end
+    # the next run starts with a cleared stop request and refines to the end, with the schedule chosen
+    w.refine.setChecked(False)
+    assert not w.refine_preset.isEnabled()  # no schedule to choose without a refinement
+    w.refine.setChecked(True)
+    assert w.refine_preset.isEnabled()
+    w.refine_preset.setCurrentText("brain")
     _run(qtbot, w)
     assert not w.result.report["refined"]["stopped"]
+    assert w.result.report["refined"]["preset"] == "brain" and "(brain)" in w.report.text()
     # the checkbox now promises what the refinement took here
     assert f"took {w.result.report['seconds']['refine_s']:.1f} s" in w.refine.text()
 

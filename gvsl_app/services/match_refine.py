@@ -119,13 +119,15 @@ def refine_map(
 
 
 def refine_summary(
-    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], out: dict
+    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], out: dict, preset: str | None = None
 ) -> dict | None:
-    """The refinement's schedule, the steps it took, whether a stop request ended it, the CPU
-    threads it ran on and what each level did (None without refinement)."""
+    """The refinement's preset name (None for a schedule of one's own) and schedule, the steps
+    it took, whether a stop request ended it, the CPU threads it ran on and what each level did
+    (None without refinement)."""
     if schedule is None:
         return None
     return {
+        "preset": preset,
         "steps": schedule.total_steps,
         "steps_done": steps_done,
         "stopped": bool(out.get("refine_stopped")),

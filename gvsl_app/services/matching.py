@@ -18,7 +18,7 @@ from gvsl_app.services.match_refine import REFINE_SPAN, refine_map, refine_summa
 from gvsl_app.services.match_result import MatchResult
 from gvsl_app.services.metrics import dice_per_label
 from gvsl_app.services.weights import load_gvsl
-from models import GVSL, RefineSchedule, local_ncc, resolve_device
+from models import GVSL, RefineSchedule, local_ncc, refine_preset, resolve_device
 from models.device import autocast, cpu_threads, threads_for_load
 from models.instance_optimisation import LevelRecord
 from models.spatial import compose_affines, compose_coordinates, voxel_grid, warp
@@ -49,7 +49,7 @@ def match(
     moving_labels: Volume | None = None,
     fixed_labels: Volume | None = None,
     model: GVSL | None = None,
-    refine: bool | RefineSchedule = False,
+    refine: bool | str | RefineSchedule = False,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     fallback: bool = True,
@@ -61,7 +61,8 @@ def match(
     normalised and resized to a ``size^3`` working cube (default: the cube the weights were
     trained on, else 96), the network predicts one composed
     map, and that map comes back to the fixed grid in millimetres. With ``refine`` (True for
-    the default :class:`models.RefineSchedule`) the network's map is then polished on this pair
+    the default :class:`models.RefineSchedule`, a name of :data:`models.REFINE_PRESETS` such
+    as ``"brain"``, or a schedule of one's own) the network's map is then polished on this pair
     by instance optimisation (a few seconds on a CPU; ``should_stop`` returning True ends it
     early and keeps the map so far). The warped image is then
     produced by SimpleITK from the original moving volume and the exported displacement
@@ -81,6 +82,12 @@ def match(
         raise ValueError(f"passes must be >= 1 (how many times the network is applied), got {passes}")
     if size is not None and int(size) < 16:
         raise ValueError(f"working size must be >= 16 voxels (the network pools four times), got {size}")
+    preset, schedule = None, None
+    if isinstance(refine, RefineSchedule):
+        schedule = refine
+    elif refine:
+        preset = "standard" if refine is True else str(refine)
+        schedule = refine_preset(preset)  # a wrong name fails here, before any work
     times: dict[str, float] = {}
     say = progress or (lambda stage, frac: None)
     t = time.perf_counter()
@@ -113,7 +120,6 @@ def match(
     if fallback and out["ncc_after"] < out["ncc_before"] - FALLBACK_TOLERANCE:
         fell_back.append(_use_identity(out, shape, "the network's map"))
 
-    schedule = RefineSchedule() if refine is True else (refine or None)
     steps_done, grid = 0, shape
     levels: list[LevelRecord] = []
     if schedule is not None:
@@ -144,7 +150,7 @@ def match(
         "device": str(used),
         "weights": weights_info,
         "physical_overlap": overlap,
-        "refined": refine_summary(schedule, steps_done, levels, out),
+        "refined": refine_summary(schedule, steps_done, levels, out, preset),
         "similarity_grid": list(grid),
         "ncc_before": out["ncc_before"],
         "ncc_after": out["ncc_after"],
