@@ -101,7 +101,7 @@ class MatchingWidget(QWidget):
         self.cube_size.setToolTip(
             "side of the working cube both volumes are resized to; auto: the cube the weights were trained at"
         )
-        self.refine = QCheckBox(f"refine on this pair (+{REFINE_MEASURED})")
+        self.refine = QCheckBox(f"on this pair (+{REFINE_MEASURED})")  # the form row says "refine"
         self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
         self.refine.setToolTip(
             "instance optimisation after the network: a few hundred gradient steps on this pair's "
@@ -221,7 +221,7 @@ class MatchingWidget(QWidget):
         refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
         if refine_s is not None and not refined.get("stopped"):
             # what it cost here, for these volumes and this working size, is the best promise
-            self.refine.setText(f"refine on this pair (took {refine_s:.1f} s last run)")
+            self.refine.setText(f"on this pair (took {refine_s:.1f} s last run)")
         vec = layer_data[-1][1]
 
         def margins() -> None:

@@ -14,7 +14,7 @@ from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
 
-COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice")
+COLUMNS = ("structure", "mL", "ref. mL", "Dice")  # short: the dock is 380 px and every column should show
 
 
 def result_name(image_name: str) -> str:
@@ -109,6 +109,7 @@ class SegmentationWidget(QWidget):
                 self.table.setItem(row, col, QTableWidgetItem(text))
             rgba = label_rgba(layer, int(key))
             self.table.item(row, 0).setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
+        self.table.resizeColumnsToContents()
         secs = rep["seconds"]["total_s"]
         found = sum(1 for v in vols.values() if v > 0)
         which = "" if "(given)" in rep.get("segmenter", "(given)") else f"{rep['segmenter']}. "

@@ -73,6 +73,11 @@ def test_segmentation_flow_layer_and_table(qtbot, cardiac_viewer, seg_ckpt):
     assert w.table.item(row["Myocardium"], 3).text() == f"{rep['dice']['5']:.3f}"
     assert w.table.item(row["LV"], 2).text() == f"{rep['reference_volume_ml']['1']:.2f}"
     assert f"mean Dice {rep['mean_dice']:.3f}" in w.summary.text()
+    # every column shows its header and values, and the table fits the 380 px GVSL column
+    head = w.table.horizontalHeader()
+    widths = [w.table.columnWidth(c) for c in range(w.table.columnCount())]
+    assert all(width >= head.sectionSizeHint(c) for c, width in enumerate(widths)), widths
+    assert sum(widths) <= 360, widths
 
 
 def test_segmentation_wrong_checkpoint_notifies(qtbot, cardiac_viewer, gvsl_ckpt, notifications):
