@@ -31,7 +31,7 @@ check: venv
 	$(BIN)/lint-imports
 
 test: venv system-deps check
-	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_model.py

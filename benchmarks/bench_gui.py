@@ -1,7 +1,7 @@
 """The viewer under load: each widget's real button pressed while a 10 ms heartbeat ticks.
 
 Usage (needs a display; on a server under Xvfb):
-  QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui.py \
+  QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui.py \
       [--jobs matching,training,segmentation,clusters,explorer] [--threads 1] [--no-startup]
 
 The desktop app's viewer (``napari_plugin.app.build_viewer``: the five docks as ``gvsl app``

@@ -171,12 +171,17 @@ def private_runtime_dir() -> str | None:
 
 def quiet_launch() -> None:
     """What the desktop app does before Qt starts so that its terminal shows only what
-    matters: a private runtime folder where none is set, and napari's note that it cannot
+    matters: a private runtime folder where none is set, Qt 6 (PyQt6) where it is installed
+    and no ``QT_API`` says otherwise (qtpy would take an older PyQt5 first, whose napari
+    support is deprecated and announces so in a toast), and napari's note that it cannot
     detect the system theme with Qt 5 silenced (it falls back to its dark theme, which the
     app uses anyway). Only in the app's own process, never in a napari the plugin is a guest of.
     """
+    import importlib.util
     import warnings
 
+    if "QT_API" not in os.environ and "qtpy" not in sys.modules and importlib.util.find_spec("PyQt6") is not None:
+        os.environ["QT_API"] = "pyqt6"
     private_runtime_dir()
     warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend", category=UserWarning)
 

@@ -6,16 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=${DEMO_OUT:-out/demo}
-# What the app's terminal may still show, and why it is harmless. (The app itself gives Qt a
-# private runtime folder when XDG_RUNTIME_DIR is unset and silences napari's Qt 5 theme note.)
-qt_note() {
-  if "$BIN/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('PyQt6') is not None)" 2>/dev/null; then
-    echo "Note: napari may print 'support for the PyQt5 backend is deprecated': that is napari's plan for"
-    echo "      its future releases; GVSL Studio runs on PyQt5 today and nothing needs doing."
-  fi
-}
 if [ -n "${DISPLAY:-}" ] && [ -z "${GVSL_HEADLESS:-}" ]; then
-  qt_note
   exec "$BIN/gvsl" app --sample cardiac
 fi
 echo "No display: running the headless demo into $OUT (set DISPLAY to open the app)."
@@ -27,8 +18,7 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 "$BIN/gvsl" segment "$OUT/data/images/case_000.nii.gz" --reference "$OUT/data/labels/case_000.nii.gz" \
   --out "$OUT/segmentation.nii.gz"
 if command -v xvfb-run >/dev/null; then
-  qt_note
-  QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" "$BIN/gvsl" app --sample cardiac --screenshot "$OUT/app.png" \
+  QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" "$BIN/gvsl" app --sample cardiac --screenshot "$OUT/app.png" \
     && echo "app screenshot: $OUT/app.png" || echo "(app screenshot skipped)"
 fi
 echo "Demo outputs in $OUT/"

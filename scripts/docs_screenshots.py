@@ -1,7 +1,7 @@
 """Regenerate the screenshots of the README and docs/GUI.md from the real desktop app.
 
 Usage (needs a display; on a server under Xvfb, with a 1600x1000 screen):
-  QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/docs_screenshots.py \
+  QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/docs_screenshots.py \
       [--out docs/screenshots]
 
 The viewer is the desktop app's (``napari_plugin.app.build_viewer``, as ``gvsl app --sample
@@ -24,8 +24,8 @@ widget is driven by its real button, one after the other, on the CPU with one to
 
 Between the matching shots and the others the matching result layers are deleted and the
 images get their grey look back, so each later picture shows its own widget's result.
-napari's note at the window's first show (its PyQt5 support is deprecated) is printed, not
-shown as a toast; any notification after that would be a toast over the next picture.
+napari's note at the window's first show under PyQt5 (its support is deprecated) is printed,
+not shown as a toast; any notification after that would be a toast over the next picture.
 Every file written is printed with its size; a job that fails or does not finish, or a
 notification, ends the script with a non-zero exit status and the reason.
 """
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         print(
-            'docs_screenshots: no display; run it under Xvfb: QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" '
+            'docs_screenshots: no display; run it under Xvfb: QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" '
             ".venv/bin/python scripts/docs_screenshots.py",
             file=sys.stderr,
         )
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     notes = Notes()
     app_settings = get_settings().application  # the throw-away file's
     level = app_settings.gui_notification_level
-    # napari's own note at the window's first show (its PyQt5 support is deprecated) would
+    # napari's own note at the window's first show under PyQt5 (its support is deprecated) would
     # otherwise stay as a toast over every picture; it is printed above instead
     app_settings.gui_notification_level = "error"
     viewer = build_viewer(sample="cardiac")

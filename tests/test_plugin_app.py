@@ -137,6 +137,23 @@ def test_the_launcher_silences_only_the_qt5_theme_note():
     assert [str(w.message) for w in caught] == ["something else"]
 
 
+def test_the_app_starts_on_qt6_unless_told_otherwise():
+    """qtpy takes PyQt5 first where both are installed; the app asks for PyQt6 (napari's
+    PyQt5 support is deprecated), but never against an explicit QT_API."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import os, sys; from napari_plugin.app import quiet_launch; quiet_launch(); print(os.environ['QT_API'])"
+    env = {k: v for k, v in os.environ.items() if k != "QT_API"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "pyqt6"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env={**env, "QT_API": "pyside6"}, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "pyside6"
+
+
 def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_napari_viewer, qtbot):
     """The widgets need no torch to appear; the device list, the training form and the
     t-SNE plot complete once the background import is done."""

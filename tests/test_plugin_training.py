@@ -273,7 +273,9 @@ def test_loss_plot_draws_each_term_and_validation_in_its_training_colour(qtbot):
     }
     plot.update_curves(history)
     assert plot.labels() == ["loss", "ncc", "val_ncc"]  # training terms sorted, then validation
-    image = plot.grab().toImage().convertToFormat(4)  # QImage.Format_RGB32: B, G, R, 255 per pixel
+    from qtpy.QtGui import QImage
+
+    image = plot.grab().toImage().convertToFormat(QImage.Format_RGB32)  # B, G, R, 255 per pixel
     ptr = image.constBits()
     ptr.setsize(image.height() * image.bytesPerLine())
     pixels = np.frombuffer(ptr, np.uint8).reshape(image.height(), image.bytesPerLine())[:, : 4 * image.width()]
