@@ -48,12 +48,14 @@ def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
     return x
 
 
+def _forward_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward differences of ``(B, C, D, H, W)`` along z, y and x (each one shorter on its axis)."""
+    return x.diff(dim=2), x.diff(dim=3), x.diff(dim=4)
+
+
 def smoothness(displacement: torch.Tensor) -> torch.Tensor:
     """Mean squared forward differences of a displacement ``(B, 3, D, H, W)`` along each axis."""
-    d = displacement.float()
-    dz = d[:, :, 1:] - d[:, :, :-1]
-    dy = d[:, :, :, 1:] - d[:, :, :, :-1]
-    dx = d[:, :, :, :, 1:] - d[:, :, :, :, :-1]
+    dz, dy, dx = _forward_differences(displacement.float())
     return (dz.pow(2).mean() + dy.pow(2).mean() + dx.pow(2).mean()) / 3.0
 
 
@@ -64,16 +66,10 @@ def bending_energy(displacement: torch.Tensor) -> torch.Tensor:
     :func:`smoothness`. Unlike squared first differences it is zero for any affine field, so
     it leaves a large but smooth deformation alone and penalises only its curvature.
     """
-    d = displacement.float()
-    dz = d[:, :, 1:] - d[:, :, :-1]
-    dy = d[:, :, :, 1:] - d[:, :, :, :-1]
-    dx = d[:, :, :, :, 1:] - d[:, :, :, :, :-1]
-    zz = dz[:, :, 1:] - dz[:, :, :-1]
-    yy = dy[:, :, :, 1:] - dy[:, :, :, :-1]
-    xx = dx[:, :, :, :, 1:] - dx[:, :, :, :, :-1]
-    zy = dz[:, :, :, 1:] - dz[:, :, :, :-1]
-    zx = dz[:, :, :, :, 1:] - dz[:, :, :, :, :-1]
-    yx = dy[:, :, :, :, 1:] - dy[:, :, :, :, :-1]
+    dz, dy, dx = _forward_differences(displacement.float())
+    zz, zy, zx = _forward_differences(dz)
+    yy, yx = dy.diff(dim=3), dy.diff(dim=4)
+    xx = dx.diff(dim=4)
     pure = zz.pow(2).mean() + yy.pow(2).mean() + xx.pow(2).mean()
     mixed = zy.pow(2).mean() + zx.pow(2).mean() + yx.pow(2).mean()
     return (pure + 2.0 * mixed) / 9.0
