@@ -112,6 +112,10 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
     assert not w.controls.stop_button.isEnabled()
     assert "took" not in w.refine.text()  # a run stopped early measures nothing
     # the next run starts with a cleared stop request and refines to the end, with the schedule chosen
+    from models import REFINE_PRESETS
+
+    # the box lists the engine's presets (written out there so that the widget needs no torch)
+    assert [w.refine_preset.itemText(i) for i in range(w.refine_preset.count())] == list(REFINE_PRESETS)
     w.refine.setChecked(False)
     assert not w.refine_preset.isEnabled()  # no schedule to choose without a refinement
     w.refine.setChecked(True)
