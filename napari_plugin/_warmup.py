@@ -69,8 +69,24 @@ def _import_all() -> None:
             log.debug("warm-up: cannot import %s: %s", name, exc)
 
 
+def _prime_caches() -> None:
+    """Fill vispy's module-level caches that a layer's first insertion would fill in the GUI thread.
+
+    The dash patterns of vispy's line visual (``DashAtlas``, an ``lru_cache`` of pure numpy
+    work) took 55-80 ms the first time a Labels layer was added (its polygon overlay draws
+    lines): a result layer's insertion stalled the viewer that much longer once per session.
+    """
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+
+        DashAtlas()
+    except Exception as exc:  # an older or newer vispy: the insertion fills it then
+        log.debug("warm-up: cannot prime vispy's dash patterns: %s", exc)
+
+
 def _run() -> None:
     _import_all()
+    _prime_caches()
     if _notifier is not None:
         _notifier.finished.emit()
 

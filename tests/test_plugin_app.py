@@ -154,6 +154,22 @@ def test_the_app_starts_on_qt6_unless_told_otherwise():
     assert out.stdout.strip() == "pyside6"
 
 
+def test_the_warm_up_fills_the_vispy_cache_a_first_labels_layer_would_fill_in_the_gui_thread():
+    """The dash patterns of vispy's lines cost 55-80 ms the first time a Labels layer is
+    added; the warm-up thread computes them (a fresh process, so nothing else has)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from vispy.visuals.line import dash_atlas as d; from napari_plugin import _warmup; "
+        "a = d._make_pattern.cache_info().currsize; _warmup._prime_caches(); "
+        "print(a, d._make_pattern.cache_info().currsize)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    assert before == 0 and after >= 10
+
+
 def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_napari_viewer, qtbot):
     """The widgets need no torch to appear; the device list, the training form and the
     t-SNE plot complete once the background import is done."""
