@@ -65,6 +65,12 @@ class TrainingForm(Container):
         }
         super().__init__(widgets=list(self.fields.values()))
         f = self.fields
+        for name in ("data", "run_dir"):
+            # magicgui labels the button "Choose directory", wider than the path it serves in a
+            # 380 px dock; the dialog keeps that caption, the button says it in its tooltip
+            f[name].choose_btn.text = "…"
+            f[name].choose_btn.tooltip = "Choose directory"
+            f[name].choose_btn.max_width = 32
         f["data"].enabled = False
         f["task"].changed.connect(self._on_task)
         f["synthetic"].changed.connect(self._on_synthetic)

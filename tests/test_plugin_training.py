@@ -256,6 +256,10 @@ def test_the_form_is_magicgui_and_shows_the_engines_defaults_for_each_task(make_
     assert (
         w.fields["data"].enabled and not w.fields["n_synthetic"].enabled and w.spec().data == ""
     )  # no folder chosen yet
+    for name in ("data", "run_dir"):  # the path, not magicgui's "Choose directory" button, takes the row
+        button = w.fields[name].choose_btn.native
+        assert button.text() == "…" and button.toolTip() == "Choose directory"
+        assert button.maximumWidth() <= 40 < w.fields[name].line_edit.native.sizeHint().width()
 
 
 def test_loss_plot_draws_each_term_and_validation_in_its_training_colour(qtbot):
