@@ -193,3 +193,38 @@ def test_a_run_made_with_a_relative_work_folder_is_reused_with_an_absolute_one(p
     assert study_runs._same_config(tmp_path / "work" / "gvsl", absolute)
     other = study_runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "elsewhere", "cpu")
     assert not study_runs._same_config(tmp_path / "work" / "gvsl", other)
+
+
+def test_finetune_probe_reruns_the_studys_finetune_at_other_lengths_and_rates(study, tmp_path):
+    import argparse
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("finetune_probe", BENCHMARKS / "finetune_probe.py")
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
+    _, _, work, _, _ = study
+    out = tmp_path / "probe.json"
+    argv = ["--study", str(work), "--budget", "tiny", "--seeds", "0", "--methods", "scratch", "gvsl"]
+    argv += ["--settings", "3:1e-3", "6:1e-4", "--json", str(out)]
+    assert fp.main(argv) == 0
+    data = json.loads(out.read_text())
+    runs = {(r["setting"], r["method"]): r["test_dice"] for r in data["runs"]}
+    assert set(runs) == {(s, m) for s in ("3:0.001", "6:0.0001") for m in ("scratch", "gvsl")}
+    assert all(0.0 <= v <= 1.0 for v in runs.values())
+    gvsl_rows = [r for r in data["summary"] if r["method"] == "gvsl"]
+    assert [r["diff"] for r in gvsl_rows] == pytest.approx(
+        [runs[(s, "gvsl")] - runs[(s, "scratch")] for s in ("3:0.001", "6:0.0001")]
+    )
+    run = work / "seed0" / "probe_finetune" / "6-0.0001" / "gvsl"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["iters"] == 6 and cfg["lr"] == pytest.approx(1e-4) and cfg["task"] == "seg" and not cfg["linear"]
+    assert cfg["init"] == str(work / "seed0" / "pretrain" / "gvsl" / "checkpoints" / "last.pt")
+    before = (run / "report.json").stat().st_mtime_ns
+    fp.main(argv)  # a finished run is reused, not trained again
+    assert (run / "report.json").stat().st_mtime_ns == before
+    for bad in ("1000", "0:1e-3", "10:-1", "x:y"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fp.parse_setting(bad)
+    with pytest.raises(SystemExit, match="no study data"):
+        fp.main(["--study", str(tmp_path / "none"), "--budget", "tiny", "--seeds", "0"])
