@@ -14,6 +14,7 @@ from pathlib import Path
 
 from study_paired import md_paired, paired
 from study_plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
+from study_record import Record
 from study_stats import Measurements, silhouette_summary, summarise
 from study_timing import Clock, fmt_s
 
@@ -209,8 +210,32 @@ def _md_table1(budget: Budget, mean: dict, spread: dict, several: bool) -> list[
     return L
 
 
+def _md_record(record: Record | None) -> list[str]:
+    """Which seeds were taken from an earlier results.json rather than run by this command, and how they were made."""
+    if record is None or not record.seeds:
+        return []
+    one = len(record.seeds) == 1
+    return [
+        f"Seed{'' if one else 's'} {', '.join(map(str, record.seeds))} {'was' if one else 'were'} not run by this "
+        f"command: {'its' if one else 'their'} values, silhouettes and pre-training diagnostics are read from `{record.path.as_posix()}`, which recorded them on {record.date} "
+        f"(device {record.device}) with",
+        "",
+        f"```\n{record.command}\n```",
+        "",
+        "with the same budget and downstream data (checked); the other seeds were run by the command above.",
+        "",
+    ]
+
+
 def _md_clustering(
-    out: Path, budget: Budget, figures: list[Path], sil: dict, sil_sd: dict, sil2d: dict, several: bool
+    out: Path,
+    budget: Budget,
+    figures: list[Path],
+    sil: dict,
+    sil_sd: dict,
+    sil2d: dict,
+    several: bool,
+    tsne_seed: int = 0,
 ) -> list[str]:
     """The clustering section: silhouettes per method with links to their t-SNE figures, and the Fig. 7 panel."""
     L = []
@@ -221,7 +246,7 @@ def _md_clustering(
         f"structure, mean over {budget.n_embed} held-out cardiac subject(s)"
         + (" and the seeds" if several else "")
         + "); Scratch is a randomly initialised network. "
-        "t-SNE silhouette is on the first subject of the first seed."
+        f"t-SNE and its silhouette are of the first subject of seed {tsne_seed}."
     )
     L.append("")
     L.append("| Pre-training | silhouette (features) | silhouette (t-SNE 2D) | figure |")
@@ -358,21 +383,32 @@ def write_outputs(
     est: dict | None,
     figures: list[Path],
     diag: list[dict],
+    record: Record | None = None,
+    first_seed: int | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out/results.json`` and then ``out/RESULTS.md`` (the figures are already in ``figures``); returns both paths."""
+    """Write ``out/results.json`` and then ``out/RESULTS.md`` (the figures are already in ``figures``); returns both paths.
+
+    ``record`` is the earlier results.json some seeds were taken from (named in both files);
+    ``first_seed`` the seed whose features the t-SNE figures show (default the first of ``seeds``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     several = len(seeds) > 1
+    tsne_seed = seeds[0] if first_seed is None else first_seed
     mean, spread = summarise(measured.per_seed, seeds)
     sil, sil_sd = silhouette_summary(measured.sil_seed)
     meta = _meta(budget, seeds, measured, clock, command, device_desc, est, spread, sil_sd, diag)
+    meta["tsne_seed"] = tsne_seed
+    if record is not None:
+        meta["from_record"] = record.provenance()
     pair = paired(measured.per_seed, seeds)
     meta["paired_gvsl_minus"] = pair
     json_path = _write_json(out, mean, sil, meta)
     lines = [
         *_md_intro(budget, seeds, device_desc, meta["date"], command, several),
+        *_md_record(record),
         *_md_table1(budget, mean, spread, several),
         *md_paired(pair, measured.sil_seed, seeds),
-        *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several),
+        *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several, tsne_seed),
         *_md_discussion(out, budget, mean, spread, sil, several),
         *_md_diagnostics(diag),
         *_md_budget(budget, clock, measured.reused, est),

@@ -228,3 +228,38 @@ def test_finetune_probe_reruns_the_studys_finetune_at_other_lengths_and_rates(st
             fp.parse_setting(bad)
     with pytest.raises(SystemExit, match="no study data"):
         fp.main(["--study", str(tmp_path / "none"), "--budget", "tiny", "--seeds", "0"])
+
+
+def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(study, tmp_path):
+    pt, _, work, out, first = study
+    record = tmp_path / "seed0.json"
+    record.write_text((out / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
+    out2 = tmp_path / "out2"
+    argv = ["--budget", "tiny", "--seeds", "0", "1", "--work", str(work), "--out", str(out2), "--quiet"]
+    merged = pt.main(argv + ["--from-record", str(record), "--no-estimate"])
+    meta = merged["meta"]
+    assert meta["seeds"] == [0, 1] and meta["from_record"]["seeds"] == [0] and meta["tsne_seed"] == 1
+    # seed 0's finished runs lie in the same work folder: had it been run again they would count as reused
+    assert meta["runs_reused"] == 0
+    old = first["meta"]["per_seed"]
+    for task in TASKS:
+        for mode in MODES:
+            for method in METHODS:
+                values = meta["per_seed"][task][mode][method]
+                assert values["0"] == old[task][mode][method]["0"], (task, mode, method)
+                assert "1" in values
+    assert {r["seed"] for r in meta["pretrain_diagnostics"]} == {0, 1}
+    md = (out2 / "RESULTS.md").read_text(encoding="utf-8")
+    assert "Seed 0 was not run by this command" in md and first["meta"]["command"] in md
+    assert "seed 1." in md  # the t-SNE is of the seed that was run
+
+    with pytest.raises(SystemExit, match="nothing to run"):
+        pt.main(["--budget", "tiny", "--seeds", "0", "--work", str(work), "--out", str(out2), "--quiet",
+                 "--from-record", str(record)])  # fmt: skip
+    other = json.loads(record.read_text(encoding="utf-8"))
+    other["meta"]["budget_config"]["pre_iters"] += 1
+    record.write_text(json.dumps(other), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"another budget \(pre_iters"):
+        pt.main(argv + ["--from-record", str(record)])
+    with pytest.raises(SystemExit, match="not a readable"):
+        pt.main(argv + ["--from-record", str(tmp_path / "missing.json")])
