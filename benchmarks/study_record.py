@@ -111,3 +111,20 @@ def add_record(measured: Measurements, record: Record) -> None:
     for m in METHODS:
         measured.sil_seed[m].update({s: v for s, v in record.sil_seed[m].items() if not math.isnan(v)})
     measured.run_walls.update(record.run_walls)
+
+
+def md_record(record: Record | None) -> list[str]:
+    """Which seeds were taken from an earlier results.json rather than run by this command, and how they were made."""
+    if record is None or not record.seeds:
+        return []
+    one = len(record.seeds) == 1
+    return [
+        f"Seed{'' if one else 's'} {', '.join(map(str, record.seeds))} {'was' if one else 'were'} not run by this "
+        f"command: {'its' if one else 'their'} values, silhouettes and pre-training diagnostics are read from "
+        f"`{record.path.as_posix()}`, which recorded them on {record.date} (device {record.device}) with",
+        "",
+        f"```\n{record.command}\n```",
+        "",
+        "with the same budget and downstream data (checked); the other seeds were run by the command above.",
+        "",
+    ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from study_paired import md_paired, paired
 from study_plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
-from study_record import Record
+from study_record import Record, md_record
 from study_stats import Measurements, silhouette_summary, summarise
 from study_timing import Clock, fmt_s
 
@@ -210,23 +210,6 @@ def _md_table1(budget: Budget, mean: dict, spread: dict, several: bool) -> list[
     return L
 
 
-def _md_record(record: Record | None) -> list[str]:
-    """Which seeds were taken from an earlier results.json rather than run by this command, and how they were made."""
-    if record is None or not record.seeds:
-        return []
-    one = len(record.seeds) == 1
-    return [
-        f"Seed{'' if one else 's'} {', '.join(map(str, record.seeds))} {'was' if one else 'were'} not run by this "
-        f"command: {'its' if one else 'their'} values, silhouettes and pre-training diagnostics are read from `{record.path.as_posix()}`, which recorded them on {record.date} "
-        f"(device {record.device}) with",
-        "",
-        f"```\n{record.command}\n```",
-        "",
-        "with the same budget and downstream data (checked); the other seeds were run by the command above.",
-        "",
-    ]
-
-
 def _md_clustering(
     out: Path,
     budget: Budget,
@@ -388,8 +371,7 @@ def write_outputs(
 ) -> tuple[Path, Path]:
     """Write ``out/results.json`` and then ``out/RESULTS.md`` (the figures are already in ``figures``); returns both paths.
 
-    ``record`` is the earlier results.json some seeds were taken from (named in both files);
-    ``first_seed`` the seed whose features the t-SNE figures show (default the first of ``seeds``).
+    ``record``: the earlier results.json some seeds came from; ``first_seed``: the t-SNE's seed (default ``seeds[0]``).
     """
     out.mkdir(parents=True, exist_ok=True)
     several = len(seeds) > 1
@@ -405,7 +387,7 @@ def write_outputs(
     json_path = _write_json(out, mean, sil, meta)
     lines = [
         *_md_intro(budget, seeds, device_desc, meta["date"], command, several),
-        *_md_record(record),
+        *md_record(record),
         *_md_table1(budget, mean, spread, several),
         *md_paired(pair, measured.sil_seed, seeds),
         *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several, tsne_seed),
