@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def add_record(measured: Measurements, record: Record) -> None:
             for m in METHODS:
                 measured.per_seed[t][mode][m].update(record.per_seed[t][mode][m])
     for m in METHODS:
-        measured.sil_seed[m].update({s: v for s, v in record.sil_seed[m].items() if not math.isnan(v)})
+        measured.sil_seed[m].update(record.sil_seed[m])
     measured.run_walls.update(record.run_walls)
 
 

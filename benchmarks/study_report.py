@@ -218,7 +218,7 @@ def _md_clustering(
     sil_sd: dict,
     sil2d: dict,
     several: bool,
-    tsne_seed: int = 0,
+    tsne_seed: int,
 ) -> list[str]:
     """The clustering section: silhouettes per method with links to their t-SNE figures, and the Fig. 7 panel."""
     L = []
