@@ -6,16 +6,45 @@ from __future__ import annotations
 
 import math
 
+from scipy import stats
+
 from study_plan import METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS
 from study_stats import mean_std
 
 
+def paired_t_p(mean: float, std: float, n: int) -> float:
+    """Two-sided p-value of a paired t-test (``scipy.stats.ttest_rel``) from the differences'
+    mean, sample standard deviation and count; NaN below two seeds or when every difference is equal."""
+    if n < 2 or not math.isfinite(mean) or not std > 0:
+        return float("nan")
+    t = mean / (std / math.sqrt(n))
+    return float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def seeds_for_p(mean: float, std: float, alpha: float = 0.05, most: int = 100) -> int | None:
+    """How many seeds a paired t-test would need for ``p < alpha`` if the differences' mean and
+    standard deviation stayed as measured (a planning figure, not a result); None beyond ``most``."""
+    for n in range(2, most + 1):
+        if paired_t_p(mean, std, n) < alpha:
+            return n
+    return None
+
+
 def paired_difference(ref: dict, other: dict, seeds: list[int]) -> dict:
     """``ref[seed] - other[seed]`` over the seeds where both are finite: the differences, their
-    mean, sample standard deviation and count, and on how many seeds ``ref`` is ahead."""
+    mean, sample standard deviation and count, on how many seeds ``ref`` is ahead, the two-sided
+    paired t-test p-value and how many seeds ``p < 0.05`` would take if mean and spread held."""
     diffs = [ref[s] - other[s] for s in seeds if s in ref and s in other and math.isfinite(ref[s] - other[s])]
     mu, sd, n = mean_std(diffs)
-    return {"diffs": diffs, "mean": mu, "std": sd, "n": n, "wins": sum(d > 0 for d in diffs)}
+    return {
+        "diffs": diffs,
+        "mean": mu,
+        "std": sd,
+        "n": n,
+        "wins": sum(d > 0 for d in diffs),
+        "p": paired_t_p(mu, sd, n),
+        "seeds_for_p05": seeds_for_p(mu, sd) if n > 1 else None,
+    }
 
 
 def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
@@ -41,9 +70,12 @@ def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
     L = ["## GVSL against each row, seed by seed", ""]
     L.append(
         "Each cell: GVSL's value minus the row's, averaged over the seeds where both ran "
-        "(± the standard deviation of those differences), and in brackets on how many seeds GVSL is ahead. "
-        "A difference larger than its standard deviation and ahead on every seed is a clear effect; the "
-        "spread of Table 1's means also holds what a seed does to every method alike, which this removes."
+        "(± the standard deviation of those differences), in brackets on how many seeds GVSL is ahead and the "
+        "two-sided paired t-test p-value over the seeds. A difference larger than its standard deviation and "
+        "ahead on every seed is a clear effect; the spread of Table 1's means also holds what a seed does to "
+        "every method alike, which this removes. The p-values are not corrected for the table's many "
+        "comparisons: a single p < 0.05 among them is expected by chance; results.json holds, per cell, how "
+        "many seeds p < 0.05 would take if the mean and spread held (`seeds_for_p05`)."
     )
     L.append("")
     head = (
@@ -59,7 +91,8 @@ def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
         if not d["n"]:
             return "n/a"
         sd = f" ± {d['std']:.3f}" if d["n"] > 1 else ""
-        return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']})"
+        p = f"; p {d['p']:.3f}" if math.isfinite(d.get("p", float("nan"))) else ""
+        return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']}{p})"
 
     for other in METHODS:
         if other == "gvsl":

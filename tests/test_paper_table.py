@@ -153,6 +153,21 @@ def test_paired_differences_per_seed(pt):
     assert p["scratch"]["mean"] == pytest.approx(0.55 / 3)
     assert p["restoration"]["n"] == 1 and p["restoration"]["std"] == 0.0
     assert p["matching"]["n"] == 0 and math.isnan(p["matching"]["mean"])
+    # the p-value is scipy's paired t-test on the same seeds; none where fewer than two compare
+    from scipy import stats
+
+    gvsl, scratch = [0.60, 0.50, 0.70], [0.40, 0.55, 0.30]
+    assert p["scratch"]["p"] == pytest.approx(stats.ttest_rel(gvsl, scratch).pvalue)
+    assert math.isnan(p["restoration"]["p"]) and math.isnan(p["matching"]["p"])
+
+
+def test_seeds_for_p_is_the_first_count_below_alpha(pt):
+    from study_paired import paired_t_p, seeds_for_p
+
+    n = seeds_for_p(0.10, 0.10)
+    assert n is not None and paired_t_p(0.10, 0.10, n) < 0.05 <= paired_t_p(0.10, 0.10, n - 1)
+    assert seeds_for_p(0.10, 0.02) < n  # a tighter spread needs fewer seeds
+    assert seeds_for_p(0.001, 1.0, most=50) is None  # a tiny effect in a wide spread never separates
 
 
 def test_runs_side_by_side_finish_every_run_and_raise_a_failure(pt, tmp_path):
