@@ -91,7 +91,8 @@ def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
         if not d["n"]:
             return "n/a"
         sd = f" ± {d['std']:.3f}" if d["n"] > 1 else ""
-        p = f"; p {d['p']:.3f}" if math.isfinite(d.get("p", float("nan"))) else ""
+        pv = d.get("p", float("nan"))
+        p = "" if not math.isfinite(pv) else "; p < 0.001" if pv < 0.001 else f"; p {pv:.3f}"
         return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']}{p})"
 
     for other in METHODS:

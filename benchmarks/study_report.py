@@ -12,6 +12,7 @@ import math
 import platform
 from pathlib import Path
 
+from study_discussion import discussion
 from study_paired import md_paired, paired
 from study_plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
 from study_record import Record, md_record
@@ -40,50 +41,6 @@ def _cell(mean: float, std: float, n: int, base: float | None, best: bool, sever
     if base is not None and math.isfinite(base):
         s += f" ({mean - base:+.3f})"
     return f"**{s}**" if best else s
-
-
-def discussion(mean: dict, spread: dict, sil: dict, several: bool) -> list[str]:
-    """Markdown bullets computed from the numbers: each column's best method and margin, the silhouette order, issue 7."""
-    lines = []
-    for mode in MODES:
-        for t in TASKS:
-            col = mean[t][mode]
-            finite = {m: v for m, v in col.items() if math.isfinite(v)}
-            if not finite:
-                lines.append(f"- {mode} / {t}: no finite value.")
-                continue
-            order = sorted(finite, key=lambda m: -finite[m])
-            win = order[0]
-            margin = finite[win] - finite[order[1]] if len(order) > 1 else float("nan")
-            noise = ""
-            if several:
-                sd = max(spread[t][mode][win]["std"], spread[t][mode][order[1]]["std"]) if len(order) > 1 else 0
-                noise = " (within one standard deviation: not a clear win)" if margin < sd else ""
-            else:
-                noise = " (one seed: no spread to judge it)"
-            lines.append(
-                f"- {mode} / {t}: best is **{win}** ({finite[win]:.3f}), ahead of {order[1] if len(order) > 1 else '-'} "
-                f"by {margin:+.4f}{noise}; gvsl ranks {order.index('gvsl') + 1 if 'gvsl' in order else '-'} "
-                f"of {len(order)}."
-            )
-    s_fin = {m: v for m, v in sil.items() if math.isfinite(v)}
-    if s_fin:
-        order = sorted(s_fin, key=lambda m: -s_fin[m])
-        lines.append(f"- clustering: silhouette order {' > '.join(f'{m} ({s_fin[m]:.3f})' for m in order)}.")
-    g, sc, rs = (mean["heart_seg"]["linear"].get(k, float("nan")) for k in ("gvsl", "scratch", "restoration"))
-    if all(math.isfinite(v) for v in (g, sc, rs)):
-        ok = g > sc and g > rs
-        lines.append("")
-        lines.append(
-            f"**Check of issue 7** (linear heart-structure segmentation): gvsl {g:.3f}, scratch {sc:.3f}, "
-            f"restoration {rs:.3f} -> GVSL {'beats' if ok else 'does NOT beat'} both."
-        )
-        if not ok:
-            lines.append(
-                "This must be investigated (losses, warm-up, the affine head's gradients, budget) and "
-                "the findings written below; the numbers above stay as they came out."
-            )
-    return lines
 
 
 def _meta(

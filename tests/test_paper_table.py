@@ -278,3 +278,17 @@ def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(st
         pt.main(argv + ["--from-record", str(record)])
     with pytest.raises(SystemExit, match="not a readable"):
         pt.main(argv + ["--from-record", str(tmp_path / "missing.json")])
+
+
+def test_issue_check_says_against_which_row_the_margin_exceeds_the_spread(pt):
+    from study_discussion import discussion
+    from study_plan import METHODS, MODES, TASKS
+
+    mean = {t: {m: {k: 0.1 for k in METHODS} for m in MODES} for t in TASKS}
+    spread = {t: {m: {k: {"std": 0.05, "n": 3} for k in METHODS} for m in MODES} for t in TASKS}
+    mean["heart_seg"]["linear"].update(gvsl=0.30, scratch=0.10, restoration=0.27)
+    line = next(x for x in discussion(mean, spread, {}, True) if "Check of issue" in x)
+    assert "mean beats both" in line and line.endswith("by more than the spread: scratch.")
+    mean["heart_seg"]["linear"]["restoration"] = 0.35
+    line = next(x for x in discussion(mean, spread, {}, True) if "Check of issue" in x)
+    assert "does NOT beat" in line
