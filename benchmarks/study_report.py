@@ -211,12 +211,14 @@ def _md_clustering(
     return L
 
 
-def _md_discussion(out: Path, budget: Budget, mean: dict, spread: dict, sil: dict, several: bool) -> list[str]:
+def _md_discussion(
+    out: Path, budget: Budget, mean: dict, spread: dict, sil: dict, several: bool, pair: dict
+) -> list[str]:
     """The computed discussion, then a person's findings from ``out/findings_BUDGET.md`` (not for a smoke run)."""
     L = []
     L.append("## Discussion (computed from the numbers above)")
     L.append("")
-    L.extend(discussion(mean, spread, sil, several))
+    L.extend(discussion(mean, spread, sil, several, pair))
     L.append("")
     # Written by a person after reading a run, kept in its own file so a rerun never erases it.
     findings = out / f"findings_{budget.name}.md"
@@ -348,7 +350,7 @@ def write_outputs(
         *_md_table1(budget, mean, spread, several),
         *md_paired(pair, measured.sil_seed, seeds),
         *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several, tsne_seed),
-        *_md_discussion(out, budget, mean, spread, sil, several),
+        *_md_discussion(out, budget, mean, spread, sil, several, pair),
         *_md_diagnostics(diag),
         *_md_budget(budget, clock, measured.reused, est),
     ]

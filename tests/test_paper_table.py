@@ -280,15 +280,27 @@ def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(st
         pt.main(argv + ["--from-record", str(tmp_path / "missing.json")])
 
 
-def test_issue_check_says_against_which_row_the_margin_exceeds_the_spread(pt):
+def test_issue_check_says_against_which_row_gvsl_is_clearly_ahead(pt):
     from study_discussion import discussion
+    from study_paired import paired
     from study_plan import METHODS, MODES, TASKS
+    from study_stats import Measurements
 
     mean = {t: {m: {k: 0.1 for k in METHODS} for m in MODES} for t in TASKS}
     spread = {t: {m: {k: {"std": 0.05, "n": 3} for k in METHODS} for m in MODES} for t in TASKS}
     mean["heart_seg"]["linear"].update(gvsl=0.30, scratch=0.10, restoration=0.27)
-    line = next(x for x in discussion(mean, spread, {}, True) if "Check of issue" in x)
-    assert "mean beats both" in line and line.endswith("by more than the spread: scratch.")
+    per_seed = Measurements().per_seed
+    col = per_seed["heart_seg"]["linear"]
+    col["gvsl"].update({0: 0.30, 1: 0.35, 2: 0.25})
+    col["scratch"].update({0: 0.10, 1: 0.12, 2: 0.08})  # ahead on every seed, by far more than the spread
+    col["restoration"].update({0: 0.20, 1: 0.36, 2: 0.24})  # behind on seed 1: a lean, not clear
+    pair = paired(per_seed, [0, 1, 2])
+
+    def check(m: dict, pair: dict | None) -> str:
+        return next(x for x in discussion(m, spread, {}, True, pair) if "Check of issue" in x)
+
+    line = check(mean, pair)
+    assert "mean beats both" in line and line.endswith("ahead on every seed): scratch.")
+    assert check(mean, None).endswith("neither.")
     mean["heart_seg"]["linear"]["restoration"] = 0.35
-    line = next(x for x in discussion(mean, spread, {}, True) if "Check of issue" in x)
-    assert "does NOT beat" in line
+    assert "does NOT beat" in check(mean, pair)
