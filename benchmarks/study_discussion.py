@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from study_paired import is_clear
 from study_plan import MODES, TASKS
 
 
@@ -41,9 +42,9 @@ def discussion(mean: dict, spread: dict, sil: dict, several: bool, pair: dict | 
     g, sc, rs = (mean["heart_seg"]["linear"].get(k, float("nan")) for k in ("gvsl", "scratch", "restoration"))
     if all(math.isfinite(v) for v in (g, sc, rs)):
         ok = g > sc and g > rs
-        # "clear" is the paired table's rule (a paired t-test alone over 35 cells would find chance effects)
+        # the paired table's rule, not its p-values: over its 35 comparisons some p < 0.05 come by chance
         col = (pair or {}).get("heart_seg", {}).get("linear", {})
-        clear = [k for k in ("scratch", "restoration") if _clear(col.get(k))]
+        clear = [k for k in ("scratch", "restoration") if is_clear(col.get(k))]
         lines += [
             "",
             f"**Check of issue 7** (linear heart-structure segmentation): gvsl {g:.3f}, scratch {sc:.3f}, "
@@ -56,8 +57,3 @@ def discussion(mean: dict, spread: dict, sil: dict, several: bool, pair: dict | 
                 "the findings written below; the numbers above stay as they came out."
             )
     return lines
-
-
-def _clear(d: dict | None) -> bool:
-    """A paired difference that is larger than its spread and ahead on every one of two or more seeds."""
-    return bool(d) and d["n"] > 1 and d["mean"] > d["std"] and d["wins"] == d["n"]

@@ -47,6 +47,12 @@ def paired_difference(ref: dict, other: dict, seeds: list[int]) -> dict:
     }
 
 
+def is_clear(d: dict | None) -> bool:
+    """The table's rule for a clear effect: a paired difference larger than its standard
+    deviation and ahead on every one of two or more seeds."""
+    return bool(d) and d["n"] > 1 and d["mean"] > d["std"] and d["wins"] == d["n"]
+
+
 def paired(per_seed: dict, seeds: list[int], ref: str = "gvsl") -> dict:
     """``ref`` against every other method, seed by seed, in each task and evaluation.
 
@@ -74,7 +80,7 @@ def md_paired(pair: dict, sil_seed: dict, seeds: list[int]) -> list[str]:
         "two-sided paired t-test p-value over the seeds. A difference larger than its standard deviation and "
         "ahead on every seed is a clear effect; the spread of Table 1's means also holds what a seed does to "
         "every method alike, which this removes. The p-values are not corrected for the table's many "
-        "comparisons: a single p < 0.05 among them is expected by chance; results.json holds, per cell, how "
+        "comparisons: among them one or two p < 0.05 are expected by chance; results.json holds, per cell, how "
         "many seeds p < 0.05 would take if the mean and spread held (`seeds_for_p05`)."
     )
     L.append("")
