@@ -39,9 +39,9 @@ to ``docs`` for the ``small`` and ``paper`` budgets and to ``WORK/out`` for ``ti
 run is a smoke test and is labelled so; it is refused in ``docs/``). Runs live in ``--work``
 (default ``runs/paper_table/BUDGET``); a run whose ``report.json`` exists with the same
 configuration is reused, an interrupted one resumes from its ``last.pt``. ``--from-record
-FILE`` takes the asked seeds that an earlier ``results.json`` of the same budget holds from it
-(their values, silhouettes and diagnostics) and runs only the others; the output says which
-seeds came from the record and by which command.
+FILE [FILE ...]`` takes the asked seeds that earlier ``results.json`` files of the same budget
+hold from them (their values, silhouettes and diagnostics; a seed two files hold from the first)
+and runs only the others; the output says which seeds came from which record and by which command.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from pathlib import Path
 from study_clustering import clustering
 from study_figures import draw_figures
 from study_plan import BUDGETS, DATA_SEEDS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
-from study_record import add_record, load_record
+from study_record import add_record, load_records
 from study_report import write_outputs
 from study_runs import (
     downstream_config,
@@ -109,8 +109,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument(
         "--from-record",
         metavar="RESULTS_JSON",
-        help="take the asked seeds that this earlier results.json of the same budget holds from it instead "
-        "of running them (their work folders may be gone); the output names the record and its command",
+        nargs="+",
+        help="take the asked seeds that these earlier results.json files of the same budget hold from them "
+        "instead of running them (their work folders may be gone; a seed two files hold comes from the first); "
+        "the output names each record and its command",
     )
     p.add_argument("--no-estimate", action="store_true", help="skip the step-time calibration and the estimate")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
@@ -333,18 +335,18 @@ def _main(argv: list[str] | None) -> dict:
     budget, seeds, work, out = _budget_and_folders(args)
     clock = Clock(args.quiet)
     check_disjoint(budget, seeds)
-    record = load_record(Path(args.from_record), budget, seeds, DATA_SEEDS) if args.from_record else None
-    recorded = record.seeds if record else []
+    records = load_records([Path(f) for f in args.from_record or []], budget, seeds, DATA_SEEDS)
+    recorded = [s for r in records for s in r.seeds]
     to_run = [s for s in seeds if s not in recorded]
     if not to_run:
-        raise SystemExit(f"every seed asked for ({seeds}) is in {args.from_record}: nothing to run")
+        raise SystemExit(f"every seed asked for ({seeds}) is in {', '.join(args.from_record)}: nothing to run")
     dev, device_desc = _device(args)
     n_runs = len(to_run) * (len(VARIANTS) + len(TASKS) * len(MODES) * len(METHODS))
     clock.say(
         f"budget {budget.name}: seeds {to_run}, {len(to_run) * len(VARIANTS)} pre-training runs of "
         f"{budget.pre_iters} iterations, {len(to_run) * len(TASKS) * len(MODES) * len(METHODS)} downstream "
         f"runs of {budget.ft_iters} (fine-tuning) / {budget.linear_iters} (linear) iterations ({n_runs} runs); device {device_desc}; work {work}; out {out}"
-        + (f"; seeds {recorded} from {args.from_record}" if recorded else "")
+        + "".join(f"; seeds {r.seeds} from {r.path}" for r in records)
     )
     est = _time_estimate(args, budget, to_run, dev, clock)
     if args.dry_run:
@@ -358,7 +360,7 @@ def _main(argv: list[str] | None) -> dict:
     if args.jobs > 1:
         _side_by_side(budget, to_run, work, data, args, clock)
     measured = Measurements()
-    if record:
+    for record in records:
         add_record(measured, record)
     for si, seed in enumerate(to_run):
         base = work / f"seed{seed}"
@@ -370,9 +372,9 @@ def _main(argv: list[str] | None) -> dict:
     sil_mean = silhouette_summary(measured.sil_seed)[0]
     figures = draw_figures(measured.points, sil_mean, out / "figures", smoke=budget.name == "tiny")
     clock.add("figures", time.perf_counter() - t)
-    diag = (record.diag if record else []) + pretrain_diagnostics(work, to_run)
+    diag = [d for r in records for d in r.diag] + pretrain_diagnostics(work, to_run)
     md, js = write_outputs(
-        out, budget, seeds, measured, clock, command, device_desc, est, figures, diag, record, first_seed=to_run[0]
+        out, budget, seeds, measured, clock, command, device_desc, est, figures, diag, records, first_seed=to_run[0]
     )
     clock.say(f"wrote {md}, {js} and {len(figures)} figures in {out / 'figures'}; total {fmt_s(clock.elapsed())}")
     return json.loads(js.read_text())

@@ -1,8 +1,9 @@
 """Seeds taken from an earlier study's ``results.json`` instead of being run again.
 
 A seed's work folder (its checkpoints and run reports) may be lost while its measured values
-survive in the ``results.json`` the study wrote. ``--from-record FILE`` lets a later invocation
-add new seeds to those values: the recorded seeds' per-seed test values, silhouettes,
+survive in the ``results.json`` the study wrote. ``--from-record FILE [FILE ...]`` lets a later
+invocation add new seeds to those values (several files: seeds run by separate invocations, on
+other days or machines; a seed two files hold is taken from the first): the recorded seeds' per-seed test values, silhouettes,
 pre-training diagnostics and run times are read back, after checking that the record was made
 with the same budget and the same downstream data, and the output says which seeds came from
 where.
@@ -101,6 +102,25 @@ def load_record(path: Path, budget: Budget, seeds: list[int], data_seeds: dict) 
     )
 
 
+def load_records(paths: list[Path], budget: Budget, seeds: list[int], data_seeds: dict) -> list[Record]:
+    """``load_record`` for each file in order, each taking the asked seeds no earlier file supplied.
+
+    Raises ``SystemExit`` naming a file that supplies none of them (a wrong file or a repeated
+    one), since silently ignoring it would leave a seed the user meant to add unaccounted for.
+    """
+    records: list[Record] = []
+    for path in paths:
+        taken = {s for r in records for s in r.seeds}
+        record = load_record(Path(path), budget, [s for s in seeds if s not in taken], data_seeds)
+        if not record.seeds:
+            raise SystemExit(
+                f"--from-record {path}: holds none of the asked seeds {seeds} that the files before it did "
+                "not already supply; drop it or ask for its seeds"
+            )
+        records.append(record)
+    return records
+
+
 def add_record(measured: Measurements, record: Record) -> None:
     """Put the record's per-seed values, silhouettes and run times into ``measured``."""
     for t in TASKS:
@@ -112,18 +132,19 @@ def add_record(measured: Measurements, record: Record) -> None:
     measured.run_walls.update(record.run_walls)
 
 
-def md_record(record: Record | None) -> list[str]:
-    """Which seeds were taken from an earlier results.json rather than run by this command, and how they were made."""
-    if record is None or not record.seeds:
-        return []
-    one = len(record.seeds) == 1
-    return [
-        f"Seed{'' if one else 's'} {', '.join(map(str, record.seeds))} {'was' if one else 'were'} not run by this "
-        f"command: {'its' if one else 'their'} values, silhouettes and pre-training diagnostics are read from "
-        f"`{record.path.as_posix()}`, which recorded them on {record.date} (device {record.device}) with",
-        "",
-        f"```\n{record.command}\n```",
-        "",
-        "with the same budget and downstream data (checked); the other seeds were run by the command above.",
-        "",
-    ]
+def md_record(records: list[Record]) -> list[str]:
+    """Which seeds were taken from earlier results.json files rather than run by this command, and how they were made."""
+    L: list[str] = []
+    for record in records:
+        one = len(record.seeds) == 1
+        L += [
+            f"Seed{'' if one else 's'} {', '.join(map(str, record.seeds))} {'was' if one else 'were'} not run by "
+            f"this command: {'its' if one else 'their'} values, silhouettes and pre-training diagnostics are read "
+            f"from `{record.path.as_posix()}`, which recorded them on {record.date} (device {record.device}) with",
+            "",
+            f"```\n{record.command}\n```",
+            "",
+        ]
+    if L:
+        L += ["with the same budget and downstream data (checked); the other seeds were run by the command above.", ""]
+    return L

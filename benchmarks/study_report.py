@@ -325,12 +325,12 @@ def write_outputs(
     est: dict | None,
     figures: list[Path],
     diag: list[dict],
-    record: Record | None = None,
+    records: list[Record] | None = None,
     first_seed: int | None = None,
 ) -> tuple[Path, Path]:
     """Write ``out/results.json`` and then ``out/RESULTS.md`` (the figures are already in ``figures``); returns both paths.
 
-    ``record``: the earlier results.json some seeds came from; ``first_seed``: the t-SNE's seed (default ``seeds[0]``).
+    ``records``: the earlier results.json files some seeds came from; ``first_seed``: the t-SNE's seed (default ``seeds[0]``).
     """
     out.mkdir(parents=True, exist_ok=True)
     several = len(seeds) > 1
@@ -339,14 +339,14 @@ def write_outputs(
     sil, sil_sd = silhouette_summary(measured.sil_seed)
     meta = _meta(budget, seeds, measured, clock, command, device_desc, est, spread, sil_sd, diag)
     meta["tsne_seed"] = tsne_seed
-    if record is not None:
-        meta["from_record"] = record.provenance()
+    if records:
+        meta["from_record"] = [r.provenance() for r in records]
     pair = paired(measured.per_seed, seeds)
     meta["paired_gvsl_minus"] = pair
     json_path = _write_json(out, mean, sil, meta)
     lines = [
         *_md_intro(budget, seeds, device_desc, meta["date"], command, several),
-        *md_record(record),
+        *md_record(records or []),
         *_md_table1(budget, mean, spread, several),
         *md_paired(pair, measured.sil_seed, seeds),
         *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several, tsne_seed),

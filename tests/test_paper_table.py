@@ -253,7 +253,7 @@ def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(st
     argv = ["--budget", "tiny", "--seeds", "0", "1", "--work", str(work), "--out", str(out2), "--quiet"]
     merged = pt.main(argv + ["--from-record", str(record), "--no-estimate"])
     meta = merged["meta"]
-    assert meta["seeds"] == [0, 1] and meta["from_record"]["seeds"] == [0] and meta["tsne_seed"] == 1
+    assert meta["seeds"] == [0, 1] and [r["seeds"] for r in meta["from_record"]] == [[0]] and meta["tsne_seed"] == 1
     # seed 0's finished runs lie in the same work folder: had it been run again they would count as reused
     assert meta["runs_reused"] == 0
     old = first["meta"]["per_seed"]
@@ -267,6 +267,21 @@ def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(st
     md = (out2 / "RESULTS.md").read_text(encoding="utf-8")
     assert "Seed 0 was not run by this command" in md and first["meta"]["command"] in md
     assert "seed 1." in md  # the t-SNE is of the seed that was run
+
+    # two records of separate invocations: seed 0 from the first (though the second holds it too),
+    # seed 1 from the second, only seed 2 is run
+    record2 = tmp_path / "seeds01.json"
+    record2.write_text((out2 / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
+    argv3 = ["--budget", "tiny", "--seeds", "0", "1", "2", "--work", str(work), "--out", str(tmp_path / "out3")]
+    three = pt.main(argv3 + ["--quiet", "--no-estimate", "--from-record", str(record), str(record2)])["meta"]
+    assert [(r["path"], r["seeds"]) for r in three["from_record"]] == [(str(record), [0]), (str(record2), [1])]
+    assert three["runs_reused"] == 0 and three["tsne_seed"] == 2
+    assert three["per_seed"]["heart_seg"]["linear"]["gvsl"]["1"] == meta["per_seed"]["heart_seg"]["linear"]["gvsl"]["1"]
+    assert {r["seed"] for r in three["pretrain_diagnostics"]} == {0, 1, 2}
+    md3 = (tmp_path / "out3" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "Seed 0 was not run" in md3 and "Seed 1 was not run" in md3 and md3.count("the other seeds were run") == 1
+    with pytest.raises(SystemExit, match="holds none of the asked seeds"):
+        pt.main(argv3 + ["--quiet", "--from-record", str(record), str(record)])  # the same file twice
 
     with pytest.raises(SystemExit, match="nothing to run"):
         pt.main(["--budget", "tiny", "--seeds", "0", "--work", str(work), "--out", str(out2), "--quiet",
