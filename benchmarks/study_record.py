@@ -3,10 +3,10 @@
 A seed's work folder (its checkpoints and run reports) may be lost while its measured values
 survive in the ``results.json`` the study wrote. ``--from-record FILE [FILE ...]`` lets a later
 invocation add new seeds to those values (several files: seeds run by separate invocations, on
-other days or machines; a seed two files hold is taken from the first): the recorded seeds' per-seed test values, silhouettes,
-pre-training diagnostics and run times are read back, after checking that the record was made
-with the same budget and the same downstream data, and the output says which seeds came from
-where.
+other days or machines; a seed two files hold is taken from the first): the recorded seeds'
+per-seed test values, silhouettes, pre-training diagnostics and run times are read back, after
+checking that the record was made with the same budget and the same downstream data, and the
+output says which seeds came from where.
 """
 
 from __future__ import annotations
