@@ -49,7 +49,9 @@ def discussion(mean: dict, spread: dict, sil: dict, several: bool, pair: dict | 
             "",
             f"**Check of issue 7** (linear heart-structure segmentation): gvsl {g:.3f}, scratch {sc:.3f}, "
             f"restoration {rs:.3f} -> GVSL's mean {'beats' if ok else 'does NOT beat'} both; clearly "
-            f"(seed by seed: more than the spread and ahead on every seed): {' and '.join(clear) or 'neither'}.",
+            f"(seed by seed: more than the spread and ahead on every seed): {' and '.join(clear) or 'neither'}"
+            + _holm_note(col)
+            + ".",
         ]
         if not ok:
             lines.append(
@@ -57,3 +59,13 @@ def discussion(mean: dict, spread: dict, sil: dict, several: bool, pair: dict | 
                 "the findings written below; the numbers above stay as they came out."
             )
     return lines
+
+
+def _holm_note(col: dict) -> str:
+    """The paired p-values against scratch and restoration, raw and Holm-adjusted, for the check."""
+    parts = [
+        f"{k} p {d['p']:.3g} (Holm {d['p_holm']:.3g})"
+        for k in ("scratch", "restoration")
+        if (d := col.get(k)) and math.isfinite(d.get("p", float("nan"))) and "p_holm" in d
+    ]
+    return f"; paired t-test {', '.join(parts)}" if parts else ""

@@ -341,14 +341,14 @@ def write_outputs(
     meta["tsne_seed"] = tsne_seed
     if records:
         meta["from_record"] = [r.provenance() for r in records]
-    pair = paired(measured.per_seed, seeds)
+    pair = paired(measured.per_seed, seeds, measured.sil_seed)
     meta["paired_gvsl_minus"] = pair
     json_path = _write_json(out, mean, sil, meta)
     lines = [
         *_md_intro(budget, seeds, device_desc, meta["date"], command, several),
         *md_record(records or []),
         *_md_table1(budget, mean, spread, several),
-        *md_paired(pair, measured.sil_seed, seeds),
+        *md_paired(pair),
         *_md_clustering(out, budget, figures, sil, sil_sd, measured.sil2d, several, tsne_seed),
         *_md_discussion(out, budget, mean, spread, sil, several, pair),
         *_md_diagnostics(diag),

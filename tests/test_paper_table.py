@@ -159,6 +159,44 @@ def test_paired_differences_per_seed(pt):
     gvsl, scratch = [0.60, 0.50, 0.70], [0.40, 0.55, 0.30]
     assert p["scratch"]["p"] == pytest.approx(stats.ttest_rel(gvsl, scratch).pvalue)
     assert math.isnan(p["restoration"]["p"]) and math.isnan(p["matching"]["p"])
+    # the only finite p is the only comparison Holm counts, so it is left as it is
+    assert p["scratch"]["p_holm"] == pytest.approx(p["scratch"]["p"])
+
+
+def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order(pt):
+    from study_paired import add_holm, holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> non-decreasing 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adj = holm([0.2, float("nan"), 0.001])  # NaN is neither adjusted nor counted
+    assert adj[0] == pytest.approx(0.2) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.002)
+    assert holm([0.6, 0.9]) == [1.0, 1.0]
+    nested = {"a": {"x": {"diffs": [1.0], "p": 0.01}}, "b": {"diffs": [1.0], "p": 0.02}}
+    assert add_holm(nested) == 2
+    assert nested["a"]["x"]["p_holm"] == pytest.approx(0.02) and nested["b"]["p_holm"] == pytest.approx(0.02)
+
+
+def test_paired_table_names_the_cells_holms_correction_keeps(pt):
+    from study_paired import md_paired, paired
+    from study_plan import METHODS
+    from study_stats import Measurements
+
+    seeds = list(range(6))
+    per_seed = Measurements().per_seed
+    col = per_seed["heart_seg"]["linear"]
+    col["gvsl"].update({s: 0.5 for s in seeds})
+    col["scratch"].update({s: 0.1 + 0.012 * s for s in seeds})  # far behind on every seed: survives
+    lean = [0.1, -0.01, 0.08, 0.03, 0.09, 0.02]  # GVSL ahead on 5 of 6, raw p = 0.036
+    for other in ("restoration", "matching", "no-affine", "paper-heads"):
+        col[other].update({s: 0.5 - lean[s] for s in seeds})
+    sil = {m: {s: -0.05 for s in seeds} for m in METHODS}
+    pair = paired(per_seed, seeds, sil)
+    rest = pair["heart_seg"]["linear"]["restoration"]
+    assert rest["p"] < 0.05 <= rest["p_holm"]  # four such leans: the smallest is multiplied by 4
+    assert set(pair["silhouette"]) == set(METHODS) - {"gvsl"}
+    holm_line = next(x for x in md_paired(pair) if x.startswith("Holm's correction"))
+    assert "over the table's 5 comparisons" in holm_line  # equal silhouettes have no spread, so no p
+    assert "Scratch on linear SHC-syn" in holm_line and "restoration only) on" not in holm_line
 
 
 def test_seeds_for_p_is_the_first_count_below_alpha(pt):
@@ -315,7 +353,8 @@ def test_issue_check_says_against_which_row_gvsl_is_clearly_ahead(pt):
         return next(x for x in discussion(m, spread, {}, True, pair) if "Check of issue" in x)
 
     line = check(mean, pair)
-    assert "mean beats both" in line and line.endswith("ahead on every seed): scratch.")
+    assert "mean beats both" in line and "ahead on every seed): scratch;" in line
+    assert f"scratch p {pair['heart_seg']['linear']['scratch']['p']:.3g} (Holm " in line
     assert check(mean, None).endswith("neither.")
     mean["heart_seg"]["linear"]["restoration"] = 0.35
     assert "does NOT beat" in check(mean, pair)
