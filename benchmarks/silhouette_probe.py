@@ -21,7 +21,10 @@ the seeded random network):
 * baselines without a network: the image intensity alone, and intensity plus the voxel's
   position (a structure is a place in the heart).
 
-Prints one table per seed and writes the rows to ``--json``.
+Prints one table per seed and writes the rows to ``--json``. ``--summary FILE [FILE ...]``
+runs nothing: it reads such JSON files (any seeds) and prints, per seed, each method's 5-NN
+accuracy and silhouette at one level (``--level``, default the study's ``up4``) minus
+scratch's, with the mean, the seeds above scratch and the paired t-test p-value.
 """
 
 from __future__ import annotations
@@ -117,6 +120,29 @@ def probe_seed(study: Path, seed: int, methods: list[str]) -> list[dict]:
     return rows
 
 
+def summary(rows: list[dict], key: str = "knn5", level: str = "up4", ref: str = "scratch") -> list[str]:
+    """A markdown table of ``key`` at ``level`` for every network minus ``ref``'s, one line per seed
+    (seeds where ``ref`` was probed), then the mean ± std, on how many seeds the method is above
+    ``ref`` and the two-sided paired t-test p-value (``study_paired.paired_difference``)."""
+    from study_paired import paired_difference
+
+    at = {(r["seed"], r["method"]): r[key] for r in rows if r["level"] == level}
+    seeds = sorted({s for s, m in at if m == ref})
+    methods = list(dict.fromkeys(m for _, m in at if m != ref))
+    lines = [f"| seed | {' | '.join(f'{m} − {ref}' for m in methods)} |", "|---" * (len(methods) + 1) + "|"]
+    for s in seeds:
+        cells = [f"{at[(s, m)] - at[(s, ref)]:+.3f}" if (s, m) in at else "-" for m in methods]
+        lines.append(f"| {s} | {' | '.join(cells)} |")
+    diffs = [
+        paired_difference({s: at.get((s, m), float("nan")) for s in seeds}, {s: at[(s, ref)] for s in seeds}, seeds)
+        for m in methods
+    ]
+    lines.append("| mean ± std | " + " | ".join(f"{d['mean']:+.3f} ± {d['std']:.3f}" for d in diffs) + " |")
+    lines.append(f"| above {ref} | " + " | ".join(f"{d['wins']}/{d['n']}" for d in diffs) + " |")
+    lines.append("| paired p | " + " | ".join(f"{d['p']:.3g}" for d in diffs) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default="runs/paper_table/medium", help="the study's work folder (data/, seedN/)")
@@ -126,7 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the rows to this JSON file")
+    ap.add_argument("--summary", nargs="+", metavar="JSON", help="summarise these probe files; runs nothing")
+    ap.add_argument("--level", default="up4", choices=["intensity+position", *LEVELS], help="level of --summary")
     args = ap.parse_args(argv)
+    if args.summary:
+        rows = [r for f in args.summary for r in json.loads(Path(f).read_text())]
+        for key, title in (("knn5", "5-NN accuracy"), ("silhouette_raw", "silhouette (raw features)")):
+            print(f"\n{title} at {args.level}, minus scratch's, per seed\n")
+            print("\n".join(summary(rows, key, args.level)))
+        return 0
     torch.set_num_threads(args.threads)
     study = Path(args.study)
     if not (study / "data" / "embed").is_dir():
