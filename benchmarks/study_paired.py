@@ -110,6 +110,11 @@ def paired(per_seed: dict, seeds: list[int], sil_seed: dict | None = None, ref: 
     return out
 
 
+def _p(p: float) -> str:
+    """A p-value as the paired table prints it: three decimals, or ``< 0.001``."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def md_paired(pair: dict) -> list[str]:
     """GVSL against every other row seed by seed (``pair`` from :func:`paired` with silhouettes):
     mean ± std of the paired difference, GVSL's wins and the p-value per cell, then which cells
@@ -140,7 +145,7 @@ def md_paired(pair: dict) -> list[str]:
             return "n/a"
         sd = f" ± {d['std']:.3f}" if d["n"] > 1 else ""
         pv = d.get("p", float("nan"))
-        p = "" if not math.isfinite(pv) else "; p < 0.001" if pv < 0.001 else f"; p {pv:.3f}"
+        p = f"; p {_p(pv)}" if math.isfinite(pv) else ""
         return f"{d['mean']:+.3f}{sd} ({d['wins']}/{d['n']}{p})"
 
     kept: list[str] = []
@@ -153,11 +158,13 @@ def md_paired(pair: dict) -> list[str]:
                 d = pair[t][mode][other]
                 cells.append(cell(d))
                 if d.get("p_holm", 1.0) < 0.05:
-                    kept.append(f"{METHOD_TITLES[other]} on {mode} {TASK_SHORT[t]} ({d['p_holm']:.3f})")
+                    kept.append(
+                        f"{METHOD_TITLES[other]} on {mode} {TASK_SHORT[t]} ({d['mean']:+.3f}; {_p(d['p_holm'])})"
+                    )
         sil = pair.get("silhouette", {}).get(other)
         cells.append(cell(sil) if sil else "n/a")
         if sil and sil.get("p_holm", 1.0) < 0.05:
-            kept.append(f"{METHOD_TITLES[other]} on the silhouette ({sil['p_holm']:.3f})")
+            kept.append(f"{METHOD_TITLES[other]} on the silhouette ({sil['mean']:+.3f}; {_p(sil['p_holm'])})")
         L.append("| " + " | ".join(cells) + " |")
     L.append("")
     n = sum(math.isfinite(d.get("p", float("nan"))) for d in _cells(pair))
@@ -165,7 +172,7 @@ def md_paired(pair: dict) -> list[str]:
         L.append(
             f"Holm's correction over the table's {n} comparisons (family-wise error 0.05) keeps GVSL minus: "
             + ("; ".join(kept) if kept else "none")
-            + " (adjusted p in brackets); any other p < 0.05 in the table may be chance."
+            + " (difference; adjusted p); any other p < 0.05 in the table may be chance."
         )
         L.append("")
     return L
