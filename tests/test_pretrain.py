@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from gvsl_app.training.progress import StopFlag
 from gvsl_app.training.runs import RunFolder, read_metrics
 from models.checkpoint import read_checkpoint
 
-from helpers import GVSL, ROOT, drain, small
+from helpers import GVSL, ROOT, drain, small, torchrun
 
 
 def test_pretraining_lowers_ncc_on_a_fixed_pair_and_writes_the_run_folder(tmp_path):
@@ -239,42 +238,11 @@ def test_signal_to_the_process_group_stops_cleanly_with_a_checkpoint(tmp_path, s
 
 def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29577",
-            "-m",
-            "gvsl_app.cli",
-            "pretrain",
-            "--data",
-            "synthetic:cardiac",
-            "--n-synthetic",
-            "4",
-            "--run-dir",
-            str(run),
-            "--iters",
-            "3",
-            "--size",
-            "24",
-            "--width",
-            "4",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=300,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    proc = torchrun(
+        ["-m", "gvsl_app.cli", "pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "4", "--run-dir", str(run)]
+        + ["--iters", "3", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet"]
     )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((run / "report.json").read_text())
     assert report["world_size"] == 2 and report["status"] == "done"
     a, b = report["replica_checksums"]  # one per rank, computed on each
@@ -301,15 +269,7 @@ cfg = PretrainConfig(data="synthetic:cardiac", n_synthetic=4, run={str(tmp_path 
 last = [p for p in P.pretrain(cfg)][-1]
 print("RANK", os.environ["RANK"], last.phase, last.iteration, flush=True)
 """)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29578", str(script)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun([str(script)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = sorted(l for l in proc.stdout.splitlines() if l.startswith("RANK"))
     assert lines == ["RANK 0 error 1", "RANK 1 error 1"], proc.stdout
