@@ -186,6 +186,24 @@ def quiet_launch() -> None:
     warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend", category=UserWarning)
 
 
+def serial_blas() -> None:
+    """Make numpy's and scipy's OpenBLAS run every call in the calling thread, in this process.
+
+    A ``fork()`` anywhere in the process while another thread is inside a multi-threaded
+    OpenBLAS call leaves that thread waiting forever: OpenBLAS's fork handler shuts its
+    worker pool down under the call. Qt forks on its own: with no D-Bus session bus (Xvfb,
+    containers, ssh) its D-Bus thread runs ``dbus-launch`` while the window starts, just
+    when the sample thread computes the sample pair, and the app hung at start about one
+    time in ten. Only in the app's own process (a host napari's settings are its own); the
+    app's numpy work is small (the samples, t-SNE's set-up) and torch keeps its own threads.
+    """
+    import numpy  # noqa: F401 (numpy and scipy each load their own OpenBLAS: the limit
+    import scipy.linalg  # noqa: F401 reaches the libraries loaded when it is set)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # kept: not used as a context manager
+
+
 VOLUME_PATTERNS = ("*.nii", "*.nii.gz", "*.mha", "*.mhd", "*.nrrd", "*.nhdr", "*.dcm")
 """The files File > Open gives to this plugin without asking, in the desktop app."""
 
@@ -217,6 +235,7 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
     if own_settings:  # settings are read when napari is first imported
         os.environ["NAPARI_CONFIG"] = str(app_settings_file())
     quiet_launch()
+    serial_blas()
     if sample:
         _prefetch_sample(sample)
     import napari

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -103,6 +107,42 @@ def test_the_desktop_app_reads_volumes_with_the_plugin_without_a_reader_dialog(t
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gvsl-studio", "gvsl-studio", "None"]
     assert "gvsl-studio" in settings.read_text()  # saved in the app's own file, not the user's
+
+
+_FORK_WHILE_MULTIPLYING = """
+import os, sys, threading, time
+import numpy as np
+if sys.argv[1] == "app":
+    from napari_plugin.app import serial_blas
+    serial_blas()
+a, b = np.ones((48 * 48 * 5, 5), np.float32), np.ones((48, 5), np.float32)  # a sample field's product
+done = [0]
+def multiply():
+    while True:
+        np.tensordot(a, b, axes=(1, 1))
+        done[0] += 1
+threading.Thread(target=multiply, daemon=True).start()
+for _ in range(200):  # as Qt's D-Bus thread forks dbus-launch while the window starts
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+before = done[0]
+time.sleep(1.0)
+print(done[0] - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is a POSIX call")
+def test_the_apps_numpy_keeps_multiplying_through_a_fork_in_another_thread():
+    """A fork while OpenBLAS's worker pool serves another thread left that thread waiting
+    forever (the app hung at start, its sample thread in a product, when Qt forked
+    dbus-launch); the app makes OpenBLAS serial, and the thread goes on after 200 forks."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_MULTIPLYING, "app"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 0, "the multiplying thread stalled after the forks"
 
 
 def test_the_launcher_gives_qt_a_private_runtime_folder_and_leaves_a_set_one_alone(tmp_path, monkeypatch):
