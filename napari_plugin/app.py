@@ -187,18 +187,22 @@ def quiet_launch() -> None:
 
 
 def serial_blas() -> None:
-    """Make numpy's and scipy's OpenBLAS run every call in the calling thread, in this process.
+    """Make OpenBLAS (numpy's and scipy's) run every call in the calling thread, in this process.
 
     A ``fork()`` anywhere in the process while another thread is inside a multi-threaded
     OpenBLAS call leaves that thread waiting forever: OpenBLAS's fork handler shuts its
     worker pool down under the call. Qt forks on its own: with no D-Bus session bus (Xvfb,
     containers, ssh) its D-Bus thread runs ``dbus-launch`` while the window starts, just
     when the sample thread computes the sample pair, and the app hung at start about one
-    time in ten. Only in the app's own process (a host napari's settings are its own); the
+    time in eight. Only in the app's own process (a host napari's settings are its own); the
     app's numpy work is small (the samples, t-SNE's set-up) and torch keeps its own threads.
+    An ``OPENBLAS_NUM_THREADS`` the user set is left as it is.
     """
-    import numpy  # noqa: F401 (numpy and scipy each load their own OpenBLAS: the limit
-    import scipy.linalg  # noqa: F401 reaches the libraries loaded when it is set)
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    # Libraries loaded from now on (scipy's own OpenBLAS comes with the engine's background
+    # import) read the variable; the ones already loaded (numpy's) are told directly.
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")  # kept: not used as a context manager

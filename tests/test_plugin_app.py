@@ -138,8 +138,12 @@ def test_the_apps_numpy_keeps_multiplying_through_a_fork_in_another_thread():
     """A fork while OpenBLAS's worker pool serves another thread left that thread waiting
     forever (the app hung at start, its sample thread in a product, when Qt forked
     dbus-launch); the app makes OpenBLAS serial, and the thread goes on after 200 forks."""
+    # without the thread-count variables an earlier run_app left in this process's environment
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    }
     out = subprocess.run(
-        [sys.executable, "-c", _FORK_WHILE_MULTIPLYING, "app"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _FORK_WHILE_MULTIPLYING, "app"], capture_output=True, text=True, timeout=120, env=env
     )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) > 0, "the multiplying thread stalled after the forks"
