@@ -91,9 +91,6 @@ def test_cli_app_command_opens_files_and_sample_and_saves_a_window_screenshot(
 
 def test_the_desktop_app_reads_volumes_with_the_plugin_without_a_reader_dialog(tmp_path):
     """In the app's own napari settings the plugin is the preferred reader of .nii.gz & co."""
-    import subprocess
-    import sys
-
     settings = tmp_path / "napari_settings.yaml"
     code = (
         "from napari_plugin.app import prefer_gvsl_reader\n"
@@ -150,7 +147,6 @@ def test_the_apps_numpy_keeps_multiplying_through_a_fork_in_another_thread():
 
 
 def test_the_launcher_gives_qt_a_private_runtime_folder_and_leaves_a_set_one_alone(tmp_path, monkeypatch):
-    import os
     import stat
     import tempfile
 
@@ -184,10 +180,6 @@ def test_the_launcher_silences_only_the_qt5_theme_note():
 def test_the_app_starts_on_qt6_unless_told_otherwise():
     """qtpy takes PyQt5 first where both are installed; the app asks for PyQt6 (napari's
     PyQt5 support is deprecated), but never against an explicit QT_API."""
-    import os
-    import subprocess
-    import sys
-
     probe = "import os, sys; from napari_plugin.app import quiet_launch; quiet_launch(); print(os.environ['QT_API'])"
     env = {k: v for k, v in os.environ.items() if k != "QT_API"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
@@ -201,9 +193,6 @@ def test_the_app_starts_on_qt6_unless_told_otherwise():
 def test_the_warm_up_fills_the_vispy_cache_a_first_labels_layer_would_fill_in_the_gui_thread():
     """The dash patterns of vispy's lines cost 55-80 ms the first time a Labels layer is
     added; the warm-up thread computes them (a fresh process, so nothing else has)."""
-    import subprocess
-    import sys
-
     probe = (
         "from vispy.visuals.line import dash_atlas as d; from napari_plugin import _warmup; "
         "a = d._make_pattern.cache_info().currsize; _warmup._prime_caches(); "
@@ -217,8 +206,6 @@ def test_the_warm_up_fills_the_vispy_cache_a_first_labels_layer_would_fill_in_th
 def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_napari_viewer, qtbot):
     """The widgets need no torch to appear; the device list, the training form and the
     t-SNE plot complete once the background import is done."""
-    import sys
-
     from napari_plugin import _warmup
     from napari_plugin._clusters import ClustersWidget
     from napari_plugin._training import TrainingWidget
