@@ -35,7 +35,8 @@ Beside the means, GVSL is compared with every other row seed by seed (paired dif
 GPU, small networks leave the card mostly idle); the results are the same runs either way.
 
 Writes ``OUT/RESULTS.md``, ``OUT/results.json`` and ``OUT/figures/*.png``. ``--out`` defaults
-to ``docs`` for the ``small`` and ``paper`` budgets and to ``WORK/out`` for ``tiny`` (a tiny
+to ``docs`` for the ``small`` budget, ``docs/study_BUDGET`` for ``medium``, ``gpu`` and
+``paper`` (so no budget overwrites another's results) and ``WORK/out`` for ``tiny`` (a tiny
 run is a smoke test and is labelled so; it is refused in ``docs/``). Runs live in ``--work``
 (default ``runs/paper_table/BUDGET``); a run whose ``report.json`` exists with the same
 configuration is reused, an interrupted one resumes from its ``last.pt``. ``--from-record
@@ -75,17 +76,30 @@ from study_timing import Clock, calibrate, estimate, fmt_s
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def default_out(budget_name: str, work: Path) -> Path:
+    """The folder a study writes RESULTS.md, results.json and figures/ into without ``--out``.
+
+    Each budget has its own folder, so that running one budget never overwrites another's
+    recorded results: ``docs`` (small, the first study), ``docs/study_BUDGET`` (medium, gpu,
+    paper), ``WORK/out`` for the tiny smoke test.
+    """
+    if budget_name == "tiny":
+        return work / "out"
+    return ROOT / "docs" if budget_name == "small" else ROOT / "docs" / f"study_{budget_name}"
+
+
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     p.add_argument(
-        "--seeds", type=int, nargs="+", help="study seeds (default: the budget's: tiny/small 0, paper 0 1 2)"
+        "--seeds", type=int, nargs="+", help="study seeds (default: the budget's: tiny/small 0, medium/gpu/paper 0 1 2)"
     )
     p.add_argument(
         "--out",
-        help="folder for RESULTS.md, results.json and figures/ (default: docs for small/paper, WORK/out for tiny)",
+        help="folder for RESULTS.md, results.json and figures/ (default: docs for small, docs/study_BUDGET for "
+        "medium/gpu/paper, WORK/out for tiny)",
     )
     p.add_argument("--work", help="folder of the data and run folders (default runs/paper_table/BUDGET)")
     p.add_argument("--device", default="auto")
@@ -168,7 +182,7 @@ def _budget_and_folders(args) -> tuple[Budget, list[int], Path, Path]:
     seeds = list(args.seeds if args.seeds else budget.seeds)
     suffix = "".join(f"-{k.split('_')[0]}{v}" for k, v in changes.items())
     work = Path(args.work) if args.work else ROOT / "runs" / "paper_table" / (budget.name + suffix)
-    out = Path(args.out) if args.out else (work / "out" if budget.name == "tiny" else ROOT / "docs")
+    out = Path(args.out) if args.out else default_out(budget.name, work)
     if budget.name == "tiny" and out.resolve() == (ROOT / "docs").resolve():
         raise SystemExit("the tiny budget is a smoke test; it does not write into docs/ (pass another --out)")
     return budget, seeds, work, out
