@@ -3,24 +3,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# Where torch comes from: pip's configured index by default (PyPI's Linux wheel is the CUDA
+# build, several GB); https://download.pytorch.org/whl/cpu gives the ~200 MB CPU build.
+TORCH_INDEX ?=
 
 .PHONY: demo test check venv system-deps app-bundle bench clean
 
 $(BIN)/gvsl: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: an unpinned requirement may pull a multi-GB CUDA build.
-	$(BIN)/pip install -q "$(TORCH)"
+	# torch first and pinned, so that the package's own requirement finds it satisfied and
+	# pip never picks another build or version of it.
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[brain,gui,test,dev]"
 	touch $(BIN)/gvsl
 
 venv: $(BIN)/gvsl
 
 system-deps:
-	bash scripts/install_system_deps.sh
+	PY=$(PY) bash scripts/install_system_deps.sh
 
 # The desktop app with the synthetic cardiac pair, demo weights and the GVSL widgets.
-demo: venv system-deps
+demo: system-deps venv
 	bash scripts/demo.sh
 
 # Lint, format, types and the import layers (docs/ARCHITECTURE.md); `make test` runs them first.
@@ -30,7 +34,7 @@ check: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: venv system-deps check
+test: system-deps venv check
 	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what napari needs to open a window on a headless Linux machine: Xvfb, Mesa's
-# software OpenGL and Qt's xcb libraries. Does nothing where they are already present
+# software OpenGL and Qt's xcb libraries; and python3-venv where python3 cannot make a
+# virtual environment (stock Debian/Ubuntu ship python3 without ensurepip). Does nothing where they are already present
 # or where this is not a Debian/Ubuntu machine we may install on.
 set -euo pipefail
 need=(xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libxkbcommon-x11-0 libxcb-icccm4
@@ -11,6 +12,10 @@ if command -v dpkg-query >/dev/null; then
   for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
+fi
+# The Makefile runs this before it creates .venv with `python3 -m venv`.
+if command -v dpkg-query >/dev/null && ! "${PY:-python3}" -c "import ensurepip" 2>/dev/null; then
+  missing+=(python3-venv)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
