@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QHBoxLayout,
     QLabel,
+    QMainWindow,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -32,7 +34,13 @@ POLL_MS = 500
 
 
 class _CloseWatcher(QObject):
-    """Stops the job when the viewer window closes (the dock widget may outlive it briefly)."""
+    """Stops the job when the viewer's main window closes (the dock widget may outlive it briefly).
+
+    The filter sees the close before the window does, and napari's "close the window?" dialog
+    may still cancel it: so whether the window really went is checked once the event has been
+    handled, and only then is the run stopped (and its checkpoint waited for). Where the event
+    loop ends with the window (the app's last window), the interpreter's exit does the same.
+    """
 
     def __init__(self, holder: dict):
         super().__init__()
@@ -40,14 +48,46 @@ class _CloseWatcher(QObject):
 
     def eventFilter(self, obj, event) -> bool:
         if event.type() == QEvent.Close:
-            _shutdown(self._holder)
+            window, holder = weakref.ref(obj), self._holder
+            QTimer.singleShot(0, lambda: _shutdown_if_closed(window, holder))
         return False
+
+
+def _shutdown_if_closed(window: weakref.ref, holder: dict) -> None:
+    try:
+        closed = window() is None or not window().isVisible()
+    except RuntimeError:  # its Qt side is gone
+        closed = True
+    if closed:
+        _shutdown(holder)
 
 
 def _shutdown(holder: dict) -> None:
     job = holder.get("job")
     if job is not None:
         job.shutdown()
+
+
+def _detach(holder: dict) -> None:
+    job = holder.get("job")
+    if job is not None:
+        job.detach()
+
+
+def _main_window(widget: QWidget) -> QMainWindow | None:
+    """The QMainWindow this widget is docked in, also while its dock floats (then
+    ``widget.window()`` is the floating dock, whose close only hides the panel)."""
+    w = widget.parentWidget()
+    while w is not None and not isinstance(w, QMainWindow):
+        w = w.parentWidget()
+    return w
+
+
+def _dock(widget: QWidget) -> QDockWidget | None:
+    w = widget.parentWidget()
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
 
 
 class TrainingWidget(QWidget):
@@ -92,6 +132,7 @@ class TrainingWidget(QWidget):
         self.destroyed.connect(lambda *_: _shutdown(holder))
         self._watcher = _CloseWatcher(holder)
         self._watched: weakref.ref[QObject] | None = None  # weak: the window must not outlive napari's close
+        self._docked_in: weakref.ref[QObject] | None = None
         _warmup.when_ready(self._build_form)
 
     def _build_form(self) -> None:
@@ -113,6 +154,7 @@ class TrainingWidget(QWidget):
             self._form = TrainingForm()
             self._placeholder.hide()
             self._layout.insertWidget(0, self._form.native)
+            self._render()  # the buttons act on the form: enabled from now on
         return self._form
 
     @property
@@ -122,12 +164,20 @@ class TrainingWidget(QWidget):
         return self.form.fields
 
     def showEvent(self, event) -> None:
-        # Once docked, the top-level window is the viewer's (plain Qt, no private napari
+        # Once docked, the main window is the viewer's (plain Qt, no private napari
         # attribute): closing it stops the job even if this widget outlives it briefly.
-        top = self.window()
-        if top is not self and (self._watched is None or self._watched() is not top):
+        top = _main_window(self)
+        if top is not None and (self._watched is None or self._watched() is not top):
             top.installEventFilter(self._watcher)
             self._watched = weakref.ref(top)
+        # Closing the panel (its ✕) deletes the dock but only unparents this widget, whose
+        # own `destroyed` then never comes: the dock's is the panel's end. The run is asked
+        # to stop without freezing the viewer; the interpreter's exit waits for its checkpoint.
+        dock = _dock(self)
+        if dock is not None and (self._docked_in is None or self._docked_in() is not dock):
+            holder = self._holder
+            dock.destroyed.connect(lambda *_: _detach(holder))
+            self._docked_in = weakref.ref(dock)
         super().showEvent(event)
 
     @property
@@ -209,7 +259,11 @@ class TrainingWidget(QWidget):
         if ckpt is None:
             notify_error("this run has no checkpoint yet", "Training")
             return None
-        kind = run_kind(job.run.path)
+        try:
+            kind = run_kind(job.run.path)
+        except (OSError, ValueError) as exc:  # an attached folder without (a readable) config.yaml
+            notify_error(f"{job.run.path}: cannot tell what the run trains ({exc}); load {ckpt} by hand", "Training")
+            return None
         shared = shared_checkpoints(self.viewer)
         if kind == "gvsl":
             shared.gvsl = str(ckpt)
@@ -229,6 +283,7 @@ class TrainingWidget(QWidget):
             return
         if job.poll():
             self.plot.update_curves(job.history)
+            self._render()  # Stop's state follows the process, which emits no event
         if self.state.status in (DONE, STOPPED, ERROR):
             self.timer.stop()
             if self.state.status == ERROR:
@@ -237,11 +292,12 @@ class TrainingWidget(QWidget):
     def _render(self, *_) -> None:
         s = self.state
         try:
-            busy = s.active
-            self.start_button.setEnabled(not busy)
-            self.resume_button.setEnabled(not busy)
-            self.attach_button.setEnabled(not busy)
-            self.stop_button.setEnabled(self.job is not None and self.job.alive)
+            # The buttons act on the form's settings: not before it shows them.
+            idle = not s.active and self._form is not None
+            self.start_button.setEnabled(idle)
+            self.resume_button.setEnabled(idle)
+            self.attach_button.setEnabled(idle)
+            self.stop_button.setEnabled(self.job is not None and self.job.can_stop)
             self.bar.setRange(0, max(s.total, 1))
             self.bar.setValue(min(s.iteration, max(s.total, 1)))
             eta = f" · {s.sec_per_step:.2f} s/it · ETA {format_seconds(s.eta_s)}" if s.status == "running" else ""

@@ -13,6 +13,8 @@ pytest.importorskip("pytestqt")
 
 pytestmark = pytest.mark.gui
 
+from napari_plugin._training import TrainingWidget  # noqa: E402 (after the skips)
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_children(monkeypatch):
@@ -20,8 +22,6 @@ def _one_thread_children(monkeypatch):
 
 
 def _widget(viewer, run_dir, iters=400):
-    from napari_plugin._training import TrainingWidget
-
     w = TrainingWidget(viewer)
     viewer.window.add_dock_widget(w, name="Training")
     w.fields["run_dir"].value = run_dir
@@ -227,7 +227,6 @@ def test_the_form_is_magicgui_and_shows_the_engines_defaults_for_each_task(make_
     from magicgui.widgets import Container
 
     from gvsl_app.training.config import FinetuneConfig, PretrainConfig
-    from napari_plugin._training import TrainingWidget
 
     w = TrainingWidget(make_napari_viewer())
     assert isinstance(w.form, Container)
@@ -295,3 +294,121 @@ def test_loss_plot_draws_each_term_and_validation_in_its_training_colour(qtbot):
     ticks = nice_ticks(-0.35, 0.9)
     assert 3 <= len(ticks) <= 7 and ticks[0] >= -0.35 and ticks[-1] <= 0.9
     assert all(round(t / 0.2, 9).is_integer() for t in ticks) or all(round(t / 0.5, 9).is_integer() for t in ticks)
+
+
+# A stand-in for a training child that only does what these tests look at: it logs one step,
+# and on each SIGTERM appends a line to a file, then "saves" and exits after `delay` seconds.
+FAKE_CHILD = """
+import pathlib, signal, sys, time
+marks, metrics, delay = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), float(sys.argv[3])
+def on_term(*_):
+    with marks.open("a") as f:
+        f.write("term\\n")
+    time.sleep(delay)
+    marks.open("a").write("saved\\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+time.sleep(float(sys.argv[4]))
+metrics.parent.mkdir(parents=True, exist_ok=True)
+metrics.write_text('{"iteration": 1, "loss": 1.0, "sec_per_step": 30.0}\\n')
+time.sleep(120)
+"""
+
+
+def _fake_job(w, tmp_path, delay=0.0, first_step_after=0.0):
+    import sys
+
+    from gvsl_app.jobs.training_job import TrainingJob
+
+    run, marks = tmp_path / "run", tmp_path / "marks.txt"
+    cmd = [sys.executable, "-c", FAKE_CHILD, str(marks), str(run / "metrics.jsonl"), str(delay), str(first_step_after)]
+    return w._begin(TrainingJob(run, w.state, [cmd], total=10)), marks
+
+
+def test_closing_the_training_panel_stops_its_run_which_saves(qtbot, make_napari_viewer, tmp_path):
+    import gc
+
+    viewer = make_napari_viewer(show=True)
+    w = TrainingWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Training")
+    qtbot.wait(50)
+    job, marks = _fake_job(w, tmp_path)
+    state = w.state
+    qtbot.waitUntil(lambda: state.iteration == 1, timeout=20_000)  # the child is up, its handler set
+    proc = job.proc
+    dock.destroyOnClose()  # the panel's ✕: napari unparents the widget and deletes the dock
+    del w, dock, job
+    for _ in range(5):
+        qtbot.wait(50)
+        gc.collect()
+    try:
+        qtbot.waitUntil(lambda: proc.poll() is not None, timeout=20_000)
+        assert marks.read_text().split() == ["term", "saved"]
+    finally:
+        proc.kill()
+
+
+def test_hiding_a_floating_panel_or_a_cancelled_window_close_keeps_the_run(
+    qtbot, make_napari_viewer, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QMainWindow
+
+    viewer = make_napari_viewer(show=True)
+    w = TrainingWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Training")
+    qtbot.wait(50)
+    job, marks = _fake_job(w, tmp_path)
+    qtbot.waitUntil(lambda: w.state.iteration == 1, timeout=20_000)  # the child is up, its handler set
+    try:
+        dock.setFloating(True)  # undocked to a second screen, then hidden with the panel's own button
+        qtbot.wait(100)
+        dock.close()
+        qtbot.wait(200)
+        assert job.alive and not marks.exists()
+
+        # The window's ✕, answered "Cancel" in napari's "close the window?" dialog.
+        window = w.parentWidget()
+        while not isinstance(window, QMainWindow):
+            window = window.parentWidget()
+        monkeypatch.setattr(type(window), "closeEvent", lambda self, event: event.ignore())
+        window.close()
+        qtbot.wait(200)
+        assert window.isVisible() and job.alive and not marks.exists()
+
+        monkeypatch.undo()
+        viewer.close()  # closed for good: the run stops and writes its checkpoint
+        qtbot.waitUntil(lambda: not job.alive, timeout=20_000)
+        assert marks.read_text().split() == ["term", "saved"]
+    finally:
+        job.proc.kill()
+
+
+def test_stop_is_offered_from_launch_and_sent_once(qtbot, make_napari_viewer, tmp_path):
+    """A second SIGTERM makes the CLI abort without saving: Stop must not send one."""
+    viewer = make_napari_viewer()
+    w = TrainingWidget(viewer)
+    # the child's first step takes a while (torch import, data): Stop works before it
+    job, marks = _fake_job(w, tmp_path, delay=1.0, first_step_after=1.5)
+    assert w.state.status == "starting" and w.stop_button.isEnabled()
+    qtbot.wait(600)  # its SIGTERM handler is set by now
+    _click(qtbot, w.stop_button)
+    assert w.state.status == "stopping" and not w.stop_button.isEnabled()
+    w.stop()  # e.g. a script, or a click that raced the button's update
+    qtbot.waitUntil(lambda: w.state.status == "stopped", timeout=20_000)
+    assert marks.read_text().split() == ["term", "saved"]
+    assert not w.stop_button.isEnabled()
+
+
+def test_the_buttons_wait_for_the_training_form(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    """Start before the form shows would launch settings the user never saw."""
+    from napari_plugin import _warmup
+
+    monkeypatch.setattr(_warmup, "when_ready", lambda fn: None)  # the engine's import not done yet
+    viewer = make_napari_viewer()
+    w = TrainingWidget(viewer)
+    assert w._form is None
+    assert not any(b.isEnabled() for b in (w.start_button, w.resume_button, w.attach_button, w.stop_button))
+    _click(qtbot, w.start_button)
+    assert w.job is None and w._form is None
+    w._build_form()  # the import finished
+    assert w.start_button.isEnabled() and w.resume_button.isEnabled() and w.attach_button.isEnabled()

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +28,9 @@ from gvsl_app.training.runs import RunFolder
 NOT_LOSSES = {"iteration", "time", "lr", "sec_per_step", "samples_per_s", "data_wait_s", "event", "message"}
 LOG_NAME = "gui_process.log"
 CHILD = "gvsl_app.jobs.child"  # = the gvsl CLI, plus "stop when the GUI dies"
-_LIVE: weakref.WeakSet[TrainingJob] = weakref.WeakSet()
+# Strong references: a job whose widget was closed and collected still has a child to stop
+# when the interpreter exits; a job leaves the set when its process has ended.
+_LIVE: set[TrainingJob] = set()
 
 
 FORM_NUMBERS = ("size", "width", "iters", "workers", "n_synthetic")
@@ -178,32 +179,43 @@ class TrainingJob:
         self._stop_requested = False
         self._log: BinaryIO | None = None
         state.run_dir, state.iteration, state.total, state.eta_s, state.message = str(self.run.path), 0, total, 0.0, ""
-        _LIVE.add(self)
 
     # -- process ---------------------------------------------------------------------------
     def start(self) -> None:
         self.run.path.mkdir(parents=True, exist_ok=True)
-        self.state.status = STARTING if self._pending else FOLLOWING
         if self._pending:
-            self._launch(self._pending.pop(0))
+            self._launch(self._pending.pop(0))  # before the status, so that a STARTING job can be stopped
+        self.state.status = STARTING if self.proc is not None else FOLLOWING
 
     def _launch(self, cmd: list[str]) -> None:
         if self._log is None:
             self._log = open(self.run.path / LOG_NAME, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        _LIVE.add(self)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def can_stop(self) -> bool:
+        """A child of this job is running (or about to) and has not been asked to stop yet.
+
+        Once asked, a second SIGTERM would make the CLI abort without writing ``last.pt``
+        (its "second interrupt" rule), so a stop is sent at most once.
+        """
+        return not self._stop_requested and (self.alive or bool(self._pending))
+
     def stop(self) -> None:
-        """Ask the child to stop at the next step and write ``last.pt`` (SIGTERM)."""
-        self._pending.clear()
-        if self.alive:
+        """Ask the child to stop at the next step and write ``last.pt`` (SIGTERM), once."""
+        if self._pending:
+            self._pending.clear()
+            self._stop_requested = True  # the chain's next command (e.g. after `gvsl sample`) never starts
+        if self.alive and self.state.status != STOPPING:
             assert self.proc is not None  # alive implies a process
             self._stop_requested = True
-            self.state.status = STOPPING
+            self.state.status = STOPPING  # also what keeps a second call from signalling again
             if sys.platform == "win32":
                 self.proc.terminate()
             else:
@@ -223,6 +235,11 @@ class TrainingJob:
             self._log.close()
             self._log = None
         _LIVE.discard(self)
+
+    def detach(self) -> None:
+        """Its widget is gone: stop the child without waiting (it writes ``last.pt`` on its own;
+        :data:`_LIVE` keeps this job so that the interpreter's exit still waits for it)."""
+        self.stop()
 
     # -- following -------------------------------------------------------------------------
     def poll(self) -> bool:
@@ -286,6 +303,7 @@ class TrainingJob:
         if self._log is not None:
             self._log.close()
             self._log = None
+        _LIVE.discard(self)
 
     def log_tail(self, n: int = 6) -> str:
         try:
