@@ -48,7 +48,13 @@ def _narrow(combo: QComboBox, chars: int = 16) -> None:
 
 
 class LayerCombo(QComboBox):
-    """Layers of one type in ``viewer``, kept in sync with the layer list."""
+    """Layers of one type in ``viewer``, kept in sync with the layer list.
+
+    The chooser remembers the layer object it shows, so a rename keeps the choice (the
+    name alone would be lost); a layer a ``fits`` test cannot judge (a 2D or 4D layer
+    for a 3D grid test) simply does not fit, because a refresh runs inside napari's layer
+    events and an exception there would undo the user's ``add_labels``.
+    """
 
     def __init__(
         self,
@@ -58,57 +64,95 @@ class LayerCombo(QComboBox):
         prefer: tuple[str, ...] = (),
         fits: Callable[[Any], bool] | None = None,
         parent=None,
+        shun: tuple[str, ...] = (),
+        avoid: LayerCombo | None = None,
     ):
-        """``prefer``: name words chosen first; ``fits``: a test a layer must pass to be the
-        default of an optional combo (e.g. "on the chosen image's grid")."""
+        """``prefer``: name words chosen first; ``shun``: name words chosen last; ``fits``: a
+        test a layer must pass to be the default of an optional combo (e.g. "on the chosen
+        image's grid"); ``avoid``: another chooser whose layer this one defaults to only when
+        there is no other (moving vs fixed image)."""
         super().__init__(parent)
         _narrow(self)
         self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
-        self._fits = fits
+        self._fits, self._shun, self._avoid = fits, shun, avoid
         self._chosen = False  # True once the user picked a layer: keep it; until then follow the defaults
+        self._layer = None  # the layer shown (None for "(none)")
         self.activated.connect(self._on_user_choice)
+        self.currentIndexChanged.connect(self._remember)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self.refresh)
         for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
+            layer.events.name.connect(self._on_renamed)
+        if avoid is not None:
+            avoid.currentTextChanged.connect(self.refresh)
         self.refresh()
 
     def _on_inserted(self, event=None) -> None:
         if event is not None:
-            event.value.events.name.connect(self.refresh)
+            event.value.events.name.connect(self._on_renamed)
         self.refresh()
 
-    def _default(self, names: list[str]) -> str | None:
-        plain = [n for n in names if not any(w in n.lower() for w in _RESULT_WORDS)]
+    def _on_renamed(self, event=None) -> None:
+        # the layer shown stays shown under its new name, picked by the user or not
+        source = getattr(event, "source", None)
+        self._update(keep=self._chosen or (source is not None and source is self._layer))
+
+    def _remember(self, *_) -> None:
+        self._layer = self.layer()
+
+    def _fits_safely(self, layer) -> bool:
+        try:
+            return self._fits is None or bool(self._fits(layer))
+        except Exception:  # e.g. a 2D layer against a 3D grid: it does not fit
+            return False
+
+    def _default(self, layers: list) -> str | None:
+        plain = [lay for lay in layers if not any(w in lay.name.lower() for w in _RESULT_WORDS)]
+        plain.sort(key=lambda lay: any(w in lay.name.lower() for w in self._shun))  # stable: shunned last
+        other = self._avoid.layer() if self._avoid is not None else None
+        candidates = [lay for lay in plain if lay is not other] or plain
         for word in self._prefer:
-            for n in plain:
-                if word in n.lower():
-                    return n
+            for lay in candidates:
+                if word in lay.name.lower():
+                    return lay.name
         if self._optional:
             if self._fits is not None:
-                fitting = [n for n in plain if self._fits(self._viewer.layers[n])]
-                return fitting[0] if fitting else None
+                return next((lay.name for lay in candidates if self._fits_safely(lay)), None)
             return None
-        return (plain or names or [None])[0]
+        first = (candidates or layers or [None])[0]
+        return None if first is None else first.name
 
     def refresh(self, event=None) -> None:
+        """Re-list the layers; keep the user's choice, otherwise show the default."""
+        self._update(keep=self._chosen)
+
+    def _update(self, keep: bool) -> None:
         try:
-            current = self.currentText()
-            names = [lay.name for lay in self._viewer.layers if isinstance(lay, self._type)]
-            self.blockSignals(True)
-            self.clear()
-            if self._optional:
-                self.addItem("(none)")
-            self.addItems(names)
-            kept = current in names or (self._optional and current == "(none)")
-            keep = current if (self._chosen and kept) else self._default(names)
-            if keep is not None:
-                self.setCurrentText(keep)
-            self.blockSignals(False)
+            before = self.currentText()
+            layers = [lay for lay in self._viewer.layers if isinstance(lay, self._type)]
+            shown = next((lay for lay in layers if lay is self._layer), None)
+            kept = shown.name if shown is not None else None
+            if kept is None and self._optional and before == "(none)":
+                kept = "(none)"
+            target = kept if (keep and kept is not None) else self._default(layers)
+            self.blockSignals(True)  # no half-filled states for the dependent choosers
+            try:
+                self.clear()
+                if self._optional:
+                    self.addItem("(none)")
+                self.addItems([lay.name for lay in layers])
+                if target is not None:
+                    self.setCurrentText(target)
+            finally:
+                self.blockSignals(False)
+            self._layer = self.layer()
+            if self.currentText() != before:  # once, for the choosers that depend on this one
+                self.currentTextChanged.emit(self.currentText())
         except RuntimeError:  # the widget was deleted before the viewer
             pass
 
     def layer(self):
+        """The chosen layer, or None ("(none)" or no layer of the type)."""
         name = self.currentText()
         return self._viewer.layers[name] if name in self._viewer.layers else None
 
@@ -116,6 +160,7 @@ class LayerCombo(QComboBox):
         self._chosen = True
 
     def set_layer(self, name: str) -> None:
+        """Choose the layer called ``name`` as the user would (kept from then on)."""
         self._chosen = True
         self.setCurrentText(name)
 
@@ -236,17 +281,20 @@ def device_combo() -> QComboBox:
 
 
 def thick_slices(viewer, half_width: float) -> None:
-    """Give the sliced axes a margin of ``half_width`` world units (napari thick slicing).
+    """Give the three spatial (last) axes a margin of ``half_width`` world units (napari thick slicing).
 
     napari draws a vector or point only on its own slice; layers with
     ``projection_mode='all'`` (our displacement arrows and embedded voxels) then also show
-    their neighbours within the margin. Images and labels keep thin slices (their
-    projection mode is ``none``), and a margin the user set is left alone.
+    their neighbours within the margin. All three axes get it, displayed or not (napari
+    ignores a margin on a displayed axis): a job that ends in a 3D view, or a user who
+    rolls the axes later, would otherwise leave axes without one. Leading axes (time) are
+    left thin, images and labels keep thin slices (their projection mode is ``none``), and
+    a margin the user set is left alone.
     """
     dims = viewer.dims
     left, right = list(dims.margin_left), list(dims.margin_right)
     changed = False
-    for axis in dims.not_displayed:
+    for axis in range(max(0, dims.ndim - 3), dims.ndim):
         if left[axis] == 0 and right[axis] == 0:
             left[axis] = right[axis] = half_width + 1e-3
             changed = True

@@ -253,8 +253,13 @@ class LabelExplorerWidget(QWidget):
         if centre is None:  # absent from the label map (only in the reference)
             return
         world = (data_to_world(layer) @ np.array([*centre, 1.0]))[:3]
-        self.viewer.dims.set_point(range(3), tuple(float(w) for w in world))
+        dims = self.viewer.dims
+        # a 3D layer lies on the viewer's last three world axes (a 4D layer adds leading ones)
+        axes = list(range(dims.ndim - 3, dims.ndim))
+        dims.set_point(axes, tuple(float(w) for w in world))
+        point = dict(enumerate(float(p) for p in dims.point)) | dict(zip(axes, map(float, world), strict=True))
         # napari 0.9 moved the camera to viewer.scene (viewer.camera still works, deprecated)
         scene = getattr(self.viewer, "scene", None)
         camera = scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
-        camera.center = tuple(float(w) for w in world)
+        # the camera centre is in displayed axes, in display order (the user may have rolled them)
+        camera.center = tuple(point[a] for a in dims.displayed)

@@ -127,8 +127,10 @@ def start_job(func: Callable, state: JobState, on_result: Callable, what: str):
 class JobControls(QWidget):
     """Run button, progress bar and status line bound to a ``JobState``.
 
-    With ``stop_text`` a second button (``stop_button``, enabled only while the job runs)
-    is added; the owner connects it to whatever ends its job early. With ``timed_stage``
+    With ``stop_text`` a second button (``stop_button``, enabled only while the job runs
+    and, with ``can_stop``, only while ``can_stop()`` says the running job can be ended
+    early) is added; the owner connects it to whatever ends its job early. A job that
+    leaves a ``message`` when done shows it on the status line. With ``timed_stage``
     ``(stage, share_done)``, the bar shows the time left while that stage runs, from its
     elapsed time and ``share_done(fraction)``, the share of the stage's work done at the
     job's progress ``fraction``.
@@ -141,6 +143,7 @@ class JobControls(QWidget):
         parent=None,
         stop_text: str | None = None,
         timed_stage: tuple[str, Callable[[float], float]] | None = None,
+        can_stop: Callable[[], bool] | None = None,
     ):
         super().__init__(parent)
         from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout
@@ -163,6 +166,7 @@ class JobControls(QWidget):
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
         self._timed = timed_stage
+        self._can_stop = can_stop
         self._stage_start: float | None = None  # when the timed stage began (perf_counter)
         state.events.fraction.connect(self._on_fraction)
         state.events.stage.connect(self._on_text)
@@ -197,7 +201,8 @@ class JobControls(QWidget):
         try:
             self.run_button.setEnabled(s.status != RUNNING)
             if self.stop_button is not None:
-                self.stop_button.setEnabled(s.status == RUNNING)
+                stoppable = self._can_stop is None or self._can_stop()
+                self.stop_button.setEnabled(s.status == RUNNING and stoppable)
             if s.status == RUNNING:
                 self.bar.setFormat(f"{s.stage} %p%")
                 self.status.setText(f"running: {s.stage}")
@@ -206,6 +211,6 @@ class JobControls(QWidget):
                 self.status.setText(f"<span style='color:#e06060'>error: {s.message}</span>")
             elif s.status == DONE:
                 self.bar.setFormat("done")
-                self.status.setText("done")
+                self.status.setText(s.message or "done")
         except RuntimeError:
             pass

@@ -86,8 +86,9 @@ class MatchingWidget(QWidget):
         self._worker = None
         _warmup.start()
         v = napari_viewer
-        self.fixed = LayerCombo(v, Image, prefer=("fixed",))
-        self.moving = LayerCombo(v, Image, prefer=("moving",))
+        # two scans named neither "fixed" nor "moving" still start as two different layers
+        self.fixed = LayerCombo(v, Image, prefer=("fixed",), shun=("moving",))
+        self.moving = LayerCombo(v, Image, prefer=("moving",), avoid=self.fixed)
         self.moving_labels = LayerCombo(v, Labels, optional=True, prefer=("moving",))
         self.fixed_labels = LayerCombo(v, Labels, optional=True, prefer=("fixed",))
         self.weights = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
@@ -124,6 +125,7 @@ class MatchingWidget(QWidget):
         self.refine_preset.setToolTip("the refinement's schedule (gvsl match --refine-preset)")
         self.refine.toggled.connect(self.refine_preset.setEnabled)
         self._stop = threading.Event()
+        self._refining = False  # whether the running job refines: the only stage Stop can end
         form = QFormLayout()
         for label, w in (
             ("fixed image", self.fixed),
@@ -142,6 +144,7 @@ class MatchingWidget(QWidget):
             "Run Z-Matching",
             stop_text="Stop refining (keep the map so far)",
             timed_stage=("refine", refine_share_done),
+            can_stop=lambda: self._refining,
         )
         self.controls.run_button.clicked.connect(self.run)
         self.controls.stop_button.clicked.connect(self._stop.set)
@@ -150,6 +153,7 @@ class MatchingWidget(QWidget):
         self.export_button = QPushButton("Export outputs…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
+        self.state.events.status.connect(self._sync_export)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.controls)
@@ -164,6 +168,11 @@ class MatchingWidget(QWidget):
         fl, ml = self.fixed.layer(), self.moving.layer()
         if fl is None or ml is None:
             refuse(self.state, "choose a fixed and a moving image layer", "Z-Matching")
+            return None
+        if fl is ml:
+            refuse(
+                self.state, f"the fixed and the moving image are the same layer ({fl.name!r}): choose two", "Z-Matching"
+            )
             return None
         mll, fll = self.moving_labels.layer(), self.fixed_labels.layer()
         try:
@@ -202,6 +211,7 @@ class MatchingWidget(QWidget):
             )
             return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
 
+        self._refining = bool(refine)
         self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names), "Z-Matching")
         return self._worker
 
@@ -217,7 +227,6 @@ class MatchingWidget(QWidget):
         if moving_name in layers:
             layers[moving_name].visible = False
         self.report.setText(report_html(r.report, names))
-        self.export_button.setEnabled(True)
         refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
         if refine_s is not None and not refined.get("stopped"):
             # what it cost here, for these volumes and this working size, is the best promise
@@ -236,17 +245,32 @@ class MatchingWidget(QWidget):
         if folder:
             self.export_to(folder)
 
+    def _sync_export(self, *_) -> None:
+        try:  # a result to export, and no job (run or export) that could replace it meanwhile
+            self.export_button.setEnabled(self.result is not None and not self.state.running)
+        except RuntimeError:  # the widget was deleted
+            pass
+
     def export_to(self, folder: str):
-        if self.result is None:
-            notify_error("run Z-Matching first", "Export")
+        """Write the last result's outputs to ``folder`` in a background job (seconds for a
+        real CT: never on the GUI thread); returns the worker, or None when there is nothing
+        to export or a job is running."""
+        result = self.result
+        if result is None or self.state.running:
+            notify_error("run Z-Matching first" if result is None else "wait for the running job to end", "Export")
             return None
-        try:
-            out = self.result.save(folder)
-        except Exception as exc:
-            notify_error(exc, "Export")
-            return None
-        notify_info(f"Z-Matching outputs written to {out}")
-        return out
+
+        def work(progress):
+            progress("exporting", 0.1)
+            return result.save(folder)
+
+        def done(out) -> None:
+            self.state.message = f"outputs written to {out}"  # the status line keeps it after the toast
+            notify_info(f"Z-Matching outputs written to {out}")
+
+        self._refining = False
+        self._worker = start_job(work, self.state, done, "Export")
+        return self._worker
 
 
 def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None = None) -> list[tuple]:

@@ -116,3 +116,50 @@ def test_names_and_colours_chosen_from_a_slicer_colour_table(cardiac_viewer, tmp
     bad.write_text('{"1": {"name": "LV", "color": [300, 0, 0]}}')
     assert not w.apply_label_table(bad)
     assert "bad.json" in w.controls.status.text() and "0-255" in w.controls.status.text()
+
+
+def test_layers_that_are_not_3d_are_never_a_default_and_adding_them_works(make_napari_viewer):
+    viewer = make_napari_viewer()
+    w = _explorer(viewer)
+    viewer.add_labels(np.zeros((16, 16), np.int32), name="a")  # a user's ordinary 2D labels
+    viewer.add_labels(np.zeros((16, 16), np.int32), name="b")
+    viewer.add_labels(np.zeros((2, 4, 4, 4), np.int32), name="c")  # and a 4D one
+    assert {"a", "b", "c"} <= {layer.name for layer in viewer.layers}
+    assert w.labels.currentText() == "a" and w.reference.currentText() == "(none)"
+    assert w.run() is None and "3D" in w.controls.status.text()  # explained when asked to compare
+
+
+def _two_structures() -> np.ndarray:
+    a = np.zeros((32, 40, 48), np.int32)
+    a[2:6, 30:36, 3:9] = 1  # centre (z, y, x) = (3.5, 32.5, 5.5)
+    a[20:30, 5:10, 35:45] = 2
+    return a
+
+
+def _compare_and_click(qtbot, w, name: str) -> None:
+    w.distances.setChecked(False)
+    w.run()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    w.focus_row(next(r for r in range(w.table.rowCount()) if w.table.item(r, 0).text() == name))
+
+
+def test_a_row_click_centres_the_structure_in_rolled_views_and_beside_4d_layers(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_labels(_two_structures(), name="seg", scale=(3.0, 1.0, 1.0))
+    w = _explorer(viewer)
+    viewer.dims.order = (1, 0, 2)  # the user rolled the axes: y is sliced, (z, x) displayed
+    _compare_and_click(qtbot, w, "label 1")
+    world = np.array([3.5 * 3.0, 32.5, 5.5])
+    np.testing.assert_allclose(viewer.dims.point, world, atol=1.6)  # snapped to a slice
+    np.testing.assert_allclose(viewer.camera.center[-2:], world[list(viewer.dims.displayed)], atol=1e-6)
+    # a 4D layer (e.g. a time series) in the viewer: the labels live on the last three world axes
+    viewer4 = make_napari_viewer()
+    viewer4.add_image(np.zeros((3, 32, 40, 48), np.float32), name="time series")
+    viewer4.add_labels(_two_structures(), name="seg")
+    w4 = _explorer(viewer4)
+    time_point = viewer4.dims.point[0]
+    _compare_and_click(qtbot, w4, "label 1")
+    np.testing.assert_allclose(viewer4.dims.point[-3:], (3.5, 32.5, 5.5), atol=0.51)  # snapped to a slice
+    assert viewer4.dims.point[0] == time_point  # the time axis is left alone
+    np.testing.assert_allclose(viewer4.camera.center[-2:], (32.5, 5.5), atol=1e-6)

@@ -63,8 +63,9 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     vec = viewer.layers[m.DISPLACEMENT]
     assert vec.data.ndim == 3 and vec.data.shape[1:] == (2, 3)
     assert 100 < len(vec.data) <= 12**3 and vec.projection_mode == "all"
-    # thick slices along z: every axial slice shows the nearest plane of arrows
-    assert viewer.dims.margin_left[0] > 0 and viewer.dims.margin_left[1:] == (0.0, 0.0)
+    # thick slices: every axial slice shows the nearest plane of arrows (and so would any
+    # other sliced axis: the margin is on all three, napari ignores it on the displayed ones)
+    assert all(m > 0 for m in viewer.dims.margin_left)
     for z in range(0, 48, 5):
         viewer.dims.set_current_step(0, z)
         assert len(vec._view_data) > 0, z
@@ -84,7 +85,10 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     assert len(viewer.layers) == n_layers and id(viewer.layers[m.WARPED]) == warped_id
     assert not viewer.layers[m.WARPED].visible
 
-    out = w.export_to(str(tmp_path / "export"))
+    w.export_to(str(tmp_path / "export"))  # a background job, like the run
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    out = tmp_path / "export"
     for f in (
         "warped.nii.gz",
         "warped_labels.nii.gz",
@@ -308,3 +312,133 @@ def test_report_lists_each_refinement_level_with_its_steps_and_seconds():
     assert "refine affine 20×24×20" in text and "36/150 steps, 0.14 s" in text
     assert text.index("refine affine") < text.index("refine deformable 80×96×78") and "30/30 steps, 6.81 s" in text
     assert "refine " not in report_html({**rep, "refined": None})
+
+
+def _scan(value: float) -> np.ndarray:
+    return np.full((8, 8, 8), value, np.float32)
+
+
+def test_moving_defaults_to_another_image_than_fixed(make_napari_viewer, gvsl_ckpt, notifications):
+    """Without "fixed"/"moving" in the names, the two choosers still start on two different scans."""
+    viewer = make_napari_viewer()
+    a, b = viewer.add_image(_scan(0), name="ct_2019"), viewer.add_image(_scan(1), name="ct_2021")
+    w = _widget(viewer, gvsl_ckpt)
+    assert (w.fixed.layer(), w.moving.layer()) == (a, b)
+    # docked first (the app), scans added later, one of them named "moving"
+    later = make_napari_viewer()
+    w2 = _widget(later, gvsl_ckpt)
+    c = later.add_image(_scan(0), name="scan moving")
+    d = later.add_image(_scan(1), name="scan 2")
+    assert (w2.fixed.layer(), w2.moving.layer()) == (d, c)
+    # picking the moving chooser's scan as fixed moves the (not yet chosen) moving to the other one
+    w.fixed.set_layer("ct_2021")
+    assert w.moving.layer() is a
+    # a user who chooses the same scan twice is told so; nothing is matched
+    w.moving.set_layer("ct_2021")
+    assert w.run() is None and w._worker is None
+    assert "same layer" in w.controls.status.text()
+    assert any("same layer" in msg for msg in notifications)
+
+
+def test_renaming_a_layer_keeps_it_chosen(make_napari_viewer, gvsl_ckpt):
+    viewer = make_napari_viewer()
+    a, b = viewer.add_image(_scan(0), name="scan A"), viewer.add_image(_scan(1), name="scan B")
+    w = _widget(viewer, gvsl_ckpt)
+    w.fixed.set_layer("scan B")
+    w.moving.set_layer("scan A")
+    b.name = "scan B (baseline)"
+    assert w.fixed.layer() is b and w.fixed.currentText() == "scan B (baseline)"
+    assert w.moving.layer() is a
+    # a default (not picked) follows its layer through a rename too
+    other = make_napari_viewer()
+    f, m = other.add_image(_scan(0), name="p fixed"), other.add_image(_scan(1), name="p moving")
+    w2 = _widget(other, gvsl_ckpt)
+    f.name, m.name = "patient 1", "patient 2"
+    assert (w2.fixed.layer(), w2.moving.layer()) == (f, m)
+
+
+def _arrow_slices(viewer, axis: int, n: int) -> list[int]:
+    """The steps along ``axis`` where the displacement layer shows no arrow."""
+    from napari_plugin._matching import DISPLACEMENT
+
+    vec = viewer.layers[DISPLACEMENT]
+    empty = []
+    for i in range(n):
+        viewer.dims.set_current_step(axis, i)
+        if len(vec._view_data) == 0:
+            empty.append(i)
+    return empty
+
+
+def test_arrows_show_on_every_slice_after_a_run_in_3d_view(qtbot, cardiac_viewer, gvsl_ckpt):
+    viewer = cardiac_viewer
+    w = _widget(viewer, gvsl_ckpt)
+    viewer.dims.ndisplay = 3  # the user looks at the volume in 3D while it matches
+    _run(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    viewer.dims.ndisplay = 2
+    n = viewer.layers["cardiac fixed"].data.shape
+    assert _arrow_slices(viewer, 0, n[0]) == []
+    viewer.dims.order = (1, 0, 2)  # rolled: now y is sliced
+    assert _arrow_slices(viewer, 1, n[1]) == []
+    assert all(m > 0 for m in viewer.dims.margin_left) and all(m > 0 for m in viewer.dims.margin_right)
+
+
+def test_stop_refining_is_enabled_only_while_a_refinement_can_be_stopped(qtbot, cardiac_viewer, gvsl_ckpt):
+    w = _widget(cardiac_viewer, gvsl_ckpt)  # refine off
+    qtbot.mouseClick(w.controls.run_button, qtbot_button())
+    assert w.state.running and not w.controls.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=120_000)
+    assert w.state.status == "done", w.state.message
+    assert not w.controls.stop_button.isEnabled()
+
+
+def _small_result():
+    from gvsl_app.io.volume import Volume
+    from gvsl_app.services.match_result import MatchResult
+
+    fixed = Volume(np.random.default_rng(0).random((12, 10, 8)).astype(np.float32), spacing=(1.0, 1.0, 2.0))
+    return MatchResult(
+        fixed=fixed,
+        warped=fixed,
+        displacement_mm=np.zeros((*fixed.shape, 3), np.float32),
+        jacobian=fixed.with_array(np.ones(fixed.shape, np.float32)),
+        affine_physical=np.eye(4),
+        report={"ncc_before": 0.1},
+    )
+
+
+def test_export_writes_in_the_background_and_reports_failures(
+    qtbot, make_napari_viewer, gvsl_ckpt, tmp_path, monkeypatch, notifications
+):
+    import threading
+
+    from gvsl_app.services.match_result import MatchResult
+
+    w = _widget(make_napari_viewer(), gvsl_ckpt)
+    w.result = _small_result()
+    threads = []
+    save = MatchResult.save
+
+    def recording_save(self, out):
+        threads.append(threading.current_thread())
+        return save(self, out)
+
+    monkeypatch.setattr(MatchResult, "save", recording_save)
+    worker = w.export_to(str(tmp_path / "export"))
+    assert worker is not None and w.state.running  # returned at once; the files come later
+    assert not w.export_button.isEnabled() and not w.controls.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    assert threads and threads[0] is not threading.main_thread()  # never on the GUI thread
+    assert all((tmp_path / "export" / f).is_file() for f in w.result.written_files())
+    assert str(tmp_path / "export") in w.controls.status.text()
+    assert any(str(tmp_path / "export") in msg for msg in notifications)
+    assert w.export_button.isEnabled()
+    # a folder that cannot be made (a file is in the way): a clear error, the viewer carries on
+    (tmp_path / "a file").write_text("x")
+    w.export_to(str(tmp_path / "a file" / "out"))
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "error" and "a file" in w.state.message
+    assert any(msg.startswith("Export:") and "a file" in msg for msg in notifications)
+    assert w.export_button.isEnabled() and w.controls.run_button.isEnabled()

@@ -315,3 +315,30 @@ def test_structure_names_fall_back_to_the_ground_truth():
         3: "Aorta",
     }
     assert merge_names({1: "LV"}, {}) == {1: "LV"}
+
+
+def test_adding_2d_layers_with_the_segmentation_docked(make_napari_viewer):
+    """A 2D image and its 2D labels (someone's cell segmentation) never fit a 3D widget, and
+    adding them must not fail inside the widget's chooser refresh."""
+    viewer = make_napari_viewer()
+    w = _segmentation(viewer)
+    viewer.add_image(np.random.default_rng(0).random((16, 16)).astype(np.float32), name="cells")
+    viewer.add_labels(np.zeros((16, 16), np.int32), name="cells labels")
+    assert "cells labels" in viewer.layers
+    assert w.image.currentText() == "cells" and w.reference.currentText() == "(none)"
+
+
+def test_thick_slices_cover_every_spatial_axis_whatever_is_displayed(make_napari_viewer):
+    """The embedded voxels (Feature clusters) and the displacement arrows stay visible around
+    the slice on whichever axis is sliced later, even when the job ended in a 3D view."""
+    from napari_plugin._common import thick_slices
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 4, 6, 8), np.float32), name="time series")  # axis 0 is time
+    viewer.dims.ndisplay = 3
+    viewer.dims.margin_left = (0.0, 0.0, 0.5, 0.0)  # a margin the user set is kept
+    thick_slices(viewer, 2.0)
+    assert viewer.dims.margin_left[0] == 0.0  # time is not thick-sliced
+    assert viewer.dims.margin_left[2] == 0.5
+    assert viewer.dims.margin_left[1] > 2.0 and viewer.dims.margin_left[3] > 2.0
+    assert viewer.dims.margin_right[1] == viewer.dims.margin_right[3] == viewer.dims.margin_left[1]
