@@ -117,6 +117,22 @@ def copy_label_style(source_layer) -> dict:
     return kw
 
 
+RESULT_MARK = "gvsl_result"
+"""``layer.metadata`` key of a layer a GVSL job made (its value: the result's name). Only such a
+layer is ever updated or replaced by a later run; a user's own layer of the same name is not."""
+
+
+def _marked(layer_data: tuple) -> tuple:
+    data, kw, kind = layer_data[:3]
+    kw = {**kw, "metadata": {**kw.get("metadata", {}), RESULT_MARK: kw["name"]}}
+    return (data, kw, kind, *layer_data[3:])
+
+
+def _result_layer(viewer, name: str):
+    """The layer an earlier run made for the result ``name`` (it may have been renamed)."""
+    return next((lay for lay in viewer.layers if lay.metadata.get(RESULT_MARK) == name), None)
+
+
 def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:
     """``layer_data`` with its napari layer built, where no layer of that name exists yet.
 
@@ -125,7 +141,7 @@ def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:
     holds up the viewer; the GUI thread only inserts it (:func:`upsert_layer`). A name in
     ``existing`` (the viewer's layers when the job started) is updated in place instead.
     """
-    data, kw, kind = layer_data[:3]
+    data, kw, kind = _marked(layer_data)[:3]
     if kw["name"] in existing:
         return layer_data
     from napari import layers
@@ -135,16 +151,19 @@ def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:
 
 
 def upsert_layer(viewer, layer_data: tuple):
-    """Add a layer, or replace the data of the existing layer of that name and type.
+    """Add a result layer, or replace the data of the one an earlier run made for that result.
 
     Running a job again therefore updates its result layers in place (the user's
-    visibility, opacity and blending choices are kept) instead of piling up copies.
+    visibility, opacity and blending choices are kept, also under a name the user gave it)
+    instead of piling up copies. A layer of the same name that no GVSL job made (a user's
+    own "warped" scan) is left alone; the new one gets napari's next free name.
     ``layer_data`` is ``(data, kwargs, kind)``, or with a layer :func:`prebuild` made.
     """
+    layer_data = _marked(layer_data)
     data, kw, kind = layer_data[:3]
     name = kw["name"]
-    if name in viewer.layers:
-        layer = viewer.layers[name]
+    layer = _result_layer(viewer, name)
+    if layer is not None:
         if type(layer).__name__.lower() == kind:
             layer.data = data
             for key, value in kw.items():
