@@ -129,8 +129,10 @@ def _marked(layer_data: tuple) -> tuple:
 
 
 def _result_layer(viewer, name: str):
-    """The layer an earlier run made for the result ``name`` (it may have been renamed)."""
-    return next((lay for lay in viewer.layers if lay.metadata.get(RESULT_MARK) == name), None)
+    """The layer called ``name`` if a GVSL job made it. One the user renamed is theirs to keep
+    (renaming is how a result is kept beside the next run's)."""
+    layer = viewer.layers[name] if name in viewer.layers else None
+    return layer if layer is not None and RESULT_MARK in layer.metadata else None
 
 
 def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:
@@ -154,9 +156,10 @@ def upsert_layer(viewer, layer_data: tuple):
     """Add a result layer, or replace the data of the one an earlier run made for that result.
 
     Running a job again therefore updates its result layers in place (the user's
-    visibility, opacity and blending choices are kept, also under a name the user gave it)
-    instead of piling up copies. A layer of the same name that no GVSL job made (a user's
-    own "warped" scan) is left alone; the new one gets napari's next free name.
+    visibility, opacity and blending choices are kept) instead of piling up copies; a result
+    the user renamed is kept and the run makes a new one. A layer of the same name that no
+    GVSL job made (a user's own "displacement" image) is left alone; the new one gets
+    napari's next free name.
     ``layer_data`` is ``(data, kwargs, kind)``, or with a layer :func:`prebuild` made.
     """
     layer_data = _marked(layer_data)
