@@ -240,6 +240,21 @@ def test_nan_and_infinite_voxels_are_background_with_a_note(pair):
     assert np.isfinite(res.warped.array).all() and res.warped.array.max() <= np.nanmax(arr[np.isfinite(arr)]) + 1e-3
 
 
+@pytest.mark.parametrize("which", ["fixed", "moving"])
+def test_a_scan_with_one_value_everywhere_gets_the_identity_and_says_why(pair, perturbed_weights, which):
+    fixed, moving, fl, ml = pair
+    flat = {"fixed": fixed, "moving": moving}[which]
+    flat = flat.with_array(np.full(flat.shape, -1000.0, np.float32), source="air.nii.gz")
+    f, m = (flat, moving) if which == "fixed" else (fixed, flat)
+    # this network's map folds and moves the pair; against a flat scan no NCC can say so
+    res = match(f, m, weights=perturbed_weights, size=32, device="cpu", refine=True)
+    (note,) = [w for w in res.report["warnings"] if "one value everywhere" in w]
+    assert which in note and "air.nii.gz" in note and "-1000" in note
+    assert np.abs(res.displacement_mm).max() < 1e-4 and res.report["folding_percent"] == 0.0
+    np.testing.assert_allclose(res.affine_physical, np.eye(4), atol=1e-6)
+    assert res.report["refined"] is None  # no refinement asked of a pair it cannot judge
+
+
 def test_volumes_too_small_to_match_are_refused(pair):
     fixed, _, _, _ = pair
     tiny = Volume(np.zeros((2, 2, 2), np.float32), (1.0, 1.0, 1.0), fixed.origin, source="tiny.nii.gz")

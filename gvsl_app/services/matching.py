@@ -117,7 +117,14 @@ def match(
     times["network_s"] = time.perf_counter() - t
     out["ncc_network"] = out["ncc_after"]
     fell_back: list[str] = []
-    if fallback and out["ncc_after"] < out["ncc_before"] - FALLBACK_TOLERANCE:
+    flat = _flat_image_note(fixed, moving)
+    if flat:
+        # NCC is 0 against a constant image whatever the map, so neither the fallback nor
+        # the refinement can judge one: a map would only fold (98 % of voxels, measured)
+        warnings.append(flat)
+        _identity_map(out, shape)
+        schedule = None
+    elif fallback and out["ncc_after"] < out["ncc_before"] - FALLBACK_TOLERANCE:
         fell_back.append(_use_identity(out, shape, "the network's map"))
 
     steps_done, grid = 0, shape
@@ -345,6 +352,24 @@ def _modality_warnings(model: GVSL, fixed: Volume, moving: Volume) -> list[str]:
     return out
 
 
+def _flat_image_note(fixed: Volume, moving: Volume) -> str | None:
+    """Why the pair cannot be matched when a scan has one value everywhere, else None."""
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        arr = np.asarray(v.array)
+        if arr.size and float(arr.max()) == float(arr.min()):
+            return (
+                f"the {name} image {v.source} has one value everywhere ({float(arr.min()):g}): there is "
+                "nothing to match, so the identity map is used (check that the right file or series was read)"
+            )
+    return None
+
+
+def _identity_map(out: dict, shape: tuple[int, int, int]) -> None:
+    out["coordinates"] = voxel_grid(shape).unsqueeze(0)
+    out["affine"] = torch.eye(3, 4).unsqueeze(0)
+    out["ncc_after"] = out["ncc_before"]
+
+
 def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
     """Replace a map that lowered the similarity by the identity; the reason, for the report.
 
@@ -356,7 +381,5 @@ def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
         f"{what} lowered the local NCC ({out['ncc_before']:.4f} -> {out['ncc_after']:.4f}); used the identity instead"
     )
     log.warning("gvsl match: %s", reason)
-    out["coordinates"] = voxel_grid(shape).unsqueeze(0)
-    out["affine"] = torch.eye(3, 4).unsqueeze(0)
-    out["ncc_after"] = out["ncc_before"]
+    _identity_map(out, shape)
     return reason
