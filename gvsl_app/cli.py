@@ -7,6 +7,7 @@ import logging
 import sys
 
 from gvsl_app import commands as c
+from gvsl_app import volume_commands as vc
 from gvsl_app.allocator import tune_cpu_allocator
 
 
@@ -186,6 +187,8 @@ def _add_match(sub) -> None:
     p.add_argument("--weights", help="GVSL checkpoint (default: shipped demo weights)")
     p.add_argument("--moving-labels")
     p.add_argument("--fixed-labels")
+    p.add_argument("--fixed-series", metavar="UID", help="series to read when FIXED is a DICOM folder of several")
+    p.add_argument("--moving-series", metavar="UID", help="series to read when MOVING is a DICOM folder of several")
     p.add_argument("--size", type=int, help="working cube side (default: the weights' training size)")
     p.add_argument(
         "--refine",
@@ -218,13 +221,18 @@ def _add_match(sub) -> None:
     )
     p.add_argument("--device", default="auto")
     _add_output_overwrite(p)
-    p.set_defaults(func=c.cmd_match)
+    p.set_defaults(func=vc.cmd_match)
 
 
 def _add_segment(sub) -> None:
     """``gvsl segment``."""
     p = sub.add_parser("segment", help="segment a volume (or every volume of a folder) with a fine-tuned checkpoint")
-    p.add_argument("image", help="a volume, or a folder of volumes (a data folder's images/ is used when present)")
+    p.add_argument(
+        "image",
+        help="a volume (a file or a DICOM series folder), or a folder of volumes (a data folder's images/ is used "
+        "when present)",
+    )
+    p.add_argument("--series", metavar="UID", help="series to read when IMAGE is a DICOM folder of several")
     p.add_argument("--weights", help="segmentation checkpoint (default: shipped demo)")
     p.add_argument("--out", required=True, help="label map to write (a folder when IMAGE is a folder)")
     p.add_argument(
@@ -236,22 +244,23 @@ def _add_segment(sub) -> None:
     p.add_argument("--report", help="report JSON path (default: next to --out)")
     p.add_argument("--device", default="auto")
     _add_output_overwrite(p)
-    p.set_defaults(func=c.cmd_segment)
+    p.set_defaults(func=vc.cmd_segment)
 
 
 def _add_embed(sub) -> None:
     """``gvsl embed``."""
     p = sub.add_parser("embed", help="t-SNE of local features per anatomical label")
-    p.add_argument("image")
+    p.add_argument("image", help="a volume (a file or a DICOM series folder)")
     p.add_argument("labels")
     p.add_argument("--out", required=True)
+    p.add_argument("--series", metavar="UID", help="series to read when IMAGE is a DICOM folder of several")
     p.add_argument("--weights")
     p.add_argument("--per-label", type=int, default=500)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     _add_output_overwrite(p)
-    p.set_defaults(func=c.cmd_embed)
+    p.set_defaults(func=vc.cmd_embed)
 
 
 def _add_sample(sub) -> None:
@@ -263,6 +272,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true", help="cardiac: add labels.csv with abnormal cases")
     p.add_argument("--shape", type=int, default=96, help="side of the written cubes in voxels")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the data set already in --out (its images/, labels/ and labels.csv)",
+    )
     p.set_defaults(func=c.cmd_sample)
 
 

@@ -4,12 +4,37 @@ arguments, run it (training with progress lines and clean stops), print the summ
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from pathlib import Path
 
-from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.training.progress import StopFlag
+
+UNDEFINED_DICE = "absent from both the prediction and the reference: Dice undefined, left out of the mean"
+"""What an ``n/a`` Dice means, printed under the tables and written in the reports' notes."""
+
+
+def dice_cell(value: float | None, width: int = 7) -> str:
+    """A Dice value for a printed table: 4 decimals, or ``n/a`` when undefined (NaN or ``None``)."""
+    if value is None or not math.isfinite(value):
+        return f"{'n/a':>{width}}"
+    return f"{value:{width}.4f}"
+
+
+def _inputs(*pairs: tuple[str, str | Path | None]) -> list[tuple[str, Path]]:
+    """``(what, path)`` of the inputs given (``None``: option not used), for ``prepare_output``."""
+    return [(what, Path(p)) for what, p in pairs if p]
+
+
+def list_empty_cases(results, with_reference: bool) -> None:
+    """Give every case without any structure its row saying so (else the table would drop it)."""
+    from gvsl_app.services.label_metrics import nothing_to_compare
+
+    for res in results:
+        if not res.rows:
+            res.rows.append(nothing_to_compare(with_reference))
+            res.notes.append(f"{res.case}: {res.rows[0].note}")
 
 
 def _install_stop_handlers(stop: StopFlag) -> None:
@@ -111,19 +136,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "dice" in res:
         print(f"{'label':>8} {'Dice':>7}")
         for k, v in res["dice"].items():
-            print(f"{k:>8} {v:7.4f}")
-        print(f"{'mean':>8} {res['mean_dice']:7.4f}   ({res['n']} cases, {args.data})")
+            print(f"{k:>8} {dice_cell(v)}")
+        print(f"{'mean':>8} {dice_cell(res['mean_dice'])}   ({res['n']} cases, {args.data})")
+        if any(not math.isfinite(v) for v in res["dice"].values()):
+            print(f"{'n/a':>8}: {UNDEFINED_DICE}")
     else:
         print(f"AUC {res['auc']:.4f} ({res['n']} cases, {args.data})")
     return 0
 
 
 def cmd_evaluate_labels(args: argparse.Namespace) -> int:
+    from gvsl_app.io.outputs import prepare_output
     from gvsl_app.services.label_cohort import evaluate_cohort, pair_cases, structure_summary, write_table
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    inputs = _inputs(("label map", args.labels), ("reference", args.reference))
+    out = prepare_output(args.out, None, args.overwrite, inputs)
     pairs = pair_cases(args.labels, args.reference)
     names = _label_names(args.names, pairs[0][1])
     bar = None
@@ -142,11 +169,12 @@ def cmd_evaluate_labels(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    summary = structure_summary(results)
+    list_empty_cases(results, with_reference=args.reference is not None)
     write_table(results, out)
     for res in results:
         for note in res.notes:
             print(f"note: {note}")
-    summary = structure_summary(results)
     print(f"{'structure':<24} {'n':>3} {'volume mL':>10} {'Dice':>13} {'HD95 mm':>13} {'ASSD mm':>13}")
     for name, s in summary.items():
 
@@ -182,186 +210,16 @@ def _label_names(names_file: str | None, first_label_map: Path) -> dict[int, str
     return dict(table.names)
 
 
-def prepare_output(path: str | Path, ours: tuple[str, ...] | None, overwrite: bool) -> Path:
-    """Refuse to mix a command's outputs with an earlier run's; with ``overwrite``, clear ours.
-
-    ``ours`` lists the files a folder-writing command writes (``None``: ``path`` is one file).
-    A non-empty folder, or an existing file, is refused unless ``--overwrite``, which then
-    deletes exactly what this command writes, so no stale file of an earlier call (say
-    ``warped_labels.nii.gz`` of another pair) stays beside the new outputs. Checked before
-    any work is done.
-    """
-    path = Path(path)
-    parent = path.parent if ours is None else path
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder; choose another --out")
-    if ours is None:
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; --out names the label file to write (e.g. seg.nii.gz)")
-        return path
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} is a file; --out names the folder to write the outputs into")
-    present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-    if present and not overwrite:
-        shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
-        raise FileExistsError(
-            f"{path} is not empty ({shown}); choose another --out or pass --overwrite, which "
-            f"replaces this command's outputs there ({', '.join(ours)})"
-        )
-    for name in ours if overwrite else ():
-        (path / name).unlink(missing_ok=True)
-    return path
-
-
-def cmd_match(args: argparse.Namespace) -> int:
-    from gvsl_app.io.images import read_labels, read_volume
-    from gvsl_app.services.match_result import MATCH_OUTPUTS
-    from gvsl_app.services.matching import match
-
-    prepare_output(args.out, MATCH_OUTPUTS, args.overwrite)
-    fixed, moving = read_volume(args.fixed), read_volume(args.moving)
-    ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
-    fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
-    res = match(
-        fixed,
-        moving,
-        weights=args.weights,
-        size=args.size,
-        device=args.device,
-        moving_labels=ml,
-        fixed_labels=fl,
-        refine=args.refine_preset if args.refine else False,
-        fallback=args.fallback,
-        passes=args.passes,
-    )
-    out = res.save(args.out)
-    r = res.report
-    refined = f", refinement {r['seconds']['refine_s']:.2f} s" if args.refine else ""
-    for line in r["warnings"] + r["fallback"]:
-        print(f"warning: {line}", file=sys.stderr)
-    print(
-        f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
-        f"(network {r['seconds']['network_s']:.2f} s{refined})"
-    )
-    print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
-    if "mean_dice_after" in r:
-        print(f"  mean Dice {r['mean_dice_before']:.4f} -> {r['mean_dice_after']:.4f}")
-    print(f"  wrote {out}/: {', '.join(res.written_files())}")
-    return 0
-
-
-def cmd_segment(args: argparse.Namespace) -> int:
-    from gvsl_app.io.images import read_labels, read_volume, write_volume
-    from gvsl_app.services.segment import segment
-
-    if Path(args.image).is_dir():
-        return _segment_folder(args)
-    report_path = Path(args.report) if args.report else Path(str(args.out).split(".nii")[0] + "_report.json")
-    prepare_output(args.out, None, args.overwrite)
-    prepare_output(report_path, None, args.overwrite)
-    image = read_volume(args.image)
-    ref = read_labels(args.reference, image) if args.reference else None
-    res = segment(image, args.weights, device=args.device, reference=ref)
-    if args.weights is None:
-        print(res.report["segmenter"])
-    write_volume(res.labels, args.out, is_label=True)
-    report_path.write_text(dumps_strict(res.report))
-    names = res.report["label_names"]
-    print(f"{'label':>18} {'mL':>9}" + (f" {'Dice':>7}" if ref is not None else ""))
-    for k, v in res.report["volume_ml"].items():
-        dice = f" {res.report['dice'].get(k, float('nan')):7.4f}" if ref is not None else ""
-        print(f"{names.get(k, k):>18} {v:9.2f}{dice}")
-    if ref is not None:
-        print(f"{'mean Dice':>18} {'':>9} {res.report['mean_dice']:7.4f}")
-    print(f"wrote {args.out} and {report_path}")
-    return 0
-
-
-def _segment_folder(args: argparse.Namespace) -> int:
-    """``gvsl segment FOLDER --out DIR``: every volume, then one table of volumes (and, with
-    references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``."""
-    from gvsl_app.io.folders import images_folder, list_volume_files, require_volumes
-    from gvsl_app.io.images import read_volume, write_volume
-    from gvsl_app.services.label_cohort import evaluate_cohort, structure_summary, write_table
-    from gvsl_app.services.segment import segment
-
-    folder = Path(args.image)
-    images = require_volumes(images_folder(folder))
-    ref_dir = Path(args.reference) if args.reference else (folder / "labels" if (folder / "labels").is_dir() else None)
-    refs = list_volume_files(ref_dir) if ref_dir is not None else {}
-    ours = (*(f"{n}.nii.gz" for n in images), "metrics.csv", "report.json")
-    out = prepare_output(args.out, ours, args.overwrite)
-    names: dict[int, str] = {}
-    bar = None
-    if not getattr(args, "quiet", False):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
-    pairs: list[tuple[str, Path, Path | None]] = []
-    try:
-        for name, path in images.items():
-            res = segment(read_volume(path), args.weights, device=args.device)
-            if args.weights is None and not pairs:
-                print(res.report["segmenter"])  # once: a folder is one modality
-            names = {int(k): v for k, v in res.report["label_names"].items()}
-            seg_path = write_volume(res.labels, out / f"{name}.nii.gz", is_label=True)
-            pairs.append((name, Path(seg_path), refs.get(name)))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    with_ref = [p for p in pairs if p[2] is not None]
-    results = evaluate_cohort(with_ref, names) + evaluate_cohort([p for p in pairs if p[2] is None], names)
-    write_table(results, out / "metrics.csv")
-    summary = structure_summary(results)
-    (out / "report.json").write_text(
-        dumps_strict({"images": str(folder), "references": str(ref_dir) if refs else None, "summary": summary})
-    )
-    print(f"{'structure':<18} {'n':>3} {'volume mL':>10}" + (f" {'Dice':>7}" if with_ref else ""))
-    for name, s in summary.items():
-        dice = s["dice"]["mean"]
-        cell = (f" {dice:7.4f}" if dice is not None else f" {'-':>7}") if with_ref else ""
-        print(f"{name[:18]:<18} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f}{cell}")
-    print(f"wrote {len(pairs)} segmentation(s), {out / 'metrics.csv'} and {out / 'report.json'}")
-    return 0
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    from gvsl_app.io.images import read_labels, read_volume
-    from gvsl_app.services.embed import embed
-
-    prepare_output(args.out, ("embedding.csv", "report.json"), args.overwrite)
-    image = read_volume(args.image)
-    labels = read_labels(args.labels, image)
-    res = embed(
-        image,
-        labels,
-        weights=args.weights,
-        per_label=args.per_label,
-        size=args.size,
-        seed=args.seed,
-        device=args.device,
-    )
-    out = res.save(args.out)
-    r = res.report
-    fmt = lambda v: "n/a (one label)" if v is None else f"{v:.4f}"  # noqa: E731
-    print(
-        f"{r['n_points']} voxels embedded; silhouette: features {fmt(r['silhouette_features'])}, "
-        f"2D {fmt(r['silhouette_2d'])}; wrote {out}/embedding.csv and report.json"
-    )
-    return 0
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    from gvsl_app.data.samples import write_samples
+    from gvsl_app.data.samples import DATASET_ENTRIES, write_samples
+    from gvsl_app.io.outputs import prepare_output, staged_folder
 
-    out = write_samples(
-        args.kind, args.out, n=args.n, seed=args.seed, classification=args.classification, shape=(args.shape,) * 3
-    )
+    out = prepare_output(args.out, DATASET_ENTRIES, args.overwrite)
+    # Written beside and swapped in whole: a re-run never leaves subjects of two data sets
+    # (other shapes, seeds or counts) side by side in images/ and labels/.
+    with staged_folder(out, DATASET_ENTRIES) as stage:
+        write_samples(
+            args.kind, stage, n=args.n, seed=args.seed, classification=args.classification, shape=(args.shape,) * 3
+        )
     print(f"wrote {args.n} {args.kind} subjects to {out}")
     return 0

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from gvsl_app.io.volume import Volume
 
-__all__ = ["SAMPLE_KINDS", "SAMPLE_PAIR_SEEDS", "sample_pair", "write_samples"]
+__all__ = ["DATASET_ENTRIES", "SAMPLE_KINDS", "SAMPLE_PAIR_SEEDS", "sample_pair", "write_samples"]
 
 SAMPLE_KINDS = ("cardiac", "brain")
 SAMPLE_PAIR_SEEDS: dict[str, tuple[int, int]] = {"cardiac": (11, 12), "brain": (21, 22)}
 """(fixed, moving) subject seeds of the bundled pair of each kind."""
+
+DATASET_ENTRIES = ("images", "labels", "labels.csv")
+"""What :func:`write_samples` writes in its folder (``labels.csv`` only for classification):
+what ``gvsl sample --overwrite`` replaces, so no subject of an earlier data set stays."""
 
 
 def _check_kind(kind: str) -> str:

@@ -27,8 +27,45 @@ def _dicom_meta(reader: sitk.ImageSeriesReader, tag: str, index: int = 0) -> str
     return ""
 
 
-def read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image, dict]:
-    """Read one DICOM series from a folder; several series -> the one with most slices."""
+def holds_dicom_series(folder: Path) -> bool:
+    """True when ``folder`` itself holds the slices of at least one DICOM series.
+
+    Cheap for a folder of other volumes: only files ending in ``.dcm`` or with no ending
+    (how scanners and PACS exports name slices) make GDCM scan the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    names = [p.name.lower() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not any(n.endswith(".dcm") or "." not in n for n in names):
+        return False
+    with quiet_itk():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _describe(uid: str, files: list[str]) -> str:
+    """``UID (N slices, "description")`` of one series, from its first file's header."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    description = ""
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+        if reader.HasMetaDataKey("0008|103e"):
+            description = reader.GetMetaData("0008|103e").strip()
+    except RuntimeError:
+        pass
+    return f"{uid} ({len(files)} slices" + (f', "{description}")' if description else ")")
+
+
+def read_dicom_series(folder: Path, series_uid: str | None, option: str = "series_uid") -> tuple[sitk.Image, dict]:
+    """Read one DICOM series from a folder; several series -> the one with most slices.
+
+    ``series_uid`` names the series to read. When the folder holds several series and none
+    is named, a warning lists them all (UID, number of slices, description) and says how to
+    choose another with ``option`` (the caller's name for it, e.g. ``--series`` on the
+    command line).
+    """
     with quiet_itk():
         uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     if not uids:
@@ -41,7 +78,7 @@ def read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image,
         if series_uid not in files:
             raise VolumeReadError(
                 f"{folder}: no DICOM series with UID {series_uid!r}; the folder holds: "
-                + ", ".join(f"{u} ({len(files[u])} slices)" for u in uids)
+                + ", ".join(_describe(u, files[u]) for u in uids)
             )
         chosen = series_uid
     else:
@@ -49,13 +86,12 @@ def read_dicom_series(folder: Path, series_uid: str | None) -> tuple[sitk.Image,
     others = [u for u in uids if u != chosen]
     if others and series_uid is None:
         logger.warning(
-            "%s holds %d DICOM series; reading %s (%d slices), the one with most slices. Others: %s. "
-            "Pass series_uid to choose another.",
+            "%s holds %d DICOM series; reading %s, the one with most slices. Others: %s. Choose another with %s UID.",
             folder,
             len(uids),
-            chosen,
-            len(files[chosen]),
-            ", ".join(f"{u} ({len(files[u])} slices)" for u in others),
+            _describe(chosen, files[chosen]),
+            ", ".join(_describe(u, files[u]) for u in others),
+            option,
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[chosen])

@@ -254,14 +254,15 @@ def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | 
     return img, nonfinite
 
 
-def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, series_option: str = "series_uid") -> Volume:
     """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
 
     Files: NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD and anything else SimpleITK
     opens. A folder is read as a DICOM series; when it holds several series the one with
     most slices is read (a warning is logged) unless ``series_uid`` names one, and
     ``meta["dicom"]`` records the chosen and the other series UIDs, the modality and the
-    description. The voxels keep their stored numeric type and ``Volume.dtype`` names it. A
+    description (``series_option`` is how the warning tells to choose another: the command
+    line passes its option's name). The voxels keep their stored numeric type and ``Volume.dtype`` names it. A
     4D file with a single time point is squeezed to 3D. Every unusable input (missing,
     not an image, truncated, 2D or single-slice, 4D, multi-component, zero-size, all-NaN)
     raises :class:`VolumeReadError` naming the file; a constant volume is valid data and is
@@ -275,10 +276,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Vo
     meta: dict = {}
     nonfinite = None
     if path.is_dir():
-        img, meta["dicom"] = read_dicom_series(path, series_uid)
+        img, meta["dicom"] = read_dicom_series(path, series_uid, series_option)
     else:
         if series_uid is not None:
-            logger.warning("%s is a file, not a DICOM folder: series_uid %r is ignored", path, series_uid)
+            logger.warning("%s is a file, not a DICOM folder: %s %r is ignored", path, series_option, series_uid)
         img, nonfinite = _read_file(path)
     img = _squeeze_to_3d(img, path)
     if "complex" in img.GetPixelIDTypeAsString():

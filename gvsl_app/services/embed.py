@@ -68,6 +68,38 @@ def sample_voxels(labels: np.ndarray, per_label: int, seed: int) -> np.ndarray:
     return np.concatenate(picks)
 
 
+MIN_POINTS = 2
+"""t-SNE needs at least two points (openTSNE fails on one with "Expected n_neighbors > 0")."""
+
+
+def check_enough_voxels(labels: np.ndarray, per_label: int, source: str = "") -> None:
+    """Refuse, naming the file and each label's voxel count, a label map too sparse to embed.
+
+    t-SNE needs :data:`MIN_POINTS` sampled voxels in all; with two labels or more, the
+    silhouette score also needs more voxels than labels (one label with two voxels at
+    least), else scikit-learn fails with "Number of labels is N. Valid values are 2 to
+    n_samples - 1". Checked before the features are computed.
+    """
+    if per_label < 1:
+        raise ValueError(f"per_label must be >= 1, got {per_label}")
+    values, counts = np.unique(labels[labels != 0], return_counts=True)
+    sampled = np.minimum(counts, per_label)
+    n = int(sampled.sum())
+    if n >= MIN_POINTS and (len(values) < 2 or n > len(values)):
+        return
+    src = source or "the label map"
+    if not len(values):
+        raise ValueError(f"{src}: the label map has no foreground label to embed (every voxel is 0)")
+    shown = ", ".join(f"label {int(v)}: {int(c)} voxel{'s' if c != 1 else ''}" for v, c in zip(values, counts))
+    need = (
+        f"at least {MIN_POINTS} labelled voxels for t-SNE"
+        if n < MIN_POINTS
+        else "more voxels than labels, i.e. one label with 2 voxels or more, for the silhouette score"
+    )
+    hint = " (raise --per-label)" if int(counts.sum()) > n else ""
+    raise ValueError(f"{src}: too few labelled voxels to embed ({shown}, {n} sampled); embedding needs {need}{hint}")
+
+
 @torch.no_grad()
 def local_features(model: GVSL, image: np.ndarray, size: int, device: torch.device) -> np.ndarray:
     """Local (last decoder level) features ``(C, size, size, size)`` of a normalised image."""
@@ -141,6 +173,7 @@ def embed(
             f"labels {labels.source or '(in memory)'} do not lie on the grid of image "
             f"{image.source or '(in memory)'}: " + "; ".join(diffs)
         )
+    check_enough_voxels(np.asarray(labels.array), per_label, labels.source)
     vox = sample_voxels(np.asarray(labels.array), per_label, seed)
     dev = resolve_device(device)
     t0 = time.perf_counter()

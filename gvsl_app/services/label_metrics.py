@@ -26,6 +26,8 @@ __all__ = [
     "check_label_map",
     "compare_label_maps",
     "summarise_structures",
+    "nothing_to_compare",
+    "ABSENT_FROM_BOTH",
     "disagreement_map",
     "structure_centres",
     "METRIC_COLUMNS",
@@ -34,6 +36,9 @@ __all__ = [
 
 DISAGREEMENT_NAMES = {1: "only in the label map", 2: "only in the reference", 3: "different structures"}
 """Values of :func:`disagreement_map`."""
+
+ABSENT_FROM_BOTH = "absent from both maps: Dice and distances undefined"
+"""The note of a structure in neither map (its Dice is 0/0)."""
 
 METRIC_COLUMNS = ("label", "name", "volume_ml", "ref_volume_ml", "dice", "hd95_mm", "assd_mm", "note")
 """The columns of one structure's row, in table order."""
@@ -112,8 +117,9 @@ def compare_label_maps(
     """Volume (mL) of every structure of ``pred`` and, with ``ref`` on the same grid, its Dice,
     95 % Hausdorff distance and average symmetric surface distance in mm.
 
-    ``labels`` (default: every non-zero value in either map) fixes the rows; ``names`` maps
-    values to structure names (a value without one is named ``label N``). Both maps must be
+    ``labels`` (default: every non-zero value in either map and every named one) fixes the
+    rows; ``names`` maps values to structure names (a value without one is named ``label N``),
+    so a named structure absent from both maps still gets its row, saying so. Both maps must be
     integer label maps on the same grid (same shape; resample with nearest neighbour first
     otherwise). ``distances=False`` skips HD95/ASSD, the slow part for large maps.
     """
@@ -127,7 +133,7 @@ def compare_label_maps(
     names = names or {}
     voxel_ml = float(np.prod(pred.spacing)) / 1000.0
     present = set(np.unique(p).tolist()) | (set(np.unique(r).tolist()) if r is not None else set())
-    values = sorted(int(v) for v in (labels if labels is not None else present) if int(v) != 0)
+    values = sorted({int(v) for v in (labels if labels is not None else present | set(names)) if int(v) != 0})
     spacing = _spacing_zyx(pred)
     out = []
     for v in values:
@@ -139,15 +145,30 @@ def compare_label_maps(
             n_ref = int(mr.sum())
             row["ref_volume_ml"] = n_ref * voxel_ml
             if n_pred == 0 and n_ref == 0:
-                row["note"] = "absent from both maps: Dice and distances undefined"
+                row["note"] = ABSENT_FROM_BOTH
             else:
                 row["dice"] = 2.0 * int(np.logical_and(mp, mr).sum()) / (n_pred + n_ref)
                 if n_pred == 0 or n_ref == 0:
                     row["note"] = f"absent from the {'label map' if n_pred == 0 else 'reference'}: distances undefined"
                 elif distances:
                     row["hd95_mm"], row["assd_mm"] = _distances(mp, mr, spacing)
+        elif n_pred == 0:
+            row["note"] = "absent from the label map"
         out.append(StructureMetrics(**row))
     return out
+
+
+def nothing_to_compare(with_reference: bool) -> StructureMetrics:
+    """The row a table shows for a case without any structure (every voxel 0 in both maps),
+    so the case is listed and says why it has no metrics rather than silently missing."""
+    where = "the label map or the reference" if with_reference else "the label map"
+    return StructureMetrics(
+        label=0,
+        name="(no structure)",
+        volume_ml=0.0,
+        ref_volume_ml=0.0 if with_reference else None,
+        note=f"no structure in {where} (every voxel is 0): nothing to compare",
+    )
 
 
 def summarise_structures(rows: Sequence[StructureMetrics]) -> dict[str, dict[str, float | int | None]]:

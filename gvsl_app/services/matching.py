@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from gvsl_app.io.volume import Volume
 from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
 from gvsl_app.services.match_refine import REFINE_SPAN, refine_map, refine_summary
 from gvsl_app.services.match_result import MatchResult
-from gvsl_app.services.metrics import dice_per_label
+from gvsl_app.services.metrics import dice_per_label, mean_dice
 from gvsl_app.services.weights import load_gvsl
 from models import GVSL, RefineSchedule, local_ncc, refine_preset, resolve_device
 from models.device import autocast, cpu_threads, threads_for_load
@@ -274,9 +275,14 @@ def _label_overlap(moving_labels: Volume, fixed_labels: Volume, warped_labels: V
     return {
         "dice_before": {str(k): v for k, v in d0.items()},
         "dice_after": {str(k): v for k, v in d1.items()},
-        "mean_dice_before": float(np.mean(list(d0.values()))) if d0 else None,
-        "mean_dice_after": float(np.mean(list(d1.values()))) if d1 else None,
+        # a structure in neither map has no Dice (NaN) and stays out of the mean
+        "mean_dice_before": _finite_or_none(mean_dice(d0)) if d0 else None,
+        "mean_dice_after": _finite_or_none(mean_dice(d1)) if d1 else None,
     }
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 @torch.no_grad()

@@ -1,0 +1,166 @@
+"""Where a command's outputs go: never mixed with an earlier run's, never over its own inputs,
+and swapped in only once the new ones are complete.
+
+A command first calls :func:`prepare_output` (before it reads anything heavy or computes:
+the refusals are cheap and say what to change), then writes its outputs into the folder
+:func:`staged_folder` yields beside ``--out`` and swaps them in when the block ends without
+an error. A failure while reading, computing or writing therefore leaves the earlier outputs
+exactly as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+__all__ = ["OutputError", "prepare_output", "protect_inputs", "require_writable", "staged_folder"]
+
+
+class OutputError(ValueError):
+    """An ``--out`` that cannot be used as given; the message names the path and what to do."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def require_writable(path: str | os.PathLike) -> None:
+    """Refuse a file or folder path that could not be created or written.
+
+    The nearest existing folder on the way to ``path`` (``path`` itself when it is a folder)
+    is probed by creating and removing a hidden file: permission bits alone do not tell
+    (root ignores them, a read-only mount or an ACL overrides them), and nothing is created
+    on the way, so a refused or failed command leaves no empty folders behind.
+    """
+    path = Path(path)
+    folder = _nearest_existing(path if not path.exists() or path.is_dir() else path.parent)
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder; choose another --out")
+    probe = folder / f".gvsl-write-check-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: {folder} is not writable ({exc.strerror or exc}); choose another --out"
+        ) from None
+    probe.unlink(missing_ok=True)
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def protect_inputs(
+    path: Path, ours: tuple[str, ...] | None, inputs: Iterable[tuple[str, Path]], option: str = "--out"
+) -> None:
+    """Refuse an output that is, or would replace, one of the command's inputs.
+
+    ``inputs`` are ``(what, path)`` pairs (``"input image"``, ``"reference labels folder"``...).
+    A one-file output must not be an input; a folder output must not be an input folder
+    (writing there would mix the outputs with, say, the reference label maps, and
+    ``--overwrite`` would delete them) and none of the files it writes may be an input.
+    """
+    for what, given in inputs:
+        given = Path(given)
+        if _same(path, given):
+            raise OutputError(
+                f"{option} {path} is the {what}: writing there would "
+                + ("overwrite it" if ours is None else "replace or mix with the inputs")
+                + f"; choose another {option}"
+            )
+        for name in ours or ():
+            if _same(path / name, given):
+                raise OutputError(
+                    f"{option} {path} would replace the {what} {given} (this command writes {name} there); "
+                    f"choose another {option}"
+                )
+
+
+def prepare_output(
+    path: str | os.PathLike,
+    ours: tuple[str, ...] | None,
+    overwrite: bool,
+    inputs: Iterable[tuple[str, Path]] = (),
+    option: str = "--out",
+) -> Path:
+    """Check, before any work, that a command may write its outputs at ``path``; nothing is changed.
+
+    ``ours`` lists the files (or sub-folders) a folder-writing command writes (``None``:
+    ``path`` is one file). A non-empty folder, or an existing file, is refused unless
+    ``overwrite``; an output that is, or would replace, one of ``inputs`` is refused always
+    (:func:`protect_inputs`), as is a path that cannot be written (:func:`require_writable`).
+    ``option`` is how the messages name the path (``--out``, ``--report``).
+    With ``overwrite``, the earlier outputs are replaced only when the new ones are complete
+    (:func:`staged_folder`), exactly ``ours`` and nothing else of the folder.
+    """
+    path = Path(path)
+    parent = _nearest_existing(path.parent if ours is None else path)
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: {parent} is a file, not a folder; choose another --out")
+    protect_inputs(path, ours, inputs, option)
+    if ours is None:
+        if path.exists() and not overwrite:
+            raise OutputError(f"{path} already exists; choose another {option} or pass --overwrite to replace it")
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; {option} names the file to write (e.g. seg.nii.gz)")
+        require_writable(path)
+        return path
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file; --out names the folder to write the outputs into")
+    present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if present and not overwrite:
+        shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
+        raise OutputError(
+            f"{path} is not empty ({shown}); choose another --out or pass --overwrite, which "
+            f"replaces this command's outputs there ({', '.join(ours)})"
+        )
+    require_writable(path)
+    if path.exists():
+        require_writable(path.parent)  # the staging folder is made beside it
+    return path
+
+
+@contextmanager
+def staged_folder(target: str | os.PathLike, ours: tuple[str, ...]) -> Iterator[Path]:
+    """A fresh folder beside ``target`` to write the outputs into; swapped in on success.
+
+    When the block ends without an error, every entry written into the staging folder
+    replaces its namesake in ``target`` and each name of ``ours`` not written is removed
+    from ``target`` (a stale output of an earlier call); other files of ``target`` stay.
+    When the block raises, the staging folder is deleted and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if not target.exists():
+        os.replace(stage, target)  # one rename: the whole folder appears at once
+        return
+    try:
+        old = stage / ".replaced"
+        old.mkdir()
+        for name in ours:
+            if (target / name).exists() or (target / name).is_symlink():
+                os.replace(target / name, old / name)  # moved aside, deleted once the new ones are in
+        for entry in sorted(stage.iterdir()):
+            if entry != old:
+                os.replace(entry, target / entry.name)
+    finally:
+        with suppress(OSError):
+            shutil.rmtree(stage)

@@ -1,0 +1,255 @@
+"""The ``gvsl`` subcommands that read volumes and write files next to them: ``match``,
+``segment`` and ``embed``.
+
+Each one checks its outputs first (never mixed with an earlier run's, never over one of its
+own inputs, writable), then reads and validates every input, computes, and only then
+writes, into a folder beside ``--out`` that replaces the earlier outputs when it is
+complete (:mod:`gvsl_app.io.outputs`); a failure anywhere leaves the earlier outputs intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from gvsl_app.commands import UNDEFINED_DICE, _inputs, dice_cell, list_empty_cases
+from gvsl_app.io.jsonio import dumps_strict
+from gvsl_app.io.volume import Volume
+
+EMBED_OUTPUTS = ("embedding.csv", "report.json")
+
+
+def record_series(report: dict, **volumes: Volume | None) -> None:
+    """Add to ``report`` the UID of the DICOM series each volume read from a DICOM folder came
+    from (``dicom_series``: {role: UID}), so a folder of several series is reproducible."""
+    chosen = {role: v.meta["dicom"]["series_uid"] for role, v in volumes.items() if v is not None and "dicom" in v.meta}
+    if chosen:
+        report["dicom_series"] = chosen
+
+
+def default_report_path(out: str | Path) -> Path:
+    """``seg.nii.gz`` -> ``seg_report.json`` beside it: the label file's own name without its
+    volume ending (``.nii.gz``, ``.mha``...), whatever dots the folders' names hold."""
+    from gvsl_app.io.folders import volume_suffix
+
+    out = Path(out)
+    suffix = volume_suffix(out.name)
+    stem = out.name[: -len(suffix)] if suffix and len(suffix) < len(out.name) else out.stem
+    return out.with_name(f"{stem}_report.json")
+
+
+def _undefined_dice(report: dict, dice_key: str, mean_key: str) -> None:
+    """Mean over the defined Dice values only, and a note per label absent from both maps."""
+    from gvsl_app.services.metrics import mean_dice
+
+    dice = report.get(dice_key)
+    if not dice:
+        return
+    report[mean_key] = mean_dice(dice)
+    names = report.get("label_names", {})
+    notes = [
+        f"{names.get(k, k)} (label {k}): {UNDEFINED_DICE}" for k, v in dice.items() if v is None or not math.isfinite(v)
+    ]
+    if notes:
+        report.setdefault("notes", []).extend(n for n in notes if n not in report.get("notes", []))
+
+
+def _check_series_option(args: argparse.Namespace, *pairs: tuple[str, str | None]) -> None:
+    """Refuse a series UID given for an input that is not a DICOM folder (it would be ignored)."""
+    for option, path in pairs:
+        uid = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if uid and path and not Path(path).is_dir():
+            raise ValueError(f"{option} {uid} names a DICOM series, but {path} is a file, not a DICOM folder")
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from gvsl_app.io.images import read_labels, read_volume
+    from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.services.match_result import MATCH_OUTPUTS
+    from gvsl_app.services.matching import match
+
+    _check_series_option(args, ("--fixed-series", args.fixed), ("--moving-series", args.moving))
+    inputs = _inputs(
+        ("fixed image", args.fixed),
+        ("moving image", args.moving),
+        ("fixed labels", args.fixed_labels),
+        ("moving labels", args.moving_labels),
+    )
+    out = prepare_output(args.out, MATCH_OUTPUTS, args.overwrite, inputs)
+    fixed = read_volume(args.fixed, series_uid=args.fixed_series, series_option="--fixed-series")
+    moving = read_volume(args.moving, series_uid=args.moving_series, series_option="--moving-series")
+    ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
+    fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
+    res = match(
+        fixed,
+        moving,
+        weights=args.weights,
+        size=args.size,
+        device=args.device,
+        moving_labels=ml,
+        fixed_labels=fl,
+        refine=args.refine_preset if args.refine else False,
+        fallback=args.fallback,
+        passes=args.passes,
+    )
+    r = res.report
+    record_series(r, fixed=fixed, moving=moving)
+    _undefined_dice(r, "dice_before", "mean_dice_before")
+    _undefined_dice(r, "dice_after", "mean_dice_after")
+    with staged_folder(out, MATCH_OUTPUTS) as stage:
+        res.save(stage)
+    refined = f", refinement {r['seconds']['refine_s']:.2f} s" if args.refine else ""
+    for line in r["warnings"] + r["fallback"]:
+        print(f"warning: {line}", file=sys.stderr)
+    print(
+        f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
+        f"(network {r['seconds']['network_s']:.2f} s{refined})"
+    )
+    print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
+    if "mean_dice_after" in r:
+        print(f"  mean Dice {dice_cell(r['mean_dice_before'], 0)} -> {dice_cell(r['mean_dice_after'], 0)}")
+    print(f"  wrote {out}/: {', '.join(res.written_files())}")
+    return 0
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    from gvsl_app.io.dicom import holds_dicom_series
+
+    return path.is_dir() and not (path / "images").is_dir() and holds_dicom_series(path)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from gvsl_app.io.images import read_labels, read_volume, write_volume
+    from gvsl_app.io.outputs import prepare_output
+    from gvsl_app.services.segment import segment
+
+    image_path = Path(args.image)
+    if image_path.is_dir() and not _is_dicom_folder(image_path):
+        return _segment_folder(args)
+    _check_series_option(args, ("--series", args.image))
+    out = Path(args.out)
+    report_path = Path(args.report) if args.report else default_report_path(out)
+    inputs = _inputs(("input image", args.image), ("reference labels", args.reference))
+    prepare_output(out, None, args.overwrite, inputs)
+    prepare_output(report_path, None, args.overwrite, [*inputs, ("label map --out names", out)], option="--report")
+    image = read_volume(image_path, series_uid=args.series, series_option="--series")
+    ref = read_labels(args.reference, image) if args.reference else None
+    res = segment(image, args.weights, device=args.device, reference=ref)
+    if args.weights is None:
+        print(res.report["segmenter"])
+    record_series(res.report, image=image)
+    _undefined_dice(res.report, "dice", "mean_dice")
+    write_volume(res.labels, out, is_label=True)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(dumps_strict(res.report))
+    names = res.report["label_names"]
+    print(f"{'label':>18} {'mL':>9}" + (f" {'Dice':>7}" if ref is not None else ""))
+    for k, v in res.report["volume_ml"].items():
+        dice = f" {dice_cell(res.report['dice'].get(k))}" if ref is not None else ""
+        print(f"{names.get(k, k):>18} {v:9.2f}{dice}")
+    if ref is not None:
+        print(f"{'mean Dice':>18} {'':>9} {dice_cell(res.report['mean_dice'])}")
+        if any(v is None or not math.isfinite(v) for v in res.report["dice"].values()):
+            print(f"{'n/a':>18}: {UNDEFINED_DICE}")
+    print(f"wrote {out} and {report_path}")
+    return 0
+
+
+def _segment_folder(args: argparse.Namespace) -> int:
+    """``gvsl segment FOLDER --out DIR``: every volume, then one table of volumes (and, with
+    references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``."""
+    from gvsl_app.io.folders import images_folder, list_volume_files, require_volumes
+    from gvsl_app.io.images import read_volume, write_volume
+    from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.services.label_cohort import evaluate_cohort, structure_summary, write_table
+    from gvsl_app.services.segment import segment
+
+    if args.series:
+        raise ValueError(f"--series names one DICOM series; {args.image} is a folder of volumes (one per case)")
+    folder = Path(args.image)
+    image_dir = images_folder(folder)
+    images = require_volumes(image_dir)
+    ref_dir = Path(args.reference) if args.reference else (folder / "labels" if (folder / "labels").is_dir() else None)
+    refs = list_volume_files(ref_dir) if ref_dir is not None else {}
+    ours = (*(f"{n}.nii.gz" for n in images), "metrics.csv", "report.json")
+    inputs = [("images folder", image_dir), *(("input image", p) for p in images.values())]
+    if ref_dir is not None:
+        inputs += [("reference labels folder", ref_dir), *(("reference label map", p) for p in refs.values())]
+    out = prepare_output(args.out, ours, args.overwrite, inputs)
+    names: dict[int, str] = {}
+    series: dict[str, str] = {}
+    bar = None
+    if not getattr(args, "quiet", False):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
+    pairs: list[tuple[str, Path, Path | None]] = []
+    with staged_folder(out, ours) as stage:
+        try:
+            for name, path in images.items():
+                image = read_volume(path)
+                if "dicom" in image.meta:
+                    series[name] = image.meta["dicom"]["series_uid"]
+                res = segment(image, args.weights, device=args.device)
+                if args.weights is None and not pairs:
+                    print(res.report["segmenter"])  # once: a folder is one modality
+                names = {int(k): v for k, v in res.report["label_names"].items()}
+                seg_path = write_volume(res.labels, stage / f"{name}.nii.gz", is_label=True)
+                pairs.append((name, Path(seg_path), refs.get(name)))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        with_ref = [p for p in pairs if p[2] is not None]
+        results = evaluate_cohort(with_ref, names) + evaluate_cohort([p for p in pairs if p[2] is None], names)
+        summary = structure_summary(results)
+        list_empty_cases(results, with_reference=bool(with_ref))
+        write_table(results, stage / "metrics.csv")
+        report: dict[str, object] = {
+            "images": str(folder),
+            "references": str(ref_dir) if refs else None,
+            "summary": summary,
+        }
+        if series:
+            report["dicom_series"] = series
+        (stage / "report.json").write_text(dumps_strict(report))
+    print(f"{'structure':<18} {'n':>3} {'volume mL':>10}" + (f" {'Dice':>7}" if with_ref else ""))
+    for name, s in summary.items():
+        cell = f" {dice_cell(s['dice']['mean'])}" if with_ref else ""
+        print(f"{name[:18]:<18} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f}{cell}")
+    print(f"wrote {len(pairs)} segmentation(s), {out / 'metrics.csv'} and {out / 'report.json'}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from gvsl_app.io.images import read_labels, read_volume
+    from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.services.embed import embed
+
+    _check_series_option(args, ("--series", args.image))
+    inputs = _inputs(("input image", args.image), ("label map", args.labels))
+    out = prepare_output(args.out, EMBED_OUTPUTS, args.overwrite, inputs)
+    image = read_volume(args.image, series_uid=args.series, series_option="--series")
+    labels = read_labels(args.labels, image)
+    res = embed(
+        image,
+        labels,
+        weights=args.weights,
+        per_label=args.per_label,
+        size=args.size,
+        seed=args.seed,
+        device=args.device,
+    )
+    record_series(res.report, image=image)
+    with staged_folder(out, EMBED_OUTPUTS) as stage:
+        res.save(stage)
+    r = res.report
+    fmt = lambda v: "n/a (one label)" if v is None else f"{v:.4f}"  # noqa: E731
+    print(
+        f"{r['n_points']} voxels embedded; silhouette: features {fmt(r['silhouette_features'])}, "
+        f"2D {fmt(r['silhouette_2d'])}; wrote {out}/embedding.csv and report.json"
+    )
+    return 0
