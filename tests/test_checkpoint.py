@@ -105,3 +105,44 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     atomic_torch_save({"a": torch.zeros(2)}, path)
     assert torch.equal(read_checkpoint(path)["a"], torch.zeros(2))
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_shipped_segmenters_fall_back_to_the_spacing_of_their_training_data(tmp_path):
+    """The shipped segmenters predate recorded spacings: the documented fallback must be the
+    spacing `gvsl sample` wrote for their training split (models/weights/README.md)."""
+    import numpy as np
+
+    from gvsl_app.data.brain import make_brain_subject
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.io.folders import split_names
+    from gvsl_app.services.segment import training_spacing
+    from gvsl_app.services.weights import DEMO_SEGMENTERS
+
+    # `gvsl sample cardiac --n 10 --seed 5`: subject i has seed 5 * 100003 + i; the spacing is drawn per
+    # subject and scales as 1 / side, so 16^3 subjects give the 96^3 ones' spacing times 6
+    names = [f"case_{i:03d}" for i in range(10)]
+    train = split_names(names, 0.2, 0.3, 0)[0]
+    cubes = [make_cardiac_subject(5 * 100003 + names.index(n), (16, 16, 16))[0] for n in train]
+    cardiac = np.array([c.spacing for c in cubes]) * 16 / 96
+    found = training_spacing(read_checkpoint(DEMO_SEGMENTERS["ct"]))
+    assert found is not None and "shipped" in found.source
+    np.testing.assert_allclose(found.median, np.median(cardiac, axis=0), atol=1e-4)
+    np.testing.assert_allclose([found.low, found.high], [cardiac.min(0), cardiac.max(0)], atol=1e-4)
+    # `gvsl sample brain --n 14 --seed 7`: every 96^3 subject has the template box's spacing
+    brain = make_brain_subject(7 * 100003, (96, 96, 96))[0].spacing
+    found = training_spacing(read_checkpoint(DEMO_SEGMENTERS["mr"]))
+    assert found is not None
+    np.testing.assert_allclose(found.median, brain, atol=1e-4)
+    np.testing.assert_allclose([found.low, found.high], [brain, brain], atol=1e-4)
+
+
+def test_a_segmenter_without_a_known_spacing_warns_and_keeps_the_images_grid(seg_ckpt, caplog):
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services.segment import segment
+
+    image = make_cardiac_subject(1, (32, 32, 32))[0]
+    with caplog.at_level("WARNING", logger="gvsl_app.services.segment"):
+        res = segment(image, seg_ckpt, device="cpu")
+    assert "records no training voxel spacing" in caplog.text and str(seg_ckpt) in caplog.text
+    assert res.report["spacing"]["trained"] is None and res.report["spacing"]["resampled_to"] is None
+    assert res.labels.shape == image.shape and res.labels.spacing == image.spacing

@@ -13,9 +13,10 @@ import torch
 
 from gvsl_app.data.datasets import ClassificationDataset, load_labelled_volumes
 from gvsl_app.services.inference import segment_array
-from gvsl_app.training.config import FinetuneConfig
+from gvsl_app.training.config import FinetuneConfig, load_config
 from gvsl_app.training.finetune import finetune
 from gvsl_app.training.pretrain import pretrain
+from gvsl_app.training.runs import read_metrics
 from models.checkpoint import read_checkpoint
 from models.downstream import ClassificationNet, SegmentationNet
 
@@ -197,3 +198,108 @@ def test_evaluate_on_a_pretraining_run_says_what_to_do(tmp_path):
     drain(pretrain(cfg))
     with pytest.raises(ValueError, match="is a pre-training run.*gvsl finetune --init"):
         evaluate_run(cfg.run, str(tmp_path))
+
+
+def test_finetune_resume_keeps_the_saved_data_splits_and_learning_rate(tmp_path, seg_data):
+    run = tmp_path / "ft"
+    common = dict(size=16, batch=1, device="cpu", val_every=2, test_fraction=0.2)
+    drain(finetune(FinetuneConfig(data=str(seg_data), run=str(run), iters=2, lr=2e-3, **common)))
+    splits = json.loads((run / "report.json").read_text())["splits"]
+    # other data and another rate (as `gvsl finetune --run R --resume --data D --lr 0.1` passes them)
+    asked = load_config(FinetuneConfig, None, run=str(run), resume=True, iters=4, data=str(tmp_path), lr=0.1)
+    with pytest.raises(ValueError, match=rf"data '{seg_data}' -> '{tmp_path}', lr 0.002 -> 0.1 \(saved -> asked\)"):
+        drain(finetune(asked))
+    assert read_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
+    # --data spelt otherwise but naming the same folder, the rest left out: the saved run goes on
+    last = drain(finetune(load_config(FinetuneConfig, None, run=str(run), resume=True, iters=4, data=f"{seg_data}/.")))
+    assert last.phase == "done" and last.iteration == 4
+    assert json.loads((run / "report.json").read_text())["splits"] == splits
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "event" not in r]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and {r["lr"] for r in rows} == {2e-3}
+    ck = read_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["optimizer"]["param_groups"][0]["lr"] == 2e-3
+    assert {k: ck["config"][k] for k in ("data", "lr", "size", "iters", "device")} == {
+        "data": str(seg_data),
+        "lr": 2e-3,
+        "size": 16,
+        "iters": 4,
+        "device": "cpu",
+    }
+
+
+def test_segmentation_checkpoints_record_the_training_spacing_and_export_keeps_it(tmp_path, seg_data):
+    import SimpleITK as sitk
+
+    from gvsl_app.services.export_weights import export_weights
+
+    run = tmp_path / "sp"
+    drain(finetune(FinetuneConfig(data=str(seg_data), run=str(run), iters=1, size=16, batch=1, device="cpu")))
+    train = json.loads((run / "report.json").read_text())["splits"]["train"]
+    spacings = np.array([sitk.ReadImage(str(seg_data / "images" / f"{n}.nii.gz")).GetSpacing() for n in train])
+    assert len(train) >= 2 and np.ptp(spacings, axis=0).max() > 0.01  # the synthetic subjects differ
+    exported = export_weights(run / "checkpoints" / "last.pt", tmp_path / "seg.pt")
+    for ck in (read_checkpoint(run / "checkpoints" / "last.pt"), read_checkpoint(exported)):
+        pre = ck["preprocess"]
+        assert pre["size"] == 16
+        np.testing.assert_allclose(pre["spacing"], np.median(spacings, axis=0), rtol=1e-5)
+        np.testing.assert_allclose(pre["spacing_range"], [spacings.min(0), spacings.max(0)], rtol=1e-5)
+
+
+def _cardiac_nifti(tmp_path, shape, seed=0, direction_degrees=0.0):
+    """A synthetic cardiac subject written as NIfTI and read back (image and labels Volumes)."""
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.io.images import read_labels, read_volume, write_volume
+
+    from helpers import rotated
+
+    image, labels = make_cardiac_subject(seed, shape)
+    if direction_degrees:
+        image, labels = rotated(image, direction_degrees), rotated(labels, direction_degrees)
+    write_volume(image, tmp_path / "img.nii.gz")
+    write_volume(labels, tmp_path / "lab.nii.gz", is_label=True)
+    image = read_volume(tmp_path / "img.nii.gz")
+    return image, read_labels(tmp_path / "lab.nii.gz", image)
+
+
+def test_segment_resamples_an_image_unlike_the_training_spacing_and_returns_its_grid(tmp_path, seg_ckpt, monkeypatch):
+    from gvsl_app.data.preprocess import normalise
+    from gvsl_app.services import segment as seg
+
+    image, _ = _cardiac_nifti(tmp_path, (40, 40, 40), direction_degrees=30.0)
+    ck = read_checkpoint(seg_ckpt)
+    ck["preprocess"] = {"size": 32, "spacing": [1.1, 1.1, 1.5], "spacing_range": [[1.0, 1.0, 1.4], [1.2, 1.2, 1.6]]}
+    weights = tmp_path / "seg_spacing.pt"
+    torch.save(ck, weights)
+    seen = []
+
+    def bright(model, array, roi, device):  # a stand-in network: contrast-filled blood is label 1
+        seen.append(array)
+        return (array > 0.63).astype(np.uint8)
+
+    monkeypatch.setattr(seg, "segment_array", bright)
+    res = seg.segment(image, weights, device="cpu")
+    # inferred at the nearest training spacing (2.8 / 3.5 mm -> 1.2 / 1.6 mm), returned on the image's grid
+    expect = [round(n * s / t) for n, s, t in zip((40, 40, 40), image.spacing[::-1], (1.6, 1.2, 1.2))]
+    assert seen[0].shape == tuple(expect) and seen[0].dtype == np.float32
+    assert res.report["spacing"]["resampled_to"] == pytest.approx([1.2, 1.2, 1.6])
+    labels = res.labels
+    assert labels.shape == image.shape and labels.array.dtype == np.uint8
+    assert (labels.spacing, labels.origin, labels.direction) == (image.spacing, image.origin, image.direction)
+    # the round trip keeps the anatomy in place: the stand-in's labels on the image's own voxels agree
+    native = normalise(image) > 0.63
+    assert hand_dice(labels.array == 1, native) > 0.9
+    # an image within the training spacings: the normalised voxels as they are (no resampling)
+    seen.clear()
+    near = image.with_array(image.array, spacing=(1.15, 1.15, 1.45))
+    res = seg.segment(near, weights, device="cpu")
+    assert res.report["spacing"]["resampled_to"] is None and np.array_equal(seen[0], normalise(near))
+
+
+def test_the_shipped_cardiac_segmenter_segments_a_coarse_scan_at_its_training_spacing(tmp_path):
+    from gvsl_app.services.segment import segment
+
+    image, labels = _cardiac_nifti(tmp_path, (40, 40, 40))  # 2.8 mm in-plane; trained at 0.93-1.18 mm
+    res = segment(image, None, device="cpu", reference=labels)
+    assert res.labels.shape == image.shape
+    assert res.report["mean_dice"] > 0.5, res.report["dice"]  # 0.07 on the 40^3 grid, 0.75 resampled
+    assert res.report["spacing"]["resampled_to"] is not None

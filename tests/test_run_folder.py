@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from gvsl_app.jobs.training_job import resume_command
 from gvsl_app.training.config import FinetuneConfig
 from gvsl_app.training.finetune import finetune
 from gvsl_app.training.pretrain import pretrain
+from gvsl_app.training.progress import StopFlag
 from gvsl_app.training.runs import RunFolder
 from models.checkpoint import read_checkpoint
 
@@ -242,3 +244,15 @@ def test_a_second_interrupt_aborts_at_once_without_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_the_guis_resume_command_continues_a_run_started_with_overwrite(tmp_path):
+    """The GUI's Resume passes the run's own config.yaml, which records ``overwrite: true`` for
+    a run started that way; --resume decides for that call, and the run goes on as saved."""
+    cfg = small(tmp_path / "gui", iters=3, val_every=3, overwrite=True)
+    stop = StopFlag()
+    assert drain(pretrain(cfg, stop), stop=stop, stop_at=1).phase == "stopped"
+    proc = subprocess.run(resume_command(cfg.run), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ck = read_checkpoint(RunFolder(cfg.run).last)
+    assert ck["iteration"] == 3 and ck["config"]["size"] == 32 and ck["config"]["n_synthetic"] == 4

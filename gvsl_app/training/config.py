@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -218,8 +220,89 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
         if unknown:
             raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**values)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.keys() & RUN_CONTROL - {"run"}:
+        # A run's own config.yaml records how that run was started (``overwrite: true``):
+        # the command line's --resume / --overwrite decide for this call, not the file's.
+        values.pop("resume", None)
+        values.pop("overwrite", None)
+    values.update(given)
+    config = cls(**values)
+    # Which options the user set (file or command line): --resume needs it to tell an
+    # option left out (the run's saved value applies) from one asked for (compared).
+    setattr(config, GIVEN, frozenset(values))
+    return config
+
+
+GIVEN = "_given_options"
+RUN_CONTROL = frozenset({"run", "resume", "overwrite"})
+"""Options that say which folder and how to treat it, not what is trained."""
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"iters", "device", "workers", "amp", "compile", "log_every", "ckpt_every", "val_every", "snapshot_every"}
+)
+"""Options a resumed run takes from the command line: how long and where it runs, how often it
+logs, checkpoints and validates; none changes what the network learns at a given step."""
+_PATH_OPTIONS = ("data", "init")
+
+
+def given_options(config: Any) -> frozenset[str]:
+    """The names of the options the user set: recorded by :func:`load_config` (the YAML's keys
+    and the command-line options given); for a config built directly in Python, the options
+    whose value differs from the dataclass default (the only sign of intent it carries)."""
+    recorded = getattr(config, GIVEN, None)
+    if recorded is not None:
+        return frozenset(recorded)
+    return frozenset(f.name for f in fields(config) if getattr(config, f.name) != _default(f))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def _same(name: str, asked: Any, saved: Any) -> bool:
+    """Equal values; paths (``data``, ``init``) also when two spellings name the same file."""
+    if asked == saved:
+        return True
+    if name in _PATH_OPTIONS and isinstance(asked, str) and isinstance(saved, str):
+        with contextlib.suppress(OSError):
+            return os.path.samefile(asked, saved)
+    return False
+
+
+def resume_config(config: C, saved: dict[str, Any], source: str) -> tuple[C, dict[str, tuple[Any, Any]]]:
+    """The configuration a resumed run continues with: the ``saved`` one (``source`` names it),
+    with the options of :data:`MAY_CHANGE_ON_RESUME` that the user set in ``config``, and
+    ``config``'s run folder. Returns it with ``{option: (saved, new)}`` of what changed.
+
+    Any other option set to a value other than the saved one would silently train something
+    else than the checkpoint was trained for (other data, size, width, learning rate...), so
+    it is refused with a ``ValueError`` that lists the differences and how to proceed. Options
+    the saved file lacks (a run folder of an older version) keep ``config``'s value.
+    """
+    names = [f.name for f in fields(config)]
+    run = getattr(config, "run")  # noqa: B009 (every training config has one; C does not say so)
+    values = {n: saved[n] if n in saved else getattr(config, n) for n in names}
+    changed: dict[str, tuple[Any, Any]] = {}
+    refused: dict[str, tuple[Any, Any]] = {}
+    for name in sorted(given_options(config) - RUN_CONTROL, key=names.index):
+        asked, before = getattr(config, name), values[name]
+        unused = name == "n_synthetic" and not str(values.get("data")).startswith("synthetic:")
+        if unused or _same(name, asked, before):
+            continue  # n_synthetic only shapes synthetic data: harmless beside a data folder
+        (changed if name in MAY_CHANGE_ON_RESUME else refused)[name] = (before, asked)
+        values[name] = asked
+    if refused:
+        diff = ", ".join(f"{n} {a!r} -> {b!r}" for n, (a, b) in refused.items())
+        raise ValueError(
+            f"--resume continues {run} as configured in {source}; this command changes what it "
+            f"trains: {diff} (saved -> asked). Leave these options out to resume as saved (only "
+            f"{', '.join(sorted(MAY_CHANGE_ON_RESUME))} may change), or train with the new values in a "
+            f"fresh run folder: another --run, or --overwrite instead of --resume to move this run to history/"
+        )
+    values.update(run=run, resume=True, overwrite=False)
+    return type(config)(**values), changed
 
 
 def as_dict(config: Any) -> dict:

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from gvsl_app.data.loading import close_loader, step_loader
-from gvsl_app.services.metrics import auc, dice_per_label, mean_dice
+from gvsl_app.services.metrics import auc, dice_per_label, mean_dice, mean_dice_over_cases
 from gvsl_app.training.config import FinetuneConfig, as_dict
 from gvsl_app.training.progress import Progress, StopFlag
 from gvsl_app.training.runs import RunFolder
+from gvsl_app.training.spacing import training_spacing
 from models import widths_from_base
 from models.checkpoint import CheckpointError, load_state_into, model_state, read_checkpoint
 from models.device import autocast, resolve_device
@@ -78,15 +79,19 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
     """The body of :func:`finetune`, run while the run folder is locked."""
 
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
+    run = RunFolder(config.run)
+    changed: dict = {}
+    if config.resume:
+        # The saved configuration trains on; other data, splits or lr would be refused here.
+        config, changed = run.resumed_config(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    run = RunFolder(config.run)
-    if config.resume:
-        run.require_resumable()
     # Everything is read and checked (every split's labels, the checkpoint to start from)
     # before the run folder is touched, so a typo never costs an earlier run its history.
     train, val, test = _splits(config)
     dataset, n_out, val_data, test_data = _split_data(config, train, val, test)
+    # The voxel sizes the network learns at: `gvsl segment` resamples inputs unlike them.
+    spacing = training_spacing(config.data, train) if config.task == "seg" else {}
     model, init_msg = build_downstream(config, n_out)
     model.to(device)
     if not config.resume:
@@ -116,7 +121,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
             "rng": torch.get_rng_state(),
             "iteration": it,
             "best": best,
-            "preprocess": {"size": config.size},
+            "preprocess": {"size": config.size, **spacing},
         }
 
     def evaluate(data) -> dict[str, float]:
@@ -136,7 +141,9 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
         start,
         config.iters,
         message=f"{config.task} {'linear' if config.linear else 'fine-tuning'} on "
-        f"{device}: {len(train)} train / {len(val)} val / {len(test)} test; {init_msg}",
+        f"{device}: {len(train)} train / {len(val)} val / {len(test)} test; {init_msg}"
+        + (f"; resumed at iteration {start}" if config.resume else "")
+        + "".join(f", {k} {a} -> {b}" for k, (a, b) in changed.items()),
     )
     step, t_last, n_acc, t0 = start, time.perf_counter(), 0, time.perf_counter()
     status = "done"
@@ -166,11 +173,12 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
             n_acc += 1
             if step % config.log_every == 0 or step == config.iters:
                 sps = (time.perf_counter() - t_last) / n_acc
+                lr = float(opt.param_groups[0]["lr"])  # the optimiser's own (restored on resume)
                 run.log(
                     {
                         "iteration": step,
                         "loss": value,
-                        "lr": config.lr,
+                        "lr": lr,
                         "sec_per_step": sps,
                         "samples_per_s": config.batch / sps,
                     }
@@ -179,7 +187,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
                     step,
                     config.iters,
                     losses={"loss": value},
-                    lr=config.lr,
+                    lr=lr,
                     sec_per_step=sps,
                     samples_per_s=config.batch / sps,
                     eta_s=sps * (config.iters - step),
@@ -286,7 +294,7 @@ def _evaluate(model: nn.Module, data, config: FinetuneConfig, n_out: int, device
             dice_per_label(pred, lab, list(range(1, n_out)))
             for pred, lab in ((_segment(model, img, config.size, device), lab) for img, lab, _ in data)
         ]
-        per = {l: float(np.mean([d[l] for d in dices])) for l in range(1, n_out)}
+        per = mean_dice_over_cases(dices, range(1, n_out))  # a case lacking a structure in both maps: left out
         return {"mean_dice": mean_dice(per), **{f"dice_{l}": v for l, v in per.items()}}
     scores, ys = _classify(model, data, device)
     return {"auc": auc(ys, scores)}
@@ -338,7 +346,7 @@ def evaluate_run(run_path: str | Path, data: str, device: str = "auto") -> dict:
         for name, (img, lab, _) in zip(names, ds.load_labelled_volumes(data, names)):
             per_case[name] = dice_per_label(_segment(model, img, cfg.size, dev), lab, list(range(1, mc["n_classes"])))
         labels = list(range(1, mc["n_classes"]))
-        per = {l: float(np.mean([d[l] for d in per_case.values()])) for l in labels}
+        per = mean_dice_over_cases(per_case.values(), labels)
         result = {
             "data": str(data),
             "n": len(names),

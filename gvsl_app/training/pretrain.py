@@ -91,11 +91,16 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
     non-finite loss stops the run with ``phase="error"`` without overwriting checkpoints.
     """
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
+    changed: dict = {}
+    if config.resume:
+        # The run's saved configuration, before the device it names is set up (every rank
+        # reads it; config.yaml is replaced atomically, so a reader never sees half of it).
+        config, changed = RunFolder(config.run).resumed_config(config)
     info, device = distributed.setup(config.device)
     try:
         # Only rank 0 writes the run folder, so only rank 0 holds it.
         with RunFolder(config.run).lock() if info.is_main else contextlib.nullcontext():
-            yield from _pretrain(config, stop, info, device)
+            yield from _pretrain(config, stop, info, device, changed)
     finally:
         distributed.teardown()
 
@@ -253,7 +258,7 @@ class _Session:
 
 
 def _pretrain(
-    config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo, device: torch.device
+    config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo, device: torch.device, changed: dict
 ) -> Iterator[Progress]:
     session = _Session(config, info, device)
     if info.is_main:
@@ -270,7 +275,10 @@ def _pretrain(
     objective = session.objective()
     amp_device = device if (config.amp and device.type == "cuda") else None
     val_pair = (val_pair[0].to(device), val_pair[1].to(device))
-    yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects)")
+    note = f"; resumed at iteration {start}" if config.resume else ""
+    if changed:
+        note += " with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects){note}")
 
     step, t_last, wait_acc, n_acc = start, time.perf_counter(), 0.0, 0
     t_start = time.perf_counter()

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from gvsl_app.io.jsonio import dumps_strict
+from gvsl_app.training.config import C, resume_config
 from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
 
 
@@ -58,8 +59,29 @@ class RunFolder:
         return self
 
     def write_config(self, config: Any) -> None:
+        """Write ``config.yaml`` atomically (temp file + rename): a resume reads it back."""
         data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
-        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, self.config_path)
+
+    def resumed_config(self, config: C) -> tuple[C, dict[str, tuple[Any, Any]]]:
+        """The configuration ``--resume`` continues with and what it changed (see
+        :func:`~gvsl_app.training.config.resume_config`): the saved ``config.yaml`` (the
+        ``last.pt`` checkpoint's copy when the file is gone) with the options ``config`` may
+        change. Refuses a folder without ``last.pt`` first, as a resume without it would."""
+        self.require_resumable()
+        if self.config_path.is_file():
+            source = str(self.config_path)
+            try:
+                saved = self.read_config()
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
+        else:
+            saved, source = self.load_checkpoint("last").get("config") or {}, str(self.last)
+        if not isinstance(saved, dict):
+            raise ValueError(f"{source}: expected a mapping of option: value")
+        return resume_config(config, saved, source)
 
     def read_config(self) -> dict:
         if not self.config_path.is_file():
