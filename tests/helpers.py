@@ -99,3 +99,18 @@ def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
         text=True,
         timeout=timeout,
     )
+
+
+def matching_widget(viewer, ckpt, size: int = 32):
+    """A Z-Matching widget docked in ``viewer`` with ``ckpt`` chosen, on the CPU, at a small
+    working size and with the refinement off (the tests that refine say so)."""
+    from napari_plugin._matching import MatchingWidget
+
+    w = MatchingWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Z-Matching")
+    assert w.refine.isChecked()  # the best quality by default, as `gvsl match`
+    w.refine.setChecked(False)
+    w.weights.add_path(str(ckpt))
+    w.device.setCurrentText("cpu")
+    w.cube_size.setValue(size)
+    return w

@@ -9,22 +9,10 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 from napari_plugin._geometry import data_to_world  # noqa: E402
 
+from helpers import matching_widget as _widget  # noqa: E402
 from helpers import rotated  # noqa: E402
 
 pytestmark = pytest.mark.gui
-
-
-def _widget(viewer, ckpt, size=32):
-    from napari_plugin._matching import MatchingWidget
-
-    w = MatchingWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Z-Matching")
-    assert w.refine.isChecked()  # the best quality by default, as `gvsl match`
-    w.refine.setChecked(False)  # the tests that refine say so
-    w.weights.add_path(str(ckpt))
-    w.device.setCurrentText("cpu")
-    w.cube_size.setValue(size)
-    return w
 
 
 def _run(qtbot, w, timeout=120_000):
@@ -258,140 +246,6 @@ def test_gui_stays_responsive_while_matching(qtbot, cardiac_viewer, gvsl_ckpt):
     assert computing >= 5  # the GUI thread handled events while the worker computed
     assert showing >= 1  # ... and between the result layers, which are added one per turn
     assert during[-1] == (False, "done")  # and it still ticks once the job is done
-
-
-def test_layer_choosers_follow_layers_added_later(make_napari_viewer, small_samples, gvsl_ckpt):
-    """Widgets docked before the data is loaded (the app) still pick fixed/moving by name."""
-    viewer = make_napari_viewer()
-    w = _widget(viewer, gvsl_ckpt)
-    for data, kw, kind in small_samples.pair_layer_data("cardiac", (24, 24, 24)):
-        getattr(viewer, f"add_{kind}")(data, **kw)
-    assert (w.fixed.currentText(), w.moving.currentText()) == ("cardiac fixed", "cardiac moving")
-    assert w.moving_labels.currentText() == "cardiac moving labels"
-    w.moving.set_layer("cardiac fixed")  # a user's choice is kept when layers change
-    viewer.add_image(np.zeros((4, 4, 4)), name="another moving")
-    assert w.moving.currentText() == "cardiac fixed"
-
-
-def test_out_of_memory_message_gives_a_hint():
-    from napari_plugin._common import describe_error
-
-    msg = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert "out of memory" in msg and "smaller working size" in msg
-    assert describe_error(ValueError("fixed.nii.gz: no such file")) == "fixed.nii.gz: no such file"
-
-
-def test_report_shows_fallbacks_and_modality_warnings_above_the_numbers():
-    from napari_plugin._matching import report_html
-
-    rep = {
-        "ncc_before": 0.2,
-        "ncc_after": 0.2,
-        "folding_percent": 0.0,
-        "jacobian_min": 1.0,
-        "max_displacement_mm": 0.0,
-        "seconds": {"total_s": 1.0, "network_s": 0.5},
-        "device": "cpu",
-        "warnings": ["the moving scan m.nii.gz looks like MR, but these weights were pre-trained on CT only"],
-        "fallback": ["the network's map lowered the local NCC (0.2000 -> 0.1000); used the identity instead"],
-    }
-    text = report_html(rep)
-    assert text.index("looks like MR") < text.index("used the identity") < text.index("NCC</b>")
-    assert report_html({**rep, "warnings": [], "fallback": []}).count("⚠") == 0
-
-
-def test_a_structure_in_neither_map_has_no_dice_in_the_report(pair_with_a_missing_structure):
-    from napari_plugin._matching import report_html
-
-    rep = pair_with_a_missing_structure
-    assert rep["dice_after"]["3"] != rep["dice_after"]["3"]  # NaN: 0/0, not a perfect 1.0
-    defined = [v for v in rep["dice_after"].values() if v == v]
-    assert rep["mean_dice_after"] == pytest.approx(sum(defined) / len(defined))
-    base = {"ncc_before": 0.2, "ncc_after": 0.5, "folding_percent": 0.0, "jacobian_min": 1.0}
-    text = report_html({**base, "max_displacement_mm": 1.0, **rep}, {1: "outer", 2: "core", 3: "lesion"})
-    assert "Dice lesion</b>&nbsp;</td><td>0.000 → n/a" in text
-    assert f"{rep['mean_dice_before']:.4f} → {rep['mean_dice_after']:.4f}" in text
-
-
-@pytest.fixture()
-def pair_with_a_missing_structure():
-    """The label part of a matching report where a small structure (label 3) of the moving
-    labels is on neither the fixed labels nor the warped ones (warped away)."""
-    from gvsl_app.io.volume import Volume
-    from gvsl_app.services.matching import _label_overlap
-
-    g = np.meshgrid(*[np.arange(24)] * 3, indexing="ij")
-    r2 = sum((gi - 12.0) ** 2 for gi in g)
-    lab = (r2 < 64).astype(np.uint8) + (r2 < 16).astype(np.uint8)
-    fixed = Volume(np.zeros((24, 24, 24), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), source="f")
-    moving = lab.copy()
-    moving[2:4, 2:4, 2:4] = 3
-    return _label_overlap(fixed.with_array(moving), fixed.with_array(lab), fixed.with_array(lab), fixed)
-
-
-def test_report_lists_each_refinement_level_with_its_steps_and_seconds():
-    from napari_plugin._matching import report_html
-
-    levels = [
-        {"stage": "affine", "shape": [20, 24, 20], "steps": 36, "planned": 150, "seconds": 0.14},
-        {"stage": "deformable", "shape": [80, 96, 78], "steps": 30, "planned": 30, "seconds": 6.81},
-    ]
-    rep = {
-        "ncc_before": 0.2,
-        "ncc_after": 0.5,
-        "folding_percent": 0.0,
-        "jacobian_min": 1.0,
-        "max_displacement_mm": 3.0,
-        "seconds": {"total_s": 9.0, "network_s": 0.5, "refine_s": 7.2},
-        "refined": {"levels": levels},
-    }
-    text = report_html(rep)
-    assert "refine affine 20×24×20" in text and "36/150 steps, 0.14 s" in text
-    assert text.index("refine affine") < text.index("refine deformable 80×96×78") and "30/30 steps, 6.81 s" in text
-    assert "refine " not in report_html({**rep, "refined": None})
-
-
-def _scan(value: float) -> np.ndarray:
-    return np.full((8, 8, 8), value, np.float32)
-
-
-def test_moving_defaults_to_another_image_than_fixed(make_napari_viewer, gvsl_ckpt, notifications):
-    """Without "fixed"/"moving" in the names, the two choosers still start on two different scans."""
-    viewer = make_napari_viewer()
-    a, b = viewer.add_image(_scan(0), name="ct_2019"), viewer.add_image(_scan(1), name="ct_2021")
-    w = _widget(viewer, gvsl_ckpt)
-    assert (w.fixed.layer(), w.moving.layer()) == (a, b)
-    # docked first (the app), scans added later, one of them named "moving"
-    later = make_napari_viewer()
-    w2 = _widget(later, gvsl_ckpt)
-    c = later.add_image(_scan(0), name="scan moving")
-    d = later.add_image(_scan(1), name="scan 2")
-    assert (w2.fixed.layer(), w2.moving.layer()) == (d, c)
-    # picking the moving chooser's scan as fixed moves the (not yet chosen) moving to the other one
-    w.fixed.set_layer("ct_2021")
-    assert w.moving.layer() is a
-    # a user who chooses the same scan twice is told so; nothing is matched
-    w.moving.set_layer("ct_2021")
-    assert w.run() is None and w._worker is None
-    assert "same layer" in w.controls.status.text()
-    assert any("same layer" in msg for msg in notifications)
-
-
-def test_renaming_a_layer_keeps_it_chosen(make_napari_viewer, gvsl_ckpt):
-    viewer = make_napari_viewer()
-    a, b = viewer.add_image(_scan(0), name="scan A"), viewer.add_image(_scan(1), name="scan B")
-    w = _widget(viewer, gvsl_ckpt)
-    w.fixed.set_layer("scan B")
-    w.moving.set_layer("scan A")
-    b.name = "scan B (baseline)"
-    assert w.fixed.layer() is b and w.fixed.currentText() == "scan B (baseline)"
-    assert w.moving.layer() is a
-    # a default (not picked) follows its layer through a rename too
-    other = make_napari_viewer()
-    f, m = other.add_image(_scan(0), name="p fixed"), other.add_image(_scan(1), name="p moving")
-    w2 = _widget(other, gvsl_ckpt)
-    f.name, m.name = "patient 1", "patient 2"
-    assert (w2.fixed.layer(), w2.moving.layer()) == (f, m)
 
 
 def _arrow_slices(viewer, axis: int, n: int) -> list[int]:
