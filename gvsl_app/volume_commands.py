@@ -3,7 +3,7 @@
 
 Each one checks its outputs first (never mixed with an earlier run's, never over one of its
 own inputs, writable), then reads and validates every input, computes, and only then
-writes, into a folder beside ``--out`` that replaces the earlier outputs when it is
+writes, into a hidden folder inside ``--out`` whose files replace the earlier outputs when it is
 complete (:mod:`gvsl_app.io.outputs`); a failure anywhere leaves the earlier outputs intact.
 """
 
@@ -100,7 +100,8 @@ def cmd_match(args: argparse.Namespace) -> int:
     _undefined_dice(r, "dice_after", "mean_dice_after")
     with staged_folder(out, MATCH_OUTPUTS) as stage:
         res.save(stage)
-    refined = f", refinement {r['seconds']['refine_s']:.2f} s" if args.refine else ""
+    refine_s = r["seconds"].get("refine_s")  # none where the pair could not be refined (a flat scan)
+    refined = f", refinement {refine_s:.2f} s" if refine_s is not None else ""
     for line in r["warnings"] + r["fallback"]:
         print(f"warning: {line}", file=sys.stderr)
     print(

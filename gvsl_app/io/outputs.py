@@ -3,7 +3,7 @@ and swapped in only once the new ones are complete.
 
 A command first calls :func:`prepare_output` (before it reads anything heavy or computes:
 the refusals are cheap and say what to change), then writes its outputs into the folder
-:func:`staged_folder` yields beside ``--out`` and swaps them in when the block ends without
+:func:`staged_folder` yields inside ``--out`` and swaps them in when the block ends without
 an error. A failure while reading, computing or writing therefore leaves the earlier outputs
 exactly as they were.
 """
@@ -18,6 +18,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 __all__ = ["OutputError", "prepare_output", "protect_inputs", "require_writable", "staged_folder"]
+
+
+PARTIAL_PREFIX = ".gvsl-partial-"
+"""Name start of the staging folder inside ``--out`` (one a killed call left is not an output)."""
 
 
 class OutputError(ValueError):
@@ -118,49 +122,61 @@ def prepare_output(
         return path
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} is a file; --out names the folder to write the outputs into")
-    present = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    present = sorted(p.name for p in path.iterdir() if not p.name.startswith(PARTIAL_PREFIX)) if path.is_dir() else []
     if present and not overwrite:
         shown = ", ".join(present[:5]) + (" ..." if len(present) > 5 else "")
         raise OutputError(
             f"{path} is not empty ({shown}); choose another --out or pass --overwrite, which "
             f"replaces this command's outputs there ({', '.join(ours)})"
         )
-    require_writable(path)
-    if path.exists():
-        require_writable(path.parent)  # the staging folder is made beside it
+    require_writable(path)  # the staging folder is made inside it
     return path
 
 
 @contextmanager
 def staged_folder(target: str | os.PathLike, ours: tuple[str, ...]) -> Iterator[Path]:
-    """A fresh folder beside ``target`` to write the outputs into; swapped in on success.
+    """A fresh hidden folder inside ``target`` to write the outputs into; swapped in on success.
 
-    When the block ends without an error, every entry written into the staging folder
-    replaces its namesake in ``target`` and each name of ``ours`` not written is removed
-    from ``target`` (a stale output of an earlier call); other files of ``target`` stay.
-    When the block raises, the staging folder is deleted and ``target`` is untouched.
+    When the block ends without an error, each name of ``ours`` in ``target`` (an earlier
+    call's output) is moved aside and every entry written replaces it; other files of
+    ``target`` stay. When the block raises, or a move fails (a file held open elsewhere),
+    whatever was moved is put back and ``target`` is as it was. The stage lies inside
+    ``target``, so every move is a rename on one file system, also where ``target`` is a
+    mount point or a link to another disk.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    stage = target / f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}"
     stage.mkdir()
+    ok = False
     try:
         yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if not target.exists():
-        os.replace(stage, target)  # one rename: the whole folder appears at once
-        return
-    try:
-        old = stage / ".replaced"
-        old.mkdir()
-        for name in ours:
-            if (target / name).exists() or (target / name).is_symlink():
-                os.replace(target / name, old / name)  # moved aside, deleted once the new ones are in
-        for entry in sorted(stage.iterdir()):
-            if entry != old:
-                os.replace(entry, target / entry.name)
+        aside = stage / ".replaced"
+        aside.mkdir()
+        moved: list[str] = []  # earlier outputs moved aside, in order
+        placed: list[str] = []  # new outputs moved in, in order
+        try:
+            for name in ours:
+                if (target / name).exists() or (target / name).is_symlink():
+                    os.replace(target / name, aside / name)
+                    moved.append(name)
+            for entry in sorted(stage.iterdir()):
+                if entry != aside:
+                    os.replace(entry, target / entry.name)
+                    placed.append(entry.name)
+        except BaseException:
+            for name in reversed(placed):  # roll back: the new ones out, the earlier ones in
+                with suppress(OSError):
+                    os.replace(target / name, stage / name)
+            for name in reversed(moved):
+                with suppress(OSError):
+                    os.replace(aside / name, target / name)
+            raise
+        ok = True
     finally:
         with suppress(OSError):
             shutil.rmtree(stage)
+        if created and not ok:
+            with suppress(OSError):
+                target.rmdir()  # a failed first call leaves no empty --out behind
