@@ -370,3 +370,36 @@ def test_resume_refuses_options_that_change_what_is_trained_and_leaves_the_run_a
     assert "--overwrite" in str(err.value) and "another --run" in str(err.value)
     assert run.config_path.read_text() == config_text and run.metrics_path.read_text() == metrics_text
     assert read_checkpoint(run.last)["iteration"] == 2
+
+
+def test_resume_from_another_folder_takes_the_data_path_given_or_says_what_is_missing(tmp_path, monkeypatch):
+    """A run started with ``--data data`` in one folder, resumed from another: the saved path
+    is relative to where it started, so the path given now is the data (the same folder)."""
+    from dataclasses import asdict
+
+    from gvsl_app.training.config import resume_config
+
+    (tmp_path / "started" / "data").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    saved = asdict(PretrainConfig(data="data", run=str(tmp_path / "run"), size=32))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    asked = load_config(PretrainConfig, run=str(tmp_path / "run"), resume=True, data=str(tmp_path / "started" / "data"))
+    config, changed = resume_config(asked, saved, "config.yaml")
+    assert config.data == str(tmp_path / "started" / "data") and config.size == 32
+    assert changed == {"data": ("data", str(tmp_path / "started" / "data"))}
+    left_out = load_config(PretrainConfig, run=str(tmp_path / "run"), resume=True)
+    with pytest.raises(ValueError, match=r"data 'data' is relative .* --data with its full path"):
+        resume_config(left_out, saved, "config.yaml")
+    monkeypatch.chdir(tmp_path / "started")  # from where it started, nothing to say
+    config, changed = resume_config(left_out, saved, "config.yaml")
+    assert config.data == "data" and changed == {}
+
+
+def test_extending_a_run_in_its_decay_says_how_the_learning_rate_moves(tmp_path):
+    cfg = small(tmp_path / "r", iters=3, decay_start=1)
+    drain(pretrain(cfg))
+    asked = load_config(PretrainConfig, run=cfg.run, resume=True, iters=6)
+    first = next(pretrain(asked))
+    assert "iters 3 -> 6" in first.message and "decays from iteration 1 to 6" in first.message
+    now, was = re.search(r"at 3: x([\d.]+), was x([\d.]+)", first.message).groups()
+    assert float(now) > float(was)  # the longer decay is earlier in its cosine: a higher rate

@@ -241,7 +241,9 @@ MAY_CHANGE_ON_RESUME = frozenset(
     {"iters", "device", "workers", "amp", "compile", "log_every", "ckpt_every", "val_every", "snapshot_every"}
 )
 """Options a resumed run takes from the command line: how long and where it runs, how often it
-logs, checkpoints and validates; none changes what the network learns at a given step."""
+logs, checkpoints and validates. Only ``iters`` touches the training itself, and only with a
+decaying learning rate (``decay_start``): the decay ends at the last iteration, so extending a
+run in its decay raises the rate from there on (the resume message gives both rates)."""
 _PATH_OPTIONS = ("data", "init")
 
 
@@ -262,13 +264,28 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _same(name: str, asked: Any, saved: Any) -> bool:
-    """Equal values; paths (``data``, ``init``) also when two spellings name the same file."""
+    """Equal values; paths (``data``, ``init``) also when two spellings name the same file, and
+    when the saved one is relative to a folder the run was started from and not found from
+    here (the path given now is then the only one that says where the data is)."""
     if asked == saved:
         return True
     if name in _PATH_OPTIONS and isinstance(asked, str) and isinstance(saved, str):
+        if _lost_relative(saved):
+            return True
         with contextlib.suppress(OSError):
             return os.path.samefile(asked, saved)
     return False
+
+
+def _lost_relative(path: Any) -> bool:
+    """A relative path (not ``synthetic:...`` or ``scratch``) that does not exist from here."""
+    return (
+        isinstance(path, str)
+        and ":" not in path
+        and path != "scratch"
+        and not os.path.isabs(path)
+        and not os.path.exists(path)
+    )
 
 
 def resume_config(config: C, saved: dict[str, Any], source: str) -> tuple[C, dict[str, tuple[Any, Any]]]:
@@ -289,10 +306,23 @@ def resume_config(config: C, saved: dict[str, Any], source: str) -> tuple[C, dic
     for name in sorted(given_options(config) - RUN_CONTROL, key=names.index):
         asked, before = getattr(config, name), values[name]
         unused = name == "n_synthetic" and not str(values.get("data")).startswith("synthetic:")
-        if unused or _same(name, asked, before):
+        if unused:
             continue  # n_synthetic only shapes synthetic data: harmless beside a data folder
+        if _same(name, asked, before):
+            if name in _PATH_OPTIONS and asked != before:
+                values[name] = asked  # the spelling that works from here (the same data)
+                changed[name] = (before, asked)
+            continue
         (changed if name in MAY_CHANGE_ON_RESUME else refused)[name] = (before, asked)
         values[name] = asked
+    lost = [n for n in _PATH_OPTIONS if n in values and n not in given_options(config) and _lost_relative(values[n])]
+    if lost:
+        raise ValueError(
+            f"--resume continues {run} as configured in {source}, whose "
+            + ", ".join(f"{n} {values[n]!r}" for n in lost)
+            + " is relative to the folder the run was started from and not found from here: run the "
+            "command from that folder, or pass " + " and ".join(f"--{n} with its full path" for n in lost)
+        )
     if refused:
         diff = ", ".join(f"{n} {a!r} -> {b!r}" for n, (a, b) in refused.items())
         raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -278,6 +279,13 @@ def _pretrain(
     note = f"; resumed at iteration {start}" if config.resume else ""
     if changed:
         note += " with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if "iters" in changed and 0 < config.decay_start < config.iters:
+        # the half cosine ends at the last iteration: a new length moves the rest of the decay
+        before = dataclasses.replace(config, iters=int(changed["iters"][0]))
+        note += (
+            f"; the learning rate now decays from iteration {config.decay_start} to {config.iters} "
+            f"(at {start}: x{lr_factor(config, start):.3f}, was x{lr_factor(before, start):.3f})"
+        )
     yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects){note}")
 
     step, t_last, wait_acc, n_acc = start, time.perf_counter(), 0.0, 0
