@@ -8,6 +8,8 @@ shows the structure, and colours in a ``DirectLabelColormap``.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -129,10 +131,14 @@ def _marked(layer_data: tuple) -> tuple:
 
 
 def _result_layer(viewer, name: str):
-    """The layer called ``name`` if a GVSL job made it. One the user renamed is theirs to keep
-    (renaming is how a result is kept beside the next run's)."""
-    layer = viewer.layers[name] if name in viewer.layers else None
-    return layer if layer is not None and RESULT_MARK in layer.metadata else None
+    """The layer a GVSL job made for the result ``name``: called ``name``, or ``name [N]`` where
+    napari numbered it beside a user's own layer of that name. One the user renamed otherwise
+    is theirs to keep (renaming is how a result is kept beside the next run's)."""
+    numbered = re.compile(re.escape(name) + r" \[\d+\]")
+    for layer in viewer.layers:
+        if layer.metadata.get(RESULT_MARK) == name and (layer.name == name or numbered.fullmatch(layer.name)):
+            return layer
+    return None
 
 
 def prebuild(layer_data: tuple, existing: set[str] | frozenset[str]) -> tuple:

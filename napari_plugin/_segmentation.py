@@ -114,8 +114,9 @@ class SegmentationWidget(QWidget):
         found = sum(1 for v in vols.values() if v > 0)
         which = "" if "(given)" in rep.get("segmenter", "(given)") else f"{rep['segmenter']}. "
         if "mean_dice" in rep:
+            scored = sum(1 for v in dice.values() if v is not None and v == v)  # NaN: in neither map
             self.summary.setText(
-                f"{which}mean Dice {rep['mean_dice']:.3f} over {len(dice)} structures; "
+                f"{which}mean Dice {_fmt(rep['mean_dice'], 3)} over {scored} structures; "
                 f"{secs:.1f} s on {rep.get('device')}"
             )
         else:
@@ -137,4 +138,7 @@ def merge_names(model_names: dict[int, str], reference_names: dict[int, str]) ->
 
 
 def _fmt(value, digits: int) -> str:
-    return "" if value is None else f"{float(value):.{digits}f}"
+    if value is None:
+        return ""
+    value = float(value)
+    return "n/a" if value != value else f"{value:.{digits}f}"  # NaN: a structure in neither map

@@ -11,7 +11,7 @@ if [ -n "${DISPLAY:-}" ] && [ -z "${GVSL_HEADLESS:-}" ]; then
 fi
 echo "No display: running the headless demo into $OUT (set DISPLAY to open the app)."
 # Only what this script writes is replaced: DEMO_OUT may name a folder that holds other files.
-rm -rf "$OUT/data" "$OUT/match" "$OUT/segmentation.nii.gz" "$OUT/app.png"; mkdir -p "$OUT"
+rm -rf "$OUT/data" "$OUT/match" "$OUT/segmentation.nii.gz" "$OUT/segmentation_report.json" "$OUT/app.png"; mkdir -p "$OUT"
 "$BIN/gvsl" sample cardiac --out "$OUT/data" --n 2 --seed 7
 "$BIN/gvsl" match "$OUT/data/images/case_000.nii.gz" "$OUT/data/images/case_001.nii.gz" \
   --fixed-labels "$OUT/data/labels/case_000.nii.gz" --moving-labels "$OUT/data/labels/case_001.nii.gz" \

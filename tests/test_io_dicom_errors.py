@@ -237,3 +237,14 @@ def test_bad_input_gives_volume_read_error_naming_the_file(tmp_path, case):
     assert phrase in msg
     assert "Traceback" not in msg and "itk::" not in msg
     assert isinstance(err.value, ValueError)
+
+
+def test_a_folder_of_siemens_ima_slices_is_a_dicom_series(tmp_path):
+    from gvsl_app.io.dicom import holds_dicom_series
+
+    arr = np.arange(4 * 6 * 5, dtype=np.int16).reshape(4, 6, 5)
+    write_dicom_series(tmp_path / "ima", arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), "1.2.3.4.9")
+    for f in (tmp_path / "ima").glob("*.dcm"):
+        f.rename(f.with_suffix(".IMA"))
+    assert holds_dicom_series(tmp_path / "ima")
+    assert read_volume(tmp_path / "ima").shape == (4, 6, 5)

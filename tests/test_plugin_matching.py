@@ -80,6 +80,9 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     assert viewer.layers[m.DISPLACEMENT] is mine and np.all(mine.data == 1)
     arrows = [lay for lay in viewer.layers if lay.metadata.get(RESULT_MARK) == m.DISPLACEMENT]
     assert len(arrows) == 1 and arrows[0] is not mine and arrows[0].data.shape[1:] == (2, 3)
+    _run(qtbot, w)  # and a third run updates those arrows, beside the user's layer, in place
+    assert len(viewer.layers) == n_layers + 1
+    assert [lay for lay in viewer.layers if lay.metadata.get(RESULT_MARK) == m.DISPLACEMENT] == arrows
 
     w.export_to(str(tmp_path / "export"))  # a background job, like the run
     qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)

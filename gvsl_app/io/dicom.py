@@ -30,14 +30,14 @@ def _dicom_meta(reader: sitk.ImageSeriesReader, tag: str, index: int = 0) -> str
 def holds_dicom_series(folder: Path) -> bool:
     """True when ``folder`` itself holds the slices of at least one DICOM series.
 
-    Cheap for a folder of other volumes: only files ending in ``.dcm`` or with no ending
-    (how scanners and PACS exports name slices) make GDCM scan the folder.
+    Cheap for a folder of other volumes: only files ending in ``.dcm`` or ``.ima`` (Siemens)
+    or with no ending (how scanners and PACS exports name slices) make GDCM scan the folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return False
     names = [p.name.lower() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not any(n.endswith(".dcm") or "." not in n for n in names):
+    if not any(n.endswith((".dcm", ".ima")) or "." not in n for n in names):
         return False
     with quiet_itk():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))

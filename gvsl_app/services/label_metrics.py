@@ -117,9 +117,9 @@ def compare_label_maps(
     """Volume (mL) of every structure of ``pred`` and, with ``ref`` on the same grid, its Dice,
     95 % Hausdorff distance and average symmetric surface distance in mm.
 
-    ``labels`` (default: every non-zero value in either map and every named one) fixes the
-    rows; ``names`` maps values to structure names (a value without one is named ``label N``),
-    so a named structure absent from both maps still gets its row, saying so. Both maps must be
+    ``labels`` (default: every non-zero value in either map) fixes the rows, so a structure
+    asked for and absent from both maps gets a row saying so; ``names`` maps values to
+    structure names (a value without one is named ``label N``). Both maps must be
     integer label maps on the same grid (same shape; resample with nearest neighbour first
     otherwise). ``distances=False`` skips HD95/ASSD, the slow part for large maps.
     """
@@ -133,7 +133,9 @@ def compare_label_maps(
     names = names or {}
     voxel_ml = float(np.prod(pred.spacing)) / 1000.0
     present = set(np.unique(p).tolist()) | (set(np.unique(r).tolist()) if r is not None else set())
-    values = sorted({int(v) for v in (labels if labels is not None else present | set(names)) if int(v) != 0})
+    # Rows for the structures present (or asked for), not for every name of a colour table:
+    # a FreeSurfer table names 1300 structures, and each row scans the whole volume.
+    values = sorted({int(v) for v in (labels if labels is not None else present) if int(v) != 0})
     spacing = _spacing_zyx(pred)
     out = []
     for v in values:
