@@ -142,7 +142,8 @@ class KeypointAffineHead(nn.Module):
             for n, m in zip(features.shape[2:], full)
         ]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
-        points = prob @ grid
+        with torch.autocast(device_type=prob.device.type, enabled=False):
+            points = prob @ grid  # coordinates: fp32 even in a bf16 pass (0.5 voxel steps near 100)
         # A peaked map is a confident landmark: weight by the map's largest probability
         # relative to a uniform map (1 = uniform), detached so it cannot be gamed by the loss.
         weights = (prob.amax(dim=-1) * prob.shape[-1]).detach().clamp(1.0, 1e3).log1p()
@@ -181,7 +182,8 @@ def fit_affine(
     lin_t = torch.linalg.solve(cov_pp + lam * eye, cov_pq + lam * eye)  # L^T
     lin = lin_t.transpose(1, 2)
     offset = q_bar.transpose(1, 2) - lin @ p_bar.transpose(1, 2)
-    return torch.cat([lin, offset], dim=-1).to(p.dtype)
+    # at least fp32: an affine rounded to bf16 moves a far voxel by half a voxel
+    return torch.cat([lin, offset], dim=-1).to(torch.promote_types(p.dtype, torch.float32))
 
 
 class PyramidDeformableHead(nn.Module):

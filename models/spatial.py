@@ -9,11 +9,41 @@ a zero displacement and an identity affine are then the exact identity.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def fp32(fn: _F) -> _F:
+    """Run ``fn`` with autocast off and its tensor arguments in float32.
+
+    Coordinates and affines are geometry, not features: in bf16 (8 bits of mantissa) a
+    coordinate near 100 is rounded to a multiple of 0.5 voxel, so the sampling maps and the
+    affines are built in fp32 even inside a bf16-autocast forward pass (GPU training and
+    matching), as the warp itself always was.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if not tensors:
+            return fn(*args, **kwargs)
+
+        def to32(a):
+            low = isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64
+            return a.float() if low else a
+
+        with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+            return fn(*map(to32, args), **{k: to32(v) for k, v in kwargs.items()})
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -47,6 +77,7 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return r0 @ r1 @ r2
 
 
+@fp32
 def affine_from_parameters(
     rotation: torch.Tensor,
     translation: torch.Tensor,
@@ -93,6 +124,7 @@ def bounded_affine(
     ``shearing`` (B, 6); each goes through ``tanh`` and is scaled into its bound, so a zero
     output is exactly the identity and gradients never vanish at the start.
     """
+    raw = {k: v.float() for k, v in raw.items()}  # geometry in fp32 (see fp32)
     rot = torch.tanh(raw["rotation"]) * math.radians(bounds.rotation_deg)
     extent = torch.tensor([n - 1 for n in shape], device=rot.device, dtype=rot.dtype)
     trans = torch.tanh(raw["translation"]) * bounds.translation * extent
@@ -110,6 +142,7 @@ def voxel_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> torc
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
+@fp32
 def affine_points(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Apply ``(B, 3, 4)`` affines to voxel coordinates ``(B, 3, D, H, W)``."""
     b = points.shape[0]
@@ -118,6 +151,7 @@ def affine_points(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return out.reshape(points.shape)
 
 
+@fp32
 def sampling_coordinates(
     shape: tuple[int, ...],
     affine: torch.Tensor | None = None,
@@ -161,6 +195,7 @@ def warp(
     return out
 
 
+@fp32
 def compose_affines(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """The ``(..., 3, 4)`` voxel affine ``p -> outer(inner(p))``."""
     return torch.cat([outer[..., :3] @ inner[..., :3], outer[..., :3] @ inner[..., 3:] + outer[..., 3:]], dim=-1)

@@ -106,3 +106,22 @@ def test_composing_two_affine_maps_equals_the_map_of_the_composed_affine():
     inside = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))  # border values outside
     np.testing.assert_allclose(maps[inside], sampling_coordinates(shape, affine=ab)[inside], atol=1e-4)
     assert torch.equal(compose_affines(identity_affine(1), b), b)
+
+
+def test_maps_and_affines_stay_fp32_exact_inside_a_bf16_autocast_pass():
+    """GPU training and matching run the network in bf16; the geometry must not be rounded
+    with it (bf16 steps are 0.5 voxel near coordinate 100)."""
+    import math
+
+    from models import DEMO_WIDTHS, GVSL
+    from models.spatial import affine_from_parameters, sampling_coordinates
+
+    shape = (128, 96, 64)
+    args = (torch.tensor([[0.02, -0.03, math.radians(5)]]), torch.tensor([[1.3, -2.1, 0.7]]))
+    args += (torch.tensor([[1.05, 0.97, 1.0]]), torch.zeros(1, 6))
+    exact = sampling_coordinates(shape, affine=affine_from_parameters(*args, shape), batch=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = sampling_coordinates(shape, affine=affine_from_parameters(*args, shape), batch=1)
+        out = GVSL(widths=DEMO_WIDTHS).eval()(torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32))
+    assert inside.dtype == torch.float32 and (inside - exact).abs().max() < 1e-4
+    assert out.affine.dtype == torch.float32
