@@ -309,8 +309,8 @@ def resume_config(config: C, saved: dict[str, Any], source: str) -> tuple[C, dic
         if unused:
             continue  # n_synthetic only shapes synthetic data: harmless beside a data folder
         if _same(name, asked, before):
-            if name in _PATH_OPTIONS and asked != before:
-                values[name] = asked  # the spelling that works from here (the same data)
+            if name in _PATH_OPTIONS and asked != before and _lost_relative(before):
+                values[name] = asked  # the saved spelling does not work from here; this one does
                 changed[name] = (before, asked)
             continue
         (changed if name in MAY_CHANGE_ON_RESUME else refused)[name] = (before, asked)
