@@ -19,6 +19,30 @@ def group_count(channels: int, max_groups: int = 8) -> int:
     return 1
 
 
+NORMS = ("default", "authors")
+"""GroupNorm grouping: ``default`` (:func:`group_count`: 8 groups, any width) or ``authors``
+(the authors' network: 8 channels per group, 4 in the restoration head's one norm)."""
+
+
+def use_norm(model: nn.Module, norm: str) -> None:
+    """Regroup every GroupNorm of ``model`` as ``norm`` says (no parameter changes shape).
+
+    The authors' released checkpoint was trained with ``GroupNorm(channels // 8)`` (so 4
+    groups at the first level, 64 at the bottleneck) and ``GroupNorm(4, 16)`` in its
+    restoration head; the same tensors normalised in 8 groups compute other features, so a
+    network that loads that checkpoint must be grouped as it was trained.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.GroupNorm):
+            if norm == "default":
+                m.num_groups = group_count(m.num_channels)
+            else:
+                per = 4 if "restoration_head" in name else 8
+                m.num_groups = max(1, m.num_channels // per)
+
+
 class DoubleConv(nn.Module):
     """(conv3 -> GroupNorm -> LeakyReLU 0.2) x 2, the U-Net's basic block."""
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .blocks import use_norm
 from .unet import PAPER_WIDTHS, UNet3D
 
 
@@ -18,18 +19,22 @@ class SegmentationNet(nn.Module):
     3x3x3 convolution instead).
     """
 
-    def __init__(self, n_classes: int, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1):
+    def __init__(
+        self, n_classes: int, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1, norm: str = "default"
+    ):
         super().__init__()
         self.unet = UNet3D(widths, in_channels)
         self.head = nn.Conv3d(self.unet.widths[8], n_classes, 1)
         self.n_classes = n_classes
+        self.norm = norm  # "authors" for a backbone from the authors' checkpoint (models.blocks.use_norm)
+        use_norm(self, norm)
 
     @property
     def widths(self) -> tuple[int, ...]:
         return self.unet.widths
 
     def config(self) -> dict:
-        return {"n_classes": self.n_classes, "widths": list(self.widths)}
+        return {"n_classes": self.n_classes, "widths": list(self.widths), **_norm_entry(self.norm)}
 
     def freeze_backbone(self) -> None:
         """Freeze every backbone parameter (linear evaluation)."""
@@ -48,18 +53,22 @@ class ClassificationNet(nn.Module):
     unchanged but receive no gradient).
     """
 
-    def __init__(self, n_outputs: int = 1, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1):
+    def __init__(
+        self, n_outputs: int = 1, widths: Sequence[int] = PAPER_WIDTHS, in_channels: int = 1, norm: str = "default"
+    ):
         super().__init__()
         self.unet = UNet3D(widths, in_channels)
         self.head = nn.Linear(self.unet.widths[4], n_outputs)
         self.n_outputs = n_outputs
+        self.norm = norm
+        use_norm(self, norm)
 
     @property
     def widths(self) -> tuple[int, ...]:
         return self.unet.widths
 
     def config(self) -> dict:
-        return {"n_outputs": self.n_outputs, "widths": list(self.widths)}
+        return {"n_outputs": self.n_outputs, "widths": list(self.widths), **_norm_entry(self.norm)}
 
     def freeze_backbone(self) -> None:
         for p in self.unet.parameters():
@@ -72,3 +81,9 @@ class ClassificationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x))
+
+
+def _norm_entry(norm: str) -> dict:
+    """The ``norm`` key of a model configuration, only where it is not the default (so the
+    configurations of every checkpoint written before the option are unchanged)."""
+    return {"norm": norm} if norm != "default" else {}

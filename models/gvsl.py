@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .blocks import use_norm
 from .heads import AffineHead, DeformableHead, KeypointAffineHead, PyramidDeformableHead, RestorationHead
 from .spatial import AffineBounds, bounded_affine, identity_affine, sampling_coordinates, warp
 from .unet import PAPER_WIDTHS, UNet3D
@@ -72,6 +73,7 @@ class GVSL(nn.Module):
         bounds: AffineBounds = AffineBounds(),
         affine_head: str = "keypoints",
         deformable_head: str = "pyramid",
+        norm: str = "default",
     ):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
@@ -93,6 +95,8 @@ class GVSL(nn.Module):
             hidden = 4 * w[8] if deformable_head == "pyramid-wide" else None  # 32 instead of 4 at width 8
             self.deformable_head = PyramidDeformableHead(w[8], levels, radii, hidden)
         self.restoration_head = RestorationHead(w[8])
+        self.norm = norm
+        use_norm(self, norm)
         self.use_affine = use_affine
         self.bounds = bounds
 
@@ -110,6 +114,7 @@ class GVSL(nn.Module):
             use_affine=config.get("use_affine", True),
             affine_head=config.get("affine_head", "paper"),
             deformable_head=config.get("deformable_head", "paper"),
+            norm=config.get("norm", "default"),
         )
 
     def config(self) -> dict:
@@ -120,6 +125,7 @@ class GVSL(nn.Module):
             "use_affine": self.use_affine,
             "affine_head": self.affine_kind,
             "deformable_head": self.deformable_kind,
+            **({"norm": self.norm} if self.norm != "default" else {}),
         }
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,3 +146,33 @@ def test_a_segmenter_without_a_known_spacing_warns_and_keeps_the_images_grid(seg
     assert "records no training voxel spacing" in caplog.text and str(seg_ckpt) in caplog.text
     assert res.report["spacing"]["trained"] is None and res.report["spacing"]["resampled_to"] is None
     assert res.labels.shape == image.shape and res.labels.spacing == image.spacing
+
+
+def _groups(model) -> dict[str, int]:
+    return {n: m.num_groups for n, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+
+
+def test_the_authors_checkpoint_runs_grouped_as_the_authors_trained_it(tmp_path):
+    """Their DoubleConv normalises GroupNorm(channels // 8), their restoration head GroupNorm(4, 16);
+    the same tensors in 8 groups everywhere load strictly but compute other features."""
+    from gvsl_app.services.weights import load_gvsl
+    from gvsl_app.training.config import FinetuneConfig
+    from gvsl_app.training.finetune import build_downstream
+    from models.downstream import SegmentationNet
+
+    path = tmp_path / "GVSL_epoch_1000.pth"
+    torch.save(official_state(), path)
+    model, _ = load_gvsl(path)
+    groups = _groups(model)
+    assert groups["unet.inc.double_conv.1"] == 4 and groups["unet.down4.maxpool_conv.1.double_conv.1"] == 64
+    assert groups["affine_head.conv.double_conv.1"] == 32 and groups["deformable_head.conv.double_conv.1"] == 2
+    assert groups["restoration_head.layers.1"] == 4
+    assert model.config()["norm"] == "authors"
+    assert set(_groups(GVSL(**PAPER_HEADS)).values()) == {8}  # the project's own default, unchanged
+    assert "norm" not in GVSL(**PAPER_HEADS).config()
+
+    # a backbone fine-tuned from it keeps the grouping, in the checkpoint it writes too
+    seg, _ = build_downstream(FinetuneConfig(init=str(path), task="seg", run=str(tmp_path / "ft")), 8)
+    assert seg.config()["norm"] == "authors" and _groups(seg)["unet.up4.conv.double_conv.1"] == 4
+    again = SegmentationNet(8, seg.config()["widths"], norm=seg.config()["norm"])
+    assert _groups(again) == _groups(seg)

@@ -60,7 +60,7 @@ def load_segmenter(weights: str | os.PathLike | None, device: torch.device) -> t
         raise CheckpointError(
             f"{path}: segmentation checkpoint without model_config (n_classes, widths); re-save it with `gvsl finetune`"
         )
-    model = SegmentationNet(int(mc["n_classes"]), mc["widths"])
+    model = SegmentationNet(int(mc["n_classes"]), mc["widths"], norm=mc.get("norm", "default"))
     load_state_into(model, ck["model"], source=path)
     return model.to(device).eval(), ck
 

@@ -69,7 +69,9 @@ def load_gvsl(weights: str | os.PathLike | None = None, device: torch.device | s
         )
     sd, fmt = model_state(ck)
     widths = _widths_of(ck, sd, fmt, path)
-    model = GVSL.from_config({**(ck.get("model_config") or {}), "widths": widths})
+    # the authors' release was trained with its own GroupNorm grouping (models.blocks.use_norm)
+    norm = "authors" if fmt == "official GVSL" else (ck.get("model_config") or {}).get("norm", "default")
+    model = GVSL.from_config({**(ck.get("model_config") or {}), "widths": widths, "norm": norm})
     load_state_into(model, sd, strict=True, source_format=fmt, source=path)
     model.to(device).eval()
     # The cube it was trained on is the best default working size for matching with it.

@@ -45,20 +45,30 @@ def init_backbone(model: nn.Module, init: str) -> str:
 
 def checkpoint_widths(init: str) -> tuple[int, ...] | None:
     """Widths recorded in (or implied by) a checkpoint, so ``--width`` need not be repeated."""
+    return checkpoint_architecture(init)[0]
+
+
+def checkpoint_architecture(init: str) -> tuple[tuple[int, ...] | None, str]:
+    """The widths and GroupNorm grouping (``models.blocks.NORMS``) of the backbone in ``init``:
+    the authors' release was trained with its own grouping, which its backbone keeps."""
     if init in ("", "scratch", None):
-        return None
+        return None, "default"
     ck = read_checkpoint(init)
     cfg = ck.get("model_config") or {}
+    sd, fmt = model_state(ck)
+    norm = "authors" if fmt == "official GVSL" else cfg.get("norm", "default")
     if "widths" in cfg:
-        return tuple(cfg["widths"])
-    sd, _ = model_state(ck)
+        return tuple(cfg["widths"]), norm
     w = sd.get("unet.inc.double_conv.0.weight")
-    return widths_from_base(int(w.shape[0])) if w is not None else None
+    return (widths_from_base(int(w.shape[0])) if w is not None else None), norm
 
 
 def build_downstream(config: FinetuneConfig, n_out: int) -> tuple[SegmentationNet | ClassificationNet, str]:
-    widths = checkpoint_widths(config.init) or widths_from_base(config.width)
-    model = SegmentationNet(n_out, widths) if config.task == "seg" else ClassificationNet(1, widths)
+    found, norm = checkpoint_architecture(config.init)
+    widths = found or widths_from_base(config.width)
+    model = (
+        SegmentationNet(n_out, widths, norm=norm) if config.task == "seg" else ClassificationNet(1, widths, norm=norm)
+    )
     msg = init_backbone(model, config.init)
     if config.linear:
         model.freeze_backbone()
@@ -335,9 +345,9 @@ def evaluate_run(run_path: str | Path, data: str, device: str = "auto") -> dict:
     dev = resolve_device(device)
     model: SegmentationNet | ClassificationNet
     if cfg.task == "seg":
-        model = SegmentationNet(mc["n_classes"], mc["widths"])
+        model = SegmentationNet(mc["n_classes"], mc["widths"], norm=mc.get("norm", "default"))
     else:
-        model = ClassificationNet(mc["n_outputs"], mc["widths"])
+        model = ClassificationNet(mc["n_outputs"], mc["widths"], norm=mc.get("norm", "default"))
     load_state_into(model, ck["model"], source=run.best if which == "best" else run.last)
     model.to(dev)
     names = ds.list_cases(data, need_labels=cfg.task == "seg")
