@@ -64,9 +64,9 @@ def test_learning_rate_decays_along_a_half_cosine_from_decay_start(tmp_path):
     cfg = small(tmp_path / "run", iters=8, decay_start=3, lr=1e-3)
     drain(pretrain(cfg))
     rates = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "event" not in r]
-    # each row holds the rate of the next step: lr * factor(iteration)
-    assert rates == pytest.approx([1e-3 * lr_factor(cfg, i) for i in range(1, 9)])
-    assert rates[:3] == pytest.approx([1e-3] * 3) and all(a > b for a, b in zip(rates[2:7], rates[3:7]))
+    # each row holds the rate its step used: lr * factor(iteration - 1), steps counted from 0
+    assert rates == pytest.approx([1e-3 * lr_factor(cfg, i) for i in range(0, 8)])
+    assert rates[:4] == pytest.approx([1e-3] * 4) and all(a > b for a, b in zip(rates[3:8], rates[4:8]))
     assert lr_factor(cfg, cfg.iters - 1) == pytest.approx(DECAY_FLOOR)
     with pytest.raises(ValueError, match="decay_start"):
         small(tmp_path / "bad", iters=8, decay_start=8)

@@ -190,7 +190,8 @@ class _Session:
         record = {
             "iteration": step,
             **values,
-            "lr": float(self.sched.get_last_lr()[0]),  # a float already (lr times the warm-up factor)
+            # the rate this step used (the scheduler has already moved on to the next one's)
+            "lr": config.lr * lr_factor(config, step - 1),
             "sec_per_step": sps,
             "samples_per_s": config.batch * self.info.world / sps,
             "data_wait_s": wait,
