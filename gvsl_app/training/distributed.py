@@ -58,3 +58,19 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+class PeerError(RuntimeError):
+    """Another process of a multi-process run stopped with an error; this one stops too."""
+
+
+def agree(error: BaseException | None, info: DistInfo, device: torch.device) -> None:
+    """Raise on every rank when ``error`` happened on any: rank 0 alone checks and locks the
+    run folder, and a rank that went on without it would wait in its next collective forever
+    (NCCL) or die with a bare "connection closed" (gloo). The rank that failed raises its own
+    error; the others raise :class:`PeerError`."""
+    failed = broadcast_flag(error is not None, info, device)
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerError(f"rank {info.rank}: another rank of this run stopped with an error (rank 0 prints it)")
