@@ -328,3 +328,15 @@ def test_a_run_folder_rank_0_refuses_stops_every_rank_with_the_reason(tmp_path):
     assert again.returncode != 0
     assert "already holds a run" in again.stderr or "--overwrite" in again.stderr, again.stderr[-2000:]
     assert "another rank of this run stopped" in again.stderr, again.stderr[-2000:]
+
+
+def test_validation_scores_the_restoration_of_a_corrupted_scan_as_trained(tmp_path):
+    """A restoration that only passes its input through must not score a perfect 0."""
+    cfg = small(tmp_path / "run")
+    pair = validation_pair(PairDataset(cfg.data, cfg.size, seed=cfg.seed, n_synthetic=cfg.n_synthetic))
+    model = build_model(cfg)
+    model.features = lambda x: (None, x)  # the network hands the scan itself on ...
+    model.restoration_head = torch.nn.Identity()  # ... and "restores" it unchanged
+    first, again = validate(model, cfg, pair), validate(model, cfg, pair)
+    assert first["mse"] > 1e-3  # the corruption is still there
+    assert first["mse"] == again["mse"]  # the same corruption at every validation

@@ -360,17 +360,31 @@ def _rank_checksums(model: nn.Module, info: distributed.DistInfo, device: torch.
     return [float(t) for t in out]
 
 
+VAL_CORRUPTION_SEED = 20230601
+"""Seed of the one appearance corruption the validation restores (the same at every validation)."""
+
+
 @torch.no_grad()
 def validate(model: GVSL, config: PretrainConfig, pair: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-    """NCC, smoothness and restoration MSE on a fixed, un-augmented pair (model in eval mode)."""
+    """NCC and smoothness of the matching and the restoration MSE on a fixed pair (eval mode).
+
+    The pair is un-augmented; the restoration is scored as it is trained, from the moving scan
+    corrupted by the appearance transform (one fixed draw, :data:`VAL_CORRUPTION_SEED`) back to
+    the clean scan. (Until 2026-12-01 it restored the clean scan itself, which only measured
+    how well the network passes a scan through.)
+    """
+    from gvsl_app.data.appearance import AppearanceTransform
+
     moving, fixed = pair
     was = model.training
     model.eval()
-    out = model(moving, fixed, restore=True)
+    out = model(moving, fixed, restore=False)
+    corrupted = AppearanceTransform()(moving.detach().cpu(), generator=VAL_CORRUPTION_SEED).to(moving.device)
+    _, local = model.features(corrupted)
     res = {
         "ncc": float(local_ncc(out.warped, fixed)),
         "smooth": float(smoothness(out.displacement)),
-        "mse": float(restoration_mse(out.restored, moving)),
+        "mse": float(restoration_mse(model.restoration_head(local), moving)),
         "ncc_before": float(local_ncc(moving, fixed)),
     }
     model.train(was)
