@@ -69,6 +69,9 @@ ROWS: dict[str, dict] = {
     "corr+affine-loss": {"deformable_head": "pyramid-corr", "w_affine": 1.0},
     "lr3e-3": {"lr": 3e-3},
     "wide-heads": {"deformable_head": "pyramid-wide"},
+    # the NCC's damping as VoxelMorph and the authors' code have it (1e-5 on window sums)
+    "ncc-eps-sums": {"ncc_eps": 1e-5 / 729**2},
+    "single-ncc-eps-sums": {"similarity": "ncc", "ncc_eps": 1e-5 / 729**2},
 }
 
 

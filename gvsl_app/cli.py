@@ -95,6 +95,12 @@ def _add_pretrain(sub) -> None:
         help="matching loss (default multiscale-ncc; ncc = the paper's full-resolution local NCC)",
     )
     p.add_argument(
+        "--ncc-eps",
+        type=float,
+        help="damping of the NCC's denominator on window means (default 1e-5; the authors' 1e-5 on window "
+        "sums is about 1.9e-11 here, docs/MATCHING.md)",
+    )
+    p.add_argument(
         "--match-input",
         choices=["clean", "transformed"],
         help="what the matching sees: clean scans (default; restoration gets the transformed scan in a "

@@ -99,3 +99,24 @@ def test_box_sums_equal_a_direct_sum_over_the_zero_padded_window(window):
             for dx in range(window):
                 direct += padded[:, :, dz : dz + 7, dy : dy + 11, dx : dx + 12]
     torch.testing.assert_close(_box_sum(x, window), direct)
+
+
+def test_the_ncc_damping_is_the_pretraining_option_ncc_eps():
+    """``ncc_eps`` reaches the matching loss: on window sums' scale (VoxelMorph's 1e-5 / 729^2)
+    a scan matched to itself scores about -1; the default 1e-5 on window means damps the
+    low-contrast windows (docs/MATCHING.md, benchmarks/ncc_eps_probe.py)."""
+    from gvsl_app.data.datasets import PairDataset
+    from gvsl_app.training.config import PretrainConfig
+    from gvsl_app.training.objective import PretrainObjective
+    from models import DEMO_WIDTHS, GVSL
+
+    scan = PairDataset("synthetic:cardiac", 32, n_synthetic=2).volumes[0:1]
+    model = GVSL(widths=DEMO_WIDTHS).eval()  # starts at (near) the identity map
+    scores = {}
+    for eps in (1e-5, 1e-5 / 729**2):
+        cfg = PretrainConfig(variant="matching", ncc_eps=eps)
+        with torch.no_grad():
+            scores[eps] = float(PretrainObjective(model, cfg)(scan, scan, scan)["ncc"])
+    assert scores[1e-5 / 729**2] < -0.99 and scores[1e-5] > -0.95
+    with pytest.raises(ValueError, match="ncc_eps"):
+        PretrainConfig(ncc_eps=0.0)

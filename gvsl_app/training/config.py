@@ -29,7 +29,9 @@ class PretrainConfig:
     to the paper's (all 1). ``affine_head`` / ``deformable_head`` choose the Z-Matching
     heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/MATCHING.md);
     ``similarity`` is the matching loss: ``multiscale-ncc`` (local NCC 9^3 at full, 1/2 and
-    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only);
+    1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only); ``ncc_eps``
+    the damping of its denominator, on window means (``models.losses.local_ncc``; the
+    authors' and VoxelMorph's 1e-5 on window sums is 1e-5 / 729^2 here, docs/MATCHING.md);
     ``match_input``: ``clean`` (default: match the clean scans, restore the
     appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
     match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare
@@ -49,6 +51,7 @@ class PretrainConfig:
     affine_head: str = "keypoints"
     deformable_head: str = "pyramid"
     similarity: str = "multiscale-ncc"
+    ncc_eps: float = 1e-5
     match_input: str = "clean"
     iters: int = 1000
     size: int = 64
@@ -79,7 +82,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         check_values(
             self,
-            positive=("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every", "n_synthetic", "lr"),
+            positive=(
+                *("iters", "size", "width", "batch", "log_every", "ckpt_every", "val_every", "n_synthetic"),
+                *("lr", "ncc_eps"),
+            ),
             non_negative=(
                 "warmup",
                 "decay_start",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 import torch
@@ -31,7 +32,9 @@ class PretrainObjective(nn.Module):
         super().__init__()
         self.model = model
         self.variant = config.variant
-        self.similarity = multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc
+        self.similarity = functools.partial(
+            multiscale_ncc if config.similarity == "multiscale-ncc" else local_ncc, eps=config.ncc_eps
+        )
         self.match_clean = config.match_input == "clean"
         self.w = (config.w_ncc, config.w_smooth, config.w_mse)
         self.w_affine = config.w_affine if config.variant != "no-affine" else 0.0
