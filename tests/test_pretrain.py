@@ -324,7 +324,7 @@ def test_a_run_folder_rank_0_refuses_stops_every_rank_with_the_reason(tmp_path):
     args = ["-m", "gvsl_app.cli", "pretrain", "--data", "synthetic:cardiac", "--n-synthetic", "4", "--run-dir"]
     args += [str(run), "--iters", "2", "--size", "24", "--width", "4", "--workers", "0", "--device", "cpu", "--quiet"]
     assert torchrun(args).returncode == 0
-    again = torchrun(args, timeout=120)  # the folder holds a run now, and no --overwrite
+    again = torchrun(args)  # the folder holds a run now, and no --overwrite
     assert again.returncode != 0
     assert "already holds a run" in again.stderr or "--overwrite" in again.stderr, again.stderr[-2000:]
     assert "another rank of this run stopped" in again.stderr, again.stderr[-2000:]

@@ -7,7 +7,9 @@ single process (rank 0 of 1).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,11 +66,19 @@ class PeerError(RuntimeError):
     """Another process of a multi-process run stopped with an error; this one stops too."""
 
 
-def agree(error: BaseException | None, info: DistInfo, device: torch.device) -> None:
-    """Raise on every rank when ``error`` happened on any: rank 0 alone checks and locks the
-    run folder, and a rank that went on without it would wait in its next collective forever
-    (NCCL) or die with a bare "connection closed" (gloo). The rank that failed raises its own
-    error; the others raise :class:`PeerError`."""
+@contextlib.contextmanager
+def together(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Run the block on every rank; when it raised on any, raise on every rank.
+
+    Rank 0 alone checks and locks the run folder, and a rank that went on without it would
+    wait in its next collective forever (NCCL) or die with a bare "connection closed" (gloo).
+    The rank that failed raises its own error, the others :class:`PeerError`.
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except Exception as exc:
+        error = exc
     failed = broadcast_flag(error is not None, info, device)
     if error is not None:
         raise error

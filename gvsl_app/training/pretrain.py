@@ -100,13 +100,9 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
     info, device = distributed.setup(config.device)
     try:
         with contextlib.ExitStack() as held:
-            error: Exception | None = None
-            if info.is_main:  # only rank 0 writes the run folder, so only rank 0 holds it
-                try:
+            with distributed.together(info, device):
+                if info.is_main:  # only rank 0 writes the run folder, so only rank 0 holds it
                     held.enter_context(RunFolder(config.run).lock())
-                except Exception as exc:
-                    error = exc
-            distributed.agree(error, info, device)
             yield from _pretrain(config, stop, info, device, changed)
     finally:
         distributed.teardown()
@@ -279,12 +275,8 @@ def _pretrain(
         return
     # The data is read (and refused, if bad) before the run folder is touched.
     dataset, loader, val_pair = _make_data(config, info, start, device)
-    refused: Exception | None = None
-    try:
+    with distributed.together(info, device):
         session.prepare_folder()  # rank 0 alone: it may refuse a folder that holds a run
-    except Exception as exc:
-        refused = exc
-    distributed.agree(refused, info, device)
     objective = session.objective()
     amp_device = device if (config.amp and device.type == "cuda") else None
     val_pair = (val_pair[0].to(device), val_pair[1].to(device))
