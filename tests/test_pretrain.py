@@ -340,3 +340,22 @@ def test_validation_scores_the_restoration_of_a_corrupted_scan_as_trained(tmp_pa
     first, again = validate(model, cfg, pair), validate(model, cfg, pair)
     assert first["mse"] > 1e-3  # the corruption is still there
     assert first["mse"] == again["mse"]  # the same corruption at every validation
+
+
+def test_a_loss_gone_non_finite_between_logged_steps_never_reaches_a_snapshot(tmp_path, monkeypatch):
+    from gvsl_app.training import pretrain as P
+
+    real, calls = P.PretrainObjective.forward, []
+
+    def forward(self, *a, **k):  # the third step diverges; no step is logged before the eighth
+        terms = real(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(P.PretrainObjective, "forward", forward)
+    cfg = small(tmp_path / "run", iters=8, log_every=8, ckpt_every=100, val_every=100, snapshot_every=4)
+    last = drain(pretrain(cfg))
+    assert last.phase == "error" and last.iteration == 4  # caught at the snapshot step, before it wrote
+    assert not (tmp_path / "run" / "checkpoints" / "iter_000004.pt").exists()

@@ -316,7 +316,10 @@ def _pretrain(
             step += 1
             n_acc += 1
             log_now = step % config.log_every == 0 or step == config.iters
-            if log_now or step % config.ckpt_every == 0:
+            snapshot_now = config.snapshot_every > 0 and step % config.snapshot_every == 0
+            # every step that writes weights checks the loss first (a NaN from an unchecked step
+            # has reached the weights by then, and must not reach a file)
+            if log_now or step % config.ckpt_every == 0 or snapshot_now:
                 values = {k: float(v.detach()) for k, v in terms.items()}  # the only host sync
                 error = session.non_finite_error(step, values)
                 if error is not None:
