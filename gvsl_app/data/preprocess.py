@@ -76,7 +76,12 @@ def _nan_to_min(arr: np.ndarray) -> np.ndarray:
 
 
 def resample_to(
-    volume: Volume, reference: Volume, *, is_label: bool = False, default_value: float | None = None
+    volume: Volume,
+    reference: Volume,
+    *,
+    is_label: bool = False,
+    default_value: float | None = None,
+    nearest_outside: bool = False,
 ) -> Volume:
     """Resample ``volume`` onto ``reference``'s grid in physical space (SimpleITK).
 
@@ -86,7 +91,9 @@ def resample_to(
     (an integer output would round away the interpolation); labels use nearest neighbour
     and keep their integer type and exact label values. Positions outside ``volume`` get
     ``default_value``: the volume's minimum for images (background, e.g. air in CT, rather
-    than an artificial 0 that is mid-grey in Hounsfield units), 0 for labels. NaN voxels
+    than an artificial 0 that is mid-grey in Hounsfield units), 0 for labels; with
+    ``nearest_outside`` they take the nearest voxel's value instead (for a grid over the same
+    field of view whose edge voxels lie up to half a voxel past ``volume``'s). NaN voxels
     of an image are treated as its minimum, as :func:`normalise` does. When both grids are
     already the same, the voxels are returned unchanged (no interpolation blur). The result
     keeps ``volume``'s source, original pixel type and meta, plus ``meta["resampled_to"]``.
@@ -116,6 +123,7 @@ def resample_to(
         f.SetTransform(sitk.Transform(3, sitk.sitkIdentity))
         f.SetInterpolator(sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
         f.SetDefaultPixelValue(fill)
+        f.SetUseNearestNeighborExtrapolator(nearest_outside)
         out = sitk.GetArrayFromImage(f.Execute(volume_to_sitk(volume.with_array(arr))))
     return Volume(
         out,

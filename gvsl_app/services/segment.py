@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from gvsl_app.data.preprocess import detect_modality, normalise
-from gvsl_app.io.images import geometry_differences, volume_to_sitk
+from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
+from gvsl_app.io.images import geometry_differences
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import dice_per_label, label_volumes_ml, mean_dice
@@ -151,21 +150,6 @@ def resampling_grid(image: Volume, spacing: tuple[float, float, float]) -> Volum
     return Volume(zeros, spacing=_xyz(new), origin=_xyz(origin), direction=image.direction)
 
 
-def resample_array(array: np.ndarray, source: Volume, target: Volume, interpolator: int) -> np.ndarray:
-    """``array`` on ``source``'s grid, resampled (SimpleITK) onto ``target``'s grid.
-
-    Points past the source's outermost voxel centres (up to half a voxel at the edges) take
-    the nearest voxel's value rather than a background constant.
-    """
-    moving = volume_to_sitk(source.with_array(array))
-    f = sitk.ResampleImageFilter()
-    f.SetReferenceImage(volume_to_sitk(target))
-    f.SetInterpolator(interpolator)
-    f.SetUseNearestNeighborExtrapolator(True)
-    f.SetOutputPixelType(moving.GetPixelID())
-    return sitk.GetArrayFromImage(f.Execute(moving))
-
-
 def default_segmenter(image: Volume) -> tuple[Path, str]:
     """The shipped segmenter that fits ``image``'s modality, and a sentence saying which and why.
 
@@ -235,7 +219,7 @@ def segment(
     target = None if trained is None else trained.target(image.spacing)
     grid = None if target is None else resampling_grid(image, target)
     if grid is not None:
-        norm = resample_array(norm, image, grid, sitk.sitkLinear)
+        norm = resample_to(image.with_array(norm), grid, nearest_outside=True).array
     t1 = time.perf_counter()
     try:
         pred = segment_array(model, norm, roi, dev)
@@ -245,7 +229,7 @@ def segment(
         dev = torch.device("cpu")
         pred = segment_array(model.cpu(), norm, roi, dev)
     if grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
-        pred = resample_array(pred, grid, image, sitk.sitkNearestNeighbor)
+        pred = resample_to(grid.with_array(pred), image, is_label=True, nearest_outside=True).array
     t2 = time.perf_counter()
     labels = image.with_array(pred, source=f"segmentation of {image.source}")
     ids = list(range(1, model.n_classes))
