@@ -40,14 +40,12 @@ def default_report_path(out: str | Path) -> Path:
     return out.with_name(f"{stem}_report.json")
 
 
-def _undefined_dice(report: dict, dice_key: str, mean_key: str) -> None:
-    """Mean over the defined Dice values only, and a note per label absent from both maps."""
-    from gvsl_app.services.metrics import mean_dice
-
+def _note_undefined_dice(report: dict, dice_key: str) -> None:
+    """A note per label absent from both maps (its Dice undefined; the services' means already
+    leave it out)."""
     dice = report.get(dice_key)
     if not dice:
         return
-    report[mean_key] = mean_dice(dice)
     names = report.get("label_names", {})
     notes = [
         f"{names.get(k, k)} (label {k}): {UNDEFINED_DICE}" for k, v in dice.items() if v is None or not math.isfinite(v)
@@ -96,8 +94,8 @@ def cmd_match(args: argparse.Namespace) -> int:
     )
     r = res.report
     record_series(r, fixed=fixed, moving=moving)
-    _undefined_dice(r, "dice_before", "mean_dice_before")
-    _undefined_dice(r, "dice_after", "mean_dice_after")
+    _note_undefined_dice(r, "dice_before")
+    _note_undefined_dice(r, "dice_after")
     with staged_folder(out, MATCH_OUTPUTS) as stage:
         res.save(stage)
     refine_s = r["seconds"].get("refine_s")  # none where the pair could not be refined (a flat scan)
@@ -141,7 +139,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.weights is None:
         print(res.report["segmenter"])
     record_series(res.report, image=image)
-    _undefined_dice(res.report, "dice", "mean_dice")
+    _note_undefined_dice(res.report, "dice")
     write_volume(res.labels, out, is_label=True)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(dumps_strict(res.report))
