@@ -17,9 +17,9 @@ UNDEFINED_DICE = "absent from both the prediction and the reference: Dice undefi
 
 def dice_cell(value: float | None, width: int = 7) -> str:
     """A Dice value for a printed table: 4 decimals, or ``n/a`` when undefined (NaN or ``None``)."""
-    if value is None or not math.isfinite(value):
-        return f"{'n/a':>{width}}"
-    return f"{value:{width}.4f}"
+    from gvsl_app.services.metrics import dice_text
+
+    return f"{dice_text(value):>{width}}"
 
 
 def _inputs(*pairs: tuple[str, str | Path | None]) -> list[tuple[str, Path]]:

@@ -322,17 +322,14 @@ def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None 
     return out
 
 
-def _dice(value: float | None, digits: int) -> str:
-    """A Dice for the report; ``n/a`` for a structure in neither map (no Dice, as the CLI says)."""
-    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
-
-
 def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
     """The matching report as a compact table (NCC, Dice, folding, displacement, time)."""
+    from gvsl_app.services.metrics import dice_text  # torch with it: only once a result exists
+
     names = names or {}
     rows = [("NCC", f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}")]
     if "mean_dice_after" in rep:
-        rows.append(("mean Dice", f"{_dice(rep['mean_dice_before'], 4)} → {_dice(rep['mean_dice_after'], 4)}"))
+        rows.append(("mean Dice", f"{dice_text(rep['mean_dice_before'], 4)} → {dice_text(rep['mean_dice_after'], 4)}"))
     rows.append(("folding", f"{rep['folding_percent']:.3f} % (det J min {rep['jacobian_min']:.3f})"))
     rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
     sec = rep.get("seconds", {})
@@ -351,7 +348,7 @@ def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
         rows.append((f"refine {lv['stage']} {side}", f"{lv['steps']}/{lv['planned']} steps, {lv['seconds']:.2f} s"))
     for key, after in (rep.get("dice_after") or {}).items():
         name = names.get(int(key), f"label {key}")
-        rows.append((f"Dice {name}", f"{_dice(rep['dice_before'][key], 3)} → {_dice(after, 3)}"))
+        rows.append((f"Dice {name}", f"{dice_text(rep['dice_before'][key], 3)} → {dice_text(after, 3)}"))
     body = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     notes = "".join(
         f"<p style='color:#e0a030'>⚠ {html.escape(n)}</p>" for n in rep.get("warnings", []) + rep.get("fallback", [])

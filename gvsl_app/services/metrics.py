@@ -37,6 +37,12 @@ def _defined(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
+def dice_text(value: float | None, digits: int = 4) -> str:
+    """A Dice for people to read: ``digits`` decimals, or ``n/a`` when undefined (NaN or ``None``:
+    a structure in neither map)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def mean_dice(per_label: Mapping[Any, float | None]) -> float:
     """Mean of the defined Dice values (NaN or ``None``, a label absent from both, left out); NaN when none is."""
     vals = _defined(per_label.values())
