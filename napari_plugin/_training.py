@@ -74,18 +74,11 @@ def _detach(holder: dict) -> None:
         job.detach()
 
 
-def _main_window(widget: QWidget) -> QMainWindow | None:
-    """The QMainWindow this widget is docked in, also while its dock floats (then
-    ``widget.window()`` is the floating dock, whose close only hides the panel)."""
+def _ancestor(widget: QWidget, kind: type):
+    """The nearest parent of ``kind``: the QMainWindow is found also while the dock floats
+    (then ``widget.window()`` is the floating dock, whose close only hides the panel)."""
     w = widget.parentWidget()
-    while w is not None and not isinstance(w, QMainWindow):
-        w = w.parentWidget()
-    return w
-
-
-def _dock(widget: QWidget) -> QDockWidget | None:
-    w = widget.parentWidget()
-    while w is not None and not isinstance(w, QDockWidget):
+    while w is not None and not isinstance(w, kind):
         w = w.parentWidget()
     return w
 
@@ -166,14 +159,14 @@ class TrainingWidget(QWidget):
     def showEvent(self, event) -> None:
         # Once docked, the main window is the viewer's (plain Qt, no private napari
         # attribute): closing it stops the job even if this widget outlives it briefly.
-        top = _main_window(self)
+        top = _ancestor(self, QMainWindow)
         if top is not None and (self._watched is None or self._watched() is not top):
             top.installEventFilter(self._watcher)
             self._watched = weakref.ref(top)
         # Closing the panel (its ✕) deletes the dock but only unparents this widget, whose
         # own `destroyed` then never comes: the dock's is the panel's end. The run is asked
         # to stop without freezing the viewer; the interpreter's exit waits for its checkpoint.
-        dock = _dock(self)
+        dock = _ancestor(self, QDockWidget)
         if dock is not None and (self._docked_in is None or self._docked_in() is not dock):
             holder = self._holder
             dock.destroyed.connect(lambda *_: _detach(holder))
