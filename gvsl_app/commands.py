@@ -22,7 +22,7 @@ def dice_cell(value: float | None, width: int = 7) -> str:
     return f"{dice_text(value):>{width}}"
 
 
-def _inputs(*pairs: tuple[str, str | Path | None]) -> list[tuple[str, Path]]:
+def given_inputs(*pairs: tuple[str, str | Path | None]) -> list[tuple[str, Path]]:
     """``(what, path)`` of the inputs given (``None``: option not used), for ``prepare_output``."""
     return [(what, Path(p)) for what, p in pairs if p]
 
@@ -149,7 +149,7 @@ def cmd_evaluate_labels(args: argparse.Namespace) -> int:
     from gvsl_app.io.outputs import prepare_output
     from gvsl_app.services.label_cohort import evaluate_cohort, pair_cases, structure_summary, write_table
 
-    inputs = _inputs(("label map", args.labels), ("reference", args.reference))
+    inputs = given_inputs(("label map", args.labels), ("reference", args.reference))
     out = prepare_output(args.out, None, args.overwrite, inputs)
     pairs = pair_cases(args.labels, args.reference)
     names = _label_names(args.names, pairs[0][1])

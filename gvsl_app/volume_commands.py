@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from gvsl_app.commands import UNDEFINED_DICE, _inputs, dice_cell, list_empty_cases
+from gvsl_app.commands import UNDEFINED_DICE, dice_cell, given_inputs, list_empty_cases
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
 
@@ -69,7 +69,7 @@ def cmd_match(args: argparse.Namespace) -> int:
     from gvsl_app.services.matching import match
 
     _check_series_option(args, ("--fixed-series", args.fixed), ("--moving-series", args.moving))
-    inputs = _inputs(
+    inputs = given_inputs(
         ("fixed image", args.fixed),
         ("moving image", args.moving),
         ("fixed labels", args.fixed_labels),
@@ -130,7 +130,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _check_series_option(args, ("--series", args.image))
     out = Path(args.out)
     report_path = Path(args.report) if args.report else default_report_path(out)
-    inputs = _inputs(("input image", args.image), ("reference labels", args.reference))
+    inputs = given_inputs(("input image", args.image), ("reference labels", args.reference))
     prepare_output(out, None, args.overwrite, inputs)
     prepare_output(report_path, None, args.overwrite, [*inputs, ("label map --out names", out)], option="--report")
     image = read_volume(image_path, series_uid=args.series, series_option="--series")
@@ -229,7 +229,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from gvsl_app.services.embed import embed
 
     _check_series_option(args, ("--series", args.image))
-    inputs = _inputs(("input image", args.image), ("label map", args.labels))
+    inputs = given_inputs(("input image", args.image), ("label map", args.labels))
     out = prepare_output(args.out, EMBED_OUTPUTS, args.overwrite, inputs)
     image = read_volume(args.image, series_uid=args.series, series_option="--series")
     labels = read_labels(args.labels, image)
