@@ -48,6 +48,7 @@ def classical_registration(
     optimizer: str = "gd",
     shrink=(4, 2, 1),
     sigmas=(2, 1, 0),
+    initializer: str = "geometry",
 ) -> sitk.Transform:
     """Affine then B-spline registration; returns the composed fixed->moving transform.
 
@@ -55,6 +56,8 @@ def classical_registration(
     multi-resolution B-spline example), ``lbfgs2`` = limited-memory BFGS. LBFGSB is not
     offered: in SimpleITK 2.5 it fails as soon as the control grid is refined between
     levels ("Size of scales (648) must equal number of local parameters (2187)").
+    ``initializer``: where the affine starts, ``geometry`` (centres of the images) or
+    ``moments`` (centres of intensity mass and principal axes, as ANTs and elastix users do).
     """
     f, m = _float_image(fixed), _float_image(moving)
 
@@ -67,9 +70,11 @@ def classical_registration(
         relaxationFactor=0.5,
     )
     r.SetOptimizerScalesFromPhysicalShift()
-    init = sitk.CenteredTransformInitializer(
-        f, m, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.GEOMETRY
-    )
+    how = {
+        "geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
+        "moments": sitk.CenteredTransformInitializerFilter.MOMENTS,
+    }
+    init = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(3), how[initializer])
     r.SetInitialTransform(init, inPlace=False)
     affine = r.Execute(f, m)
 

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import typing
 
 from gvsl_app import commands as c
 from gvsl_app import volume_commands as vc
 from gvsl_app.allocator import tune_cpu_allocator
+from gvsl_app.options import (
+    AffineHead,
+    DeformableHead,
+    EmbedOptions,
+    MatchInput,
+    MatchOptions,
+    PoseRange,
+    SegmentOptions,
+    Task,
+    TrainingSimilarity,
+    Variant,
+)
+
+
+def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
+    """One command-line option per field of an options dataclass (:mod:`gvsl_app.options`),
+    with its default, choices and help from the field: ``--field-name``, or ``--name/--no-name``
+    for a switch. :func:`gvsl_app.options.from_args` turns the parsed values back into the dataclass."""
+    hints = typing.get_type_hints(options_cls)
+    for f in dataclasses.fields(options_cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        kind = hints[f.name]
+        default = f.default
+        help_text = meta.get("help", "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif meta.get("choices") is not None:
+            parser.add_argument(flag, choices=meta["choices"].values(), default=str(default), help=help_text)
+        else:
+            number = int if int in (typing.get_args(kind) or (kind,)) else str
+            parser.add_argument(flag, type=number, default=default, help=help_text)
 
 
 def _add_common_training(p: argparse.ArgumentParser) -> None:
@@ -80,7 +114,7 @@ def _add_pretrain(sub) -> None:
     )
     # --run-dir: torchrun's own parser takes a bare "--run" for its --run-path option
     p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
-    p.add_argument("--variant", choices=["gvsl", "restoration", "matching", "no-affine"])
+    p.add_argument("--variant", choices=Variant.values())
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--n-synthetic", type=int, help="subjects generated per kind for synthetic:...")
     p.add_argument("--affine-warmup", type=int, help="first N iterations match with the affine head alone")
@@ -91,7 +125,7 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--similarity",
-        choices=["multiscale-ncc", "ncc"],
+        choices=TrainingSimilarity.values(),
         help="matching loss (default multiscale-ncc; ncc = the paper's full-resolution local NCC)",
     )
     p.add_argument(
@@ -102,19 +136,19 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--match-input",
-        choices=["clean", "transformed"],
+        choices=MatchInput.values(),
         help="what the matching sees: clean scans (default; restoration gets the transformed scan in a "
         "second pass) or the appearance-transformed moving scan (the paper)",
     )
     p.add_argument("--snapshot-every", type=int, help="also keep the weights of every N-th iteration")
     p.add_argument(
         "--affine-head",
-        choices=["keypoints", "paper"],
+        choices=AffineHead.values(),
         help="global matching head (default keypoints; paper = pooled bottleneck regression)",
     )
     p.add_argument(
         "--deformable-head",
-        choices=["pyramid", "pyramid-wide", "pyramid-corr", "pyramid-full", "paper"],
+        choices=DeformableHead.values(),
         help="local matching head (default pyramid: 1/4 then 1/2 resolution; pyramid-wide: its heads 8x "
         "wider; pyramid-corr adds a local correlation cost volume to each level; pyramid-full adds full "
         "resolution; paper = one full-resolution head)",
@@ -126,10 +160,13 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--relative-pose",
-        action="store_true",
-        default=None,
-        help="also move the moving scan alone by a random affine (rotation 10 deg, scale 10 %%, shift 6 %%)",
+        nargs="?",
+        const="small",
+        choices=PoseRange.values(),
+        help="also move the moving scan alone by a random affine: small (the flag alone: rotation 10 deg, "
+        "scale 10 %%, shift 6 %%) or large (rotation 30 deg, scale 20 %%, shift 15 %%)",
     )
+    p.add_argument("--init", help="start the network from a GVSL checkpoint's weights (default: scratch)")
     p.add_argument("--quiet", action="store_true")
     _add_common_training(p)
     p.set_defaults(func=c.cmd_pretrain)
@@ -141,7 +178,7 @@ def _add_finetune(sub) -> None:
     p.add_argument("--data", required=False, help="folder with images/ and labels/ (seg) or labels.csv (cls)")
     p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
     p.add_argument("--init", help="scratch, one of our checkpoints, or the authors' GVSL checkpoint")
-    p.add_argument("--task", choices=["seg", "cls"])
+    p.add_argument("--task", choices=Task.values())
     p.add_argument("--linear", action="store_true", default=None, help="freeze the backbone: linear probe")
     p.add_argument("--n-train", type=int, help="use only the first N training subjects")
     p.add_argument("--val-every", type=int)
@@ -195,37 +232,7 @@ def _add_match(sub) -> None:
     p.add_argument("--fixed-labels")
     p.add_argument("--fixed-series", metavar="UID", help="series to read when FIXED is a DICOM folder of several")
     p.add_argument("--moving-series", metavar="UID", help="series to read when MOVING is a DICOM folder of several")
-    p.add_argument("--size", type=int, help="working cube side (default: the weights' training size)")
-    p.add_argument(
-        "--refine",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="polish the network's map on this pair by instance optimisation (default; ~9 s for a "
-        "128^3 pair on a 2-core CPU); --no-refine returns the network's map alone (~2 s)",
-    )
-    p.add_argument(
-        "--refine-preset",
-        choices=("standard", "brain"),
-        default="standard",
-        help="the refinement's schedule: standard (default; CT and large deformations) or brain (brain MR "
-        "and other ~1 mm scans with small smooth deformations: stiffer and finer, ~1.5x the time; "
-        "docs/MATCHING.md)",
-    )
-    p.add_argument(
-        "--passes",
-        type=int,
-        default=1,
-        help="apply the network N times, each to its own result, and compose the maps (default 1; 3 helps "
-        "the network alone on CT, docs/MATCHING.md)",
-    )
-    p.add_argument(
-        "--fallback",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="use the identity when the network's map lowers the similarity (default); "
-        "--no-fallback keeps the network's map whatever it does",
-    )
-    p.add_argument("--device", default="auto")
+    add_options(p, MatchOptions)
     _add_output_overwrite(p)
     p.set_defaults(func=vc.cmd_match)
 
@@ -248,7 +255,7 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar (folders)")
     p.add_argument("--report", help="report JSON path (default: next to --out)")
-    p.add_argument("--device", default="auto")
+    add_options(p, SegmentOptions)
     _add_output_overwrite(p)
     p.set_defaults(func=vc.cmd_segment)
 
@@ -260,11 +267,8 @@ def _add_embed(sub) -> None:
     p.add_argument("labels")
     p.add_argument("--out", required=True)
     p.add_argument("--series", metavar="UID", help="series to read when IMAGE is a DICOM folder of several")
-    p.add_argument("--weights")
-    p.add_argument("--per-label", type=int, default=500)
-    p.add_argument("--size", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--weights", help="GVSL checkpoint (default: shipped demo weights)")
+    add_options(p, EmbedOptions)
     _add_output_overwrite(p)
     p.set_defaults(func=vc.cmd_embed)
 
@@ -278,6 +282,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classification", action="store_true", help="cardiac: add labels.csv with abnormal cases")
     p.add_argument("--shape", type=int, default=96, help="side of the written cubes in voxels")
+    p.add_argument(
+        "--contrast",
+        choices=["ct", "mr"],
+        default="ct",
+        help="cardiac: ct (contrast-enhanced CT, default) or mr (the same subjects as cine MR: matching CT to MR)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",

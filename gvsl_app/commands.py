@@ -219,7 +219,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     # (other shapes, seeds or counts) side by side in images/ and labels/.
     with staged_folder(out, DATASET_ENTRIES) as stage:
         write_samples(
-            args.kind, stage, n=args.n, seed=args.seed, classification=args.classification, shape=(args.shape,) * 3
+            args.kind,
+            stage,
+            n=args.n,
+            seed=args.seed,
+            classification=args.classification,
+            shape=(args.shape,) * 3,
+            contrast=getattr(args, "contrast", "ct"),
         )
     print(f"wrote {args.n} {args.kind} subjects to {out}")
     return 0

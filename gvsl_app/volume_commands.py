@@ -21,10 +21,15 @@ from gvsl_app.io.volume import Volume
 EMBED_OUTPUTS = ("embedding.csv", "report.json")
 
 
+def _series(**volumes: Volume | None) -> dict[str, str]:
+    """The UID of the DICOM series each volume read from a DICOM folder came from ({role: UID}),
+    so that a folder of several series is reproducible."""
+    return {role: v.meta["dicom"]["series_uid"] for role, v in volumes.items() if v is not None and "dicom" in v.meta}
+
+
 def record_series(report: dict, **volumes: Volume | None) -> None:
-    """Add to ``report`` the UID of the DICOM series each volume read from a DICOM folder came
-    from (``dicom_series``: {role: UID}), so a folder of several series is reproducible."""
-    chosen = {role: v.meta["dicom"]["series_uid"] for role, v in volumes.items() if v is not None and "dicom" in v.meta}
+    """Add to ``report`` the DICOM series read (``dicom_series``: {role: UID}), when any was."""
+    chosen = _series(**volumes)
     if chosen:
         report["dicom_series"] = chosen
 
@@ -40,16 +45,19 @@ def default_report_path(out: str | Path) -> Path:
     return out.with_name(f"{stem}_report.json")
 
 
-def _note_undefined_dice(report: dict, dice_key: str) -> None:
+def _undefined_dice_notes(dice: dict | None, names: dict) -> list[str]:
     """A note per label absent from both maps (its Dice undefined; the services' means already
     leave it out)."""
-    dice = report.get(dice_key)
-    if not dice:
-        return
-    names = report.get("label_names", {})
-    notes = [
-        f"{names.get(k, k)} (label {k}): {UNDEFINED_DICE}" for k, v in dice.items() if v is None or not math.isfinite(v)
+    return [
+        f"{names.get(k, k)} (label {k}): {UNDEFINED_DICE}"
+        for k, v in (dice or {}).items()
+        if v is None or not math.isfinite(v)
     ]
+
+
+def _note_undefined_dice(report: dict, dice_key: str) -> None:
+    """The notes of :func:`_undefined_dice_notes` added to a report dict's ``notes``."""
+    notes = _undefined_dice_notes(report.get(dice_key), report.get("label_names", {}))
     if notes:
         report.setdefault("notes", []).extend(n for n in notes if n not in report.get("notes", []))
 
@@ -65,6 +73,8 @@ def _check_series_option(args: argparse.Namespace, *pairs: tuple[str, str | None
 def cmd_match(args: argparse.Namespace) -> int:
     from gvsl_app.io.images import read_labels, read_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.options import MatchOptions, from_args
+    from gvsl_app.services.match_quality import quality_message
     from gvsl_app.services.match_result import MATCH_OUTPUTS
     from gvsl_app.services.matching import match
 
@@ -80,35 +90,33 @@ def cmd_match(args: argparse.Namespace) -> int:
     moving = read_volume(args.moving, series_uid=args.moving_series, series_option="--moving-series")
     ml = read_labels(args.moving_labels, moving) if args.moving_labels else None
     fl = read_labels(args.fixed_labels, fixed) if args.fixed_labels else None
-    res = match(
-        fixed,
-        moving,
-        weights=args.weights,
-        size=args.size,
-        device=args.device,
-        moving_labels=ml,
-        fixed_labels=fl,
-        refine=args.refine_preset if args.refine else False,
-        fallback=args.fallback,
-        passes=args.passes,
-    )
+    res = match(fixed, moving, from_args(MatchOptions, args), weights=args.weights, moving_labels=ml, fixed_labels=fl)
     r = res.report
-    record_series(r, fixed=fixed, moving=moving)
-    _note_undefined_dice(r, "dice_before")
-    _note_undefined_dice(r, "dice_after")
+    assert r is not None  # every match has its report
+    series = _series(fixed=fixed, moving=moving)
+    r.dicom_series = series or None
+    for key in ("dice_before", "dice_after"):
+        r.notes += [n for n in _undefined_dice_notes(getattr(r, key), {}) if n not in r.notes]
     with staged_folder(out, MATCH_OUTPUTS) as stage:
         res.save(stage)
-    refine_s = r["seconds"].get("refine_s")  # none where the pair could not be refined (a flat scan)
+    refine_s = r.seconds.get("refine_s")  # none where the pair could not be refined (a flat scan)
     refined = f", refinement {refine_s:.2f} s" if refine_s is not None else ""
-    for line in r["warnings"] + r["fallback"]:
+    verdict = quality_message(r.quality)
+    for line in r.warnings + r.fallback + ([verdict] if verdict else []):
         print(f"warning: {line}", file=sys.stderr)
     print(
-        f"matched {args.moving} -> {args.fixed} on {r['device']} in {r['seconds']['total_s']:.2f} s "
-        f"(network {r['seconds']['network_s']:.2f} s{refined})"
+        f"matched {args.moving} -> {args.fixed} on {r.device} in {r.seconds['total_s']:.2f} s "
+        f"(network {r.seconds['network_s']:.2f} s{refined})"
     )
-    print(f"  NCC {r['ncc_before']:.4f} -> {r['ncc_after']:.4f}; folding {r['folding_percent']:.3f} %")
-    if "mean_dice_after" in r:
-        print(f"  mean Dice {dice_cell(r['mean_dice_before'], 0)} -> {dice_cell(r['mean_dice_after'], 0)}")
+    init = r.init
+    print(
+        f"  initial alignment: {init['chosen']} (rotation {init['rotation_deg']:.1f} deg, shift "
+        f"{math.dist(init['translation_mm'], (0, 0, 0)):.1f} mm); similarity {r.similarity} ({r.similarity_reason})"
+    )
+    print(f"  NCC {r.ncc_before:.4f} -> {r.ncc_after:.4f}; folding {r.folding_percent:.3f} %")
+    if r.has_dice:
+        print(f"  mean Dice {dice_cell(r.mean_dice_before, 0)} -> {dice_cell(r.mean_dice_after, 0)}")
+    print(f"  quality: {r.quality.status}" + (f" ({'; '.join(r.quality.reasons)})" if r.quality.reasons else ""))
     print(f"  wrote {out}/: {', '.join(res.written_files())}")
     return 0
 
@@ -226,8 +234,10 @@ def _segment_folder(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from gvsl_app.io.images import read_labels, read_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.options import EmbedOptions, from_args
     from gvsl_app.services.embed import embed
 
+    opts = from_args(EmbedOptions, args)  # ranges checked before any file is read
     _check_series_option(args, ("--series", args.image))
     inputs = given_inputs(("input image", args.image), ("label map", args.labels))
     out = prepare_output(args.out, EMBED_OUTPUTS, args.overwrite, inputs)
@@ -237,10 +247,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
         image,
         labels,
         weights=args.weights,
-        per_label=args.per_label,
-        size=args.size,
-        seed=args.seed,
-        device=args.device,
+        per_label=opts.per_label,
+        size=opts.size,
+        seed=opts.seed,
+        device=opts.device,
     )
     record_series(res.report, image=image)
     with staged_folder(out, EMBED_OUTPUTS) as stage:

@@ -1,4 +1,4 @@
-"""Instance optimisation: refine one pair's sampling map by gradient descent on local NCC.
+"""Instance optimisation: refine one pair's sampling map by gradient descent on a similarity.
 
 A network predicts a map in one forward pass; a few hundred Adam steps on that single pair
 then polish it (the "+ IO" rows of Learn2Reg). Two stages, each coarse to fine: a global
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import bending_energy, local_ncc, smoothness
+from .losses import bending_energy, smoothness
+from .similarity import Similarity
 from .spatial import jacobian_determinant, sampling_coordinates, warp
 
 StepFn = Callable[[float], bool]  # fraction done -> True to stop early
@@ -158,14 +159,16 @@ def refine_coordinates(
     step: StepFn | None = None,
     affine: torch.Tensor | None = None,
     record: list[LevelRecord] | None = None,
+    similarity: str = "ncc",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine a sampling map ``coords`` (1, 3, D, H, W) of ``moving`` onto ``fixed`` (both (1, 1, D, H, W)).
 
     ``coords`` are voxel coordinates (z, y, x) into ``moving`` for every ``fixed`` voxel, as
     :class:`models.GVSL` predicts them (the identity grid refines from scratch). Returns the
     refined coordinates of the same shape, ``A(coords) + u`` with ``A`` a global affine and
-    ``u`` a smooth displacement fitted by Adam on the local NCC of this pair, and ``A`` itself
-    as a (1, 3, 4) voxel-space matrix (``q = A[:, :3] p + A[:, 3]``). ``step`` is
+    ``u`` a smooth displacement fitted by Adam on this pair's ``similarity`` (local NCC by
+    default; ``mind`` or ``ngf`` across contrasts, :class:`models.similarity.Similarity`), and
+    ``A`` itself as a (1, 3, 4) voxel-space matrix (``q = A[:, :3] p + A[:, 3]``). ``step`` is
     called after each step with the share of the planned work done (steps weighted by their
     level's voxel count, so that it grows like the time spent); returning True stops early
     (the map so far is returned). ``affine`` (1, 3, 4), the voxel-space affine part of
@@ -184,80 +187,124 @@ def refine_coordinates(
     if affine is not None and schedule.whole_field and schedule.deformable_levels:
         linear_part = sampling_coordinates(shape, affine=affine.detach().float().to(dev)) / scale - 1.0
         base, field = linear_part, base - linear_part
-    m, f = moving.detach().float(), fixed.detach().float()
+    sim = Similarity(similarity, window=schedule.window)
+    pair = _Pair(sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()), sim)
     affine_plan = _plan([(side, n) for side, n in schedule.affine_levels], shape)
     deform_plan = _plan([(side, n) for side, _, n in schedule.deformable_levels], shape)
-    grids = {side: grid for side, grid, _ in schedule.deformable_levels}
     clock = _Clock(
         sum(_work(s) * n for s, n, _ in affine_plan) + sum(_work(s) * n for s, n, _ in deform_plan),
         step,
         schedule,
         record,
     )
-
     with torch.enable_grad():
-        lin = torch.zeros(1, 3, 3, device=dev, requires_grad=True)
-        shift = torch.zeros(1, 3, 1, device=dev, requires_grad=True)
-        eye = torch.eye(3, device=dev).unsqueeze(0)
-
-        def moved(points: torch.Tensor) -> torch.Tensor:
-            flat = points.reshape(1, 3, -1)
-            return ((eye + lin) @ flat + shift).reshape(points.shape)
-
-        opt = torch.optim.Adam([lin, shift], lr=schedule.affine_lr)
-        for lv, steps, _ in affine_plan:
-            mm, ff, bb = _resize(m, lv), _resize(f, lv), _resize(base, lv)
-            uu = 0.0 if field is None else _resize(field, lv)
-            s = half_extent(lv).to(dev)
-            clock.minimise(
-                "affine",
-                lv,
-                opt,
-                steps,
-                lambda: local_ncc(warp(mm, (moved(bb) + uu + 1.0) * s), ff, window=schedule.window),
-            )
+        moved = _affine_stage(pair, base, field, affine_plan, schedule, clock)
         with torch.no_grad():
             aligned = moved(base)
-
-        to_voxels = (schedule.smoothness_side - 1) / 2.0
-        residual = None
-        for lv, steps, side in deform_plan:
-            grid = (grids[side],) * 3
-            mm, ff, aa = _resize(m, lv), _resize(f, lv), _resize(aligned, lv)
-            s = half_extent(lv).to(dev)
-            # folds live at the control grid's scale: a coarser copy of the map finds them as
-            # well, at a fraction of the cost of the Jacobian at a fine level's resolution
-            fold_shape = level_shape(lv, schedule.folding_side)
-            aa_fold, s_fold = _resize(aligned, fold_shape), half_extent(fold_shape).to(dev)
-            if residual is None:
-                residual = torch.zeros(1, 3, *grid, device=dev) if field is None else _resize(field, grid)
-            residual = _resize(residual.detach(), grid).requires_grad_(True)
-            # where this level starts (its correction is residual - start), or zero to weigh the whole field
-            start = residual.detach().clone() if schedule.fine_residual else torch.zeros_like(residual)
-            stiff = schedule.fine_smoothness if max(lv) > schedule.fine_side else 0.0
-
-            def loss() -> torch.Tensor:
-                mapped = (aa + _resize(residual, lv) + 1.0) * s
-                value = local_ncc(warp(mm, mapped), ff, window=schedule.window)
-                # smoothness() averages the three axes' mean squared differences; the weight is
-                # defined on their sum
-                value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
-                if stiff:
-                    value = value + stiff * 3.0 * smoothness((residual - start) * to_voxels)
-                if schedule.bending:
-                    value = value + schedule.bending * 9.0 * bending_energy(residual * to_voxels)
-                if schedule.folding:
-                    folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
-                    value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()
-                return value
-
-            lr = schedule.deformable_lr
-            if schedule.lr_side and max(lv) > schedule.lr_side:
-                lr *= schedule.lr_side / max(lv)  # the same step in voxels of this level's images
-            clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=lr), steps, loss)
+        residual = _deformable_stage(pair, aligned, field, deform_plan, schedule, clock)
         with torch.no_grad():
             out = aligned if residual is None else aligned + _resize(residual, shape)
-            return (out + 1.0) * scale, _voxel_affine(eye + lin, shift, scale.view(3))
+            return (out + 1.0) * scale, _voxel_affine(moved.matrix, moved.shift, scale.view(3))
+
+
+@dataclass
+class _Pair:
+    """What the refinement compares: the moving and fixed features and their similarity."""
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    similarity: Similarity
+
+    def at(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _resize(self.moving, shape), _resize(self.fixed, shape)
+
+
+class _Moved:
+    """The affine correction being fitted, in normalised coordinates: ``(I + lin) p + shift``."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.lin = torch.zeros(1, 3, 3, device=dev, requires_grad=True)
+        self.shift = torch.zeros(1, 3, 1, device=dev, requires_grad=True)
+        self.eye = torch.eye(3, device=dev).unsqueeze(0)
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        return self.eye + self.lin
+
+    def __call__(self, points: torch.Tensor) -> torch.Tensor:
+        flat = points.reshape(1, 3, -1)
+        return (self.matrix @ flat + self.shift).reshape(points.shape)
+
+
+def _affine_stage(
+    pair: _Pair,
+    base: torch.Tensor,
+    field: torch.Tensor | None,
+    plan: list[tuple[tuple[int, int, int], int, int]],
+    schedule: RefineSchedule,
+    clock: _Clock,
+) -> _Moved:
+    """The global affine correction, coarse to fine, on top of ``base`` (+ ``field``)."""
+    moved = _Moved(base.device)
+    opt = torch.optim.Adam([moved.lin, moved.shift], lr=schedule.affine_lr)
+    for lv, steps, _ in plan:
+        mm, ff = pair.at(lv)
+        bb = _resize(base, lv)
+        uu = 0.0 if field is None else _resize(field, lv)
+        s = half_extent(lv).to(base.device)
+        clock.minimise("affine", lv, opt, steps, lambda: pair.similarity.loss(warp(mm, (moved(bb) + uu + 1.0) * s), ff))
+    return moved
+
+
+def _deformable_stage(
+    pair: _Pair,
+    aligned: torch.Tensor,
+    field: torch.Tensor | None,
+    plan: list[tuple[tuple[int, int, int], int, int]],
+    schedule: RefineSchedule,
+    clock: _Clock,
+) -> torch.Tensor | None:
+    """The smooth residual displacement on each level's control grid, coarse to fine."""
+    dev = aligned.device
+    grids = {side: grid for side, grid, _ in schedule.deformable_levels}
+    to_voxels = (schedule.smoothness_side - 1) / 2.0
+    residual = None
+    for lv, steps, side in plan:
+        grid = (grids[side],) * 3
+        mm, ff = pair.at(lv)
+        aa = _resize(aligned, lv)
+        s = half_extent(lv).to(dev)
+        # folds live at the control grid's scale: a coarser copy of the map finds them as
+        # well, at a fraction of the cost of the Jacobian at a fine level's resolution
+        fold_shape = level_shape(lv, schedule.folding_side)
+        aa_fold, s_fold = _resize(aligned, fold_shape), half_extent(fold_shape).to(dev)
+        if residual is None:
+            residual = torch.zeros(1, 3, *grid, device=dev) if field is None else _resize(field, grid)
+        residual = _resize(residual.detach(), grid).requires_grad_(True)
+        # where this level starts (its correction is residual - start), or zero to weigh the whole field
+        start = residual.detach().clone() if schedule.fine_residual else torch.zeros_like(residual)
+        stiff = schedule.fine_smoothness if max(lv) > schedule.fine_side else 0.0
+
+        def loss() -> torch.Tensor:
+            mapped = (aa + _resize(residual, lv) + 1.0) * s
+            value = pair.similarity.loss(warp(mm, mapped), ff)
+            # smoothness() averages the three axes' mean squared differences; the weight is
+            # defined on their sum
+            value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
+            if stiff:
+                value = value + stiff * 3.0 * smoothness((residual - start) * to_voxels)
+            if schedule.bending:
+                value = value + schedule.bending * 9.0 * bending_energy(residual * to_voxels)
+            if schedule.folding:
+                folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
+                value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()
+            return value
+
+        lr = schedule.deformable_lr
+        if schedule.lr_side and max(lv) > schedule.lr_side:
+            lr *= schedule.lr_side / max(lv)  # the same step in voxels of this level's images
+        clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=lr), steps, loss)
+    return residual
 
 
 def _plan(levels: list[tuple[int, int]], shape: tuple[int, ...]) -> list[tuple[tuple[int, int, int], int, int]]:

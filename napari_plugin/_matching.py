@@ -7,20 +7,17 @@ import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
+from gvsl_app.options import MatchOptions
 
 from . import _warmup
 from ._common import (
@@ -36,10 +33,15 @@ from ._common import (
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, prebuild, upsert_layer
+from ._options_form import OptionRow
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
 DISPLACEMENT, MAGNITUDE = "displacement", "displacement |u| (mm)"
 JACOBIAN, FOLDING = "jacobian det", "folding (det J <= 0)"
+
+FORM_OPTIONS = ("size", "init", "similarity", "refine", "refine_preset")
+"""The :class:`gvsl_app.options.MatchOptions` fields the widget offers (``passes`` and
+``fallback`` keep the engine's defaults; the device has its own chooser)."""
 
 REFINE_MEASURED = "9-15 s"
 """What the refine checkbox promises until a run here has measured it: the refinement of a
@@ -93,36 +95,16 @@ class MatchingWidget(QWidget):
         self.fixed_labels = LayerCombo(v, Labels, optional=True, prefer=("fixed",))
         self.weights = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.device = device_combo()
-        self.cube_size = QSpinBox()
-        self.cube_size.setRange(0, 256)
+        # the matching options: rows made from the engine's MatchOptions (gvsl match's own)
+        self.options = {name: OptionRow(MatchOptions, name) for name in FORM_OPTIONS}
+        self.cube_size = self.options["size"].native
         self.cube_size.setSingleStep(16)
-        self.cube_size.setSpecialValueText("auto")
-        self.cube_size.setValue(0)
         self.cube_size.setSuffix(" voxels")
-        self.cube_size.setToolTip(
-            "side of the working cube both volumes are resized to; auto: the cube the weights were trained at"
-        )
-        self.refine = QCheckBox(f"on this pair (+{REFINE_MEASURED})")  # the form row says "refine"
-        self.refine.setChecked(True)  # the best quality, as `gvsl match` by default
-        self.refine.setToolTip(
-            "instance optimisation after the network: a few hundred gradient steps on this pair's "
-            "local NCC (a global affine correction, then a smooth coarse-grid displacement); "
-            f"it took {REFINE_MEASURED} for the 96³ cardiac sample on 2 shared CPU cores and grows with the "
-            "working size; after a run here the box says what it took. The progress bar shows the time "
-            "left while it runs."
-        )
-        self.refine_preset = QComboBox()
-        self.refine_preset.addItems(["standard", "brain"])  # models.REFINE_PRESETS, without importing torch
-        self.refine_preset.setItemData(
-            0, "CT and other scans with large deformations (the cardiac pairs); the default", Qt.ToolTipRole
-        )
-        self.refine_preset.setItemData(
-            1,
-            "brain MR and other ~1 mm scans with small, smooth deformations: a finer last level and a "
-            "bending penalty; about 1.5x the time (docs/MATCHING.md)",
-            Qt.ToolTipRole,
-        )
-        self.refine_preset.setToolTip("the refinement's schedule (gvsl match --refine-preset)")
+        self.refine = self.options["refine"].native  # the form row says "refine"
+        self.refine.setText(f"on this pair (+{REFINE_MEASURED})")
+        self.refine_preset = self.options["refine_preset"].native
+        self.init_mode = self.options["init"].native
+        self.similarity = self.options["similarity"].native
         self.refine.toggled.connect(self.refine_preset.setEnabled)
         self._stop = threading.Event()
         self._refining = False  # whether the running job refines: the only stage Stop can end
@@ -135,6 +117,8 @@ class MatchingWidget(QWidget):
             ("weights", self.weights),
             ("device", self.device),
             ("working size", self.cube_size),
+            ("initial alignment", self.init_mode),
+            ("similarity", self.similarity),
             ("refine", self.refine),
             ("schedule", self.refine_preset),
         ):
@@ -161,6 +145,11 @@ class MatchingWidget(QWidget):
         lay.addWidget(self.export_button)
         lay.addStretch(1)
 
+    def match_options(self) -> MatchOptions:
+        """The options the form shows (its rows, the device), checked as ``gvsl match`` checks them."""
+        values = {name: row.value for name, row in self.options.items()}
+        return MatchOptions(**values, device=self.device.currentText())
+
     # -- running -------------------------------------------------------------------------
     def run(self):
         if self.state.running:
@@ -182,8 +171,12 @@ class MatchingWidget(QWidget):
         except Exception as exc:
             refuse(self.state, exc, "Z-Matching")
             return None
-        weights, device, size = self.weights.value(), self.device.currentText(), self.cube_size.value() or None
-        refine = self.refine_preset.currentText() if self.refine.isChecked() else False
+        weights = self.weights.value()
+        try:
+            options = self.match_options()
+        except ValueError as exc:
+            refuse(self.state, exc, "Z-Matching")
+            return None
         stop = self._stop
         stop.clear()
         style = copy_label_style(mll) if mll is not None else {}
@@ -199,19 +192,17 @@ class MatchingWidget(QWidget):
             r = match(
                 fixed,
                 moving,
+                options,
                 weights=None if weights == RANDOM else weights,
                 model=model,
-                size=size,
-                device=device,
                 moving_labels=mlv,
                 fixed_labels=flv,
                 progress=progress,
-                refine=refine,
                 should_stop=stop.is_set,
             )
             return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
 
-        self._refining = bool(refine)
+        self._refining = options.refine
         self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names), "Z-Matching")
         return self._worker
 
@@ -227,8 +218,8 @@ class MatchingWidget(QWidget):
         if moving_name in layers:
             layers[moving_name].visible = False
         self.report.setText(report_html(r.report, names))
-        refined, refine_s = r.report.get("refined") or {}, r.report.get("seconds", {}).get("refine_s")
-        if refine_s is not None and not refined.get("stopped"):
+        refined, refine_s = r.report.refined, r.report.seconds.get("refine_s")
+        if refine_s is not None and refined is not None and not refined.stopped:
             # what it cost here, for these volumes and this working size, is the best promise
             self.refine.setText(f"on this pair (took {refine_s:.1f} s last run)")
         vec = layer_data[-1][1]
@@ -322,35 +313,40 @@ def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None 
     return out
 
 
-def report_html(rep: dict, names: dict[int, str] | None = None) -> str:
-    """The matching report as a compact table (NCC, Dice, folding, displacement, time)."""
+def report_html(rep, names: dict[int, str] | None = None) -> str:
+    """The matching report (:class:`gvsl_app.services.match_result.MatchReport`) as a compact
+    table: the verdict, the initial alignment, the similarity, NCC, Dice, folding, displacement, time."""
     from gvsl_app.services.metrics import dice_text  # torch with it: only once a result exists
 
     names = names or {}
-    rows = [("NCC", f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}")]
-    if "mean_dice_after" in rep:
-        rows.append(("mean Dice", f"{dice_text(rep['mean_dice_before'], 4)} → {dice_text(rep['mean_dice_after'], 4)}"))
-    rows.append(("folding", f"{rep['folding_percent']:.3f} % (det J min {rep['jacobian_min']:.3f})"))
-    rows.append(("max |u|", f"{rep['max_displacement_mm']:.2f} mm"))
-    sec = rep.get("seconds", {})
-    preset = (rep.get("refined") or {}).get("preset")
+    q = rep.quality
+    rows = [("quality", q.status + (f": {'; '.join(q.reasons)}" if q.reasons else ""))]
+    init = rep.init
+    shift = sum(v * v for v in init["translation_mm"]) ** 0.5
+    rows.append(("initial alignment", f"{init['chosen']} ({init['rotation_deg']:.0f}°, {shift:.0f} mm)"))
+    rows.append(("similarity", f"{rep.similarity} ({rep.similarity_reason})"))
+    rows.append(("NCC", f"{rep.ncc_before:.4f} → {rep.ncc_after:.4f}"))
+    if rep.has_dice:
+        rows.append(("mean Dice", f"{dice_text(rep.mean_dice_before, 4)} → {dice_text(rep.mean_dice_after, 4)}"))
+    rows.append(("folding", f"{rep.folding_percent:.3f} % (det J min {rep.jacobian_min:.3f})"))
+    rows.append(("max |u|", f"{rep.max_displacement_mm:.2f} mm"))
+    sec = rep.seconds
+    preset = rep.refined.preset if rep.refined is not None else None
+    if rep.refined is not None and preset:
+        rows.append(("schedule", f"{preset} ({rep.refined.preset_reason})"))
     refined = f", refinement {sec['refine_s']:.2f} s" if "refine_s" in sec else ""
     refined += f" ({preset})" if refined and preset else ""
     rows.append(
-        (
-            "time",
-            f"{sec.get('total_s', 0):.2f} s on {rep.get('device', '?')} "
-            f"(network {sec.get('network_s', 0):.2f} s{refined})",
-        )
+        ("time", f"{sec.get('total_s', 0):.2f} s on {rep.device} (network {sec.get('network_s', 0):.2f} s{refined})")
     )
-    for lv in (rep.get("refined") or {}).get("levels", []):
+    for lv in rep.refined.levels if rep.refined is not None else []:
         side = "×".join(str(n) for n in lv["shape"])
         rows.append((f"refine {lv['stage']} {side}", f"{lv['steps']}/{lv['planned']} steps, {lv['seconds']:.2f} s"))
-    for key, after in (rep.get("dice_after") or {}).items():
+    for key, after in (rep.dice_after or {}).items():
         name = names.get(int(key), f"label {key}")
-        rows.append((f"Dice {name}", f"{dice_text(rep['dice_before'][key], 3)} → {dice_text(after, 3)}"))
+        rows.append((f"Dice {name}", f"{dice_text(rep.dice_before[key], 3)} → {dice_text(after, 3)}"))
     body = "".join(f"<tr><td><b>{html.escape(k)}</b>&nbsp;</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    notes = "".join(
-        f"<p style='color:#e0a030'>⚠ {html.escape(n)}</p>" for n in rep.get("warnings", []) + rep.get("fallback", [])
-    )
-    return f"{notes}<table>{body}</table>"
+    colour = {"ok": "#50c050", "doubtful": "#e0a030", "failed": "#e04040"}[q.status]
+    verdict = f"<p style='color:{colour}'><b>match {html.escape(q.status)}</b></p>"
+    notes = "".join(f"<p style='color:#e0a030'>⚠ {html.escape(n)}</p>" for n in rep.warnings + rep.fallback)
+    return f"{verdict}{notes}<table>{body}</table>"

@@ -14,7 +14,7 @@ widget is driven by its real button, one after the other, on the CPU with one to
 * ``matching_before.png``: the pair loaded (fixed image green, moving magenta, both
   additive, as a user sets them in the layer controls), the Z-Matching tab shown, nothing run.
 * ``matching.png``: after *Run Z-Matching* with the defaults (demo weights, working size
-  auto, refinement on with the ``standard`` schedule): result layers and the report.
+  auto, refinement on with the ``auto`` schedule): result layers and the report.
 * ``training.png``: the Training tab after a short real pre-training run (synthetic
   cardiac, width 8, size 32, 25 iterations): progress bar and loss plot.
 * ``segmentation.png``: the fixed image segmented by the shipped segmenter with the fixed
@@ -137,8 +137,8 @@ def shoot(viewer, out: Path, name: str, notes: Notes) -> Path:
 def matching_shots(viewer, out: Path, notes: Notes) -> list[Path]:
     w = dock(viewer, "Z-Matching")
     w.device.setCurrentText("cpu")
-    if not w.refine.isChecked() or w.refine_preset.currentText() != "standard" or w.weights.value() is not None:
-        raise ShotError("the Z-Matching widget's defaults changed (demo weights, refine on, standard schedule)")
+    if not w.refine.isChecked() or w.refine_preset.currentText() != "auto" or w.weights.value() is not None:
+        raise ShotError("the Z-Matching widget's defaults changed (demo weights, refine on, auto schedule)")
     fixed, moving = viewer.layers[w.fixed.currentText()], viewer.layers[w.moving.currentText()]
     # before: the overlay the result will show (fixed green, moving magenta, additive)
     fixed.colormap, fixed.blending = "green", "additive"
@@ -152,9 +152,9 @@ def matching_shots(viewer, out: Path, notes: Notes) -> list[Path]:
     check_done(w, "Z-Matching")
     rep = w.result.report
     print(
-        f"  Z-Matching {time.perf_counter() - t0:.1f} s: mean Dice {rep['mean_dice_before']:.4f} -> "
-        f"{rep['mean_dice_after']:.4f}, NCC {rep['ncc_before']:.4f} -> {rep['ncc_after']:.4f}, "
-        f"refined {(rep.get('refined') or {}).get('preset')}",
+        f"  Z-Matching {time.perf_counter() - t0:.1f} s: mean Dice {rep.mean_dice_before:.4f} -> "
+        f"{rep.mean_dice_after:.4f}, NCC {rep.ncc_before:.4f} -> {rep.ncc_after:.4f}, "
+        f"refined {rep.refined.preset if rep.refined else None}, init {rep.init['chosen']}, {rep.quality.status}",
         flush=True,
     )
     shots.append(shoot(viewer, out, "matching.png", notes))

@@ -114,3 +114,37 @@ def matching_widget(viewer, ckpt, size: int = 32):
     w.device.setCurrentText("cpu")
     w.cube_size.setValue(size)
     return w
+
+
+def match_report(**fields):
+    """A matching report with plain values, ``fields`` replacing them."""
+    from gvsl_app.services.match_result import MatchReport, Quality
+
+    base = dict(
+        fixed="f.nii.gz",
+        moving="m.nii.gz",
+        working_size=32,
+        network_passes=1,
+        device="cpu",
+        weights="demo",
+        physical_overlap=1.0,
+        init={"chosen": "mass", "rotation_deg": 3.0, "translation_mm": [3.0, 4.0, 0.0]},
+        similarity="ncc",
+        similarity_reason="one contrast",
+        refined=None,
+        similarity_grid=[32, 32, 32],
+        ncc_before=0.2,
+        ncc_after=0.2,
+        ncc_network=0.2,
+        similarity_before=0.2,
+        similarity_after=0.2,
+        fallback=[],
+        warnings=[],
+        folding_percent=0.0,
+        jacobian_min=1.0,
+        jacobian_max=1.0,
+        max_displacement_mm=0.0,
+        quality=Quality("ok", [], 1.0, 0.1, 0.2, 0.3),
+        seconds={"total_s": 1.0, "network_s": 0.5},
+    )
+    return MatchReport(**{**base, **fields})

@@ -5,6 +5,8 @@ machines), so the data folder is written once per module and each command runs o
 """
 
 import json
+
+from gvsl_app.options import RefinePreset
 import os
 import subprocess
 import sys
@@ -200,7 +202,8 @@ def test_match_refine_preset_brain_is_recorded_and_a_wrong_one_is_refused(data, 
     bad = gvsl(*args, "--out", tmp_path / "bad", "--refine-preset", "lung")
     assert bad.returncode != 0 and "invalid choice: 'lung'" in bad.stderr and "standard" in bad.stderr
     # the CLI lists the presets without importing torch: the list must be the engine's
-    assert "choose from 'standard', 'brain'" in bad.stderr and list(REFINE_PRESETS) == ["standard", "brain"]
+    assert "choose from 'auto', 'standard', 'brain'" in bad.stderr
+    assert ["auto", *REFINE_PRESETS] == list(RefinePreset.values())
 
 
 def test_segment_writes_a_label_map_on_the_image_grid_and_a_report(data, weights, tmp_path):

@@ -81,7 +81,7 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
     fixed, fl = make_cardiac_subject(1, (40, 40, 40))
     moving, ml = make_cardiac_subject(2, (40, 40, 40))
     identity = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # predicts ~the identity
-    plain = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
+    plain = match(fixed, moving, model=identity, size=32, device="cpu", moving_labels=ml, fixed_labels=fl, refine=False)
     stages = []
     refined = match(
         fixed,
@@ -91,14 +91,14 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
         device="cpu",
         moving_labels=ml,
         fixed_labels=fl,
-        refine=SMALL,
+        schedule=SMALL,
         progress=lambda stage, frac: stages.append(stage),
     )
     r = refined.report
-    assert r["mean_dice_after"] > plain.report["mean_dice_after"] + 0.1
-    assert r["ncc_after"] > plain.report["ncc_after"]
-    assert r["refined"]["steps"] == SMALL.total_steps and r["seconds"]["refine_s"] > 0
-    assert "refine" in stages and r["folding_percent"] < 1.0
+    assert r.mean_dice_after > plain.report.mean_dice_after + 0.1
+    assert r.ncc_after > plain.report.ncc_after
+    assert r.refined.steps == SMALL.total_steps and r.seconds["refine_s"] > 0
+    assert "refine" in stages and r.folding_percent < 1.0
     out = refined.save(tmp_path / "o")
     field = sitk.ReadImage(str(out / "displacement.nii.gz"), sitk.sitkVectorFloat64)
     again = sitk.Resample(
@@ -117,11 +117,11 @@ def test_match_refine_improves_dice_and_keeps_itk_outputs_consistent(tmp_path):
         model=identity,
         size=32,
         device="cpu",
-        refine=SMALL,
+        schedule=SMALL,
         should_stop=lambda: calls.append(1) or len(calls) > 3,
     )
     assert len(calls) == 4 and stopped.displacement_mm.shape == (*fixed.shape, 3)
-    assert stopped.report["refined"]["steps_done"] == 4 < SMALL.total_steps and stopped.report["refined"]["stopped"]
+    assert stopped.report.refined.steps_done == 4 < SMALL.total_steps and stopped.report.refined.stopped
 
 
 def test_folding_penalty_unfolds_a_folded_starting_map(image):

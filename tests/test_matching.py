@@ -1,5 +1,6 @@
 """Pairwise matching service: outputs on the fixed grid, ITK interoperability, bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.matching import FALLBACK_TOLERANCE, match
-from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
+from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule, local_ncc
 from models.checkpoint import CheckpointError
+from models.similarity import Similarity
 
 
 def phantom(shape, centre, spacing, origin, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), seed=0):
@@ -63,6 +65,7 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
         moving_labels=ml,
         fixed_labels=fl,
         fallback=False,
+        refine=False,
     )
     out = res.save(tmp_path / "out")
     for name in (
@@ -88,7 +91,7 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
     )
     np.testing.assert_allclose(sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(warped), atol=1e-2)
     report = json.loads((out / "report.json").read_text())
-    assert report == json.loads(json.dumps(res.report))  # the file holds the result's report
+    assert report == json.loads(json.dumps(res.report.to_json()))  # the file holds the result's report
     assert report["device"] == "cpu" and report["working_size"] == 32
     assert report["ncc_after"] == report["ncc_network"] != report["ncc_before"]  # no refinement, no fallback
     seconds = {k: v for k, v in report["seconds"].items() if k != "total_s"}
@@ -112,7 +115,9 @@ def test_outputs_live_on_the_fixed_grid_and_itk_resample_reproduces_warped(pair,
 
 def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, perturbed_weights, monkeypatch, tmp_path):
     fixed, moving, _, _ = pair
-    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False)
+    res = match(
+        fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False, refine=False, init="none"
+    )
     built = []
     real = sitk.GetImageFromArray
     monkeypatch.setattr(
@@ -135,7 +140,7 @@ def test_displacement_image_is_built_once_but_every_caller_gets_its_own(pair, pe
 def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights, tmp_path):
     fixed, moving, _, _ = pair
     model_path = perturbed_weights
-    res = match(fixed, moving, weights=model_path, size=32, device="cpu", fallback=False)
+    res = match(fixed, moving, weights=model_path, size=32, device="cpu", fallback=False, refine=False, init="none")
     res.save(tmp_path / "o")
     tfm = sitk.ReadTransform(str(tmp_path / "o" / "affine.tfm"))
     # an affine-only model: the total displacement equals the affine part
@@ -144,7 +149,7 @@ def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights
     m.load_state_dict(ck["model"])
     with torch.no_grad():
         m.deformable_head.flow.weight.zero_()
-    res2 = match(fixed, moving, model=m, size=32, device="cpu", fallback=False)
+    res2 = match(fixed, moving, model=m, size=32, device="cpu", fallback=False, refine=False, init="none")
     mat = res2.affine_physical
     idx = fixed.index_to_physical_matrix()
     for voxel in [(3, 4, 5), (20, 30, 10), (15, 20, 18)]:
@@ -157,24 +162,38 @@ def test_affine_tfm_is_the_global_part_in_physical_space(pair, perturbed_weights
 def test_identity_network_warps_nothing(pair, tmp_path):
     fixed, _, fl, _ = pair
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
-    res = match(fixed, fixed, model=m, size=32, device="cpu", moving_labels=fl, fixed_labels=fl)
+    res = match(
+        fixed, fixed, model=m, size=32, device="cpu", moving_labels=fl, fixed_labels=fl, refine=False, init="none"
+    )
     assert np.abs(res.displacement_mm).max() < 0.05
-    assert res.report["mean_dice_after"] > 0.99
-    assert res.report["folding_percent"] == 0.0
+    assert res.report.mean_dice_after > 0.99
+    assert res.report.folding_percent == 0.0
 
 
 def test_a_map_that_lowers_the_similarity_falls_back_to_the_identity(pair, perturbed_weights):
     fixed, moving, fl, ml = pair
-    kept = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False)
-    assert kept.report["ncc_after"] < kept.report["ncc_before"]  # this network makes the pair less alike
-    assert kept.report["fallback"] == []
-    res = match(fixed, moving, weights=perturbed_weights, size=32, device="cpu", moving_labels=ml, fixed_labels=fl)
-    assert len(res.report["fallback"]) == 1 and "used the identity" in res.report["fallback"][0]
-    assert res.report["ncc_after"] == res.report["ncc_before"]
-    assert res.report["ncc_network"] == pytest.approx(kept.report["ncc_after"])
+    kept = match(
+        fixed, moving, weights=perturbed_weights, size=32, device="cpu", fallback=False, refine=False, init="none"
+    )
+    assert kept.report.ncc_after < kept.report.ncc_before  # this network makes the pair less alike
+    assert kept.report.fallback == []
+    res = match(
+        fixed,
+        moving,
+        weights=perturbed_weights,
+        size=32,
+        device="cpu",
+        moving_labels=ml,
+        fixed_labels=fl,
+        refine=False,
+        init="none",
+    )
+    assert len(res.report.fallback) == 1 and "used the identity" in res.report.fallback[0]
+    assert res.report.ncc_after == res.report.ncc_before
+    assert res.report.ncc_network == pytest.approx(kept.report.ncc_after)
     assert np.abs(res.displacement_mm).max() < 1e-4
     np.testing.assert_allclose(res.affine_physical, np.eye(4), atol=1e-6)
-    assert res.report["mean_dice_after"] == pytest.approx(res.report["mean_dice_before"], abs=1e-6)
+    assert res.report.mean_dice_after == pytest.approx(res.report.mean_dice_before, abs=1e-6)
 
 
 @pytest.mark.parametrize("drop, falls_back", [(0.2 * FALLBACK_TOLERANCE, False), (5 * FALLBACK_TOLERANCE, True)])
@@ -184,15 +203,15 @@ def test_only_a_map_lowering_the_similarity_beyond_interpolation_noise_falls_bac
     fixed, moving, _, _ = pair
     real = service._network_map
 
-    def network_map(*args, **kwargs):  # the real map, its NCC then lowered by ``drop``
+    def network_map(*args, **kwargs):  # the real map, its similarity then lowered by ``drop``
         out, dev = real(*args, **kwargs)
-        return {**out, "ncc_after": out["ncc_before"] - drop}, dev
+        return dataclasses.replace(out, score_after=out.score_before - drop, ncc_after=out.ncc_before - drop), dev
 
     monkeypatch.setattr(service, "_network_map", network_map)
     torch.manual_seed(0)
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # starts at the identity map (to ~1e-5)
-    res = match(fixed, moving, model=m, size=32, device="cpu")
-    assert (len(res.report["fallback"]) == 1) is falls_back
+    res = match(fixed, moving, model=m, size=32, device="cpu", refine=False, init="none")
+    assert (len(res.report.fallback) == 1) is falls_back
 
 
 def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):
@@ -200,32 +219,34 @@ def test_scans_of_a_modality_the_weights_never_saw_are_warned_about(pair):
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
     m.trained_modalities = frozenset({"ct"})
     mr = moving.with_array(moving.array - moving.array.min(), source="moving-mr.nii.gz")  # no air below -500
-    res = match(fixed, mr, model=m, size=32, device="cpu")
-    assert len(res.report["warnings"]) == 1
-    assert "moving-mr.nii.gz" in res.report["warnings"][0] and "looks like MR" in res.report["warnings"][0]
-    assert match(fixed, moving, model=m, size=32, device="cpu").report["warnings"] == []
+    res = match(fixed, mr, model=m, size=32, device="cpu", refine=False, init="none")
+    assert len(res.report.warnings) == 1
+    assert "moving-mr.nii.gz" in res.report.warnings[0] and "looks like MR" in res.report.warnings[0]
+    assert match(fixed, moving, model=m, size=32, device="cpu", refine=False, init="none").report.warnings == []
     fixed_mr = fixed.with_array(fixed.array - fixed.array.min(), source="fixed-mr.nii.gz")
-    both = match(fixed_mr, mr, model=m, size=32, device="cpu").report["warnings"]
+    both = match(fixed_mr, mr, model=m, size=32, device="cpu", refine=False, init="none").report.warnings
     assert len(both) == 1 and "fixed-mr.nii.gz and the moving scan moving-mr.nii.gz look like MR" in both[0]
 
 
 @pytest.mark.parametrize("size", [0, 8, -4])
 def test_working_size_too_small_for_the_network_is_refused(pair, size):
     fixed, moving, _, _ = pair
-    with pytest.raises(ValueError, match=f"working size must be >= 16 voxels.*got {size}"):
-        match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=size, device="cpu")
+    with pytest.raises(ValueError, match=rf"--size must be >= 16 \(the network pools four times\), got {size}"):
+        match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=size, device="cpu", refine=False, init="none")
 
 
-def test_a_small_physical_overlap_is_warned_about(pair):
+def test_a_moving_scan_covering_part_of_the_fixed_one_is_warned_about(pair):
+    from gvsl_app.data.perturb import slab
+
     fixed, moving, _, _ = pair
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
-    assert not any("covers only" in w for w in match(fixed, moving, model=m, size=32, device="cpu").report["warnings"])
-    shifted = Volume(
-        moving.array, moving.spacing, tuple(o + 15.0 for o in moving.origin), moving.direction, source="shifted.nii.gz"
-    )
-    res = match(fixed, shifted, model=m, size=32, device="cpu")
-    (warning,) = [w for w in res.report["warnings"] if "covers only" in w]
-    assert "shifted.nii.gz" in warning and f"{100 * res.report['physical_overlap']:.0f} %" in warning
+    whole = match(fixed, moving, model=m, size=32, device="cpu", refine=False)
+    assert not any("covers only" in w for w in whole.report.warnings)
+    part = slab(moving, 0, 0.0, 0.3).with_array(slab(moving, 0, 0.0, 0.3).array, source="slab.nii.gz")
+    res = match(fixed, part, model=m, size=32, device="cpu", refine=False)
+    (warning,) = [w for w in res.report.warnings if "covers only" in w]
+    assert "slab.nii.gz" in warning and f"{100 * res.report.quality.coverage:.0f} %" in warning
+    assert res.report.quality.coverage < 0.5 <= whole.report.quality.coverage
 
 
 def test_nan_and_infinite_voxels_are_background_with_a_note(pair):
@@ -234,8 +255,10 @@ def test_nan_and_infinite_voxels_are_background_with_a_note(pair):
     arr[:3] = np.nan
     arr[-2:, :4] = np.inf
     holey = moving.with_array(arr, source="holey.nii.gz")
-    res = match(fixed, holey, model=GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS), size=32, device="cpu")
-    (note,) = [w for w in res.report["warnings"] if "NaN/infinite" in w]
+    res = match(
+        fixed, holey, model=GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS), size=32, device="cpu", refine=False, init="none"
+    )
+    (note,) = [w for w in res.report.warnings if "NaN/infinite" in w]
     assert "holey.nii.gz" in note and f"{int((~np.isfinite(arr)).sum())} NaN/infinite voxel(s)" in note
     assert np.isfinite(res.warped.array).all() and res.warped.array.max() <= np.nanmax(arr[np.isfinite(arr)]) + 1e-3
 
@@ -248,31 +271,59 @@ def test_a_scan_with_one_value_everywhere_gets_the_identity_and_says_why(pair, p
     f, m = (flat, moving) if which == "fixed" else (fixed, flat)
     # this network's map folds and moves the pair; against a flat scan no NCC can say so
     res = match(f, m, weights=perturbed_weights, size=32, device="cpu", refine=True)
-    (note,) = [w for w in res.report["warnings"] if "one value everywhere" in w]
+    (note,) = [w for w in res.report.warnings if "one value everywhere" in w]
     assert which in note and "air.nii.gz" in note and "-1000" in note
-    assert np.abs(res.displacement_mm).max() < 1e-4 and res.report["folding_percent"] == 0.0
+    assert np.abs(res.displacement_mm).max() < 1e-4 and res.report.folding_percent == 0.0
     np.testing.assert_allclose(res.affine_physical, np.eye(4), atol=1e-6)
-    assert res.report["refined"] is None  # no refinement asked of a pair it cannot judge
+    assert res.report.refined is None  # no refinement asked of a pair it cannot judge
 
 
 def test_volumes_too_small_to_match_are_refused(pair):
     fixed, _, _, _ = pair
     tiny = Volume(np.zeros((2, 2, 2), np.float32), (1.0, 1.0, 1.0), fixed.origin, source="tiny.nii.gz")
     with pytest.raises(ValueError, match="tiny.nii.gz has shape \\(2, 2, 2\\); matching needs at least 4"):
-        match(fixed, tiny, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu")
+        match(fixed, tiny, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu", refine=False, init="none")
 
 
-def test_empty_overlap_is_refused(pair):
-    fixed, moving, _, _ = pair
-    far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), source="far.nii.gz")
+def test_empty_overlap_is_refused_only_when_the_files_frames_are_asked_for(pair):
+    fixed, moving, fl, ml = pair
+    far = Volume(moving.array, moving.spacing, (1000.0, 1000.0, 1000.0), moving.direction, source="far.nii.gz")
     with pytest.raises(ValueError, match="overlap"):
-        match(fixed, far, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu")
+        match(fixed, far, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu", refine=False, init="none")
+
+
+def test_a_pair_in_unrelated_frames_is_aligned_as_well_as_in_one_frame(pair):
+    """Another export of the moving scan (its origin moved 1 m) matches exactly as the original."""
+    from gvsl_app.data.perturb import moved_frame
+
+    fixed, moving, fl, ml = pair
+    model = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)
+    shift = (150.0, -90.0, 300.0)
+    far, far_labels = moved_frame(moving, shift), moved_frame(ml, shift)
+    near = match(fixed, moving, model=model, size=32, moving_labels=ml, fixed_labels=fl, refine=False)
+    res = match(fixed, far, model=model, size=32, moving_labels=far_labels, fixed_labels=fl, refine=False)
+    assert res.report.physical_overlap == 0.0 and res.report.mean_dice_before == 0.0
+    assert res.report.init["chosen"] != "none"
+    assert res.report.mean_dice_after == pytest.approx(near.report.mean_dice_after, abs=0.02)
+    assert res.report.mean_dice_after > 0.8
+    np.testing.assert_allclose(
+        res.report.init["translation_mm"], np.add(near.report.init["translation_mm"], shift), atol=1.5
+    )
 
 
 def test_labels_on_another_grid_are_refused(pair):
     fixed, moving, fl, _ = pair
     with pytest.raises(ValueError, match="labels"):
-        match(fixed, moving, model=GVSL(widths=DEMO_WIDTHS), size=32, device="cpu", moving_labels=fl)
+        match(
+            fixed,
+            moving,
+            model=GVSL(widths=DEMO_WIDTHS),
+            size=32,
+            device="cpu",
+            moving_labels=fl,
+            refine=False,
+            init="none",
+        )
 
 
 def test_checkpoint_of_another_width_is_refused_clearly(pair, tmp_path):
@@ -283,7 +334,7 @@ def test_checkpoint_of_another_width_is_refused_clearly(pair, tmp_path):
     p = tmp_path / "bad.pt"
     torch.save(sd, p)
     with pytest.raises(CheckpointError, match="widths"):
-        match(fixed, moving, weights=p, size=32, device="cpu")
+        match(fixed, moving, weights=p, size=32, device="cpu", refine=False, init="none")
 
 
 def test_more_network_passes_compose_into_one_map(tmp_path):
@@ -302,29 +353,35 @@ def test_more_network_passes_compose_into_one_map(tmp_path):
             head.flow.weight.normal_(0.0, 0.05)
     fixed, _ = make_cardiac_subject(5, (32, 32, 32))
     moving, _ = make_cardiac_subject(6, (32, 32, 32))
-    one = M.match(fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=1)
-    two = M.match(fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=2)
-    assert two.report["network_passes"] == 2 and one.report["network_passes"] == 1
+    one = M.match(
+        fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=1, refine=False, init="none"
+    )
+    two = M.match(
+        fixed, moving, model=model, size=32, device="cpu", fallback=False, passes=2, refine=False, init="none"
+    )
+    assert two.report.network_passes == 2 and one.report.network_passes == 1
     assert not np.allclose(one.displacement_mm, two.displacement_mm)
-    f_w, m_w = (M._cube(a, (32, 32, 32)) for a in M._normalised_on_fixed_grid(fixed, moving))
-    first, _ = M._run_network(model, m_w, f_w, torch.device("cpu"))
-    again, _ = M._run_network(model, warp(m_w, first["coordinates"]), f_w, torch.device("cpu"))
+    f_w = M._cube(M.normalise(fixed), (32, 32, 32))
+    m_w = M._cube(M.normalise(M.resample_to(moving, fixed)), (32, 32, 32))
+    first, _, _ = M._run_network(model, m_w, f_w, torch.device("cpu"))
+    again, _, _ = M._run_network(model, warp(m_w, first), f_w, torch.device("cpu"))
     grid = voxel_grid((32, 32, 32)).unsqueeze(0)
-    composed = again["coordinates"] + warp(first["coordinates"] - grid, again["coordinates"], padding_mode="border")
+    composed = again + warp(first - grid, again, padding_mode="border")
     by_hand = warp(m_w, composed)
-    out, _ = M._network_map(model, m_w, f_w, torch.device("cpu"), passes=2)
-    assert torch.allclose(out["coordinates"], composed, atol=1e-5)
-    assert out["ncc_after"] == pytest.approx(float(-M.local_ncc(by_hand, f_w)), abs=1e-6)
-    with pytest.raises(ValueError, match="passes must be >= 1"):
-        M.match(fixed, moving, model=model, size=32, device="cpu", passes=0)
+    out, _ = M._network_map(model, (f_w, m_w), torch.device("cpu"), 2, Similarity("ncc"))
+    assert torch.allclose(out.coordinates, composed, atol=1e-5)
+    assert out.ncc_after == pytest.approx(float(-local_ncc(by_hand, f_w)), abs=1e-6)
+    with pytest.raises(ValueError, match="--passes must be >= 1"):
+        M.match(fixed, moving, model=model, size=32, device="cpu", passes=0, refine=False, init="none")
 
 
 def test_a_refinement_preset_is_named_in_the_report_and_an_unknown_one_refused_before_any_work(pair):
     fixed, moving, _, _ = pair
-    with pytest.raises(ValueError, match=r"unknown refinement preset 'lung': choose one of standard, brain"):
-        match(fixed, moving, weights="/nonexistent/weights.pt", refine="lung")  # refused before loading weights
+    with pytest.raises(ValueError, match=r"--refine-preset must be one of auto, standard, brain, got 'lung'"):
+        match(fixed, moving, weights="/nonexistent/weights.pt", refine_preset="lung")  # before loading weights
     model = GVSL(widths=DEMO_WIDTHS)
-    r = match(fixed, moving, model=model, size=32, refine="brain").report["refined"]
-    assert r["preset"] == "brain" and r["bending"] == 0.2 and r["levels"][-1]["stage"] == "deformable"
-    own = match(fixed, moving, model=model, size=32, refine=RefineSchedule(deformable_levels=((24, 8, 5),)))
-    assert own.report["refined"]["preset"] is None  # a schedule of one's own has no name
+    r = match(fixed, moving, model=model, size=32, refine_preset="brain").report.refined
+    assert r.preset == "brain" and r.schedule["bending"] == 0.2 and r.levels[-1]["stage"] == "deformable"
+    own = match(fixed, moving, model=model, size=32, schedule=RefineSchedule(deformable_levels=((24, 8, 5),)))
+    assert own.report.refined.preset is None  # a schedule of one's own has no name
+    assert match(fixed, moving, model=model, size=32, refine=False, refine_preset="brain").report.refined is None

@@ -9,8 +9,8 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 from napari_plugin._geometry import data_to_world  # noqa: E402
 
+from helpers import match_report, rotated  # noqa: E402
 from helpers import matching_widget as _widget  # noqa: E402
-from helpers import rotated  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -54,16 +54,18 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     # thick slices: every axial slice shows the nearest plane of arrows (and so would any
     # other sliced axis: the margin is on all three, napari ignores it on the displayed ones)
     assert all(m > 0 for m in viewer.dims.margin_left)
+    # (on the fixed grid's planes: long arrows of a large initial alignment reach past it, and
+    # the viewer's range with them)
     for z in range(0, 48, 5):
-        viewer.dims.set_current_step(0, z)
+        viewer.dims.set_point(0, fixed.translate[0] + z * fixed.scale[0])
         assert len(vec._view_data) > 0, z
     np.testing.assert_array_equal(viewer.layers[m.FOLDING].data, (w.result.jacobian.array <= 0).astype(np.uint8))
     text = w.report.text()
-    assert f"{rep['ncc_before']:.4f} → {rep['ncc_after']:.4f}" in text
-    assert f"{rep['mean_dice_before']:.4f} → {rep['mean_dice_after']:.4f}" in text
-    assert f"{rep['folding_percent']:.3f} %" in text and "Dice Myocardium" in text
+    assert f"{rep.ncc_before:.4f} → {rep.ncc_after:.4f}" in text
+    assert f"{rep.mean_dice_before:.4f} → {rep.mean_dice_after:.4f}" in text
+    assert f"{rep.folding_percent:.3f} %" in text and "Dice Myocardium" in text
 
-    assert ("⚠" in text) == bool(rep["fallback"] or rep["warnings"])
+    assert ("⚠" in text) == bool(rep.fallback or rep.warnings)
 
     # Running again updates the same layers instead of adding new ones; a user's own layer
     # that has a result's name is left alone.
@@ -109,26 +111,26 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
     qtbot.mouseClick(w.controls.stop_button, qtbot_button())
     qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
     assert w.state.status == "done", w.state.message
-    refined = w.result.report["refined"]
-    assert 0 < refined["steps_done"] < refined["steps"] and refined["stopped"]
+    refined = w.result.report.refined
+    assert 0 < refined.steps_done < refined.steps and refined.stopped
     assert "refinement" in w.report.text()
     assert not w.controls.stop_button.isEnabled()
     assert "took" not in w.refine.text()  # a run stopped early measures nothing
     # the next run starts with a cleared stop request and refines to the end, with the schedule chosen
     from models import REFINE_PRESETS
 
-    # the box lists the engine's presets (written out there so that the widget needs no torch)
-    assert [w.refine_preset.itemText(i) for i in range(w.refine_preset.count())] == list(REFINE_PRESETS)
+    # the box lists the engine's presets, after "auto" (from the torch-free options module)
+    assert [w.refine_preset.itemText(i) for i in range(w.refine_preset.count())] == ["auto", *REFINE_PRESETS]
     w.refine.setChecked(False)
     assert not w.refine_preset.isEnabled()  # no schedule to choose without a refinement
     w.refine.setChecked(True)
     assert w.refine_preset.isEnabled()
     w.refine_preset.setCurrentText("brain")
     _run(qtbot, w)
-    assert not w.result.report["refined"]["stopped"]
-    assert w.result.report["refined"]["preset"] == "brain" and "(brain)" in w.report.text()
+    assert not w.result.report.refined.stopped
+    assert w.result.report.refined.preset == "brain" and "(brain)" in w.report.text()
     # the checkbox now promises what the refinement took here
-    assert f"took {w.result.report['seconds']['refine_s']:.1f} s" in w.refine.text()
+    assert f"took {w.result.report.seconds['refine_s']:.1f} s" in w.refine.text()
 
 
 def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
@@ -171,7 +173,7 @@ def test_refinement_progress_moves_with_the_work_done_not_the_step_count():
         model=GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS),
         size=32,
         device="cpu",
-        refine=schedule,
+        schedule=schedule,
         progress=lambda stage, frac: seen.append(refine_share_done(frac)) if stage == "refine" else None,
     )
     shares = seen[1:]  # one per step, after the stage's opening report
@@ -255,10 +257,10 @@ def _arrow_slices(viewer, axis: int, n: int) -> list[int]:
     """The steps along ``axis`` where the displacement layer shows no arrow."""
     from napari_plugin._matching import DISPLACEMENT
 
-    vec = viewer.layers[DISPLACEMENT]
+    vec, fixed = viewer.layers[DISPLACEMENT], viewer.layers["cardiac fixed"]
     empty = []
-    for i in range(n):
-        viewer.dims.set_current_step(axis, i)
+    for i in range(n):  # the fixed grid's planes (arrows may reach past it, and the viewer's range with them)
+        viewer.dims.set_point(axis, fixed.translate[axis] + i * fixed.scale[axis])
         if len(vec._view_data) == 0:
             empty.append(i)
     return empty
@@ -298,7 +300,7 @@ def _small_result():
         displacement_mm=np.zeros((*fixed.shape, 3), np.float32),
         jacobian=fixed.with_array(np.ones(fixed.shape, np.float32)),
         affine_physical=np.eye(4),
-        report={"ncc_before": 0.1},
+        report=match_report(),
     )
 
 
@@ -336,3 +338,26 @@ def test_export_writes_in_the_background_and_reports_failures(
     assert w.state.status == "error" and "a file" in w.state.message
     assert any(msg.startswith("Export:") and "a file" in msg for msg in notifications)
     assert w.export_button.isEnabled() and w.controls.run_button.isEnabled()
+
+
+def test_the_widget_offers_the_command_lines_options_with_the_same_defaults(make_napari_viewer):
+    """The form rows come from MatchOptions, as `gvsl match`'s options do: same choices, same
+    defaults, and the options the widget would run with equal the command line's."""
+    from gvsl_app.cli import build_parser
+    from gvsl_app.options import MatchOptions, from_args
+    from napari_plugin._matching import FORM_OPTIONS, MatchingWidget
+
+    w = MatchingWidget(make_napari_viewer())
+    cli = build_parser().parse_args(["match", "f.nii.gz", "m.nii.gz", "--out", "o"])
+    assert w.match_options() == from_args(MatchOptions, cli)
+    match_parser = next(a for a in build_parser()._actions if a.dest == "command").choices["match"]
+    for name in FORM_OPTIONS:
+        action = next(a for a in match_parser._actions if a.dest == name)
+        native = w.options[name].native
+        if action.choices is not None:
+            assert [native.itemText(i) for i in range(native.count())] == list(action.choices), name
+        assert native.toolTip() == action.help, name
+    w.init_mode.setCurrentText("moments")
+    w.similarity.setCurrentText("mind")
+    w.cube_size.setValue(48)
+    assert w.match_options() == MatchOptions(size=48, init="moments", similarity="mind", device="auto")

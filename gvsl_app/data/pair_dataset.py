@@ -29,7 +29,16 @@ from gvsl_app.data.loading import item_seed, split_key
 from gvsl_app.io.folders import DatasetError, images_folder, require_volumes
 from gvsl_app.io.volume import Volume
 
-__all__ = ["SYNTHETIC_PREFIX", "SYNTHETIC_KINDS", "RELATIVE_POSE", "PairDataset", "validation_pair"]
+__all__ = [
+    "SYNTHETIC_PREFIX",
+    "SYNTHETIC_KINDS",
+    "RELATIVE_POSE",
+    "LARGE_POSE",
+    "POSE_RANGES",
+    "pose_range",
+    "PairDataset",
+    "validation_pair",
+]
 
 PairSource = str | os.PathLike | Sequence[np.ndarray | Volume]
 """What :class:`PairDataset` reads: a data folder, a ``"synthetic:..."`` source or volumes."""
@@ -76,6 +85,26 @@ RELATIVE_POSE = RandomAffine(rotation_deg=10.0, scale=0.1, shear_deg=3.0, transl
 scans of the same region from different scanners (rotation +-10 degrees, scale +-10 %, shift
 +-6 % of the field of view)."""
 
+LARGE_POSE = RandomAffine(rotation_deg=30.0, scale=0.2, shear_deg=3.0, translation=0.15)
+"""The moving scan's extra pose change with ``relative_pose="large"``: what is left between two
+scans of different people or sites after a moments initialisation can still be this far apart
+(rotation +-30 degrees about each axis, scale +-20 %, shift +-15 % of the field of view)."""
+
+POSE_RANGES = {"small": RELATIVE_POSE, "large": LARGE_POSE}
+"""The named relative-pose ranges of ``gvsl pretrain --relative-pose``."""
+
+
+def pose_range(relative_pose: bool | str | RandomAffine) -> RandomAffine | None:
+    """The relative-pose augmentation a ``relative_pose`` option names (None for none)."""
+    if isinstance(relative_pose, RandomAffine):
+        return relative_pose
+    if relative_pose is False or relative_pose is None:
+        return None
+    key = "small" if relative_pose is True else str(relative_pose)
+    if key not in POSE_RANGES:
+        raise ValueError(f"relative_pose must be one of {sorted(POSE_RANGES)} (or true/false), got {relative_pose!r}")
+    return POSE_RANGES[key]
+
 
 class PairDataset(Dataset):
     """GVSL pre-training pairs: two different subjects, the same spatial augmentation on both.
@@ -95,7 +124,8 @@ class PairDataset(Dataset):
     generator, both are warped with one spatial draw (``spatial``: ``True`` for the default
     :class:`SpatialAugment`, an instance, or ``False``), and ``moving_input`` is the
     appearance-transformed moving scan (``appearance``: ``True``/instance/``False``).
-    ``relative_pose`` (``True`` for :data:`RELATIVE_POSE`, or a :class:`RandomAffine`) also
+    ``relative_pose`` (``True`` or ``"small"`` for :data:`RELATIVE_POSE`, ``"large"`` for
+    :data:`LARGE_POSE`, or a :class:`RandomAffine`) also
     moves the moving scan alone, so the pair differs in pose as well as in anatomy.
     Returns ``{"moving", "fixed", "moving_input"}`` float32 ``(1, S, S, S)``, ``"pair"``
     (the two subject indices) and ``"seed"`` (the item seed). ``augment=False`` returns the
@@ -116,7 +146,7 @@ class PairDataset(Dataset):
         augment: bool = True,
         n_synthetic: int = 16,
         modality: str | None = "auto",
-        relative_pose: bool | RandomAffine = False,
+        relative_pose: bool | str | RandomAffine = False,
     ) -> None:
         self.size = int(size)
         if self.size < 2:
@@ -135,7 +165,7 @@ class PairDataset(Dataset):
             raise ValueError(f"length must be >= 1, got {length}")
         sp = SpatialAugment() if spatial is True else (spatial or None)
         ap = AppearanceTransform() if appearance is True else (appearance or None)
-        rel = RELATIVE_POSE if relative_pose is True else (relative_pose or None)
+        rel = pose_range(relative_pose)
         self.augmenter = GVSLPairAugment(sp, ap, rel)
         self.augment = bool(augment)
 

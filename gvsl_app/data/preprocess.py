@@ -82,6 +82,7 @@ def resample_to(
     is_label: bool = False,
     default_value: float | None = None,
     nearest_outside: bool = False,
+    transform: np.ndarray | None = None,
 ) -> Volume:
     """Resample ``volume`` onto ``reference``'s grid in physical space (SimpleITK).
 
@@ -97,6 +98,8 @@ def resample_to(
     of an image are treated as its minimum, as :func:`normalise` does. When both grids are
     already the same, the voxels are returned unchanged (no interpolation blur). The result
     keeps ``volume``'s source, original pixel type and meta, plus ``meta["resampled_to"]``.
+    ``transform`` (a 4x4 physical matrix taking a reference point to the point of ``volume``
+    it shows, such as an initial alignment) places ``volume`` first; none is the identity.
     """
     arr = np.asarray(volume.array)
     if is_label:
@@ -112,7 +115,8 @@ def resample_to(
         arr = _nan_to_min(arr.astype(np.float32, copy=False))
         fill = float(arr.min()) if default_value is None else float(default_value)
     meta = dict(volume.meta, resampled_to=reference.source)
-    if volume.shape == reference.shape and same_geometry(volume, reference, rtol=1e-6):
+    moved = transform is not None and not np.allclose(transform, np.eye(4))
+    if not moved and volume.shape == reference.shape and same_geometry(volume, reference, rtol=1e-6):
         out = arr.copy()
     else:
         f = sitk.ResampleImageFilter()
@@ -120,7 +124,9 @@ def resample_to(
         f.SetOutputSpacing(reference.spacing)
         f.SetOutputOrigin(reference.origin)
         f.SetOutputDirection(reference.direction)
-        f.SetTransform(sitk.Transform(3, sitk.sitkIdentity))
+        f.SetTransform(
+            affine_transform(transform) if transform is not None and moved else sitk.Transform(3, sitk.sitkIdentity)
+        )
         f.SetInterpolator(sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
         f.SetDefaultPixelValue(fill)
         f.SetUseNearestNeighborExtrapolator(nearest_outside)
@@ -134,6 +140,14 @@ def resample_to(
         source=volume.source,
         meta=meta,
     )
+
+
+def affine_transform(matrix: np.ndarray) -> sitk.AffineTransform:
+    """The SimpleITK transform of a 4x4 physical matrix (output point -> input point)."""
+    t = sitk.AffineTransform(3)
+    t.SetMatrix(np.asarray(matrix, float)[:3, :3].flatten().tolist())
+    t.SetTranslation(np.asarray(matrix, float)[:3, 3].tolist())
+    return t
 
 
 def _index_to_physical(volume: Volume) -> tuple[np.ndarray, np.ndarray]:

@@ -88,20 +88,29 @@ def sample_pair(kind: str, shape=(96, 96, 96)) -> dict:
 
 
 def write_samples(
-    kind: str, out: str | os.PathLike, n: int = 8, seed: int = 0, classification: bool = False, *, shape=(96, 96, 96)
+    kind: str,
+    out: str | os.PathLike,
+    n: int = 8,
+    seed: int = 0,
+    classification: bool = False,
+    *,
+    shape=(96, 96, 96),
+    contrast: str = "ct",
 ) -> Path:
     """Write a data folder of ``n`` subjects of ``kind`` (what ``gvsl sample`` runs); returns ``out``.
 
     ``cardiac``: :func:`gvsl_app.data.synthetic.cardiac_dataset` (``classification=True`` adds
     ``labels.csv`` with about half abnormal subjects); ``brain``:
     :func:`gvsl_app.data.brain.brain_dataset` (no classification variant). Subject ``i`` uses the seed
-    ``seed * 100003 + i``.
+    ``seed * 100003 + i``. ``contrast="mr"`` (cardiac) renders the same subjects as cine MR.
     """
     _check_kind(kind)
     if kind == "cardiac":
         from gvsl_app.data.synthetic import cardiac_dataset
 
-        return cardiac_dataset(out, n, seed, shape=shape, classification=classification)
+        return cardiac_dataset(out, n, seed, shape=shape, classification=classification, contrast=contrast)
+    if contrast != "ct":
+        raise ValueError("--contrast mr is for the cardiac samples (the brain samples are MR already)")
     if classification:
         raise ValueError("classification datasets exist only for the cardiac samples")
     from gvsl_app.data.brain import brain_dataset

@@ -163,6 +163,32 @@ def _acquire(hu: np.ndarray, acq: _Acquisition, rng_noise: np.random.Generator) 
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
 
+CONTRASTS = ("ct", "mr")
+"""The renderings :func:`make_cardiac_subject` offers."""
+
+MR_TISSUE = TissueHU(
+    lung=30.0, fat=700.0, soft_tissue=260.0, bone=380.0, myocardium=180.0, blood_left=900.0, blood_right=860.0
+)
+"""Cine bright-blood (balanced SSFP) intensities of the phantom's tissues, arbitrary units:
+blood and fat bright, myocardium and lung dark (the heart's contrast against its surroundings
+is reversed in places against contrast-enhanced CT, where fat is darker than myocardium)."""
+
+
+def _mr_image(signal: np.ndarray, acq: _Acquisition, rng_noise: np.random.Generator, p: Coords) -> np.ndarray:
+    """The MR scanner's image of a signal map: blurred, a smooth multiplicative bias field
+    (+-15 % across the field of view), Rician-like noise (magnitude of complex Gaussian noise,
+    2-3 % of the blood signal), as unsigned 12-bit values."""
+    img = ndi.gaussian_filter(signal, acq.blur_sigma, mode="nearest")
+    extent = max(float(np.ptp(c)) for c in p) or 1.0
+    tilt = rng_noise.uniform(-1, 1, 3)
+    bias = 1.0 + 0.15 * sum(t * c / extent * 2 for t, c in zip(tilt, p)) / np.sqrt(3)
+    img = img * bias.astype(np.float32)
+    sigma = np.float32(acq.noise_sigma)  # 10-30 units against blood at ~900
+    real = img + rng_noise.standard_normal(img.shape, dtype=np.float32) * sigma
+    imag = rng_noise.standard_normal(img.shape, dtype=np.float32) * sigma
+    return np.clip(np.rint(np.sqrt(real * real + imag * imag)), 0, 4095).astype(np.int16)
+
+
 def _image_meta(
     seed: int, abn_info: dict, tissue: TissueHU, acq: _Acquisition, pose: _Pose, heart_scale: float
 ) -> dict:
@@ -190,6 +216,7 @@ def make_cardiac_subject(
     *,
     abnormal: bool = False,
     spacing: Sequence[float] | None = None,
+    contrast: str = "ct",
 ) -> tuple[Volume, Volume]:
     """One synthetic contrast-enhanced cardiac CT subject and its MM-WHS-style label map.
 
@@ -202,6 +229,10 @@ def make_cardiac_subject(
         wall thickening of the free wall). Everything else is identical to ``abnormal=False``.
     spacing : (x, y, z) mm, ITK order; drawn per subject when None (x == y in 0.9-1.2 mm, z in
         1.25-1.9 mm for a 96-voxel axis, scaled by 96/size for other sizes).
+    contrast : ``ct`` (Hounsfield units) or ``mr``: the same subject (anatomy, pose, labels)
+        rendered with cine-MR-like (balanced SSFP) tissue contrasts instead: bright blood and
+        fat, dark myocardium and lung, air at 0, Rician-like noise and a smooth multiplicative
+        bias field (:func:`_mr_image`), for matching CT against MR of the same anatomy.
 
     Returns
     -------
@@ -212,6 +243,8 @@ def make_cardiac_subject(
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be three sizes >= 8, got {shape}")
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}, got {contrast!r}")
     ss = np.random.SeedSequence(int(seed))
     rng_geo, rng_abn, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
 
@@ -226,13 +259,17 @@ def make_cardiac_subject(
     acq = _draw_acquisition(rng_geo)
     heart_scale = rng_geo.uniform(0.92, 1.08)
 
-    hu = np.full(shape, AIR_HU, dtype=np.float32)
+    if contrast == "mr":
+        # the same draws in the same order, painted with MR intensities: same anatomy and labels
+        tissue = MR_TISSUE
+    hu = np.full(shape, AIR_HU if contrast == "ct" else 0.0, dtype=np.float32)
     lab = np.zeros(shape, dtype=np.uint8)
     paint_thorax(q, rng_geo, tissue, hu)
     abn_info = paint_heart(q, rng_geo, rng_abn, heart_scale, tissue, hu, lab, abnormal=abnormal)
-    img = _acquire(hu, acq, rng_noise)
+    img = _acquire(hu, acq, rng_noise) if contrast == "ct" else _mr_image(hu, acq, rng_noise, p)
 
     meta = _image_meta(seed, abn_info, tissue, acq, pose, heart_scale)
+    meta["contrast"] = contrast
     image = Volume(img, spacing=voxel_size, origin=origin, source=f"synthetic cardiac seed {seed}", meta=meta)
     labels = Volume(
         lab,
@@ -255,7 +292,13 @@ def abnormal_flags(n: int, seed: int) -> np.ndarray:
 
 
 def cardiac_dataset(
-    out_dir: str | os.PathLike, n: int, seed: int, *, shape: Sequence[int] = (96, 96, 96), classification: bool = False
+    out_dir: str | os.PathLike,
+    n: int,
+    seed: int,
+    *,
+    shape: Sequence[int] = (96, 96, 96),
+    classification: bool = False,
+    contrast: str = "ct",
 ) -> Path:
     """Write ``n`` synthetic cardiac subjects as a data folder and return it.
 
@@ -263,6 +306,7 @@ def cardiac_dataset(
     ``classification=True`` a ``labels.csv`` (``name,label``; 1 = abnormal myocardium) with exactly
     ``n // 2`` abnormal subjects in a seed-dependent order. Subject ``i`` uses the seed
     ``seed * 100003 + i`` (:func:`subject_seed`); without ``classification`` all are normal.
+    ``contrast="mr"`` renders the same subjects as cine MR (:func:`make_cardiac_subject`).
     """
     from gvsl_app.io.images import write_volume
 
@@ -277,7 +321,7 @@ def cardiac_dataset(
     rows = []
     for i in range(n):
         name = f"case_{i:0{width}d}"
-        image, labels = make_cardiac_subject(subject_seed(seed, i), shape, abnormal=bool(flags[i]))
+        image, labels = make_cardiac_subject(subject_seed(seed, i), shape, abnormal=bool(flags[i]), contrast=contrast)
         write_volume(image, out / "images" / f"{name}.nii.gz")
         write_volume(labels, out / "labels" / f"{name}.nii.gz", is_label=True)
         rows.append((name, int(flags[i])))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
+from gvsl_app.services.match_map import NetworkMap
 from gvsl_app.services.match_result import MatchResult
 from models.spatial import jacobian_determinant, voxel_grid
 
@@ -25,10 +26,16 @@ def _working_to_fixed_scale(fixed_shape, size) -> np.ndarray:
 
 
 def map_on_fixed_grid(
-    out: dict, fixed: Volume, shape: tuple[int, int, int]
+    net: NetworkMap, fixed: Volume, init: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The working-cube map on the fixed grid: displacement in mm, Jacobian, physical affine."""
-    disp_w = out["coordinates"] - voxel_grid(shape).unsqueeze(0)  # working voxels (dz, dy, dx)
+    """The working-grid map on the fixed grid: displacement in mm, Jacobian, physical affine.
+
+    ``init`` (4x4, fixed point -> moving point) is the initial alignment the network's input
+    was placed by; the map returned is the whole one, ``T(x + d(x))``, so that one
+    resampling of the original moving scan reproduces the match.
+    """
+    shape = net.grid
+    disp_w = net.coordinates - voxel_grid(shape).unsqueeze(0)  # working voxels (dz, dy, dx)
     scale = _working_to_fixed_scale(fixed.shape, shape)
     disp_f = F.interpolate(disp_w, size=fixed.shape, mode="trilinear", align_corners=True)[0]
     disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
@@ -36,8 +43,23 @@ def map_on_fixed_grid(
     to_mm = _index_matrix(fixed)
     # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
     disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
-    affine_phys = _affine_to_physical(out["affine"][0].numpy().astype(np.float64), fixed, scale)
+    affine_phys = _affine_to_physical(net.affine[0].numpy().astype(np.float64), fixed, scale)
+    if init is not None and not np.allclose(init, np.eye(4)):
+        disp_mm, jac, affine_phys = _after_initial(disp_mm, jac, affine_phys, fixed, init)
     return disp_mm, jac, affine_phys
+
+
+def _after_initial(
+    disp_mm: np.ndarray, jac: np.ndarray, affine_phys: np.ndarray, fixed: Volume, init: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The map ``x -> T(x + d(x))``: displacement ``A d + (A - I) x + t``, Jacobian times
+    ``det A``, affine ``T`` after the map's own."""
+    a, t = torch.from_numpy(init[:3, :3]).float(), torch.from_numpy(init[:3, 3]).float()
+    idx = torch.from_numpy(fixed.index_to_physical_matrix()).float()
+    points = torch.einsum("ij,jzyx->zyxi", idx[:3, :3], voxel_grid(fixed.shape)) + idx[:3, 3]
+    d = torch.from_numpy(disp_mm)
+    total = d @ a.T + points @ (a - torch.eye(3)).T + t
+    return total.numpy(), (jac * float(np.linalg.det(init[:3, :3]))).astype(jac.dtype), init @ affine_phys
 
 
 def warped_result(

@@ -8,16 +8,20 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gvsl_app.data.preprocess import resize_array
-from models import RefineSchedule, local_ncc, refine_coordinates
+from gvsl_app.services.match_map import NetworkMap, scored
+from gvsl_app.services.match_result import RefineSummary
+from models import RefineSchedule, refine_coordinates
 from models.device import cpu_threads, threads_for_load
 from models.instance_optimisation import LevelRecord, half_extent, level_shape
-from models.spatial import compose_affines, warp
+from models.similarity import Similarity
+from models.spatial import compose_affines
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[str, float], None]
@@ -52,88 +56,95 @@ def regrid_affine(affine: torch.Tensor, src: tuple[int, ...], dst: tuple[int, ..
     return torch.cat([lin, k.view(1, 3, 1) * affine[:, :, 3:]], dim=2)
 
 
+@dataclass
+class Refinement:
+    """What :func:`refine_map` returns: the map (refined, or the one it started from when the
+    refinement was dropped), the local NCC of the map it started from on the refinement's grid
+    (``start_ncc``), the steps run, whether a stop request ended it, the CPU threads, each
+    level's record, and the note on a dropped refinement ("" otherwise)."""
+
+    map: NetworkMap
+    start_ncc: float
+    steps_done: int
+    stopped: bool
+    threads: int | None
+    levels: list[LevelRecord]
+    note: str
+
+    def summary(self, schedule: RefineSchedule, preset: str | None, reason: str = "") -> RefineSummary:
+        """The report's ``refined`` entry for ``schedule`` (named ``preset``, or None, for ``reason``)."""
+        return RefineSummary(
+            preset=preset,
+            preset_reason=reason,
+            steps=schedule.total_steps,
+            steps_done=self.steps_done,
+            stopped=self.stopped,
+            cpu_threads=self.threads,
+            levels=[
+                {**dataclasses.asdict(lv), "shape": list(lv.shape), "seconds": round(lv.seconds, 4)}
+                for lv in self.levels
+            ],
+            schedule=dataclasses.asdict(schedule),
+        )
+
+
 def refine_map(
-    out: dict,
-    working: Shape,
+    start: NetworkMap,
     fixed_n: np.ndarray,
     moving_n: np.ndarray,
     cubes: tuple[torch.Tensor, torch.Tensor],
     used: torch.device,
     schedule: RefineSchedule,
+    similarity: Similarity,
     say: ProgressFn,
     should_stop: Callable[[], bool] | None,
     fallback: bool,
-) -> tuple[Shape, int, list[LevelRecord], str]:
-    """Polish ``out``'s map (on the ``working`` cube) in place; (its grid now, steps, levels, note).
+) -> Refinement:
+    """``start`` (a map on the working cube) polished on this pair by ``similarity``.
 
     ``fixed_n`` / ``moving_n`` are both scans normalised on the fixed grid; the refinement
     works on them resized to :func:`refine_shape` (the working ``cubes`` when that is the
-    same grid). ``out``'s map, affine and NCC values move to that grid. With ``fallback``, a
-    refinement that lowers the local NCC is dropped (the note says so) and ``out`` is left
-    on the working cube.
+    same grid), and the map it returns lives on that grid. With ``fallback``, a refinement
+    that lowers the similarity is dropped (the note says so) and ``start`` is returned as it was.
     """
-    grid = refine_shape(fixed_n.shape, schedule)
+    working, grid = start.grid, refine_shape(fixed_n.shape, schedule)
     if grid == working:
         f_r, m_r = cubes[0], cubes[1]
     else:
         f_r = torch.from_numpy(resize_array(fixed_n, grid))[None, None]
         m_r = torch.from_numpy(resize_array(moving_n, grid))[None, None]
-    start = regrid_coordinates(out["coordinates"], working, grid)
-    start_affine = regrid_affine(out["affine"], working, grid)
-    with torch.no_grad():
-        ncc_before, ncc_start = float(-local_ncc(m_r, f_r)), float(-local_ncc(warp(m_r, start), f_r))
+    begin_affine = regrid_affine(start.affine, working, grid)
+    begin = scored(regrid_coordinates(start.coordinates, working, grid), begin_affine, m_r, f_r, similarity)
     dev = used if used.type != "mps" else torch.device("cpu")  # MPS lacks 3D grid_sample backward
     stop = should_stop or (lambda: False)
-    done: list[int] = [0]
+    done, stopped = [0], [False]
     levels: list[LevelRecord] = []
 
     def step(frac: float) -> bool:
         done[0] += 1
         say("refine", REFINE_SPAN[0] + (REFINE_SPAN[1] - REFINE_SPAN[0]) * frac)
-        out["refine_stopped"] = bool(stop())
-        return out["refine_stopped"]
+        stopped[0] = bool(stop())
+        return stopped[0]
 
     # hundreds of small steps: threads beyond the free cores would wait on each other
-    out["refine_threads"] = threads_for_load() if dev.type == "cpu" else None
-    with cpu_threads(out["refine_threads"]) if out["refine_threads"] else contextlib.nullcontext():
+    threads = threads_for_load() if dev.type == "cpu" else None
+    with cpu_threads(threads) if threads else contextlib.nullcontext():
         coords, correction = refine_coordinates(
-            m_r.to(dev), f_r.to(dev), start.to(dev), schedule, step=step, affine=start_affine.to(dev), record=levels
+            m_r.to(dev),
+            f_r.to(dev),
+            begin.coordinates.to(dev),
+            schedule,
+            step=step,
+            affine=begin_affine.to(dev),
+            record=levels,
+            similarity=similarity.name,
         )
-    coords = coords.cpu()
-    with torch.no_grad():
-        refined_ncc = float(-local_ncc(warp(m_r, coords), f_r))
-    if refined_ncc < ncc_start and fallback:
+    refined = scored(coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity)
+    if refined.score_after < begin.score_after and fallback:
         note = (
-            f"the refinement lowered the local NCC ({ncc_start:.4f} -> {refined_ncc:.4f}); kept the map it started from"
+            f"the refinement lowered the {similarity.name.upper()} similarity ({begin.score_after:.4f} -> "
+            f"{refined.score_after:.4f}); kept the map it started from"
         )
         log.warning("gvsl match: %s", note)
-        return working, done[0], levels, note
-    out.update(
-        coordinates=coords,
-        affine=compose_affines(correction[0].cpu(), start_affine[0])[None],
-        ncc_before=ncc_before,
-        ncc_network=ncc_start,
-        ncc_after=refined_ncc,
-    )
-    return grid, done[0], levels, ""
-
-
-def refine_summary(
-    schedule: RefineSchedule | None, steps_done: int, levels: list[LevelRecord], out: dict, preset: str | None = None
-) -> dict | None:
-    """The refinement's preset name (None for a schedule of one's own) and schedule, the steps
-    it took, whether a stop request ended it, the CPU threads it ran on and what each level did
-    (None without refinement)."""
-    if schedule is None:
-        return None
-    return {
-        "preset": preset,
-        "steps": schedule.total_steps,
-        "steps_done": steps_done,
-        "stopped": bool(out.get("refine_stopped")),
-        "cpu_threads": out.get("refine_threads"),
-        "levels": [
-            {**dataclasses.asdict(lv), "shape": list(lv.shape), "seconds": round(lv.seconds, 4)} for lv in levels
-        ],
-        **dataclasses.asdict(schedule),
-    }
+        return Refinement(start, start.ncc_after, done[0], stopped[0], threads, levels, note)
+    return Refinement(refined, begin.ncc_after, done[0], stopped[0], threads, levels, "")

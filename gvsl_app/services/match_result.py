@@ -3,21 +3,24 @@ field and affine, Jacobian, report."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from gvsl_app.data.preprocess import affine_transform
 from gvsl_app.io.images import write_image, write_volume
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.nifti import FAST_GZIP
 from gvsl_app.io.volume import Volume
 
-__all__ = ["MATCH_OUTPUTS", "MatchResult"]
+__all__ = ["MATCH_OUTPUTS", "MatchReport", "MatchResult", "Quality", "RefineSummary"]
 
 MATCH_OUTPUTS = (
     "warped.nii.gz",
@@ -28,6 +31,135 @@ MATCH_OUTPUTS = (
     "report.json",
 )
 """Every file :meth:`MatchResult.save` may write (``warped_labels`` only with moving labels)."""
+
+
+@dataclass
+class RefineSummary:
+    """What the refinement did: its preset (None for a schedule of one's own) and why it was
+    chosen (``preset_reason``: from the scans, or by the user), the steps planned and run,
+    whether a stop request ended it, the CPU threads it ran on, what each level did
+    (``levels``: stage, shape, steps, planned, seconds) and its ``schedule``'s fields (written
+    flat into ``report.json``'s ``refined``)."""
+
+    preset: str | None
+    preset_reason: str
+    steps: int
+    steps_done: int
+    stopped: bool
+    cpu_threads: int | None
+    levels: list[dict]
+    schedule: dict
+
+    def to_json(self) -> dict:
+        return {
+            "preset": self.preset,
+            "preset_reason": self.preset_reason,
+            "steps": self.steps,
+            "steps_done": self.steps_done,
+            "stopped": self.stopped,
+            "cpu_threads": self.cpu_threads,
+            "levels": self.levels,
+            **self.schedule,
+        }
+
+
+@dataclass
+class Quality:
+    """Whether the match is to be trusted: ``status`` ``ok``, ``doubtful`` (look before using
+    it) or ``failed`` (the scans were not brought together), the ``reasons`` in words, and the
+    signals they were judged on: ``coverage`` (share of the fixed scan's content the moving scan
+    covers once placed), ``nmi_identity`` / ``nmi_initial`` / ``nmi_after`` (normalised mutual
+    information - 1 of the pair in the files' frames, after the initial alignment, and after
+    the match, weighted by the coverage; the higher the more alike)."""
+
+    status: str
+    reasons: list[str]
+    coverage: float
+    nmi_identity: float
+    nmi_initial: float
+    nmi_after: float
+
+    def to_json(self) -> dict:
+        return {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "coverage": round(self.coverage, 4),
+            "nmi_identity": round(self.nmi_identity, 4),
+            "nmi_initial": round(self.nmi_initial, 4),
+            "nmi_after": round(self.nmi_after, 4),
+        }
+
+
+@dataclass
+class MatchReport:
+    """The schema of ``report.json``, one documented field each.
+
+    ``fixed`` / ``moving``: the files matched. ``working_size``: the network's cube side;
+    ``network_passes``; ``device``: where the network ran; ``weights``: which. ``physical_overlap``:
+    share of the fixed box the moving box covers in the files' own frames. ``init``: the initial
+    alignment (mode, candidate chosen, its score, the coverage, rotation and translation, the
+    4x4 matrix fixed point -> moving point, every candidate's score). ``similarity``: what the
+    refinement and the fallback compared (``ncc``, ``mind`` or ``ngf``) and ``similarity_reason``
+    why. ``refined``: :class:`RefineSummary` or None. ``similarity_grid``: the grid the NCC
+    values were computed on; ``ncc_before`` (the pair after the initial alignment, before the
+    network), ``ncc_network`` (after the network), ``ncc_after`` (after everything), and the same
+    by the chosen similarity (``similarity_before`` / ``similarity_after``). ``fallback``: the maps
+    that were dropped, and why; ``warnings``: what the user should know. ``folding_percent``,
+    ``jacobian_min``/``max``, ``max_displacement_mm``: the map. ``quality``: :class:`Quality`.
+    ``seconds``: each stage and ``total_s``. With both label maps: ``dice_before`` (files'
+    frames) / ``dice_after`` per label and their means; ``dicom_series`` for DICOM inputs;
+    ``notes`` (structures without a Dice).
+    """
+
+    fixed: str
+    moving: str
+    working_size: int
+    network_passes: int
+    device: str
+    weights: str
+    physical_overlap: float
+    init: dict
+    similarity: str
+    similarity_reason: str
+    refined: RefineSummary | None
+    similarity_grid: list[int]
+    ncc_before: float
+    ncc_after: float
+    ncc_network: float
+    similarity_before: float
+    similarity_after: float
+    fallback: list[str]
+    warnings: list[str]
+    folding_percent: float
+    jacobian_min: float
+    jacobian_max: float
+    max_displacement_mm: float
+    quality: Quality
+    seconds: dict[str, float]
+    dice_before: dict[str, float] | None = None
+    dice_after: dict[str, float] | None = None
+    mean_dice_before: float | None = None
+    mean_dice_after: float | None = None
+    dicom_series: dict[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_dice(self) -> bool:
+        """Whether both label maps were given (the Dice fields are set)."""
+        return self.dice_after is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """``report.json``'s content: every field, the optional ones only when set."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _OPTIONAL and (value is None or value == []):
+                continue
+            out[f.name] = value.to_json() if hasattr(value, "to_json") else value
+        return out
+
+
+_OPTIONAL = frozenset({"dice_before", "dice_after", "mean_dice_before", "mean_dice_after", "dicom_series", "notes"})
 
 
 @dataclass
@@ -46,7 +178,7 @@ class MatchResult:
     jacobian: Volume
     affine_physical: np.ndarray
     warped_labels: Volume | None = None
-    report: dict = field(default_factory=dict)
+    report: MatchReport | None = None
     _field: tuple[np.ndarray, sitk.Image] | None = field(default=None, init=False, repr=False, compare=False)
 
     def displacement_image(self) -> sitk.Image:
@@ -71,10 +203,8 @@ class MatchResult:
         self._field = None
 
     def affine_transform(self) -> sitk.AffineTransform:
-        t = sitk.AffineTransform(3)
-        t.SetMatrix(self.affine_physical[:3, :3].flatten().tolist())
-        t.SetTranslation(self.affine_physical[:3, 3].tolist())
-        return t
+        """The global part as an ITK transform (fixed point -> moving point), as ``affine.tfm`` holds it."""
+        return affine_transform(self.affine_physical)
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write warped image/labels, displacement field, affine .tfm, Jacobian and report.
@@ -100,7 +230,7 @@ class MatchResult:
             for future in [pool.submit(job) for job in jobs]:
                 future.result()  # re-raises the first failure
         sitk.WriteTransform(self.affine_transform(), str(out / "affine.tfm"))
-        (out / "report.json").write_text(dumps_strict(self.report))
+        (out / "report.json").write_text(dumps_strict(self.report.to_json() if self.report is not None else {}))
         self.release_field_image()
         return out
 

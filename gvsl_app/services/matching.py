@@ -3,188 +3,264 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from gvsl_app.data.preprocess import Modality, check_overlap, detect_modality, normalise, resample_to, resize_array
+from gvsl_app.data.preprocess import (
+    Modality,
+    check_overlap,
+    detect_modality,
+    normalise,
+    physical_overlap,
+    resample_to,
+    resize_array,
+)
 from gvsl_app.io.volume import Volume
+from gvsl_app.options import InitMode, MatchOptions, MatchSimilarity, RefinePreset
 from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
-from gvsl_app.services.match_refine import REFINE_SPAN, refine_map, refine_summary
-from gvsl_app.services.match_result import MatchResult
+from gvsl_app.services.match_init import InitialAlignment, PairScore, initial_alignment
+from gvsl_app.services.match_map import NetworkMap, scored
+from gvsl_app.services.match_quality import judge
+from gvsl_app.services.match_refine import REFINE_SPAN, refine_map
+from gvsl_app.services.match_result import MatchReport, MatchResult
 from gvsl_app.services.metrics import dice_per_label, mean_dice
+from gvsl_app.services.stages import ProgressFn, StageClock
 from gvsl_app.services.weights import load_gvsl
-from models import GVSL, RefineSchedule, local_ncc, refine_preset, resolve_device
+from models import GVSL, RefineSchedule, refine_preset, resolve_device
 from models.device import autocast, cpu_threads, threads_for_load
-from models.instance_optimisation import LevelRecord
-from models.spatial import compose_affines, compose_coordinates, voxel_grid, warp
+from models.similarity import Similarity
+from models.spatial import compose_affines, compose_coordinates, warp
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[str, float], None]
 
 
 MIN_SIDE = 4
 """Fewest voxels along any axis of a volume that ``match`` accepts."""
 
 LOW_OVERLAP = 0.5
-"""Below this fraction of the fixed box covered by the moving scan, ``match`` warns."""
+"""Below this share of the fixed scan's content covered by the moving scan once placed, ``match`` warns."""
 
 
 FALLBACK_TOLERANCE = 1e-4
-"""How much the network's map must lower the local NCC before the identity replaces it: a map
+"""How much the network's map must lower the similarity before the identity replaces it: a map
 that is the identity up to interpolation (an untrained network) changes it by less."""
 
 
 def match(
     fixed: Volume,
     moving: Volume,
+    options: MatchOptions | None = None,
     *,
     weights: str | os.PathLike | None = None,
-    size: int | None = None,
-    device: str | torch.device = "auto",
+    model: GVSL | None = None,
     moving_labels: Volume | None = None,
     fixed_labels: Volume | None = None,
-    model: GVSL | None = None,
-    refine: bool | str | RefineSchedule = False,
+    schedule: RefineSchedule | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
-    fallback: bool = True,
-    passes: int = 1,
+    **overrides: Any,
 ) -> MatchResult:
     """Match ``moving`` onto ``fixed`` with a GVSL network (demo weights by default).
 
-    The moving volume is first brought onto the fixed grid in physical space, both are
-    normalised and resized to a ``size^3`` working cube (default: the cube the weights were
-    trained on, else 96), the network predicts one composed
-    map, and that map comes back to the fixed grid in millimetres. With ``refine`` (True for
-    the default :class:`models.RefineSchedule`, a name of :data:`models.REFINE_PRESETS` such
-    as ``"brain"``, or a schedule of one's own) the network's map is then polished on this pair
-    by instance optimisation (a few seconds on a CPU; ``should_stop`` returning True ends it
-    early and keeps the map so far). The warped image is then
-    produced by SimpleITK from the original moving volume and the exported displacement
-    field, so ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly.
-    On CUDA out-of-memory it falls back to the CPU with a warning.
+    ``options`` (:class:`gvsl_app.options.MatchOptions`; any of its fields may also be given
+    as a keyword, e.g. ``refine=False``) say how. First the moving scan is placed on the fixed
+    one (``init``: by default the best of the files' own frames, the centres of the fields of
+    view, the centres of intensity mass and the principal axes, so a pair in unrelated frames
+    is aligned, not refused); then both are normalised on the fixed grid and resized to the
+    network's working cube, the network predicts one composed map, the refinement (on by
+    default, as in ``gvsl match`` and the widget) polishes it on this pair by the chosen
+    ``similarity`` (local NCC for one contrast, MIND-SSC across contrasts), and the whole map,
+    initial alignment included, comes back to the fixed grid in millimetres. ``schedule``
+    replaces the refinement preset by a schedule of one's own; ``should_stop`` returning True
+    ends the refinement early and keeps the map so far. The warped image is produced by
+    SimpleITK from the original moving volume and the exported displacement field, so
+    ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly. On CUDA
+    out-of-memory the network falls back to the CPU with a warning.
 
-    With ``fallback`` (the default) a map never leaves the pair less alike than it found it:
-    when the network's map lowers the local NCC of the working cubes, the identity is used
-    instead (and the refinement starts from it), and a refinement that lowers the NCC is
-    dropped; ``report["fallback"]`` says what happened. ``report["warnings"]`` notes a scan
-    whose modality the weights were not pre-trained on. ``passes`` > 1 applies the network
-    again to its own result and composes the maps (still one resampling of the moving scan):
-    on cardiac CT three passes help the network alone, on brain MR they do not, and before a
-    refinement one is best (docs/MATCHING.md), hence the default of one.
+    With ``fallback`` (the default) a map never leaves the pair less alike than the initial
+    alignment left it: a network map that lowers the similarity is replaced by the identity
+    (the refinement starts from it), and a refinement that lowers it is dropped
+    (``report.fallback`` says what happened). ``report.quality`` says whether the result is to
+    be trusted (``ok``, ``doubtful`` or ``failed``, with its reasons).
     """
-    if int(passes) < 1:
-        raise ValueError(f"passes must be >= 1 (how many times the network is applied), got {passes}")
-    if size is not None and int(size) < 16:
-        raise ValueError(f"working size must be >= 16 voxels (the network pools four times), got {size}")
-    preset, schedule = None, None
-    if isinstance(refine, RefineSchedule):
-        schedule = refine
-    elif refine:
-        preset = "standard" if refine is True else str(refine)
-        schedule = refine_preset(preset)  # a wrong name fails here, before any work
-    times: dict[str, float] = {}
-    say = progress or (lambda stage, frac: None)
-    t = time.perf_counter()
-    fixed, moving, notes = _checked_inputs(fixed, moving, fixed_labels, moving_labels)
-    overlap = check_overlap(fixed, moving)
-    dev = resolve_device(device)
-    say("load weights", 0.05)
-    weights_info = "given model"
-    if model is None:
-        model, weights_info = load_gvsl(weights, dev)
-    size = int(size or getattr(model, "working_size", None) or 96)
-    warnings = notes + _modality_warnings(model, fixed, moving) + _overlap_warnings(overlap, fixed, moving)
-    times["load_weights_s"] = time.perf_counter() - t
+    opts = dataclasses.replace(options or MatchOptions(), **overrides)
+    clock = StageClock(progress)
+    with clock.stage("load_weights", 0.05, "load weights"):
+        fixed, moving, notes = _checked_inputs(fixed, moving, fixed_labels, moving_labels)
+        dev = resolve_device(opts.device)
+        weights_info = "given model"
+        if model is None:
+            model, weights_info = load_gvsl(weights, dev)
+    with clock.stage("initialise", 0.08, "initial alignment"):
+        start = _start(fixed, moving, opts)
+    size = int(opts.size or getattr(model, "working_size", None) or 96)
+    preset, preset_reason, schedule = _schedule(opts, schedule, fixed, moving)
+    similarity, reason = _similarity(opts, fixed, moving, start)
+    warnings = notes + _modality_warnings(model, fixed, moving) + _coverage_warnings(start.init, fixed, moving)
+    with clock.stage("preprocess", 0.1):
+        fixed_n, moving_n = normalise(fixed), normalise(start.moving_on_fixed)
+        cubes = (_cube(fixed_n, (size,) * 3), _cube(moving_n, (size,) * 3))
+    with clock.stage("network", 0.25):
+        net, used = _network_map(model, cubes, dev, opts.passes, similarity)
+    ncc_network = net.ncc_after  # what the network's own map reached, kept or not
+    net, fell_back, flat = _judged(net, fixed, moving, opts.fallback)
+    warnings += [flat] if flat else []
+    refine_info = None
+    if schedule is not None and not flat:
+        with clock.stage("refine", REFINE_SPAN[0]):
+            refinement = refine_map(
+                net, fixed_n, moving_n, cubes, used, schedule, similarity, clock.say, should_stop, opts.fallback
+            )
+        net, fell_back = refinement.map, fell_back + ([refinement.note] if refinement.note else [])
+        ncc_network = refinement.start_ncc if not refinement.note else ncc_network
+        refine_info = refinement.summary(schedule, preset, preset_reason)
+    with clock.stage("upsample", REFINE_SPAN[1], "displacement"):
+        disp_mm, jac, affine_phys = map_on_fixed_grid(net, fixed, start.init.matrix)
+    with clock.stage("warp", 0.75):
+        result = warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
+    with clock.stage("judge", 0.9, "report"):
+        quality = judge(start.pair, start.init, fixed, disp_mm, jac)
+    result.report = MatchReport(
+        fixed=fixed.source,
+        moving=moving.source,
+        working_size=size,
+        network_passes=int(opts.passes),
+        device=str(used),
+        weights=weights_info,
+        physical_overlap=start.overlap,
+        init=start.init.to_json(),
+        similarity=similarity.name,
+        similarity_reason=reason,
+        refined=refine_info,
+        similarity_grid=list(net.grid),
+        ncc_before=net.ncc_before,
+        ncc_after=net.ncc_after,
+        ncc_network=ncc_network,
+        similarity_before=net.score_before,
+        similarity_after=net.score_after,
+        fallback=fell_back,
+        warnings=warnings,
+        quality=quality,
+        seconds={},
+        folding_percent=float((jac <= 0).mean() * 100.0),
+        jacobian_min=float(jac.min()),
+        jacobian_max=float(jac.max()),
+        max_displacement_mm=float(np.linalg.norm(disp_mm, axis=-1).max()),
+    )
+    _add_label_overlap(result.report, moving_labels, fixed_labels, result.warped_labels, fixed)
+    result.report.seconds = clock.rounded()
+    clock.say("done", 1.0)
+    return result
 
-    t = time.perf_counter()
-    say("preprocess", 0.1)
-    shape = (size, size, size)
-    fixed_n, moving_n = _normalised_on_fixed_grid(fixed, moving)
-    f_w, m_w = _cube(fixed_n, shape), _cube(moving_n, shape)
-    times["preprocess_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    say("network", 0.25)
-    # threads beyond the cores other processes leave free wait on each other at every layer
-    with cpu_threads(threads_for_load()) if dev.type == "cpu" else contextlib.nullcontext():
-        out, used = _network_map(model, m_w, f_w, dev, int(passes))
-    times["network_s"] = time.perf_counter() - t
-    out["ncc_network"] = out["ncc_after"]
-    fell_back: list[str] = []
+@dataclass(frozen=True)
+class _Start:
+    """The pair as the network sees it: the initial alignment, the moving scan placed by it on
+    the fixed grid, and the physical overlap of the files' own frames."""
+
+    init: InitialAlignment
+    moving_on_fixed: Volume
+    overlap: float
+    pair: PairScore
+
+
+def _start(fixed: Volume, moving: Volume, opts: MatchOptions) -> _Start:
+    """Place the moving scan (``opts.init``); with ``init none`` a pair whose frames do not
+    meet is refused, as there is nothing to match."""
+    overlap = physical_overlap(fixed, moving)
+    if opts.init == InitMode.NONE:
+        check_overlap(fixed, moving)
+    pair = PairScore(fixed, moving)
+    # a scan with one value everywhere has nothing to align by: its files' frames stand
+    mode = InitMode.NONE if _flat_image_note(fixed, moving) else opts.init
+    init = initial_alignment(fixed, moving, mode, pair)
+    return _Start(init, resample_to(moving, fixed, transform=init.matrix), overlap, pair)
+
+
+def _schedule(
+    opts: MatchOptions, schedule: RefineSchedule | None, fixed: Volume, moving: Volume
+) -> tuple[str | None, str, RefineSchedule | None]:
+    """The refinement's preset name, why it was chosen, and its schedule (none without
+    ``refine``; a schedule of one's own has no name); ``auto`` picks the preset from the scans
+    (:func:`auto_preset`)."""
+    if not opts.refine:
+        return None, "", None
+    if schedule is not None:
+        return None, "a schedule of the caller's own", schedule
+    if opts.refine_preset == RefinePreset.AUTO:
+        preset, why = auto_preset(fixed, moving)
+    else:
+        preset, why = str(opts.refine_preset), "chosen by the user"
+    return preset, why, refine_preset(preset)
+
+
+BRAIN_SPACING_MM = 1.3
+"""Largest voxel side of a scan the ``auto`` refinement preset takes for brain MR."""
+
+HEAD_EXTENT_MM = (150.0, 300.0)
+"""Longest physical side of a field of view the ``auto`` preset takes for a head."""
+
+
+def auto_preset(fixed: Volume, moving: Volume) -> tuple[str, str]:
+    """``brain`` for MR at ~1 mm over a head-sized field of view (both scans), else
+    ``standard``; and why, in words.
+
+    The brain preset is stiffer and finer: on 1 mm brain MR it gains (0.945 -> 0.969 tissue
+    Dice on the MNI pairs), on the cardiac pairs' large deformations it loses ~0.1.
+    """
+    for name, v in (("fixed", fixed), ("moving", moving)):
+        extent = max(n * s for n, s in zip(v.shape[::-1], v.spacing))
+        if detect_modality(v) != "mr":
+            return "standard", f"chosen from the scans: the {name} scan is not MR"
+        if max(v.spacing) > BRAIN_SPACING_MM:
+            return "standard", f"chosen from the scans: the {name} scan's voxels exceed {BRAIN_SPACING_MM} mm"
+        if not HEAD_EXTENT_MM[0] <= extent <= HEAD_EXTENT_MM[1]:
+            return (
+                "standard",
+                f"chosen from the scans: the {name} scan's field of view ({extent:.0f} mm) is not a head's",
+            )
+    return "brain", "chosen from the scans: MR at ~1 mm over a head-sized field of view"
+
+
+CONTRAST_CORRELATION = 0.2
+"""Below this correlation of the two scans' intensities once placed, ``auto`` takes them for
+two contrasts (T1 against T2 correlates negatively) and compares MIND descriptors instead."""
+
+
+def _similarity(opts: MatchOptions, fixed: Volume, moving: Volume, start: _Start) -> tuple[Similarity, str]:
+    """The refinement's similarity and why it was chosen."""
+    if opts.similarity != MatchSimilarity.AUTO:
+        return Similarity(str(opts.similarity)), "chosen by the user"
+    fm, mm = detect_modality(fixed), detect_modality(moving)
+    if fm != mm:
+        return Similarity("mind"), f"the fixed scan looks like {fm.upper()}, the moving one like {mm.upper()}"
+    corr = start.init.correlation
+    if corr < CONTRAST_CORRELATION:
+        return Similarity("mind"), (
+            f"the scans' intensities correlate at {corr:.2f} once placed (< {CONTRAST_CORRELATION}): two contrasts"
+        )
+    return Similarity("ncc"), f"one contrast (intensities correlate at {corr:.2f} once placed)"
+
+
+def _judged(net: NetworkMap, fixed: Volume, moving: Volume, fallback: bool) -> tuple[NetworkMap, list[str], str]:
+    """The network's map, or the identity when it cannot be judged (a flat scan) or, with
+    ``fallback``, made the pair less alike; (map, fallback notes, flat-scan warning)."""
     flat = _flat_image_note(fixed, moving)
     if flat:
         # NCC is 0 against a constant image whatever the map, so neither the fallback nor
         # the refinement can judge one: a map would only fold (98 % of voxels, measured)
-        warnings.append(flat)
-        _identity_map(out, shape)
-        schedule = None
-    elif fallback and out["ncc_after"] < out["ncc_before"] - FALLBACK_TOLERANCE:
-        fell_back.append(_use_identity(out, shape, "the network's map"))
-
-    steps_done, grid = 0, shape
-    levels: list[LevelRecord] = []
-    if schedule is not None:
-        t = time.perf_counter()
-        say("refine", REFINE_SPAN[0])
-        grid, steps_done, levels, note = refine_map(
-            out, shape, fixed_n, moving_n, (f_w, m_w), used, schedule, say, should_stop, fallback
-        )
-        fell_back += [note] if note else []
-        times["refine_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say("displacement", REFINE_SPAN[1])
-    disp_mm, jac, affine_phys = map_on_fixed_grid(out, fixed, grid)
-    times["upsample_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    say("warp", 0.75)
-    result = warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
-    times["warp_s"] = time.perf_counter() - t
-
-    say("report", 0.9)
-    report = {
-        "fixed": fixed.source,
-        "moving": moving.source,
-        "working_size": size,
-        "network_passes": int(passes),
-        "device": str(used),
-        "weights": weights_info,
-        "physical_overlap": overlap,
-        "refined": refine_summary(schedule, steps_done, levels, out, preset),
-        "similarity_grid": list(grid),
-        "ncc_before": out["ncc_before"],
-        "ncc_after": out["ncc_after"],
-        "ncc_network": out["ncc_network"],
-        "fallback": fell_back,
-        "warnings": warnings,
-        **_map_summary(jac, disp_mm),
-        "seconds": {k: round(v, 4) for k, v in times.items()},
-    }
-    if moving_labels is not None and fixed_labels is not None:
-        assert result.warped_labels is not None  # set whenever moving_labels is given
-        report.update(_label_overlap(moving_labels, fixed_labels, result.warped_labels, fixed))
-    report["seconds"]["total_s"] = round(sum(times.values()), 4)
-    result.report = report
-    say("done", 1.0)
-    return result
-
-
-def _map_summary(jac: np.ndarray, disp_mm: np.ndarray) -> dict[str, float]:
-    """Folding (share of voxels with a non-positive Jacobian), Jacobian range, largest displacement."""
-    return {
-        "folding_percent": float((jac <= 0).mean() * 100.0),
-        "jacobian_min": float(jac.min()),
-        "jacobian_max": float(jac.max()),
-        "max_displacement_mm": float(np.linalg.norm(disp_mm, axis=-1).max()),
-    }
+        return net.as_identity(), [], flat
+    if fallback and net.score_after < net.score_before - FALLBACK_TOLERANCE:
+        return net.as_identity(), [_identity_note(net, "the network's map")], ""
+    return net, [], ""
 
 
 def _checked_inputs(
@@ -210,14 +286,13 @@ def _checked_inputs(
     return fixed, moving, [n for n in (fixed_note, moving_note) if n]
 
 
-def _overlap_warnings(overlap: float, fixed: Volume, moving: Volume) -> list[str]:
-    """A warning (logged too) when the moving scan covers little of the fixed one in physical space."""
-    if overlap >= LOW_OVERLAP:
+def _coverage_warnings(init: InitialAlignment, fixed: Volume, moving: Volume) -> list[str]:
+    """A warning (logged too) when the moving scan, once placed, covers little of the fixed one."""
+    if init.coverage >= LOW_OVERLAP:
         return []
     msg = (
-        f"the moving scan {moving.source} covers only {100 * overlap:.0f} % of the fixed scan "
-        f"{fixed.source} in physical space: the rest of the fixed grid has nothing to match; check "
-        "that both files keep their scanner origin and orientation"
+        f"the moving scan {moving.source} covers only {100 * init.coverage:.0f} % of the fixed scan "
+        f"{fixed.source}'s content once placed: the rest has nothing to match (a partial field of view?)"
     )
     log.warning("gvsl match: %s", msg)
     return [msg]
@@ -228,57 +303,60 @@ def _cube(array: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.from_numpy(resize_array(array, shape))[None, None]
 
 
-def _normalised_on_fixed_grid(fixed: Volume, moving: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """Both scans on the fixed grid in physical space, normalised (the network's and the
-    refinement's images are resized from these)."""
-    return normalise(fixed), normalise(resample_to(moving, fixed))
-
-
 def _network_map(
-    model: GVSL, m_w: torch.Tensor, f_w: torch.Tensor, dev: torch.device, passes: int = 1
-) -> tuple[dict, torch.device]:
-    """The network's map, applied ``passes`` times (:func:`_compose_passes`); on CUDA
-    out-of-memory the CPU instead, with a warning."""
-    try:
-        out, used = _run_network(model, m_w, f_w, dev)
-    except torch.cuda.OutOfMemoryError:
-        log.warning("CUDA out of memory at working size %d; falling back to the CPU", m_w.shape[-1])
-        torch.cuda.empty_cache()
-        model, used = model.cpu(), torch.device("cpu")
-        out, used = _run_network(model, m_w, f_w, used)
-    for _ in range(passes - 1):
-        again, _ = _run_network(model, warp(m_w, out["coordinates"]), f_w, used)
-        _compose_passes(out, again, m_w, f_w)
-    return out, used
+    model: GVSL, cubes: tuple[torch.Tensor, torch.Tensor], dev: torch.device, passes: int, similarity: Similarity
+) -> tuple[NetworkMap, torch.device]:
+    """The network's map on the working cube, applied ``passes`` times (:func:`_compose_passes`);
+    on CUDA out-of-memory the CPU instead, with a warning."""
+    f_w, m_w = cubes
+    # threads beyond the cores other processes leave free wait on each other at every layer
+    with cpu_threads(threads_for_load()) if dev.type == "cpu" else contextlib.nullcontext():
+        try:
+            coords, affine, used = _run_network(model, m_w, f_w, dev)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("CUDA out of memory at working size %d; falling back to the CPU", m_w.shape[-1])
+            torch.cuda.empty_cache()
+            model, used = model.cpu(), torch.device("cpu")
+            coords, affine, used = _run_network(model, m_w, f_w, used)
+        for _ in range(passes - 1):
+            coords, affine = _compose_passes(coords, affine, _run_network(model, warp(m_w, coords), f_w, used))
+    return scored(coords, affine, m_w, f_w, similarity), used
 
 
 @torch.no_grad()
-def _compose_passes(out: dict, again: dict, m_w: torch.Tensor, f_w: torch.Tensor) -> None:
-    """``out``'s map followed by a second prediction on the already-warped moving scan.
+def _compose_passes(
+    coords: torch.Tensor, affine: torch.Tensor, again: tuple[torch.Tensor, torch.Tensor, torch.device]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A map followed by a second prediction on the already-warped moving scan.
 
     A network that stops short of the full alignment (it underfits at CPU budgets) closes
     part of the remaining gap when shown its own result: the composed map samples the first
     map's displacement at the second map's points, so the moving scan is still resampled
     once. The global parts compose as matrices (``A1 A2``).
     """
-    out["coordinates"] = compose_coordinates(out["coordinates"], again["coordinates"])
-    out["affine"] = compose_affines(out["affine"], again["affine"])
-    out["ncc_after"] = float(-local_ncc(warp(m_w, out["coordinates"]), f_w))
+    return compose_coordinates(coords, again[0]), compose_affines(affine, again[1])
 
 
-def _label_overlap(moving_labels: Volume, fixed_labels: Volume, warped_labels: Volume, fixed: Volume) -> dict:
-    """Per-label and mean Dice before (physical identity) and after matching, for the report."""
+def _add_label_overlap(
+    report: MatchReport,
+    moving_labels: Volume | None,
+    fixed_labels: Volume | None,
+    warped_labels: Volume | None,
+    fixed: Volume,
+) -> None:
+    """Per-label and mean Dice before (the files' frames) and after matching, into the report
+    (nothing without both label maps)."""
+    if moving_labels is None or fixed_labels is None or warped_labels is None:
+        return
     before = resample_to(moving_labels, fixed, is_label=True).array
     labels = sorted(int(v) for v in np.union1d(np.unique(fixed_labels.array), np.unique(moving_labels.array)) if v)
     d0 = dice_per_label(before, fixed_labels.array, labels)
     d1 = dice_per_label(warped_labels.array, fixed_labels.array, labels)
-    return {
-        "dice_before": {str(k): v for k, v in d0.items()},
-        "dice_after": {str(k): v for k, v in d1.items()},
-        # a structure in neither map has no Dice (NaN) and stays out of the mean
-        "mean_dice_before": _finite_or_none(mean_dice(d0)) if d0 else None,
-        "mean_dice_after": _finite_or_none(mean_dice(d1)) if d1 else None,
-    }
+    report.dice_before = {str(k): v for k, v in d0.items()}
+    report.dice_after = {str(k): v for k, v in d1.items()}
+    # a structure in neither map has no Dice (NaN) and stays out of the mean
+    report.mean_dice_before = _finite_or_none(mean_dice(d0)) if d0 else None
+    report.mean_dice_after = _finite_or_none(mean_dice(d1)) if d1 else None
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -288,8 +366,8 @@ def _finite_or_none(x: float) -> float | None:
 @torch.no_grad()
 def _run_network(
     model: GVSL, moving: torch.Tensor, fixed: torch.Tensor, dev: torch.device
-) -> tuple[dict, torch.device]:
-    """The network's map on the working cube, with the local NCC before and after it."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
+    """The network's map on the working cube: (coordinates, affine, device), on the CPU."""
     model = model.to(dev).eval()
     m, f = moving.to(dev), fixed.to(dev)
     if dev.type == "cpu":
@@ -304,13 +382,7 @@ def _run_network(
     finally:
         if dev.type == "cpu":
             model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # as above
-    res = {
-        "coordinates": o.coordinates.float().cpu(),
-        "affine": o.affine.float().cpu(),
-        "ncc_before": float(-local_ncc(m, f)),
-        "ncc_after": float(-local_ncc(o.warped, f)),
-    }
-    return res, dev
+    return o.coordinates.float().cpu(), o.affine.float().cpu(), dev
 
 
 def _finite(volume: Volume, name: str) -> tuple[Volume, str]:
@@ -370,22 +442,15 @@ def _flat_image_note(fixed: Volume, moving: Volume) -> str | None:
     return None
 
 
-def _identity_map(out: dict, shape: tuple[int, int, int]) -> None:
-    out["coordinates"] = voxel_grid(shape).unsqueeze(0)
-    out["affine"] = torch.eye(3, 4).unsqueeze(0)
-    out["ncc_after"] = out["ncc_before"]
-
-
-def _use_identity(out: dict, shape: tuple[int, int, int], what: str) -> str:
-    """Replace a map that lowered the similarity by the identity; the reason, for the report.
+def _identity_note(net: NetworkMap, what: str) -> str:
+    """Why a map that lowered the similarity was replaced by the identity, for the report.
 
     A network applied to a scan unlike its training data (another modality, body part or
     contrast) can predict a map that makes the pair *less* alike; returning the identity
     instead means ``gvsl match`` never leaves a pair worse aligned than it found it.
     """
     reason = (
-        f"{what} lowered the local NCC ({out['ncc_before']:.4f} -> {out['ncc_after']:.4f}); used the identity instead"
+        f"{what} lowered the similarity ({net.score_before:.4f} -> {net.score_after:.4f}); used the identity instead"
     )
     log.warning("gvsl match: %s", reason)
-    _identity_map(out, shape)
     return reason

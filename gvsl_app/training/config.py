@@ -42,10 +42,15 @@ class PretrainConfig:
     test whether the deformable head takes the signal away from the affine head (at the
     study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
     also keeps the model weights of every N-th iteration as ``checkpoints/iter_NNNNNN.pt``
-    (for learning curves: ``benchmarks/matching_curves.py``).
+    (for learning curves: ``benchmarks/matching_curves.py``). ``init`` starts the network from
+    a GVSL checkpoint's weights (``scratch``: random); the optimiser starts afresh.
+    ``relative_pose`` also moves the moving scan alone: ``False``, ``True``/``"small"``
+    (+-10 degrees, 6 % shifts) or ``"large"`` (+-30 degrees, 20 % scale, 15 % shifts: the
+    residual a pair of different people can keep after a moments initialisation).
     """
 
     data: str = "synthetic:cardiac"
+    init: str = "scratch"
     run: str = "runs/pretrain"
     variant: str = "gvsl"
     affine_head: str = "keypoints"
@@ -73,7 +78,7 @@ class PretrainConfig:
     w_smooth: float = 1.0
     w_mse: float = 1.0
     w_affine: float = 0.0
-    relative_pose: bool = False
+    relative_pose: bool | str = False
     amp: bool = True
     compile: bool = False
     resume: bool = False
@@ -112,6 +117,8 @@ class PretrainConfig:
             raise ValueError(f"n_synthetic must be >= 2 (a pair needs two subjects), got {self.n_synthetic}")
         if self.decay_start >= self.iters:
             raise ValueError(f"decay_start ({self.decay_start}) must be below iters ({self.iters}), or 0 for no decay")
+        if self.relative_pose not in (False, True, "small", "large"):
+            raise ValueError(f"relative_pose must be false, true, small or large, got {self.relative_pose!r}")
 
 
 @dataclass

@@ -119,6 +119,16 @@ class _Session:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(config))
         self.start, self.best = 0, math.inf
+        if config.init != "scratch" and not config.resume:
+            self.load_init(config.init)
+
+    def load_init(self, path: str) -> None:
+        """Start from a GVSL checkpoint's model weights (ours, exported or a run's); the
+        architecture must be the one configured, so a mismatch is refused by name."""
+        from models.checkpoint import model_state, read_checkpoint
+
+        state, _ = model_state(read_checkpoint(path))
+        load_state_into(self.model, state, source=path)
 
     def restore(self) -> None:
         """Continue from ``last.pt`` (model, optimiser, scheduler, RNG, iteration, best)."""

@@ -1,0 +1,99 @@
+"""Image similarities for the refinement: local NCC for one contrast, MIND-SSC and normalised
+gradient fields across contrasts and modalities.
+
+Each :class:`Similarity` turns a scan into features once (``prepare``: the image itself, or
+its MIND-SSC descriptors) and scores a warped moving scan's features against the fixed one's
+(``loss``: lower is better, in (-1, 0] like :func:`models.losses.local_ncc`, so that the
+refinement's smoothness weights and tolerances mean the same for every similarity). Warping
+precomputed descriptors instead of recomputing them on every step is how MIND is used in
+practice (Heinrich et al., MIND, Medical Image Analysis 2012; "SSC", MICCAI 2013).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .losses import local_ncc
+
+SIMILARITIES = ("ncc", "mind", "ngf")
+
+
+def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
+    """MIND-SSC descriptors ``(B, 12, D, H, W)`` of ``image`` ``(B, 1, D, H, W)``.
+
+    For each of the 12 pairs of the six-neighbourhood's neighbours that lie sqrt(2) apart
+    (at ``dilation`` voxels), the patch distance between the two neighbours (box of side
+    ``2 radius + 1``), normalised by the local variance estimate (the mean over the 12) and
+    mapped through ``exp(-d / v)``: a local self-similarity pattern that is the same in any
+    contrast where the same structures have edges.
+    """
+    x = image.float()
+    six = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
+    pairs = [(i, j) for i in range(6) for j in range(i) if int(((six[i] - six[j]) ** 2).sum()) == 2]
+    pad = F.pad(x, (dilation,) * 6, mode="replicate")
+    d, h, w = x.shape[2:]
+
+    def shifted(offset: torch.Tensor) -> torch.Tensor:
+        z, y, xx = (int(o) * dilation for o in offset)
+        return pad[:, :, z : z + d, y : y + h, xx : xx + w]
+
+    ssd = torch.cat([(shifted(six[i]) - shifted(six[j])) ** 2 for i, j in pairs], dim=1)
+    k = 2 * radius + 1
+    ssd = F.avg_pool3d(F.pad(ssd, (radius,) * 6, mode="replicate"), k, stride=1)
+    mind = ssd - ssd.min(dim=1, keepdim=True).values
+    var = mind.mean(dim=1, keepdim=True)
+    mean_var = var.mean()
+    var = var.clamp(mean_var * 1e-3, mean_var * 1e3)
+    return torch.exp(-mind / var.clamp_min(1e-12))
+
+
+def ngf_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """Normalised gradient fields: minus the mean squared cosine between the two images' gradients.
+
+    ``eps`` (in units of the images' gradient per voxel, images in [0, 1]) keeps noise and flat
+    regions from counting; the value lies in (-1, 0], -1 where every edge is parallel.
+    """
+
+    def grads(x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x.float(), (1, 1, 1, 1, 1, 1), mode="replicate")
+        gz = (x[:, :, 2:, 1:-1, 1:-1] - x[:, :, :-2, 1:-1, 1:-1]) / 2
+        gy = (x[:, :, 1:-1, 2:, 1:-1] - x[:, :, 1:-1, :-2, 1:-1]) / 2
+        gx = (x[:, :, 1:-1, 1:-1, 2:] - x[:, :, 1:-1, 1:-1, :-2]) / 2
+        return torch.cat([gz, gy, gx], dim=1)
+
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        ga, gb = grads(a), grads(b)
+        dot = (ga * gb).sum(1)
+        na = (ga * ga).sum(1) + eps * eps
+        nb = (gb * gb).sum(1) + eps * eps
+        return -(dot * dot / (na * nb)).mean()
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """A refinement similarity by name (``ncc``, ``mind`` or ``ngf``) with its local window."""
+
+    name: str = "ncc"
+    window: int = 9
+
+    def __post_init__(self) -> None:
+        if self.name not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.name!r}: choose one of {', '.join(SIMILARITIES)}")
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """What is warped and compared: the image, or its MIND-SSC descriptors."""
+        return mind_ssc(image) if self.name == "mind" else image
+
+    def loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """Lower is better, in (-1, 0]: local NCC of the images or of the descriptors, or NGF."""
+        if self.name == "ngf":
+            return ngf_loss(warped, fixed)
+        return local_ncc(warped, fixed, window=self.window)
+
+    def score(self, moving: torch.Tensor, fixed: torch.Tensor) -> float:
+        """How alike two images are by this similarity (higher is better), features computed here."""
+        with torch.no_grad():
+            return float(-self.loss(self.prepare(moving), self.prepare(fixed)))
