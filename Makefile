@@ -27,7 +27,7 @@ system-deps:
 demo: system-deps venv
 	bash scripts/demo.sh
 
-# Lint, format, types and the import layers (docs/ARCHITECTURE.md); `make test` runs them first.
+# Lint, format, types and the import layers (docs/design/architecture.md); `make test` runs them first.
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -98,7 +98,7 @@ def _add_pretrain(sub) -> None:
         "--ncc-eps",
         type=float,
         help="damping of the NCC's denominator on window means (default 1e-5; the authors' 1e-5 on window "
-        "sums is about 1.9e-11 here, docs/MATCHING.md)",
+        "sums is about 1.9e-11 here, docs/results/matching.md)",
     )
     p.add_argument(
         "--match-input",
@@ -209,14 +209,14 @@ def _add_match(sub) -> None:
         default="standard",
         help="the refinement's schedule: standard (default; CT and large deformations) or brain (brain MR "
         "and other ~1 mm scans with small smooth deformations: stiffer and finer, ~1.5x the time; "
-        "docs/MATCHING.md)",
+        "docs/results/matching.md)",
     )
     p.add_argument(
         "--passes",
         type=int,
         default=1,
         help="apply the network N times, each to its own result, and compose the maps (default 1; 3 helps "
-        "the network alone on CT, docs/MATCHING.md)",
+        "the network alone on CT, docs/results/matching.md)",
     )
     p.add_argument(
         "--fallback",

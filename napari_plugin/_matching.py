@@ -119,7 +119,7 @@ class MatchingWidget(QWidget):
         self.refine_preset.setItemData(
             1,
             "brain MR and other ~1 mm scans with small, smooth deformations: a finer last level and a "
-            "bending penalty; about 1.5x the time (docs/MATCHING.md)",
+            "bending penalty; about 1.5x the time (docs/results/matching.md)",
             Qt.ToolTipRole,
         )
         self.refine_preset.setToolTip("the refinement's schedule (gvsl match --refine-preset)")

@@ -108,8 +108,8 @@ def test_refusals(study, tmp_path):
 def test_each_budget_writes_its_own_docs_folder_so_none_overwrites_anothers_results(pt, tmp_path):
     outs = {name: pt.default_out(name, tmp_path) for name in ("tiny", "small", "medium", "gpu", "paper")}
     assert outs["tiny"] == tmp_path / "out"
-    assert outs["small"] == ROOT / "docs"
-    assert outs["medium"] == ROOT / "docs" / "study_medium"
+    assert outs["small"] == ROOT / "docs" / "results" / "study_small"
+    assert outs["medium"] == ROOT / "docs" / "results" / "study_medium"
     assert len(set(outs.values())) == len(outs)
 
 

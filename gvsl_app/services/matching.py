@@ -77,7 +77,7 @@ def match(
     whose modality the weights were not pre-trained on. ``passes`` > 1 applies the network
     again to its own result and composes the maps (still one resampling of the moving scan):
     on cardiac CT three passes help the network alone, on brain MR they do not, and before a
-    refinement one is best (docs/MATCHING.md), hence the default of one.
+    refinement one is best (docs/results/matching.md), hence the default of one.
     """
     if int(passes) < 1:
         raise ValueError(f"passes must be >= 1 (how many times the network is applied), got {passes}")
