@@ -56,12 +56,12 @@ import sys
 import time
 from pathlib import Path
 
-from study_clustering import clustering
-from study_figures import draw_figures
-from study_plan import BUDGETS, DATA_SEEDS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
-from study_record import add_record, load_records
-from study_report import write_outputs
-from study_runs import (
+from study.clustering import clustering
+from study.figures import draw_figures
+from study.plan import BUDGETS, DATA_SEEDS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
+from study.record import add_record, load_records
+from study.report import write_outputs
+from study.runs import (
     downstream_config,
     downstream_value,
     make_data,
@@ -70,8 +70,8 @@ from study_runs import (
     run_job,
     run_jobs_side_by_side,
 )
-from study_stats import Measurements, silhouette_summary
-from study_timing import Clock, calibrate, estimate, fmt_s
+from study.stats import Measurements, silhouette_summary
+from study.timing import Clock, calibrate, estimate, fmt_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
