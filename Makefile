@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # build, several GB); https://download.pytorch.org/whl/cpu gives the ~200 MB CPU build.
 TORCH_INDEX ?=
 
-.PHONY: demo test check venv system-deps app-bundle bench clean
+.PHONY: demo test check docs venv system-deps app-bundle bench clean
 
 $(BIN)/gvsl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,14 +27,19 @@ system-deps:
 demo: system-deps venv
 	bash scripts/demo.sh
 
-# Lint, format, types and the import layers (docs/ARCHITECTURE.md); `make test` runs them first.
+# Lint, format, types and the import layers (docs/design/architecture.md); `make test` runs them first.
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: system-deps venv check
+# The documentation site (mkdocs.yml): guide, design, results and the API reference from the
+# docstrings (read statically, nothing imported); any warning fails it. `make test` builds it.
+docs: venv
+	$(BIN)/mkdocs build --strict -d site
+
+test: system-deps venv check docs
 	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
@@ -45,4 +50,4 @@ app-bundle: venv
 	$(BIN)/pyinstaller --noconfirm app.spec
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist site *.egg-info

@@ -13,9 +13,9 @@ fresh pairs: the mean NCC after the predicted affine and the mean absolute error
 predicted map against the true one, in voxels over all voxels and axes (the identity's
 error is printed as ``identity``; a perfect head scores 0).
 
-Why: in the study (docs/findings_small.md, item 4) the paper's head stayed at the
+Why: in the study (docs/results/study_small/findings_small.md, item 4) the paper's head stayed at the
 identity during pre-training. This probe separates "nothing to learn" from "cannot learn
-it", and measures the keypoint head that replaced it as the default (docs/MATCHING.md).
+it", and measures the keypoint head that replaced it as the default (docs/results/matching.md).
 """
 
 from __future__ import annotations

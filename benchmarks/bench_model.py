@@ -6,7 +6,7 @@ Each configuration runs in its own subprocess so that peak memory (CPU: max RSS;
 max allocated) belongs to it alone. Like the ``gvsl`` commands, each subprocess tunes the
 C allocator first (``gvsl_app.allocator``); ``GVSL_TUNE_MALLOC=0`` measures without it.
 It prints our own times only: a ratio against the authors' code means little unless both
-run side by side in one session on one machine (docs/BENCHMARKS.md says what such a run
+run side by side in one session on one machine (docs/results/benchmarks.md says what such a run
 measured), so no constant from another day is divided by these numbers.
 """
 

@@ -32,9 +32,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from study_plan import BUDGETS, METHODS
-from study_runs import downstream_config, downstream_value, run_job, run_jobs_side_by_side
-from study_timing import Clock
+from study.plan import BUDGETS, METHODS
+from study.runs import downstream_config, downstream_value, run_job, run_jobs_side_by_side
+from study.timing import Clock
 
 
 def parse_setting(text: str) -> tuple[int, float]:

@@ -35,8 +35,8 @@ Beside the means, GVSL is compared with every other row seed by seed (paired dif
 GPU, small networks leave the card mostly idle); the results are the same runs either way.
 
 Writes ``OUT/RESULTS.md``, ``OUT/results.json`` and ``OUT/figures/*.png``. ``--out`` defaults
-to ``docs`` for the ``small`` budget, ``docs/study_BUDGET`` for ``medium``, ``gpu`` and
-``paper`` (so no budget overwrites another's results) and ``WORK/out`` for ``tiny`` (a tiny
+to ``docs/results/study_BUDGET`` for ``small``, ``medium``, ``gpu`` and ``paper`` (so no
+budget overwrites another's results) and ``WORK/out`` for ``tiny`` (a tiny
 run is a smoke test and is labelled so; it is refused in ``docs/``). Runs live in ``--work``
 (default ``runs/paper_table/BUDGET``); a run whose ``report.json`` exists with the same
 configuration is reused, an interrupted one resumes from its ``last.pt``. ``--from-record
@@ -56,12 +56,12 @@ import sys
 import time
 from pathlib import Path
 
-from study_clustering import clustering
-from study_figures import draw_figures
-from study_plan import BUDGETS, DATA_SEEDS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
-from study_record import add_record, load_records
-from study_report import write_outputs
-from study_runs import (
+from study.clustering import clustering
+from study.figures import draw_figures
+from study.plan import BUDGETS, DATA_SEEDS, METHODS, MODES, TASKS, VARIANTS, Budget, check_disjoint
+from study.record import add_record, load_records
+from study.report import write_outputs
+from study.runs import (
     downstream_config,
     downstream_value,
     make_data,
@@ -70,8 +70,8 @@ from study_runs import (
     run_job,
     run_jobs_side_by_side,
 )
-from study_stats import Measurements, silhouette_summary
-from study_timing import Clock, calibrate, estimate, fmt_s
+from study.stats import Measurements, silhouette_summary
+from study.timing import Clock, calibrate, estimate, fmt_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,12 +80,12 @@ def default_out(budget_name: str, work: Path) -> Path:
     """The folder a study writes RESULTS.md, results.json and figures/ into without ``--out``.
 
     Each budget has its own folder, so that running one budget never overwrites another's
-    recorded results: ``docs`` (small, the first study), ``docs/study_BUDGET`` (medium, gpu,
-    paper), ``WORK/out`` for the tiny smoke test.
+    recorded results: ``docs/results/study_small`` (the first study), ``docs/results/study_BUDGET``
+    (medium, gpu, paper), ``WORK/out`` for the tiny smoke test.
     """
     if budget_name == "tiny":
         return work / "out"
-    return ROOT / "docs" if budget_name == "small" else ROOT / "docs" / f"study_{budget_name}"
+    return ROOT / "docs" / "results" / f"study_{budget_name}"
 
 
 def parse_args(argv: list[str] | None):
@@ -98,8 +98,8 @@ def parse_args(argv: list[str] | None):
     )
     p.add_argument(
         "--out",
-        help="folder for RESULTS.md, results.json and figures/ (default: docs for small, docs/study_BUDGET for "
-        "medium/gpu/paper, WORK/out for tiny)",
+        help="folder for RESULTS.md, results.json and figures/ (default: docs/results/study_BUDGET for "
+        "small/medium/gpu/paper, WORK/out for tiny)",
     )
     p.add_argument("--work", help="folder of the data and run folders (default runs/paper_table/BUDGET)")
     p.add_argument("--device", default="auto")
@@ -183,7 +183,7 @@ def _budget_and_folders(args) -> tuple[Budget, list[int], Path, Path]:
     suffix = "".join(f"-{k.split('_')[0]}{v}" for k, v in changes.items())
     work = Path(args.work) if args.work else ROOT / "runs" / "paper_table" / (budget.name + suffix)
     out = Path(args.out) if args.out else default_out(budget.name, work)
-    if budget.name == "tiny" and out.resolve() == (ROOT / "docs").resolve():
+    if budget.name == "tiny" and out.resolve().is_relative_to((ROOT / "docs").resolve()):
         raise SystemExit("the tiny budget is a smoke test; it does not write into docs/ (pass another --out)")
     return budget, seeds, work, out
 

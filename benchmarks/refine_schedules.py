@@ -21,7 +21,7 @@ on convergence). Rows:
   correction on top of it regularised (``whole_field=False``, the earlier behaviour).
 * the rest (``grid24`` ... ``lr01-smooth08-fine60``): the issue #16 search on brain MR at 1 mm,
   one change per row then combinations (finer grids, a level at 128 or 160, NCC window,
-  smoothness, deformable step size and ``lr_side``); results in docs/MATCHING.md section 6.
+  smoothness, deformable step size and ``lr_side``); results in docs/results/matching.md section 6.
 * ``side48-fine40``: ``lr_side=48`` and the 96 level with 40 steps (the control of the next rows);
 * ``side48-fine40-rsNN`` / ``lr01-fine40-rsNN``: the second round, ``lr_side=48`` (or
   ``deformable_lr=0.01``), the 96 level with 40 steps and ``fine_smoothness=0.NN`` (the

@@ -5,7 +5,7 @@ Usage:
 
 The paper-table study (``paper_table.py``) reports one silhouette per method: the seven
 cardiac structures of its embedding subjects in the space of the last decoder level's raw
-features (``study_clustering.feature_silhouette``). That number is the study's and stays as
+features (``study.clustering.feature_silhouette``). That number is the study's and stays as
 declared. This probe asks where in the network the structures separate, on the same
 subjects, voxels and checkpoints (the pre-trainings' ``last.pt`` of each seed; scratch is
 the seeded random network):
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study_clustering import _read_pair, _scratch_gvsl
-from study_plan import BUDGETS
+from study.clustering import _read_pair, _scratch_gvsl
+from study.plan import BUDGETS
 
 LEVELS = ("inc", "down4", "up1", "up2", "up3", "up4")
 
@@ -123,8 +123,8 @@ def probe_seed(study: Path, seed: int, methods: list[str]) -> list[dict]:
 def summary(rows: list[dict], key: str = "knn5", level: str = "up4", ref: str = "scratch") -> list[str]:
     """A markdown table of ``key`` at ``level`` for every network minus ``ref``'s, one line per seed
     (seeds where ``ref`` was probed), then the mean ± std, on how many seeds the method is above
-    ``ref`` and the two-sided paired t-test p-value (``study_paired.paired_difference``)."""
-    from study_paired import paired_difference
+    ``ref`` and the two-sided paired t-test p-value (``study.paired.paired_difference``)."""
+    from study.paired import paired_difference
 
     at = {(r["seed"], r["method"]): r[key] for r in rows if r["level"] == level}
     seeds = sorted({s for s, m in at if m == ref})

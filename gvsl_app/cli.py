@@ -132,7 +132,7 @@ def _add_pretrain(sub) -> None:
         "--ncc-eps",
         type=float,
         help="damping of the NCC's denominator on window means (default 1e-5; the authors' 1e-5 on window "
-        "sums is about 1.9e-11 here, docs/MATCHING.md)",
+        "sums is about 1.9e-11 here, docs/results/matching.md)",
     )
     p.add_argument(
         "--match-input",

@@ -56,7 +56,7 @@ class GVSL(nn.Module):
     with heads four times the local width wide instead of half), ``"pyramid-corr"`` (a local
     correlation cost volume into each level), ``"pyramid-full"`` (the
     same plus a full-resolution level, an ablation) or ``"paper"`` (one head at full
-    resolution). docs/MATCHING.md measures these choices against the paper's.
+    resolution). docs/results/matching.md measures these choices against the paper's.
     Call ``model(moving, fixed)`` with ``(B, 1, D, H, W)`` tensors of any size >= 16.
     """
 

@@ -197,7 +197,7 @@ class PyramidDeformableHead(nn.Module):
     capture displacements of several voxels. The default stops at 1/2 resolution: the
     field is then smooth by construction, like the control grid of a B-spline
     registration; a full-resolution level (``levels=(4, 2, 1)``) raised the training NCC by
-    aligning texture but moved the structures less (lower held-out Dice, docs/MATCHING.md).
+    aligning texture but moved the structures less (lower held-out Dice, docs/results/matching.md).
     Every level's last convolution starts near zero, so the first output is ~0.
     """
 

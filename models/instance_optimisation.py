@@ -33,7 +33,7 @@ class RefineSchedule:
     and smoothness on ``bench_match.py``'s default seeds 1000-1005, the folding weight on
     seeds 2000-2007 (folding 1.39 % -> 0.26 % of voxels at equal Dice); ``bench_match.py
     --seed-base 3000`` checks them on pairs they never saw. The finest level was added for
-    brain MR at its own resolution (``bench_brain_match.py``, docs/MATCHING.md).
+    brain MR at its own resolution (``bench_brain_match.py``, docs/results/matching.md).
 
     ``affine_levels``: (image side, Adam steps) per level; ``deformable_levels``: (image
     side, control-grid side, steps). An image side is the longest side of that level's
@@ -56,7 +56,7 @@ class RefineSchedule:
     on levels of longest side above it by ``lr_side / side``, so that an Adam step moves the
     control points by the same number of that level's voxels as at ``lr_side`` (off by
     default; on brain MR at 1 mm halving the 96 level's step added +0.007 Dice, issue #16 in
-    docs/MATCHING.md section 6). ``fine_smoothness`` > 0 adds, on levels of longest side
+    docs/results/matching.md section 6). ``fine_smoothness`` > 0 adds, on levels of longest side
     above ``fine_side``, a second smoothness term of that weight (measured like
     ``smoothness``) on the correction that level adds only (the control grid minus where the
     level started it), so that the fine levels are stiff without pulling back the large
@@ -65,7 +65,7 @@ class RefineSchedule:
     instead, like ``smoothness`` but on the fine levels only. Neither became the default: on
     brain MR at 1 mm a stiff correction at 96 lost Dice, and the whole-field term that gained
     (pair 0 0.870 -> 0.875) cost the cardiac pairs 0.916 -> 0.818 (issue #16, second round,
-    docs/MATCHING.md section 6). ``bending`` > 0 adds a bending energy of that weight
+    docs/results/matching.md section 6). ``bending`` > 0 adds a bending energy of that weight
     (:func:`models.losses.bending_energy`: squared second differences of the control grid,
     summed over the nine second derivatives, in the same voxels as ``smoothness``) on the
     whole field at every deformable level: zero for any affine field, it lets a large smooth
@@ -105,7 +105,7 @@ deformation is small and smooth: the 96 level's step halved (``lr_side=48``) and
 steps, and a bending energy of 0.2. On 1 mm MNI-derived brain pairs ``brain`` matches or beats
 SimpleITK's affine + B-spline where ``standard`` stays below it, and on the cardiac pairs it
 loses ~0.1 Dice (their large deformations need the freedom the bending takes away):
-docs/MATCHING.md section 6, third round."""
+docs/results/matching.md section 6, third round."""
 
 
 def refine_preset(name: str) -> RefineSchedule:

@@ -1,6 +1,6 @@
 """Spatial transformer: affine matrices in voxel space, composed sampling grids, warping.
 
-Conventions (docs/ARCHITECTURE.md): arrays are ``(z, y, x)``; a displacement has channels
+Conventions (docs/design/architecture.md): arrays are ``(z, y, x)``; a displacement has channels
 ``(dz, dy, dx)`` in voxels of the grid it lives on; an affine is a ``(B, 3, 4)`` matrix
 acting on voxel coordinates ``q = M p + b`` of the same grids. Sampling uses
 ``align_corners=True`` so that voxel ``i`` sits exactly at normalised ``2 i / (n - 1) - 1``;

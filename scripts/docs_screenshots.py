@@ -1,8 +1,8 @@
-"""Regenerate the screenshots of the README and docs/GUI.md from the real desktop app.
+"""Regenerate the screenshots of the README and docs/guide/app.md from the real desktop app.
 
 Usage (needs a display; on a server under Xvfb, with a 1600x1000 screen):
   QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/docs_screenshots.py \
-      [--out docs/screenshots]
+      [--out docs/guide/screenshots]
 
 The viewer is the desktop app's (``napari_plugin.app.build_viewer``, as ``gvsl app --sample
 cardiac`` builds it: the five GVSL docks tabbed on the right, the cardiac sample pair at
@@ -231,7 +231,7 @@ def clusters_shot(viewer, out: Path, notes: Notes) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots", help="folder for the PNGs")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "guide" / "screenshots", help="folder for the PNGs")
     args = ap.parse_args(argv)
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         print(

@@ -21,12 +21,12 @@
 #
 # The study starts NVIDIA's Multi-Process Service where it can: without it the 15 processes share
 # the H200 by time slices and each GVSL step took 0.20 s (0.032 s alone), with it 0.065 s
-# (docs/BENCHMARKS.md, "On a lent GPU").
+# (docs/results/benchmarks.md, "On a lent GPU").
 # DEVICE=cpu STUDY_BUDGET=tiny JOBS=2 SEEDS=0 PAIRS=1 MEM_SIDE=64 is a dry run of the whole script.
 #
 # A machine whose python lacks the project's dependencies (SimpleITK, MONAI, openTSNE, psygnal,
 # isal, nilearn, nibabel) and cannot download them: put them unpacked into a tar.xz at
-# .gpusite/site.tar.xz (see docs/BENCHMARKS.md, "On a lent GPU"); it is unpacked into /tmp/site.
+# .gpusite/site.tar.xz (see docs/results/benchmarks.md, "On a lent GPU"); it is unpacked into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)

@@ -32,7 +32,7 @@ def _load():
 
 @pytest.fixture(scope="module")
 def pt():
-    # paper_table.py imports its sibling study_* modules as a script does, from its own folder
+    # paper_table.py imports the study package beside it as a script does, from its own folder
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(BENCHMARKS))
         yield _load()
@@ -71,7 +71,7 @@ def test_results_json_structure(study):
 
 
 def test_results_md_and_figures(study):
-    from study_plan import METHOD_TITLES
+    from study.plan import METHOD_TITLES
 
     _, _, _, out, _ = study
     md = (out / "RESULTS.md").read_text(encoding="utf-8")
@@ -108,14 +108,14 @@ def test_refusals(study, tmp_path):
 def test_each_budget_writes_its_own_docs_folder_so_none_overwrites_anothers_results(pt, tmp_path):
     outs = {name: pt.default_out(name, tmp_path) for name in ("tiny", "small", "medium", "gpu", "paper")}
     assert outs["tiny"] == tmp_path / "out"
-    assert outs["small"] == ROOT / "docs"
-    assert outs["medium"] == ROOT / "docs" / "study_medium"
+    assert outs["small"] == ROOT / "docs" / "results" / "study_small"
+    assert outs["medium"] == ROOT / "docs" / "results" / "study_medium"
     assert len(set(outs.values())) == len(outs)
 
 
 def test_summary_helpers(pt):
-    from study_report import _cell, _nan_to_none
-    from study_stats import mean_std
+    from study.report import _cell, _nan_to_none
+    from study.stats import mean_std
 
     mean, std, n = mean_std([0.5, float("nan"), 0.7])
     assert n == 2 and math.isclose(mean, 0.6) and std > 0
@@ -125,30 +125,28 @@ def test_summary_helpers(pt):
 
 
 def test_budgets_pass_their_pretraining_schedule_to_the_engine(pt, tmp_path):
-    import study_plan
-    import study_runs
+    from study import plan, runs
 
-    medium = study_plan.BUDGETS["medium"]
-    cfg = study_runs.pretrain_config(medium, "gvsl", 0, tmp_path / "run", "cpu")
+    medium = plan.BUDGETS["medium"]
+    cfg = runs.pretrain_config(medium, "gvsl", 0, tmp_path / "run", "cpu")
     assert (cfg.iters, cfg.decay_start, cfg.lr) == (3000, 1500, 1e-3)
     # the budgets without a decay keep the constant rate they were measured with
-    assert study_runs.pretrain_config(study_plan.BUDGETS["small"], "gvsl", 0, tmp_path / "s", "cpu").decay_start == 0
+    assert runs.pretrain_config(plan.BUDGETS["small"], "gvsl", 0, tmp_path / "s", "cpu").decay_start == 0
 
 
 def test_paper_heads_row_pretrains_gvsl_with_the_papers_heads(pt, tmp_path):
-    import study_plan
-    import study_runs
+    from study import plan, runs
 
-    small = study_plan.BUDGETS["small"]
-    cfg = study_runs.pretrain_config(small, "paper-heads", 0, tmp_path / "p", "cpu")
+    small = plan.BUDGETS["small"]
+    cfg = runs.pretrain_config(small, "paper-heads", 0, tmp_path / "p", "cpu")
     assert (cfg.variant, cfg.affine_head, cfg.deformable_head) == ("gvsl", "paper", "paper")
-    default = study_runs.pretrain_config(small, "gvsl", 0, tmp_path / "g", "cpu")
+    default = runs.pretrain_config(small, "gvsl", 0, tmp_path / "g", "cpu")
     assert (default.affine_head, default.deformable_head) != ("paper", "paper")
 
 
 def test_paired_differences_per_seed(pt):
-    from study_paired import paired
-    from study_stats import Measurements
+    from study.paired import paired
+    from study.stats import Measurements
 
     per_seed = Measurements().per_seed
     col = per_seed["heart_seg"]["linear"]
@@ -172,7 +170,7 @@ def test_paired_differences_per_seed(pt):
 
 
 def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_order(pt):
-    from study_paired import add_holm, holm
+    from study.paired import add_holm, holm
 
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> non-decreasing 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -185,9 +183,9 @@ def test_holm_adjusts_the_k_th_smallest_p_by_m_minus_k_plus_1_and_keeps_the_orde
 
 
 def test_paired_table_names_the_cells_holms_correction_keeps(pt):
-    from study_paired import md_paired, paired
-    from study_plan import METHODS
-    from study_stats import Measurements
+    from study.paired import md_paired, paired
+    from study.plan import METHODS
+    from study.stats import Measurements
 
     seeds = list(range(6))
     per_seed = Measurements().per_seed
@@ -208,7 +206,7 @@ def test_paired_table_names_the_cells_holms_correction_keeps(pt):
 
 
 def test_seeds_for_p_is_the_first_count_below_alpha(pt):
-    from study_paired import paired_t_p, seeds_for_p
+    from study.paired import paired_t_p, seeds_for_p
 
     n = seeds_for_p(0.10, 0.10)
     assert n is not None and paired_t_p(0.10, 0.10, n) < 0.05 <= paired_t_p(0.10, 0.10, n - 1)
@@ -219,22 +217,20 @@ def test_seeds_for_p_is_the_first_count_below_alpha(pt):
 def test_runs_side_by_side_finish_every_run_and_raise_a_failure(pt, tmp_path):
     import dataclasses
 
-    import study_plan
-    import study_runs
-    from study_timing import Clock
+    from study import plan, runs
+    from study.timing import Clock
 
-    tiny = study_plan.BUDGETS["tiny"]
+    tiny = plan.BUDGETS["tiny"]
     jobs = [
-        ("pretrain", study_runs.pretrain_config(tiny, v, 0, tmp_path / v, "cpu"), v)
-        for v in ("restoration", "paper-heads")
+        ("pretrain", runs.pretrain_config(tiny, v, 0, tmp_path / v, "cpu"), v) for v in ("restoration", "paper-heads")
     ]
-    study_runs.run_jobs_side_by_side(jobs, 2, Clock(quiet=True))
+    runs.run_jobs_side_by_side(jobs, 2, Clock(quiet=True))
     for v in ("restoration", "paper-heads"):
         report = json.loads((tmp_path / v / "report.json").read_text())
         assert report["status"] == "done" and (tmp_path / v / "checkpoints" / "last.pt").is_file()
     bad = dataclasses.replace(jobs[0][1], run=str(tmp_path / "bad"), data=str(tmp_path / "missing"))
     with pytest.raises(Exception, match="missing"):
-        study_runs.run_jobs_side_by_side([("pretrain", bad, "bad")], 2, Clock(quiet=True))
+        runs.run_jobs_side_by_side([("pretrain", bad, "bad")], 2, Clock(quiet=True))
 
 
 def test_a_run_made_with_a_relative_work_folder_is_reused_with_an_absolute_one(pt, tmp_path, monkeypatch):
@@ -242,18 +238,17 @@ def test_a_run_made_with_a_relative_work_folder_is_reused_with_an_absolute_one(p
 
     import yaml
 
-    import study_plan
-    import study_runs
+    from study import plan, runs
 
     monkeypatch.chdir(tmp_path)
-    tiny = study_plan.BUDGETS["tiny"]
-    rel = study_runs.pretrain_config(tiny, "gvsl", 0, Path("work") / "gvsl", "cpu")
+    tiny = plan.BUDGETS["tiny"]
+    rel = runs.pretrain_config(tiny, "gvsl", 0, Path("work") / "gvsl", "cpu")
     (tmp_path / "work" / "gvsl").mkdir(parents=True)
     (tmp_path / "work" / "gvsl" / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(rel)))
-    absolute = study_runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "work" / "gvsl", "cpu")
-    assert study_runs._same_config(tmp_path / "work" / "gvsl", absolute)
-    other = study_runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "elsewhere", "cpu")
-    assert not study_runs._same_config(tmp_path / "work" / "gvsl", other)
+    absolute = runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "work" / "gvsl", "cpu")
+    assert runs._same_config(tmp_path / "work" / "gvsl", absolute)
+    other = runs.pretrain_config(tiny, "gvsl", 0, tmp_path / "elsewhere", "cpu")
+    assert not runs._same_config(tmp_path / "work" / "gvsl", other)
 
 
 def test_finetune_probe_reruns_the_studys_finetune_at_other_lengths_and_rates(study, tmp_path):
@@ -342,10 +337,10 @@ def test_from_record_adds_new_seeds_to_the_recorded_ones_without_running_them(st
 
 
 def test_issue_check_says_against_which_row_gvsl_is_clearly_ahead(pt):
-    from study_discussion import discussion
-    from study_paired import paired
-    from study_plan import METHODS, MODES, TASKS
-    from study_stats import Measurements
+    from study.discussion import discussion
+    from study.paired import paired
+    from study.plan import METHODS, MODES, TASKS
+    from study.stats import Measurements
 
     mean = {t: {m: {k: 0.1 for k in METHODS} for m in MODES} for t in TASKS}
     spread = {t: {m: {k: {"std": 0.05, "n": 3} for k in METHODS} for m in MODES} for t in TASKS}

@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(scope="module")
 def probe():
     with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCHMARKS))  # the script imports its study_* siblings
+        mp.syspath_prepend(str(BENCHMARKS))  # the script imports the study package beside it
         import silhouette_probe
 
         yield silhouette_probe

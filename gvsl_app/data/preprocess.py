@@ -1,6 +1,6 @@
 """Preprocessing between files and the network: physical resampling, overlap, resizing, intensities.
 
-The pipeline (docs/ARCHITECTURE.md) is: the moving volume is resampled onto the fixed grid in
+The pipeline (docs/design/architecture.md) is: the moving volume is resampled onto the fixed grid in
 physical space (:func:`resample_to`, after :func:`check_overlap` made sure the two scans
 share space at all), both are mapped to [0, 1] (:func:`normalise`), and both are resized to
 the network's working cube and back (:func:`resize_array`, ``align_corners=True`` like all

@@ -1,6 +1,6 @@
 """Data folders: which files are volumes, case names, label maps and the train/val/test split.
 
-A data folder (docs/DATA.md): ``images/NAME.<ext>`` (any format SimpleITK reads, or a
+A data folder (docs/guide/data.md): ``images/NAME.<ext>`` (any format SimpleITK reads, or a
 DICOM series folder), ``labels/NAME.<ext>`` for segmentation, ``labels.csv``
 (``name,label``) for classification. A folder without ``images/`` is read as the images
 folder itself (pre-training needs no labels).

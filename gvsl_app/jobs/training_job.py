@@ -1,7 +1,7 @@
 """A training run as a child process (``gvsl pretrain|finetune``) followed through its run folder.
 
 Qt-free: the widget calls :meth:`TrainingJob.poll` from a timer. The run folder is the
-only channel (docs/ARCHITECTURE.md): the child writes ``metrics.jsonl`` line by line and the job tails
+only channel (docs/design/architecture.md): the child writes ``metrics.jsonl`` line by line and the job tails
 it, so attaching to a run started elsewhere (a cluster job on a shared folder) is the same
 code path without a process. Stopping sends SIGTERM, which the CLI turns into "finish the
 step, write last.pt, exit". A job never outlives the GUI: on Linux the child gets

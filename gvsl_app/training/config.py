@@ -27,11 +27,11 @@ class PretrainConfig:
 
     ``width`` is the base width (paper: 32; each level doubles it). Loss weights default
     to the paper's (all 1). ``affine_head`` / ``deformable_head`` choose the Z-Matching
-    heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/MATCHING.md);
+    heads (defaults: keypoints / pyramid; ``paper`` for the paper's, see docs/design/matching.md);
     ``similarity`` is the matching loss: ``multiscale-ncc`` (local NCC 9^3 at full, 1/2 and
     1/4 resolution, the default) or ``ncc`` (the paper's, full resolution only); ``ncc_eps``
     the damping of its denominator, on window means (``models.losses.local_ncc``; the
-    authors' and VoxelMorph's 1e-5 on window sums is 1e-5 / 729^2 here, docs/MATCHING.md);
+    authors' and VoxelMorph's 1e-5 on window sums is 1e-5 / 729^2 here, docs/results/matching.md);
     ``match_input``: ``clean`` (default: match the clean scans, restore the
     appearance-transformed one in a second backbone pass) or ``transformed`` (the paper's:
     match the transformed moving scan, one pass). ``workers`` DataLoader processes prepare
@@ -40,7 +40,7 @@ class PretrainConfig:
     ``lr`` (the shipped weights' recipe: a constant rate, then a decay for the last half);
     ``affine_warmup`` matches with the affine head alone for that many iterations first, to
     test whether the deformable head takes the signal away from the affine head (at the
-    study's small budget it did not help: docs/findings_small.md). ``snapshot_every`` > 0
+    study's small budget it did not help: docs/results/study_small/findings_small.md). ``snapshot_every`` > 0
     also keeps the model weights of every N-th iteration as ``checkpoints/iter_NNNNNN.pt``
     (for learning curves: ``benchmarks/matching_curves.py``). ``init`` starts the network from
     a GVSL checkpoint's weights (``scratch``: random); the optimiser starts afresh.

@@ -1,6 +1,6 @@
 """The run folder: config, metrics log, checkpoints and report of one training run.
 
-Layout (docs/ARCHITECTURE.md)::
+Layout (docs/design/architecture.md)::
 
     RUN/config.yaml            the configuration actually used
     RUN/metrics.jsonl          one JSON object per logged step, flushed as written

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study_plan import METHOD_TITLES
+from .plan import METHOD_TITLES
 
 
 def draw_figures(points: dict[str, dict], sil: dict[str, float], fig_dir: Path, smoke: bool) -> list[Path]:

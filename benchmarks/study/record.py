@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from study_plan import METHODS, MODES, TASKS, Budget
-from study_stats import Measurements
+from .plan import METHODS, MODES, TASKS, Budget
+from .stats import Measurements
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from study_plan import DATA_SEEDS, VARIANT_ENGINE, VARIANTS, Budget
-from study_timing import Clock, fmt_s
+from .plan import DATA_SEEDS, VARIANT_ENGINE, VARIANTS, Budget
+from .timing import Clock, fmt_s
 
 
 def make_data(budget: Budget, work: Path, clock: Clock) -> dict[str, Path]:

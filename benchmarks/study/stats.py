@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from study_plan import METHODS, MODES, TASKS
+from .plan import METHODS, MODES, TASKS
 
 
 def _per_seed_table() -> dict:

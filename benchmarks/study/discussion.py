@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from study_paired import is_clear
-from study_plan import MODES, TASKS
+from .paired import is_clear
+from .plan import MODES, TASKS
 
 
 def discussion(mean: dict, spread: dict, sil: dict, several: bool, pair: dict | None = None) -> list[str]:

@@ -8,8 +8,8 @@ import math
 
 from scipy import stats
 
-from study_plan import METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS
-from study_stats import mean_std
+from .plan import METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS
+from .stats import mean_std
 
 
 def paired_t_p(mean: float, std: float, n: int) -> float:

@@ -12,12 +12,12 @@ import math
 import platform
 from pathlib import Path
 
-from study_discussion import discussion
-from study_paired import md_paired, paired
-from study_plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
-from study_record import Record, md_record
-from study_stats import Measurements, silhouette_summary, summarise
-from study_timing import Clock, fmt_s
+from .discussion import discussion
+from .paired import md_paired, paired
+from .plan import DATA_SEEDS, METHOD_TITLES, METHODS, MODES, TASK_SHORT, TASKS, Budget
+from .record import Record, md_record
+from .stats import Measurements, silhouette_summary, summarise
+from .timing import Clock, fmt_s
 
 
 def _nan_to_none(x):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from study_plan import METHODS, MODES, TASKS, VARIANTS, Budget
+from .plan import METHODS, MODES, TASKS, VARIANTS, Budget
 
 
 class Clock:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from study_plan import Budget
-from study_stats import mean_std
+from .plan import Budget
+from .stats import mean_std
 
 
 def _scratch_gvsl(budget: Budget, seed: int):

@@ -180,7 +180,7 @@ BUDGETS["medium"] = replace(
     seeds=(0, 1, 2),
     note="the small budget's downstream runs after 7.5x longer pre-training with the shipped "
     "weights' recipe (constant rate, then a cosine decay over the second half): the matching "
-    "converges (docs/MATCHING.md); about 60 min per seed on the project's 2-core CPU",
+    "converges (docs/results/matching.md); about 60 min per seed on the project's 2-core CPU",
 )
 
 
