@@ -177,7 +177,8 @@ class ClustersWidget(QWidget):
     def canvas(self) -> ScatterCanvas:
         """The t-SNE plot (matplotlib), built on first use: importing matplotlib with the
         widget added a third of a second before the viewer showed; it now loads with the
-        engine in the background, and a blank area of the same size stands in until then."""
+        engine in the background, and a blank area of the same size stands in until then.
+        """
         if self._canvas is None:
             from ._scatter import ScatterCanvas
 
