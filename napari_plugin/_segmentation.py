@@ -133,7 +133,8 @@ def _summary_text(rep: SegmentReport) -> str:
 
 def merge_names(model_names: dict[int, str], reference_names: dict[int, str]) -> dict[int, str]:
     """The checkpoint's structure names, completed by the ground truth's where the checkpoint
-    has none or only numbers (a model fine-tuned on unnamed label files)."""
+    has none or only numbers (a model fine-tuned on unnamed label files).
+    """
     out = dict(reference_names)
     for k, v in model_names.items():
         generic = str(v).strip() in (str(k), f"label {k}", "")

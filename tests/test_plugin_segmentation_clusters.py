@@ -319,7 +319,8 @@ def test_structure_names_fall_back_to_the_ground_truth():
 
 def test_adding_2d_layers_with_the_segmentation_docked(make_napari_viewer):
     """A 2D image and its 2D labels (someone's cell segmentation) never fit a 3D widget, and
-    adding them must not fail inside the widget's chooser refresh."""
+    adding them must not fail inside the widget's chooser refresh.
+    """
     viewer = make_napari_viewer()
     w = _segmentation(viewer)
     viewer.add_image(np.random.default_rng(0).random((16, 16)).astype(np.float32), name="cells")
@@ -330,7 +331,8 @@ def test_adding_2d_layers_with_the_segmentation_docked(make_napari_viewer):
 
 def test_thick_slices_cover_every_spatial_axis_whatever_is_displayed(make_napari_viewer):
     """The embedded voxels (Feature clusters) and the displacement arrows stay visible around
-    the slice on whichever axis is sliced later, even when the job ended in a 3D view."""
+    the slice on whichever axis is sliced later, even when the job ended in a 3D view.
+    """
     from napari_plugin._common import thick_slices
 
     viewer = make_napari_viewer()

@@ -203,7 +203,7 @@ def make_cardiac_subject(
     spacing : (x, y, z) mm, ITK order; drawn per subject when None (x == y in 0.9-1.2 mm, z in
         1.25-1.9 mm for a 96-voxel axis, scaled by 96/size for other sizes).
 
-    Returns
+    Returns:
     -------
     (image, labels): ``image`` int16 Hounsfield units, ``labels`` uint8 with values of
     :data:`CARDIAC_LABELS`; both on the same grid (origin at the centre of the field of view,

@@ -177,7 +177,7 @@ on small sets (84 points: 0.2 s with n_jobs=1, 12 s with n_jobs=-1 on a busy 2-c
 
 
 def tsne_2d(features: np.ndarray, seed: int, perplexity: float = 30.0, n_jobs: int | None = None) -> np.ndarray:
-    """openTSNE 2D embedding of standardised features.
+    """OpenTSNE 2D embedding of standardised features.
 
     ``n_jobs`` is openTSNE's (``-1`` = all cores); ``None`` picks 1 below
     :data:`TSNE_PARALLEL_FROM` points and all cores above.

@@ -192,7 +192,8 @@ goes from 0.07 to 0.75; so only voxels clearly unlike the training ones are resa
 class TrainingSpacing:
     """The voxel spacings (mm, ITK x, y, z) a segmenter was trained at: their median, their
     range (``low`` to ``high`` per axis; the median alone when the checkpoint records no
-    range) and where this record comes from (``source``)."""
+    range) and where this record comes from (``source``).
+    """
 
     median: tuple[float, float, float]
     low: tuple[float, float, float]
@@ -222,7 +223,8 @@ def _xyz(values) -> tuple[float, float, float]:
 def training_spacing(ck: dict) -> TrainingSpacing | None:
     """The training voxel spacing of a segmentation checkpoint: its ``preprocess`` record
     (``spacing`` and ``spacing_range``, written by ``gvsl finetune``), else that of a shipped
-    segmenter (:data:`KNOWN_TRAINING_SPACING`), else ``None`` (unknown)."""
+    segmenter (:data:`KNOWN_TRAINING_SPACING`), else ``None`` (unknown).
+    """
     record, source = ck.get("preprocess") or {}, "checkpoint"
     if record.get("spacing") is None:
         names = ck.get("label_names") or {}
