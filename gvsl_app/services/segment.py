@@ -296,35 +296,35 @@ def segment(
     model, ck = load_segmenter(weights, dev)
     roi = int((ck.get("preprocess") or {}).get("size", 48))
     names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
-    trained = training_spacing(ck)
-    if trained is None:
-        _warn_unknown_spacing(weights, image)
+    trained = _training_spacing_or_warn(ck, weights, image)
+    inputs = _on_training_grid(image, trained)
     t1 = time.perf_counter()
-    run = _infer_on_training_grid(model, image, trained, roi, dev)
+    pred, dev = _segment_or_cpu(model, inputs.norm, roi, dev)
+    if inputs.grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
+        pred = resample_to(inputs.grid.with_array(pred), image, is_label=True, nearest_outside=True).array
     t2 = time.perf_counter()
-    labels = image.with_array(run.pred, source=f"segmentation of {image.source}")
     ids = list(range(1, model.n_classes))
-    vols = label_volumes_ml(run.pred, image.spacing)  # only the voxel volume matters, not the axis order
+    vols = label_volumes_ml(pred, image.spacing)  # only the voxel volume matters, not the axis order
     record = SegmentReport(
         image=image.source,
         weights=str(weights or DEMO_SEG),
         segmenter=chosen,
-        device=str(run.device),
+        device=str(dev),
         window=roi,
         spacing=SpacingReport(
             image=list(image.spacing),
             trained=trained,
-            resampled_to=None if run.target is None else list(run.target),
-            resampled_shape=None if run.grid is None else list(run.grid.shape),
+            resampled_to=None if inputs.target is None else list(inputs.target),
+            resampled_shape=None if inputs.grid is None else list(inputs.grid.shape),
         ),
         n_classes=model.n_classes,
         label_names={str(k): names.get(k, str(k)) for k in ids},
         volume_ml={str(k): vols.get(k, 0.0) for k in ids},
     )
     if reference is not None:
-        record.score_against(run.pred, reference, ids, image.spacing)
+        record.score_against(pred, reference, ids, image.spacing)
     record.seconds = {"load_s": t1 - t0, "inference_s": t2 - t1, "total_s": time.perf_counter() - t0}
-    return SegmentResult(labels, record)
+    return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
 
 
 def _check_on_grid(reference: Volume, image: Volume) -> None:
@@ -347,7 +347,11 @@ def _choose_weights(image: Volume, weights: str | os.PathLike | None) -> tuple[s
     return None, chosen + f" is not installed ({path}); using {DEMO_SEG.name}"
 
 
-def _warn_unknown_spacing(weights: str | os.PathLike | None, image: Volume) -> None:
+def _training_spacing_or_warn(ck: dict, weights: str | os.PathLike | None, image: Volume) -> TrainingSpacing | None:
+    """:func:`training_spacing` of the checkpoint; when unknown, a warning that the image keeps its grid."""
+    trained = training_spacing(ck)
+    if trained is not None:
+        return trained
     log.warning(
         "%s records no training voxel spacing and is not a known shipped segmenter: segmenting "
         "%s on its own grid (%s mm); a spacing unlike the training data's lowers the quality",
@@ -355,22 +359,20 @@ def _warn_unknown_spacing(weights: str | os.PathLike | None, image: Volume) -> N
         image.source or "the image",
         " x ".join(f"{v:.3g}" for v in image.spacing),
     )
+    return None
 
 
 @dataclass(frozen=True)
-class _Inference:
-    """A label map on the input's grid, the device that made it, and the grid it was made on."""
+class _NetworkInput:
+    """The normalised image the network sees, and the grid it lies on when resampled."""
 
-    pred: np.ndarray
-    device: torch.device
+    norm: np.ndarray
     target: tuple[float, float, float] | None
     grid: Volume | None
 
 
-def _infer_on_training_grid(
-    model: SegmentationNet, image: Volume, trained: TrainingSpacing | None, roi: int, dev: torch.device
-) -> _Inference:
-    """Sliding-window inference at the training spacing (when unlike the image's), mapped back.
+def _on_training_grid(image: Volume, trained: TrainingSpacing | None) -> _NetworkInput:
+    """``image`` normalised, then resampled (linear) to the training spacing where its own is unlike it.
 
     Normalised on the input's own voxels (as without resampling), then resampled: the
     network sees anatomy at the voxel size it was trained on, as MONAI's Spacingd does.
@@ -380,10 +382,7 @@ def _infer_on_training_grid(
     grid = None if target is None else resampling_grid(image, target)
     if grid is not None:
         norm = resample_to(image.with_array(norm), grid, nearest_outside=True).array
-    pred, dev = _segment_or_cpu(model, norm, roi, dev)
-    if grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
-        pred = resample_to(grid.with_array(pred), image, is_label=True, nearest_outside=True).array
-    return _Inference(pred, dev, target, grid)
+    return _NetworkInput(norm, target, grid)
 
 
 def _segment_or_cpu(
