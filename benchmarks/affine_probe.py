@@ -76,7 +76,8 @@ MARGIN = 8
 def direct_floor(volumes, shift: float, rotate: float, seed: int, n: int = 16, steps: int = 200) -> dict:
     """The similarity's own floor: each evaluation pair's affine optimised directly (Adam on the
     12 matrix entries, ``steps`` steps of local NCC, lr 0.05), no network. A head trained on
-    the same loss cannot be expected to beat this error."""
+    the same loss cannot be expected to beat this error.
+    """
     g = torch.Generator().manual_seed(seed)
     ncc, err = 0.0, 0.0
     for _ in range(n):

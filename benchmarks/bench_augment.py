@@ -58,7 +58,8 @@ def timed(fn, repeats: int, sync=None) -> float:
 def official_style_bezier(x: np.ndarray, rng: np.random.Generator, n_times: int = 100_000) -> np.ndarray:
     """Baseline from the description of the official pipeline (not its code): a cubic Bezier
     through (0,0), two random points and (1,1), sampled n_times via Bernstein polynomials,
-    applied voxel-wise with np.interp."""
+    applied voxel-wise with np.interp.
+    """
     from scipy.special import comb
 
     pts = np.array([[0.0, 0.0], rng.random(2), rng.random(2), [1.0, 1.0]])
@@ -71,7 +72,8 @@ def official_style_bezier(x: np.ndarray, rng: np.random.Generator, n_times: int 
 
 def official_style_shuffle(x: np.ndarray, rng: np.random.Generator, n_blocks: int = 10_000) -> np.ndarray:
     """Baseline from the description: 10,000 blocks (edges 1..n//10) shuffled one at a time
-    in a Python loop on the main thread."""
+    in a Python loop on the main thread.
+    """
     out = x.copy()
     shape = x.shape
     for _ in range(n_blocks):

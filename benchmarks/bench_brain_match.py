@@ -52,6 +52,38 @@ def score(warped: np.ndarray, fixed_labels) -> tuple[float, float]:
     return float(np.mean(dice)), float(np.mean(hd)) if hd else float("nan")
 
 
+def _match_pair(args, fixed, moving, ml, network, identity) -> tuple[dict, dict]:
+    """Per method: (moving labels on the fixed grid, folding %, seconds), and the device each ran on."""
+    results = {"before": (resample_to(ml, fixed, is_label=True).array, 0.0, 0.0)}
+    devices = {"before": None, "SimpleITK affine + B-spline": "cpu"}
+    for name, model, preset in (
+        ("gvsl match (network + refine)", network, "standard"),
+        ("refine from the identity", identity, "standard"),
+        ("gvsl match, preset brain", network, "brain"),
+        ("preset brain from the identity", identity, "brain"),
+    ):
+        t0 = time.perf_counter()
+        r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=preset)
+        results[name] = (r.warped_labels.array, r.report["folding_percent"], time.perf_counter() - t0)
+        devices[name] = r.report["device"]
+    if not args.no_classical:
+        t0 = time.perf_counter()
+        tf = classical_registration(fixed, moving, metric="mi")
+        warped = warp_labels(ml, fixed, tf)
+        results["SimpleITK affine + B-spline"] = (warped, folding_percent(tf, fixed), time.perf_counter() - t0)
+    return results, devices
+
+
+def _print_means(rows: list[dict]) -> None:
+    print("\nmean over pairs:")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sel = [r for r in rows if r["method"] == method]
+        print(
+            f"  {method:<30} Dice {np.mean([r['dice'] for r in sel]):.4f}  HD95 {np.mean([r['hd95_mm'] for r in sel]):.2f} mm"
+            f"  folding {np.mean([r['folding_percent'] for r in sel]):.2f} %  {np.mean([r['seconds'] for r in sel]):.1f} s"
+        )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=2)
@@ -72,23 +104,7 @@ def main(argv=None) -> int:
     for i in range(args.pairs):
         fixed, fl = make_brain_subject(args.seed_base + 2 * i, shape)
         moving, ml = make_brain_subject(args.seed_base + 2 * i + 1, shape)
-        results = {"before": (resample_to(ml, fixed, is_label=True).array, 0.0, 0.0)}
-        devices = {"before": None, "SimpleITK affine + B-spline": "cpu"}
-        for name, model, preset in (
-            ("gvsl match (network + refine)", network, "standard"),
-            ("refine from the identity", identity, "standard"),
-            ("gvsl match, preset brain", network, "brain"),
-            ("preset brain from the identity", identity, "brain"),
-        ):
-            t0 = time.perf_counter()
-            r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=preset)
-            results[name] = (r.warped_labels.array, r.report["folding_percent"], time.perf_counter() - t0)
-            devices[name] = r.report["device"]
-        if not args.no_classical:
-            t0 = time.perf_counter()
-            tf = classical_registration(fixed, moving, metric="mi")
-            warped = warp_labels(ml, fixed, tf)
-            results["SimpleITK affine + B-spline"] = (warped, folding_percent(tf, fixed), time.perf_counter() - t0)
+        results, devices = _match_pair(args, fixed, moving, ml, network, identity)
         for method, (warped, fold, secs) in results.items():
             dice, hd = score(warped, fl)
             rows.append(
@@ -107,13 +123,7 @@ def main(argv=None) -> int:
                 f"{i:>4} {str(fixed.shape):>13} | {method:<30} | {dice:6.4f} {hd:8.2f} {fold:7.2f} {secs:7.1f}",
                 flush=True,
             )
-    print("\nmean over pairs:")
-    for method in dict.fromkeys(r["method"] for r in rows):
-        sel = [r for r in rows if r["method"] == method]
-        print(
-            f"  {method:<30} Dice {np.mean([r['dice'] for r in sel]):.4f}  HD95 {np.mean([r['hd95_mm'] for r in sel]):.2f} mm"
-            f"  folding {np.mean([r['folding_percent'] for r in sel]):.2f} %  {np.mean([r['seconds'] for r in sel]):.1f} s"
-        )
+    _print_means(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

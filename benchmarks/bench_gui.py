@@ -104,7 +104,8 @@ class Heartbeat:
 
 def _where(frame, depth: int = 1) -> str:
     """Our innermost frame (napari_plugin) and the ``depth`` innermost frames of all, as
-    ``file:function``; empty when the GUI thread was idle in the benchmark's event loop."""
+    ``file:function``; empty when the GUI thread was idle in the benchmark's event loop.
+    """
     inner: list[str] = []
     ours = None
     while frame is not None:
@@ -267,7 +268,7 @@ def startup_seconds(repeats: int, settings: Path) -> list[float]:
     return out
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", default=",".join(JOBS), help="comma-separated subset of " + ", ".join(JOBS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads in this process and the training child")
@@ -281,7 +282,11 @@ def main(argv=None) -> int:
     unknown = set(jobs) - set(JOBS)
     if unknown:
         ap.error(f"unknown jobs: {sorted(unknown)}")
+    return args, jobs
 
+
+def main(argv=None) -> int:
+    args, jobs = _parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_gui_"))
     os.environ["NAPARI_CONFIG"] = str(tmp / "napari_settings.yaml")  # before napari is imported
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the training child's threads
@@ -302,15 +307,10 @@ def main(argv=None) -> int:
 
     viewer = build_viewer(sample="cardiac")
     # The first row: the seconds after start while the engine (torch, MONAI...) is imported
-    # in the background and the widgets that need it finish building.
+    # in the background and the widgets that need it finish building. The heartbeat (a QTimer)
+    # is held here, so it lives as long as the viewer.
     beat = Heartbeat(lambda: "importing" if not _warmup.is_ready() else "ready", depth=args.depth)
-    beat.start()
-    t0 = time.perf_counter()
-    wait_for(_warmup.is_ready, 120)
-    warm = {"job": "warm-up", "seconds": time.perf_counter() - t0, "ok": True, "status": "done", "message": ""}
-    settle(1000)
-    beat.stop()
-    results = [{**warm, **beat.summary()}]
+    results = [_warm_up(beat, _warmup.is_ready)]
     canvas, window = canvas_width(viewer)
     print(f"canvas {canvas} px of a {window} px window ({100 * canvas / max(window, 1):.0f} %) at the default size")
 
@@ -319,20 +319,35 @@ def main(argv=None) -> int:
     for name in ["warm-up", *jobs]:
         r = results[0] if name == "warm-up" else run_job(viewer, name, tmp, args.timeout, args.depth)
         failed += not r["ok"]
-        note = "" if r["ok"] else f"  [{r['status']}: {r['message']}]"
-        print(
-            f"{name:<13} {r['seconds']:7.1f} {r['median']:5.0f}ms {r['worst']:5.0f}ms {r['over100']:6d}  {r['at']}{note}",
-            flush=True,
-        )
-        if r.get("computing"):
-            print(f"    worst gap while the worker computed: {r['computing']:.0f} ms")
-        if r.get("detail"):
-            print(f"    engine: {r['detail']}")
-        if args.all_gaps:
-            for gap, at in r["long"]:
-                print(f"    {gap:5.0f}ms  {at}")
+        _print_job(name, r, args.all_gaps)
     viewer.close()
     return 1 if failed else 0
+
+
+def _warm_up(beat: Heartbeat, ready: Callable[[], bool]) -> dict:
+    """The warm-up row: seconds until the engine is imported, and the event loop's gaps meanwhile."""
+    beat.start()
+    t0 = time.perf_counter()
+    wait_for(ready, 120)
+    warm = {"job": "warm-up", "seconds": time.perf_counter() - t0, "ok": True, "status": "done", "message": ""}
+    settle(1000)
+    beat.stop()
+    return {**warm, **beat.summary()}
+
+
+def _print_job(name: str, r: dict, all_gaps: bool) -> None:
+    note = "" if r["ok"] else f"  [{r['status']}: {r['message']}]"
+    print(
+        f"{name:<13} {r['seconds']:7.1f} {r['median']:5.0f}ms {r['worst']:5.0f}ms {r['over100']:6d}  {r['at']}{note}",
+        flush=True,
+    )
+    if r.get("computing"):
+        print(f"    worst gap while the worker computed: {r['computing']:.0f} ms")
+    if r.get("detail"):
+        print(f"    engine: {r['detail']}")
+    if all_gaps:
+        for gap, at in r["long"]:
+            print(f"    {gap:5.0f}ms  {at}")
 
 
 if __name__ == "__main__":

@@ -68,121 +68,110 @@ from classical_registration import classical_registration, folding_percent, warp
 
 
 def run_pairs(args, model, info) -> dict:
-    from gvsl_app.data.preprocess import resample_to
-    from gvsl_app.data.synthetic import make_cardiac_subject
-    from gvsl_app.services.matching import match
-
-    shape = (args.shape,) * 3
-    rows = []
     identity = None if args.no_refine else load_model("random", args.device)[0]
     print(
         f"{'pair':>4} {'seeds':>11} | {'before':>6} | {'GVSL':>6} {'s':>6} {'fold%':>6} | {'+IO':>6} {'s':>6} "
         f"{'fold%':>6} | {'IO only':>7} | {'classic':>7} {'s':>6} {'fold%':>6}",
         flush=True,
     )
+    rows = []
     for i in range(args.pairs):
-        fs, ms = args.seed_base + 2 * i, args.seed_base + 2 * i + 1
-        fixed, fl = make_cardiac_subject(fs, shape)
-        moving, ml = make_cardiac_subject(ms, shape)
-        before = mean_dice(resample_to(ml, fixed, is_label=True).array, fl.array)
-
-        t0 = time.perf_counter()
-        # fallback=False: the network's own map, even where it is worse than the identity
-        res = match(
-            fixed,
-            moving,
-            model=model,
-            size=args.size,
-            device=args.device,
-            moving_labels=ml,
-            fixed_labels=fl,
-            fallback=False,
-            passes=args.passes,
-        )
-        g_s = time.perf_counter() - t0
-        g_dice = mean_dice(res.warped_labels.array, fl.array)
-        row = {
-            "fixed_seed": fs,
-            "moving_seed": ms,
-            "dice_before": before,
-            "gvsl_dice": g_dice,
-            "gvsl_s": g_s,
-            "gvsl_folding_percent": res.report["folding_percent"],
-            "gvsl_network_s": res.report["seconds"]["network_s"],
-            "gvsl_ncc_before": res.report["ncc_before"],
-            "gvsl_ncc_after": res.report["ncc_after"],
-        }
-        if identity is not None:
-            t0 = time.perf_counter()
-            res = match(
-                fixed,
-                moving,
-                model=model,
-                size=args.size,
-                device=args.device,
-                moving_labels=ml,
-                fixed_labels=fl,
-                refine=True,
-                passes=args.passes,
-            )
-            row.update(
-                refined_dice=mean_dice(res.warped_labels.array, fl.array),
-                refined_s=time.perf_counter() - t0,
-                refined_folding_percent=res.report["folding_percent"],
-            )
-            # ablation: the same refinement from the identity map (an untrained network), i.e. without GVSL
-            res = match(
-                fixed,
-                moving,
-                model=identity,
-                size=args.size,
-                device=args.device,
-                moving_labels=ml,
-                fixed_labels=fl,
-                refine=True,
-            )
-            row.update(
-                io_only_dice=mean_dice(res.warped_labels.array, fl.array),
-                io_only_folding_percent=res.report["folding_percent"],
-            )
-        if not args.no_classical:
-            t0 = time.perf_counter()
-            tf = classical_registration(
-                fixed,
-                moving,
-                metric=args.metric,
-                affine_iters=args.affine_iters,
-                bspline_iters=args.bspline_iters,
-                mesh=args.mesh,
-                seed=i,
-                sampling=args.sampling,
-                optimizer=args.bspline_optimizer,
-            )
-            c_warped = warp_labels(ml, fixed, tf)
-            c_s = time.perf_counter() - t0
-            row.update(
-                classical_dice=mean_dice(c_warped, fl.array),
-                classical_s=c_s,
-                classical_folding_percent=folding_percent(tf, fixed),
-            )
-        rows.append(row)
-        c = (
-            f"{row['classical_dice']:7.4f} {row['classical_s']:6.1f} {row['classical_folding_percent']:6.2f}"
-            if "classical_dice" in row
-            else f"{'-':>7} {'-':>6} {'-':>6}"
-        )
-        io = (
-            f"{row['refined_dice']:6.4f} {row['refined_s']:6.2f} {row['refined_folding_percent']:6.2f} | "
-            f"{row['io_only_dice']:7.4f}"
-            if "refined_dice" in row
-            else f"{'-':>6} {'-':>6} {'-':>6} | {'-':>7}"
-        )
-        print(
-            f"{i:>4} {fs:>5}/{ms:<5} | {before:6.4f} | {g_dice:6.4f} {g_s:6.2f} {row['gvsl_folding_percent']:6.2f} | "
-            f"{io} | {c}",
-            flush=True,
-        )
+        rows.append(_pair_row(args, model, identity, i))
+        _print_row(i, rows[-1])
     return summarise(rows, args, info)
+
+
+def _pair_row(args, model, identity, i: int) -> dict:
+    """Pair ``i``: Dice before, after GVSL, after GVSL + IO and IO alone (unless --no-refine), classical."""
+    from gvsl_app.data.preprocess import resample_to
+    from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services.matching import match
+
+    shape = (args.shape,) * 3
+    fs, ms = args.seed_base + 2 * i, args.seed_base + 2 * i + 1
+    fixed, fl = make_cardiac_subject(fs, shape)
+    moving, ml = make_cardiac_subject(ms, shape)
+    before = mean_dice(resample_to(ml, fixed, is_label=True).array, fl.array)
+    labels = {"moving_labels": ml, "fixed_labels": fl}
+    t0 = time.perf_counter()
+    # fallback=False: the network's own map, even where it is worse than the identity
+    res = match(
+        fixed, moving, model=model, size=args.size, device=args.device, **labels, fallback=False, passes=args.passes
+    )
+    g_s = time.perf_counter() - t0
+    row = {
+        "fixed_seed": fs,
+        "moving_seed": ms,
+        "dice_before": before,
+        "gvsl_dice": mean_dice(res.warped_labels.array, fl.array),
+        "gvsl_s": g_s,
+        "gvsl_folding_percent": res.report["folding_percent"],
+        "gvsl_network_s": res.report["seconds"]["network_s"],
+        "gvsl_ncc_before": res.report["ncc_before"],
+        "gvsl_ncc_after": res.report["ncc_after"],
+    }
+    if identity is not None:
+        t0 = time.perf_counter()
+        res = match(
+            fixed, moving, model=model, size=args.size, device=args.device, **labels, refine=True, passes=args.passes
+        )
+        row.update(
+            refined_dice=mean_dice(res.warped_labels.array, fl.array),
+            refined_s=time.perf_counter() - t0,
+            refined_folding_percent=res.report["folding_percent"],
+        )
+        # ablation: the same refinement from the identity map (an untrained network), i.e. without GVSL
+        res = match(fixed, moving, model=identity, size=args.size, device=args.device, **labels, refine=True)
+        row.update(
+            io_only_dice=mean_dice(res.warped_labels.array, fl.array),
+            io_only_folding_percent=res.report["folding_percent"],
+        )
+    if not args.no_classical:
+        row.update(_classical_row(args, fixed, moving, ml, fl, i))
+    return row
+
+
+def _classical_row(args, fixed, moving, ml, fl, i: int) -> dict:
+    """The classical SimpleITK registration of a pair: Dice, seconds, folding."""
+    t0 = time.perf_counter()
+    tf = classical_registration(
+        fixed,
+        moving,
+        metric=args.metric,
+        affine_iters=args.affine_iters,
+        bspline_iters=args.bspline_iters,
+        mesh=args.mesh,
+        seed=i,
+        sampling=args.sampling,
+        optimizer=args.bspline_optimizer,
+    )
+    c_warped = warp_labels(ml, fixed, tf)
+    c_s = time.perf_counter() - t0
+    return {
+        "classical_dice": mean_dice(c_warped, fl.array),
+        "classical_s": c_s,
+        "classical_folding_percent": folding_percent(tf, fixed),
+    }
+
+
+def _print_row(i: int, row: dict) -> None:
+    c = (
+        f"{row['classical_dice']:7.4f} {row['classical_s']:6.1f} {row['classical_folding_percent']:6.2f}"
+        if "classical_dice" in row
+        else f"{'-':>7} {'-':>6} {'-':>6}"
+    )
+    io = (
+        f"{row['refined_dice']:6.4f} {row['refined_s']:6.2f} {row['refined_folding_percent']:6.2f} | "
+        f"{row['io_only_dice']:7.4f}"
+        if "refined_dice" in row
+        else f"{'-':>6} {'-':>6} {'-':>6} | {'-':>7}"
+    )
+    fs, ms = row["fixed_seed"], row["moving_seed"]
+    print(
+        f"{i:>4} {fs:>5}/{ms:<5} | {row['dice_before']:6.4f} | {row['gvsl_dice']:6.4f} {row['gvsl_s']:6.2f} "
+        f"{row['gvsl_folding_percent']:6.2f} | {io} | {c}",
+        flush=True,
+    )
 
 
 def _ms(values) -> str:
@@ -254,7 +243,7 @@ from match_latency import _cold_match, run_latency  # noqa: E402
 from match_models import load_model, mean_dice  # noqa: E402
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--shape", type=int, default=96, help="side of the synthetic subjects")
@@ -291,7 +280,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--json", help="write all results to this JSON file")
     ap.add_argument("--cold-match", metavar="DIR", help=argparse.SUPPRESS)  # the latency benchmark's child
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
     if args.cold_match:
         return _cold_match(args.cold_match, args.latency_size, args.device, args.weights)
     from gvsl_app.allocator import tune_cpu_allocator

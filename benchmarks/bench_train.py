@@ -46,8 +46,6 @@ def run_config(
     compile: bool = False,
 ) -> dict:
     from gvsl_app.training.config import PretrainConfig
-    from gvsl_app.training.pretrain import pretrain
-    from gvsl_app.training.progress import StopFlag
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = PretrainConfig(
@@ -66,17 +64,7 @@ def run_config(
             compile=compile,
             seed=0,
         )
-        t0 = time.perf_counter()
-        setup_s, steps, message, dev = None, [], "", device
-        for p in pretrain(cfg, StopFlag()):
-            if setup_s is None:
-                setup_s = time.perf_counter() - t0  # model, dataset (subjects generated), loader
-                message = p.message
-            if p.phase == "error":
-                raise RuntimeError(p.message)
-            if p.phase == "train" and p.losses:
-                steps.append((p.iteration, p.sec_per_step, p.data_wait_s))
-        wall = time.perf_counter() - t0
+        setup_s, steps, message, wall = _time_pretrain(cfg)
         with open(os.path.join(tmp, "run", "report.json")) as fh:
             dev = json.load(fh).get("device", device)
     kept = [s for s in steps if s[0] > warmup] or steps
@@ -102,6 +90,24 @@ def run_config(
     }
 
 
+def _time_pretrain(cfg) -> tuple[float | None, list[tuple[int, float, float]], str, float]:
+    """Run ``cfg``: seconds to the first report (setup), (iteration, s/step, data wait) per step, message, wall."""
+    from gvsl_app.training.pretrain import pretrain
+    from gvsl_app.training.progress import StopFlag
+
+    t0 = time.perf_counter()
+    setup_s, steps, message = None, [], ""
+    for p in pretrain(cfg, StopFlag()):
+        if setup_s is None:
+            setup_s = time.perf_counter() - t0  # model, dataset (subjects generated), loader
+            message = p.message
+        if p.phase == "error":
+            raise RuntimeError(p.message)
+        if p.phase == "train" and p.losses:
+            steps.append((p.iteration, p.sec_per_step, p.data_wait_s))
+    return setup_s, steps, message, time.perf_counter() - t0
+
+
 def show(r: dict) -> None:
     print(
         f"  {r['device']:<6} width {r['width']:>2} {r['size']}^3 batch {r['batch']} workers {r['workers']}: "
@@ -112,7 +118,7 @@ def show(r: dict) -> None:
     )
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the means")
@@ -132,7 +138,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.iters, args.warmup, args.size, args.cuda_iters = 3, 1, 32, 6
+    return args
 
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
     from gvsl_app.allocator import tune_cpu_allocator
 
     tuned = tune_cpu_allocator()  # as `gvsl pretrain` does; GVSL_TUNE_MALLOC=0 measures without
@@ -143,44 +153,9 @@ def main(argv=None) -> int:
     )
     results: dict = {"cpu": [], "cuda": None, "malloc_tuned": tuned}
     if not args.skip_cpu:
-        print(f"\nCPU: width {args.width} at {args.size}^3, {args.iters} steps ({args.warmup} warm-up)", flush=True)
-        for w in args.workers:
-            r = run_config(
-                device="cpu",
-                size=args.size,
-                width=args.width,
-                workers=w,
-                iters=args.iters,
-                warmup=args.warmup,
-                n_synthetic=args.n_synthetic,
-            )
-            results["cpu"].append(r)
-            show(r)
-        ok = [r for r in results["cpu"] if r["data_wait_fraction"] < 0.10]
-        print(
-            f"  target data wait < 10 %: {'met with workers ' + ', '.join(str(r['workers']) for r in ok) if ok else 'NOT met'}"
-        )
+        results["cpu"] = _cpu_runs(args)
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        print(
-            f"\nCUDA ({name}): width {args.cuda_width} at {args.cuda_size}^3, bf16 autocast, "
-            f"{args.cuda_workers} workers, {args.cuda_iters} steps",
-            flush=True,
-        )
-        r = run_config(
-            device="cuda",
-            size=args.cuda_size,
-            width=args.cuda_width,
-            workers=args.cuda_workers,
-            iters=args.cuda_iters,
-            warmup=max(args.warmup, 5),
-            batch=args.cuda_batch,
-            n_synthetic=args.n_synthetic,
-            compile=args.compile,
-        )
-        r["gpu"] = name
-        results["cuda"] = r
-        show(r)
+        results["cuda"] = _cuda_run(args)
     else:
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
         print(f"\nCUDA: skipped ({why}: torch.cuda.is_available() is False)")
@@ -189,6 +164,53 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
     return 0
+
+
+def _cpu_runs(args: argparse.Namespace) -> list[dict]:
+    """One CPU run per worker count, each shown; then whether any met the data-wait target."""
+    print(f"\nCPU: width {args.width} at {args.size}^3, {args.iters} steps ({args.warmup} warm-up)", flush=True)
+    runs = []
+    for w in args.workers:
+        r = run_config(
+            device="cpu",
+            size=args.size,
+            width=args.width,
+            workers=w,
+            iters=args.iters,
+            warmup=args.warmup,
+            n_synthetic=args.n_synthetic,
+        )
+        runs.append(r)
+        show(r)
+    ok = [r for r in runs if r["data_wait_fraction"] < 0.10]
+    print(
+        f"  target data wait < 10 %: {'met with workers ' + ', '.join(str(r['workers']) for r in ok) if ok else 'NOT met'}"
+    )
+    return runs
+
+
+def _cuda_run(args: argparse.Namespace) -> dict:
+    """The CUDA run (bf16 autocast, the --cuda-* settings), shown."""
+    name = torch.cuda.get_device_name(0)
+    print(
+        f"\nCUDA ({name}): width {args.cuda_width} at {args.cuda_size}^3, bf16 autocast, "
+        f"{args.cuda_workers} workers, {args.cuda_iters} steps",
+        flush=True,
+    )
+    r = run_config(
+        device="cuda",
+        size=args.cuda_size,
+        width=args.cuda_width,
+        workers=args.cuda_workers,
+        iters=args.cuda_iters,
+        warmup=max(args.warmup, 5),
+        batch=args.cuda_batch,
+        n_synthetic=args.n_synthetic,
+        compile=args.compile,
+    )
+    r["gpu"] = name
+    show(r)
+    return r
 
 
 if __name__ == "__main__":

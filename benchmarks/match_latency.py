@@ -99,54 +99,72 @@ def run_latency(args, model, weights_load_s: float) -> dict:
         for name, seed in (("fixed", args.seed_base + 900), ("moving", args.seed_base + 901)):
             image, _ = make_cardiac_subject(seed, (n, n, n))
             write_volume(image, tmp / f"{name}.nii.gz")
-        cold_cmd = [
-            sys.executable,
-            BENCH_MATCH,
-            "--cold-match",
-            str(tmp),
-            "--latency-size",
-            str(size),
-            "--device",
-            args.device,
-        ] + (["--weights", args.weights] if args.weights else [])
-        for k in range(args.repeats):
-            p = subprocess.run(cold_cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                raise RuntimeError(f"cold match failed: {p.stderr.strip()}")
-            run = json.loads(p.stdout.strip().splitlines()[-1])
-            res["cold_runs"].append(run)
-            _print_run(f"first match of process {k}", run)
+        res["cold_runs"] = _cold_runs(args, tmp, size)
         for k in range(args.repeats):
             run = time_one_match(tmp, tmp / f"out{k}", model, size, args.device)
             res["runs"].append(run)
             _print_run(f"warm run {k}", run)
-        if args.cli:
-            cmd = [
-                sys.executable,
-                "-m",
-                "gvsl_app.cli",
-                "match",
-                str(tmp / "fixed.nii.gz"),
-                str(tmp / "moving.nii.gz"),
-                "--out",
-                str(tmp / "cli"),
-                "--size",
-                str(size),
-                "--device",
-                args.device,
-                "--no-refine",
-            ]  # the latency section times the network's map, as before refining became the default
-            if args.weights and args.weights != "random":
-                cmd += ["--weights", args.weights]
-            if args.weights != "random":
-                t0 = time.perf_counter()
-                p = subprocess.run(cmd, capture_output=True, text=True)
-                res["cli_s"] = time.perf_counter() - t0
-                print(
-                    f"  `gvsl match` command (process start, imports, weights): {res['cli_s']:.2f} s"
-                    + ("" if p.returncode == 0 else f" FAILED: {p.stderr.strip()}"),
-                    flush=True,
-                )
+        if args.cli and args.weights != "random":
+            res["cli_s"] = _time_cli(args, tmp, size)
+    _summarise_latency(res, model, n, size, weights_load_s)
+    return res
+
+
+def _cold_runs(args, tmp: Path, size: int) -> list[dict]:
+    """``--repeats`` first matches, each in a fresh process (this script's ``--cold-match`` child)."""
+    cold_cmd = [
+        sys.executable,
+        BENCH_MATCH,
+        "--cold-match",
+        str(tmp),
+        "--latency-size",
+        str(size),
+        "--device",
+        args.device,
+    ] + (["--weights", args.weights] if args.weights else [])
+    runs = []
+    for k in range(args.repeats):
+        p = subprocess.run(cold_cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"cold match failed: {p.stderr.strip()}")
+        run = json.loads(p.stdout.strip().splitlines()[-1])
+        runs.append(run)
+        _print_run(f"first match of process {k}", run)
+    return runs
+
+
+def _time_cli(args, tmp: Path, size: int) -> float:
+    """Seconds of the whole ``gvsl match`` command on the latency pair (process start included)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "gvsl_app.cli",
+        "match",
+        str(tmp / "fixed.nii.gz"),
+        str(tmp / "moving.nii.gz"),
+        "--out",
+        str(tmp / "cli"),
+        "--size",
+        str(size),
+        "--device",
+        args.device,
+        "--no-refine",
+    ]  # the latency section times the network's map, as before refining became the default
+    if args.weights:
+        cmd += ["--weights", args.weights]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    cli_s = time.perf_counter() - t0
+    print(
+        f"  `gvsl match` command (process start, imports, weights): {cli_s:.2f} s"
+        + ("" if p.returncode == 0 else f" FAILED: {p.stderr.strip()}"),
+        flush=True,
+    )
+    return cli_s
+
+
+def _summarise_latency(res: dict, model, n: int, size: int, weights_load_s: float) -> None:
+    """Add the medians (and the GPU network time) to ``res`` and print them against the targets."""
     totals = [r["total_s"] for r in res["runs"]]
     res["median_total_s"] = statistics.median(totals)
     res["min_total_s"] = min(totals)
@@ -167,4 +185,3 @@ def run_latency(args, model, weights_load_s: float) -> dict:
         )
     else:
         print("no CUDA device here: the GPU network target is not measured")
-    return res

@@ -1,5 +1,6 @@
 """What the matching benchmarks share: the network to test (demo weights, a checkpoint or an
-untrained identity) and the mean Dice of the seven heart structures."""
+untrained identity) and the mean Dice of the seven heart structures.
+"""
 
 from __future__ import annotations
 

@@ -43,6 +43,36 @@ def scaled(schedule: RefineSchedule, fraction: float) -> RefineSchedule | None:
     return dataclasses.replace(schedule, affine_levels=aff, deformable_levels=dfm)
 
 
+def _budget_row(args, pairs, model, schedule, fraction: float, start: str) -> dict:
+    """Mean Dice, folding and seconds over the pairs, refined with ``schedule`` from ``model``'s map."""
+    dice, fold, secs = [], [], []
+    for f, m, fl, ml in pairs:
+        t0 = time.perf_counter()
+        r = match(
+            f,
+            m,
+            model=model,
+            size=args.size,
+            device="cpu",
+            moving_labels=ml,
+            fixed_labels=fl,
+            refine=schedule or False,
+            fallback=False,
+        )
+        secs.append(time.perf_counter() - t0)
+        dice.append(mean_dice(r.warped_labels.array, fl.array))
+        fold.append(r.report["folding_percent"])
+    return {
+        "fraction": fraction,
+        "steps": schedule.total_steps if schedule is not None else 0,
+        "start": start,
+        "dice": float(np.mean(dice)),
+        "dice_per_pair": dice,
+        "folding_percent": float(np.mean(fold)),
+        "seconds": float(np.mean(secs)),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", help="GVSL checkpoint (default: the demo weights)")
@@ -69,36 +99,10 @@ def main(argv=None) -> int:
     for fraction in args.fractions:
         schedule = scaled(RefineSchedule(), fraction)
         for start, model in starts.items():
-            dice, fold, secs = [], [], []
-            for f, m, fl, ml in pairs:
-                t0 = time.perf_counter()
-                r = match(
-                    f,
-                    m,
-                    model=model,
-                    size=args.size,
-                    device="cpu",
-                    moving_labels=ml,
-                    fixed_labels=fl,
-                    refine=schedule or False,
-                    fallback=False,
-                )
-                secs.append(time.perf_counter() - t0)
-                dice.append(mean_dice(r.warped_labels.array, fl.array))
-                fold.append(r.report["folding_percent"])
-            steps = schedule.total_steps if schedule is not None else 0
-            row = {
-                "fraction": fraction,
-                "steps": steps,
-                "start": start,
-                "dice": float(np.mean(dice)),
-                "dice_per_pair": dice,
-                "folding_percent": float(np.mean(fold)),
-                "seconds": float(np.mean(secs)),
-            }
+            row = _budget_row(args, pairs, model, schedule, fraction, start)
             rows.append(row)
             print(
-                f"{fraction:7.2f} {steps:6d} | {start:>8} | {row['dice']:6.3f} {row['folding_percent']:7.2f} "
+                f"{fraction:7.2f} {row['steps']:6d} | {start:>8} | {row['dice']:6.3f} {row['folding_percent']:7.2f} "
                 f"{row['seconds']:7.2f}",
                 flush=True,
             )

@@ -123,7 +123,8 @@ def probe_seed(study: Path, seed: int, methods: list[str]) -> list[dict]:
 def summary(rows: list[dict], key: str = "knn5", level: str = "up4", ref: str = "scratch") -> list[str]:
     """A markdown table of ``key`` at ``level`` for every network minus ``ref``'s, one line per seed
     (seeds where ``ref`` was probed), then the mean ± std, on how many seeds the method is above
-    ``ref`` and the two-sided paired t-test p-value (``study.paired.paired_difference``)."""
+    ``ref`` and the two-sided paired t-test p-value (``study.paired.paired_difference``).
+    """
     from study.paired import paired_difference
 
     at = {(r["seed"], r["method"]): r[key] for r in rows if r["level"] == level}

@@ -28,7 +28,8 @@ from gvsl_app.options import (
 def add_options(parser: argparse.ArgumentParser, options_cls: type) -> None:
     """One command-line option per field of an options dataclass (:mod:`gvsl_app.options`),
     with its default, choices and help from the field: ``--field-name``, or ``--name/--no-name``
-    for a switch. :func:`gvsl_app.options.from_args` turns the parsed values back into the dataclass."""
+    for a switch. :func:`gvsl_app.options.from_args` turns the parsed values back into the dataclass.
+    """
     hints = typing.get_type_hints(options_cls)
     for f in dataclasses.fields(options_cls):
         flag = "--" + f.name.replace("_", "-")
@@ -86,6 +87,7 @@ def _add_plugin_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gvsl`` parser: every subcommand, those of installed front ends (``gvsl app``) included."""
     ap = argparse.ArgumentParser(
         prog="gvsl", description="GVSL Studio: self-supervised pre-training and Z-Matching of 3D medical volumes."
     )
@@ -297,6 +299,7 @@ def _add_sample(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``gvsl`` with ``argv``; a user's error is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if getattr(args, "tune_allocator", True):

@@ -1,5 +1,6 @@
 """What each ``gvsl`` subcommand does: build the engine's config or inputs from the parsed
-arguments, run it (training with progress lines and clean stops), print the summary."""
+arguments, run it (training with progress lines and clean stops), print the summary.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def _drive(progress_iter, quiet: bool = False, stop: StopFlag | None = None) -> 
 
 def _config_from_args(cls, args: argparse.Namespace):
     """A training config from ``--config`` and the command-line options named like its fields
-    (an option left out is ``None``: the YAML's value or the config's default applies)."""
+    (an option left out is ``None``: the YAML's value or the config's default applies).
+    """
     from dataclasses import fields
 
     from gvsl_app.training.config import load_config
@@ -110,6 +112,7 @@ def _config_from_args(cls, args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``gvsl pretrain``: GVSL pre-training with the CLI's options; Ctrl-C stops at the next step."""
     from gvsl_app.training.config import PretrainConfig
     from gvsl_app.training.pretrain import pretrain
 
@@ -120,6 +123,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """``gvsl finetune``: downstream fine-tuning with the CLI's options; Ctrl-C stops at the next step."""
     from gvsl_app.training.config import FinetuneConfig
     from gvsl_app.training.finetune import finetune
 
@@ -130,6 +134,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``gvsl evaluate``: score a fine-tuning run's best checkpoint on a data folder; print the table."""
     from gvsl_app.training.finetune import evaluate_run
 
     res = evaluate_run(args.run, args.data, device=args.device)
@@ -146,6 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_labels(args: argparse.Namespace) -> int:
+    """``gvsl evaluate-labels``: Dice, HD95 and ASSD of label maps against references, per case."""
     from gvsl_app.io.outputs import prepare_output
     from gvsl_app.services.label_cohort import evaluate_cohort, pair_cases, structure_summary, write_table
 
@@ -193,7 +199,8 @@ def cmd_evaluate_labels(args: argparse.Namespace) -> int:
 def _label_names(names_file: str | None, first_label_map: Path) -> dict[int, str]:
     """Names from ``--names`` (an error if unreadable), else from a label table found next to
     the label maps (skipped with a note if unreadable: it may be another kind of file, such
-    as a classification ``labels.csv``), else none."""
+    as a classification ``labels.csv``), else none.
+    """
     from gvsl_app.io.label_tables import LabelTableError, find_label_table, read_label_table
 
     if names_file:
@@ -211,6 +218,7 @@ def _label_names(names_file: str | None, first_label_map: Path) -> dict[int, str
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``gvsl sample``: write a synthetic or downloaded sample data set (images/, labels/)."""
     from gvsl_app.data.samples import DATASET_ENTRIES, write_samples
     from gvsl_app.io.outputs import prepare_output, staged_folder
 

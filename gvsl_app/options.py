@@ -120,7 +120,8 @@ class InitMode(Choice):
 class MatchSimilarity(Choice):
     """What the refinement (and the fallback's judgement) compares: chosen from the scans'
     intensities (``auto``), local NCC (one contrast), MIND-SSC descriptors or normalised
-    gradient fields (across contrasts and modalities)."""
+    gradient fields (across contrasts and modalities).
+    """
 
     AUTO = "auto"
     NCC = "ncc"
@@ -131,7 +132,8 @@ class MatchSimilarity(Choice):
 def option(default: Any, help: str, *, choices: type[Choice] | None = None, flag: str | None = None, **extra: Any):
     """A dataclass field that carries what a front end needs to offer it: its help text, its
     choices (a :class:`Choice` enum), and its command-line spelling when it is not the field's
-    name with dashes (``refine`` is ``--refine/--no-refine``)."""
+    name with dashes (``refine`` is ``--refine/--no-refine``).
+    """
     meta = {"help": help, "choices": choices, "flag": flag, **extra}
     return field(default=default, metadata=meta)
 
@@ -225,7 +227,8 @@ class EmbedOptions:
 
 def check_options(options: Any) -> None:
     """Coerce choice fields to their enum and refuse a value out of range, naming the option
-    as the command line spells it (a ValueError, one line)."""
+    as the command line spells it (a ValueError, one line).
+    """
     for f in dataclasses.fields(options):
         value, meta = getattr(options, f.name), f.metadata
         name = "--" + f.name.replace("_", "-")
@@ -252,5 +255,6 @@ def defaults(options_cls: type) -> dict[str, Any]:
 
 def from_args(options_cls: type[O], args: Any) -> O:
     """The ``options_cls`` dataclass from parsed command-line arguments (an ``argparse``
-    namespace with one attribute per field); its range checks apply."""
+    namespace with one attribute per field); its range checks apply.
+    """
     return options_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(options_cls)})  # type: ignore[arg-type]

@@ -23,7 +23,8 @@ EMBED_OUTPUTS = ("embedding.csv", "report.json")
 
 def _series(**volumes: Volume | None) -> dict[str, str]:
     """The UID of the DICOM series each volume read from a DICOM folder came from ({role: UID}),
-    so that a folder of several series is reproducible."""
+    so that a folder of several series is reproducible.
+    """
     return {role: v.meta["dicom"]["series_uid"] for role, v in volumes.items() if v is not None and "dicom" in v.meta}
 
 
@@ -36,7 +37,8 @@ def record_series(report: dict, **volumes: Volume | None) -> None:
 
 def default_report_path(out: str | Path) -> Path:
     """``seg.nii.gz`` -> ``seg_report.json`` beside it: the label file's own name without its
-    volume ending (``.nii.gz``, ``.mha``...), whatever dots the folders' names hold."""
+    volume ending (``.nii.gz``, ``.mha``...), whatever dots the folders' names hold.
+    """
     from gvsl_app.io.folders import volume_suffix
 
     out = Path(out)
@@ -47,7 +49,8 @@ def default_report_path(out: str | Path) -> Path:
 
 def _undefined_dice_notes(dice: dict | None, names: dict) -> list[str]:
     """A note per label absent from both maps (its Dice undefined; the services' means already
-    leave it out)."""
+    leave it out).
+    """
     return [
         f"{names.get(k, k)} (label {k}): {UNDEFINED_DICE}"
         for k, v in (dice or {}).items()
@@ -71,6 +74,7 @@ def _check_series_option(args: argparse.Namespace, *pairs: tuple[str, str | None
 
 
 def cmd_match(args: argparse.Namespace) -> int:
+    """``gvsl match``: match MOVING onto FIXED, write the outputs, print the summary and the verdict."""
     from gvsl_app.io.images import read_labels, read_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
     from gvsl_app.options import MatchOptions, from_args
@@ -128,6 +132,7 @@ def _is_dicom_folder(path: Path) -> bool:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    """``gvsl segment``: one volume (or a folder of them) to a label map, with volumes and Dice."""
     from gvsl_app.io.images import read_labels, read_volume, write_volume
     from gvsl_app.io.outputs import prepare_output
     from gvsl_app.services.segment import segment
@@ -166,7 +171,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def _segment_folder(args: argparse.Namespace) -> int:
     """``gvsl segment FOLDER --out DIR``: every volume, then one table of volumes (and, with
-    references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``."""
+    references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``.
+    """
     from gvsl_app.io.folders import images_folder, list_volume_files, require_volumes
     from gvsl_app.io.images import read_volume, write_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
@@ -232,6 +238,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    """``gvsl embed``: t-SNE of a volume's local features per structure, to a table and a report."""
     from gvsl_app.io.images import read_labels, read_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
     from gvsl_app.options import EmbedOptions, from_args

@@ -59,6 +59,7 @@ class DoubleConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two conv-norm-activation layers."""
         return self.double_conv(x)
 
 
@@ -70,6 +71,7 @@ class Down(nn.Module):
         self.maxpool_conv = nn.Sequential(nn.MaxPool3d(2), DoubleConv(in_channels, out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Halve the grid, then two convolutions."""
         return self.maxpool_conv(x)
 
 
@@ -85,5 +87,6 @@ class Up(nn.Module):
         self.conv = DoubleConv(in_channels + skip_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Upsample ``x`` to ``skip``'s grid, concatenate ``skip`` and convolve."""
         x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=True)
         return self.conv(torch.cat([skip, x], dim=1))

@@ -70,7 +70,8 @@ def threads_for_load(available: int | None = None, load: float | None = None) ->
 @contextlib.contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads, then restore the setting it found (the
-    setting is process-wide: a host application such as napari gets its own back)."""
+    setting is process-wide: a host application such as napari gets its own back).
+    """
     before = torch.get_num_threads()
     if n != before:
         torch.set_num_threads(n)

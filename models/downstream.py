@@ -31,9 +31,11 @@ class SegmentationNet(nn.Module):
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """The backbone's channel widths per level."""
         return self.unet.widths
 
     def config(self) -> dict:
+        """What rebuilds this network: classes, widths and normalisation."""
         return {"n_classes": self.n_classes, "widths": list(self.widths), **_norm_entry(self.norm)}
 
     def freeze_backbone(self) -> None:
@@ -42,6 +44,7 @@ class SegmentationNet(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, n_classes, D, H, W)`` from the backbone's local features."""
         _, local = self.unet(x)
         return self.head(local)
 
@@ -65,25 +68,31 @@ class ClassificationNet(nn.Module):
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """The backbone's channel widths per level."""
         return self.unet.widths
 
     def config(self) -> dict:
+        """What rebuilds this network: outputs, widths and normalisation."""
         return {"n_outputs": self.n_outputs, "widths": list(self.widths), **_norm_entry(self.norm)}
 
     def freeze_backbone(self) -> None:
+        """Freeze every backbone parameter (linear evaluation)."""
         for p in self.unet.parameters():
             p.requires_grad_(False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck features, averaged over space: ``(B, C)``."""
         u = self.unet
         h = u.down4(u.down3(u.down2(u.down1(u.inc(x)))))
         return h.mean(dim=(2, 3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, n_outputs)``."""
         return self.head(self.encode(x))
 
 
 def _norm_entry(norm: str) -> dict:
     """The ``norm`` key of a model configuration, only where it is not the default (so the
-    configurations of every checkpoint written before the option are unchanged)."""
+    configurations of every checkpoint written before the option are unchanged).
+    """
     return {"norm": norm} if norm != "default" else {}

@@ -102,12 +102,14 @@ class GVSL(nn.Module):
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """The backbone's channel widths per level."""
         return self.unet.widths
 
     @classmethod
     def from_config(cls, config: dict) -> GVSL:
         """The network :meth:`config` describes. Keys missing from a checkpoint written before
-        the head options existed (and the authors' release) mean the paper's heads."""
+        the head options existed (and the authors' release) mean the paper's heads.
+        """
         return cls(
             widths=config["widths"],
             in_channels=config.get("in_channels", 1),

@@ -31,6 +31,7 @@ class AffineHead(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, g_moving: torch.Tensor, g_fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The 15 affine parameters (rotation, translation, scaling, shearing) of a moving/fixed pair."""
         h = self.conv(torch.cat([g_moving, g_fixed], dim=1)).mean(dim=(2, 3, 4))
         return {
             "rotation": self.rotation(h).float(),
@@ -60,6 +61,7 @@ class DeformableHead(nn.Module):
     def forward(
         self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor, extra: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """A displacement field ``(B, 3, D, H, W)`` from aligned moving and fixed features."""
         parts = [f_moving_aligned, f_fixed] + ([extra.to(f_fixed.dtype)] if extra is not None else [])
         return self.flow(self.conv(torch.cat(parts, dim=1))).float()
 
@@ -89,6 +91,7 @@ class RestorationHead(nn.Module):
         nn.init.zeros_(last.bias)
 
     def forward(self, f_local: torch.Tensor) -> torch.Tensor:
+        """The restored image, one channel, from the local features."""
         return self.layers(f_local)
 
 
@@ -150,6 +153,7 @@ class KeypointAffineHead(nn.Module):
         return points, weights
 
     def forward(self, f_moving: torch.Tensor, f_fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The affine fitted to matched keypoints of both scans, and those keypoints."""
         q, w_m = self.locate(f_moving)
         p, w_f = self.locate(f_fixed)
         affine = fit_affine(p, q, torch.minimum(w_m, w_f), self.ridge)
@@ -219,6 +223,7 @@ class PyramidDeformableHead(nn.Module):
         )
 
     def forward(self, f_moving_aligned: torch.Tensor, f_fixed: torch.Tensor) -> torch.Tensor:
+        """A displacement field refined coarse to fine over the pyramid's levels."""
         from .spatial import sampling_coordinates, warp
 
         shape = tuple(f_fixed.shape[2:])

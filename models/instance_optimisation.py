@@ -92,6 +92,7 @@ class RefineSchedule:
 
     @property
     def total_steps(self) -> int:
+        """The steps of every level, planned."""
         return sum(n for _, n in self.affine_levels) + sum(n for _, _, n in self.deformable_levels)
 
 
@@ -320,7 +321,8 @@ def _plan(levels: list[tuple[int, int]], shape: tuple[int, ...]) -> list[tuple[t
 
 class _Clock:
     """Runs the levels' steps, reports the share of work done, ends a level on convergence,
-    remembers a stop request and records what each level did."""
+    remembers a stop request and records what each level did.
+    """
 
     def __init__(self, total: float, step: StepFn | None, schedule: RefineSchedule, record: list[LevelRecord] | None):
         self.total, self.done, self.step, self.stopped = max(total, 1.0), 0.0, step, False

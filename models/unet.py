@@ -43,6 +43,7 @@ class UNet3D(nn.Module):
         self.up4 = Up(w[7], w[0], w[8])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bottleneck (global) and last decoder level (local) features of ``x``."""
         if min(x.shape[2:]) < 16:
             raise ValueError(f"each spatial side must be >= 16 voxels for 4 poolings, got {tuple(x.shape[2:])}")
         x1 = self.inc(x)

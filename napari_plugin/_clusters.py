@@ -41,7 +41,9 @@ from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
 
-if TYPE_CHECKING:  # matplotlib: imported in the background after start (see `canvas`)
+if TYPE_CHECKING:  # matplotlib and the engine: imported in the background after start (see `canvas`)
+    from gvsl_app.services.embed import EmbedResult
+
     from ._scatter import ScatterCanvas
 
 POINTS = "embedded voxels"
@@ -95,7 +97,7 @@ class ClustersWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = JobState()
-        self.results: list = []
+        self.results: list[EmbedResult] = []
         self._worker = None
         self._label_values = np.zeros(0, int)
         self._link = _SelectionLink(self)
@@ -110,11 +112,33 @@ class ClustersWidget(QWidget):
         link = self._link  # not self: the lambda must not keep the widget alive
         self.destroyed.connect(lambda *_: link.disconnect())
         _warmup.start()
-        v = napari_viewer
-        shared = shared_checkpoints(v)
+        lay = QVBoxLayout(self)
+        lay.addLayout(self._build_form())
+        self.controls = JobControls(self.state, "Compute embedding")
+        self.controls.run_button.clicked.connect(self.run)
+        lay.addWidget(self.controls)
+        self._canvas: ScatterCanvas | None = None
+        self._plot_area = QVBoxLayout()
+        self._plot_placeholder = QWidget()
+        self._plot_placeholder.setMinimumHeight(260)  # the plot's room, kept while matplotlib loads
+        self._plot_area.addWidget(self._plot_placeholder)
+        lay.addLayout(self._plot_area, 1)
+        lay.addLayout(self._build_tools())
+        self.label_list = QListWidget()
+        self.label_list.setMaximumHeight(140)
+        self.label_list.currentRowChanged.connect(self._on_label_row)
+        lay.addWidget(self.label_list)
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        lay.addWidget(self.info)
+        _warmup.when_ready(self._build_canvas)
+
+    def _build_form(self) -> QFormLayout:
+        """The inputs: image and labels layers, the two weights, sampling, working size, device."""
+        v = self.viewer
         self.image = LayerCombo(v, Image, prefer=("fixed",))
         self.labels = LayerCombo(v, Labels, prefer=("fixed",))
-        self.weights_a = WeightsChooser(shared, "gvsl", allow_random=True)
+        self.weights_a = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
         self.per_label = spin_box(10, 5000, 300, 50)
         self.cube_size = spin_box(16, 256, 96, 16)
@@ -130,13 +154,10 @@ class ClustersWidget(QWidget):
             ("device", self.device),
         ):
             form.addRow(label, w)
-        self.controls = JobControls(self.state, "Compute embedding")
-        self.controls.run_button.clicked.connect(self.run)
-        self._canvas: ScatterCanvas | None = None
-        self._plot_area = QVBoxLayout()
-        self._plot_placeholder = QWidget()
-        self._plot_placeholder.setMinimumHeight(260)  # the plot's room, kept while matplotlib loads
-        self._plot_area.addWidget(self._plot_placeholder)
+        return form
+
+    def _build_tools(self) -> QHBoxLayout:
+        """The selection tools under the plot: lasso or rectangle, and "Clear selection"."""
         self.mode = QComboBox()
         self.mode.addItems(["lasso", "rectangle"])
         self.mode.currentTextChanged.connect(lambda mode: self._canvas.set_mode(mode) if self._canvas else None)
@@ -146,19 +167,7 @@ class ClustersWidget(QWidget):
         tools.addWidget(QLabel("select"))
         tools.addWidget(self.mode)
         tools.addWidget(clear)
-        self.label_list = QListWidget()
-        self.label_list.setMaximumHeight(140)
-        self.label_list.currentRowChanged.connect(self._on_label_row)
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
-        lay = QVBoxLayout(self)
-        lay.addLayout(form)
-        lay.addWidget(self.controls)
-        lay.addLayout(self._plot_area, 1)
-        lay.addLayout(tools)
-        lay.addWidget(self.label_list)
-        lay.addWidget(self.info)
-        _warmup.when_ready(self._build_canvas)
+        return tools
 
     def _build_canvas(self) -> None:
         self.objectName()  # raises RuntimeError once the Qt side is gone: then nothing to build
@@ -168,7 +177,8 @@ class ClustersWidget(QWidget):
     def canvas(self) -> ScatterCanvas:
         """The t-SNE plot (matplotlib), built on first use: importing matplotlib with the
         widget added a third of a second before the viewer showed; it now loads with the
-        engine in the background, and a blank area of the same size stands in until then."""
+        engine in the background, and a blank area of the same size stands in until then.
+        """
         if self._canvas is None:
             from ._scatter import ScatterCanvas
 
@@ -280,8 +290,8 @@ class ClustersWidget(QWidget):
         face = np.asarray(layer.face_color)
         panels = []
         for tag, name, r in zip("AB", tags, results):
-            rep = r.report
-            title = f"{name}\nsilhouette {_num(rep.get('silhouette_features'))} (2D {_num(rep.get('silhouette_2d'))})"
+            rep = r.record
+            title = f"{name}\nsilhouette {_num(rep.silhouette_features)} (2D {_num(rep.silhouette_2d)})"
             panels.append({"title": title, "xy": f[[f"tsne_x_{tag}", f"tsne_y_{tag}"]].to_numpy(), "colors": face})
         present = sorted(set(int(v) for v in f["label"]))
         self.canvas.set_panels(

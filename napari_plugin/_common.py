@@ -42,8 +42,9 @@ def notify_info(msg: str) -> None:
 
 def _narrow(combo: QComboBox, chars: int = 16) -> None:
     """A combo box whose longest entry (a layer name, a file path) does not set the dock's
-    minimum width: it shows ``chars`` characters at least and elides the rest (full text on hover)."""
-    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    minimum width: it shows ``chars`` characters at least and elides the rest (full text on hover).
+    """
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
 
 
@@ -70,7 +71,8 @@ class LayerCombo(QComboBox):
         """``prefer``: name words chosen first; ``shun``: name words chosen last; ``fits``: a
         test a layer must pass to be the default of an optional combo (e.g. "on the chosen
         image's grid"); ``avoid``: another chooser whose layer this one defaults to only when
-        there is no other (moving vs fixed image)."""
+        there is no other (moving vs fixed image).
+        """
         super().__init__(parent)
         _narrow(self)
         self._viewer, self._type, self._optional, self._prefer = viewer, layer_type, optional, prefer
@@ -226,7 +228,7 @@ class WeightsChooser(QWidget):
             p = Path(path)
             self.combo.addItem(f"{p.parent.parent.name}/{p.name}" if p.parent.name == "checkpoints" else p.name, path)
             idx = self.combo.count() - 1
-            self.combo.setItemData(idx, path, Qt.ToolTipRole)
+            self.combo.setItemData(idx, path, Qt.ItemDataRole.ToolTipRole)
         if select:
             self.combo.setCurrentIndex(idx)
 
@@ -255,17 +257,20 @@ def results_table(columns: tuple[str, ...]):
 
     table = QTableWidget(0, len(columns))
     table.setHorizontalHeaderLabels(columns)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.Interactive)
-    table.horizontalHeader().setStretchLastSection(True)
-    table.verticalHeader().setVisible(False)
-    table.setSelectionBehavior(QTableWidget.SelectRows)
-    table.setEditTriggers(QTableWidget.NoEditTriggers)
+    head, rows = table.horizontalHeader(), table.verticalHeader()
+    assert head is not None and rows is not None  # a QTableWidget is built with both
+    head.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    head.setStretchLastSection(True)
+    rows.setVisible(False)
+    table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+    table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
     return table
 
 
 def device_combo() -> QComboBox:
     """``auto`` and ``cpu`` at once; each CUDA GPU and ``mps`` once torch is imported (in
-    the background: asking torch now would add its import to the viewer's start)."""
+    the background: asking torch now would add its import to the viewer's start).
+    """
     combo = QComboBox()
     combo.addItems(["auto", "cpu"])
 

@@ -108,7 +108,8 @@ class LabelExplorerWidget(QWidget):
 
     def apply_label_table(self, path) -> bool:
         """Name and colour the chosen labels layer from a label table file; False (and the
-        reason on the status line) when the file is not one."""
+        reason on the status line) when the file is not one.
+        """
         from gvsl_app.io.label_tables import read_label_table
 
         layer = self.labels.layer()
@@ -209,9 +210,10 @@ class LabelExplorerWidget(QWidget):
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             name = QTableWidgetItem(r.name)
-            name.setData(Qt.UserRole, r.label)
+            name.setData(Qt.ItemDataRole.UserRole, r.label)
             rgba = label_rgba(layer, r.label)
-            name.setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
+            red, green, blue = (float(c) for c in rgba[:3])
+            name.setBackground(QColor.fromRgbF(red, green, blue, 0.6))
             cells = [
                 name,
                 _NumberItem(r.volume_ml, 2),
@@ -243,7 +245,7 @@ class LabelExplorerWidget(QWidget):
         item = self.table.item(row, 0)
         if item is None:
             return
-        value = int(item.data(Qt.UserRole))
+        value = int(item.data(Qt.ItemDataRole.UserRole))
         layer = self.result["layer"]
         if layer not in self.viewer.layers:
             return

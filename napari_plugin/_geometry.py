@@ -56,7 +56,8 @@ def data_to_world(layer) -> np.ndarray:
 
 def same_layer_grid(a, b, atol: float = 1e-6) -> bool:
     """True when two 3D layers have the same data shape and the same data-to-world map
-    (False for any other layer: GVSL grids are 3D, and choosers ask this of every layer)."""
+    (False for any other layer: GVSL grids are 3D, and choosers ask this of every layer).
+    """
     if a.ndim != 3 or b.ndim != 3 or tuple(a.data.shape) != tuple(b.data.shape):
         return False
     return bool(np.allclose(data_to_world(a), data_to_world(b), atol=atol))

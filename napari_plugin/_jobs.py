@@ -26,7 +26,7 @@ class _Bridge(QObject):
     def __init__(self, state: JobState):
         super().__init__()
         self._state = state
-        self.progress.connect(self._apply, Qt.QueuedConnection)
+        self.progress.connect(self._apply, Qt.ConnectionType.QueuedConnection)
 
     def _apply(self, stage: str, fraction: float) -> None:
         self._state.stage = stage
@@ -79,7 +79,8 @@ def calm_gc() -> None:
 
 def refuse(state: JobState, problem: BaseException | str, what: str) -> str:
     """A job that cannot start: the reason as a notification *and* on the widget's status
-    line (a toast disappears and can be cut off by a narrow canvas; the status line stays)."""
+    line (a toast disappears and can be cut off by a narrow canvas; the status line stays).
+    """
     msg = notify_error(problem, what)
     state.message = msg
     state.status = ERROR

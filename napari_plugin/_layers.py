@@ -9,6 +9,8 @@ shows the structure, and colours in a ``DirectLabelColormap``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,8 +49,8 @@ def image_layer_data(volume: Volume, name: str, **kwargs) -> tuple:
     return volume.array, kw, "image"
 
 
-def label_features(names: dict[int, str]) -> pd.DataFrame:
-    """One row per label value (background first) with its structure name."""
+def label_features(names: Mapping[Any, str]) -> pd.DataFrame:
+    """One row per label value (background first) with its structure name (keys: ints or their strings)."""
     values = [0] + sorted(int(k) for k in names if int(k) != 0)
     return pd.DataFrame(
         {
@@ -133,7 +135,8 @@ def _marked(layer_data: tuple) -> tuple:
 def _result_layer(viewer, name: str):
     """The layer a GVSL job made for the result ``name``: called ``name``, or ``name [N]`` where
     napari numbered it beside a user's own layer of that name. One the user renamed otherwise
-    is theirs to keep (renaming is how a result is kept beside the next run's)."""
+    is theirs to keep (renaming is how a result is kept beside the next run's).
+    """
     numbered = re.compile(re.escape(name) + r" \[\d+\]")
     for layer in viewer.layers:
         if layer.metadata.get(RESULT_MARK) == name and (layer.name == name or numbered.fullmatch(layer.name)):

@@ -41,8 +41,8 @@ class LossPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setMinimumHeight(280)
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.setAttribute(Qt.WA_OpaquePaintEvent)  # paints its whole rectangle: nothing behind to draw
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)  # paints its whole rectangle: nothing behind to draw
         self._history: dict[str, tuple[list, list]] = {}
         self._colors: dict[str, str] = {}
 
@@ -89,11 +89,11 @@ class LossPlot(QWidget):
         p.setPen(QPen(QColor(FRAME)))
         p.drawRect(area)
         p.setPen(QPen(QColor(FG)))
-        p.drawText(QRectF(area.left(), self.height() - 16, area.width(), 14), Qt.AlignCenter, "iteration")
+        p.drawText(QRectF(area.left(), self.height() - 16, area.width(), 14), Qt.AlignmentFlag.AlignCenter, "iteration")
         p.save()
         p.translate(10, area.center().y())
         p.rotate(-90)
-        p.drawText(QRectF(-40, -8, 80, 14), Qt.AlignCenter, "loss")
+        p.drawText(QRectF(-40, -8, 80, 14), Qt.AlignmentFlag.AlignCenter, "loss")
         p.restore()
         limits = self._limits()
         if limits is not None:
@@ -121,15 +121,23 @@ class LossPlot(QWidget):
         for v in nice_ticks(y0, y1):
             y = area.bottom() - (v - y0) / (y1 - y0) * area.height()
             p.drawLine(QPointF(area.left() - 3, y), QPointF(area.left(), y))
-            p.drawText(QRectF(0, y - 7, area.left() - 5, 14), Qt.AlignRight | Qt.AlignVCenter, _label(v))
+            p.drawText(
+                QRectF(0, y - 7, area.left() - 5, 14),
+                Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                _label(v),
+            )
         for v in nice_ticks(x0, x1, 6):
             x = area.left() + (v - x0) / (x1 - x0) * area.width()
             p.drawLine(QPointF(x, area.bottom()), QPointF(x, area.bottom() + 3))
-            p.drawText(QRectF(x - 30, area.bottom() + 3, 60, 14), Qt.AlignHCenter | Qt.AlignTop, _label(v))
+            p.drawText(
+                QRectF(x - 30, area.bottom() + 3, 60, 14),
+                Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop,
+                _label(v),
+            )
 
     def _paint_curves(self, p: QPainter, area: QRectF, limits) -> None:
         x0, x1, y0, y1 = limits
-        p.setRenderHint(QPainter.Antialiasing, True)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         p.setClipRect(area)
         for key, (xs, ys) in self._history.items():
             stride = max(1, math.ceil(len(xs) / MAX_POINTS))
@@ -152,12 +160,12 @@ class LossPlot(QWidget):
                 p.setBrush(QColor(self._colors.get(key, FG)))
                 for point in points:
                     p.drawEllipse(point, 2.0, 2.0)
-                p.setBrush(Qt.NoBrush)
+                p.setBrush(Qt.BrushStyle.NoBrush)
 
     @staticmethod
     def _pen(key: str, color: str) -> QPen:
         pen = QPen(QColor(color))
         pen.setWidthF(1.4 if key == "loss" else 1.0)
         if key.startswith("val_"):
-            pen.setStyle(Qt.DashLine)
+            pen.setStyle(Qt.PenStyle.DashLine)
         return pen

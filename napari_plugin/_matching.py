@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import html
 import threading
+from typing import cast
 
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -52,7 +56,8 @@ REFINE_MEASURED = "9-15 s"
 def refine_share_done(fraction: float) -> float:
     """The share of the refinement's work done at the matching job's progress ``fraction``
     (the engine moves the progress across ``REFINE_SPAN`` with the work done, weighted by
-    each level's size, so the time-left estimate can extrapolate linearly)."""
+    each level's size, so the time-left estimate can extrapolate linearly).
+    """
     from gvsl_app.services.match_refine import REFINE_SPAN
 
     lo, hi = REFINE_SPAN
@@ -86,6 +91,8 @@ class MatchingWidget(QWidget):
         self.state = JobState()
         self.result = None
         self._worker = None
+        self._stop = threading.Event()
+        self._refining = False  # whether the running job refines: the only stage Stop can end
         _warmup.start()
         v = napari_viewer
         # two scans named neither "fixed" nor "moving" still start as two different layers
@@ -95,19 +102,39 @@ class MatchingWidget(QWidget):
         self.fixed_labels = LayerCombo(v, Labels, optional=True, prefer=("fixed",))
         self.weights = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.device = device_combo()
-        # the matching options: rows made from the engine's MatchOptions (gvsl match's own)
+        self._option_rows()
+        self.controls = JobControls(
+            self.state,
+            "Run Z-Matching",
+            stop_text="Stop refining (keep the map so far)",
+            timed_stage=("refine", refine_share_done),
+            can_stop=lambda: self._refining,
+        )
+        self.controls.run_button.clicked.connect(self.run)
+        assert self.controls.stop_button is not None  # asked for with stop_text
+        self.controls.stop_button.clicked.connect(self._stop.set)
+        self.report = QLabel("")
+        self.report.setWordWrap(True)
+        self.export_button = QPushButton("Export outputs…")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.state.events.status.connect(self._sync_export)
+        self._lay_out()
+
+    def _option_rows(self) -> None:
+        """The matching options' rows, made from the engine's MatchOptions (gvsl match's own)."""
         self.options = {name: OptionRow(MatchOptions, name) for name in FORM_OPTIONS}
-        self.cube_size = self.options["size"].native
+        self.cube_size = cast(QSpinBox, self.options["size"].native)
         self.cube_size.setSingleStep(16)
         self.cube_size.setSuffix(" voxels")
-        self.refine = self.options["refine"].native  # the form row says "refine"
+        self.refine = cast(QCheckBox, self.options["refine"].native)  # the form row says "refine"
         self.refine.setText(f"on this pair (+{REFINE_MEASURED})")
-        self.refine_preset = self.options["refine_preset"].native
-        self.init_mode = self.options["init"].native
-        self.similarity = self.options["similarity"].native
+        self.refine_preset = cast(QComboBox, self.options["refine_preset"].native)
+        self.init_mode = cast(QComboBox, self.options["init"].native)
+        self.similarity = cast(QComboBox, self.options["similarity"].native)
         self.refine.toggled.connect(self.refine_preset.setEnabled)
-        self._stop = threading.Event()
-        self._refining = False  # whether the running job refines: the only stage Stop can end
+
+    def _lay_out(self) -> None:
         form = QFormLayout()
         for label, w in (
             ("fixed image", self.fixed),
@@ -123,21 +150,6 @@ class MatchingWidget(QWidget):
             ("schedule", self.refine_preset),
         ):
             form.addRow(label, w)
-        self.controls = JobControls(
-            self.state,
-            "Run Z-Matching",
-            stop_text="Stop refining (keep the map so far)",
-            timed_stage=("refine", refine_share_done),
-            can_stop=lambda: self._refining,
-        )
-        self.controls.run_button.clicked.connect(self.run)
-        self.controls.stop_button.clicked.connect(self._stop.set)
-        self.report = QLabel("")
-        self.report.setWordWrap(True)
-        self.export_button = QPushButton("Export outputs…")
-        self.export_button.setEnabled(False)
-        self.export_button.clicked.connect(self._export_dialog)
-        self.state.events.status.connect(self._sync_export)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.controls)
@@ -203,7 +215,9 @@ class MatchingWidget(QWidget):
             return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
 
         self._refining = options.refine
-        self._worker = start_job(work, self.state, lambda out: self._show(*out, fl.name, ml.name, names), "Z-Matching")
+        self._worker = start_job(
+            work, self.state, lambda out: self._show(out[0], out[1], fl.name, ml.name, names), "Z-Matching"
+        )
         return self._worker
 
     # -- results -------------------------------------------------------------------------
@@ -245,7 +259,8 @@ class MatchingWidget(QWidget):
     def export_to(self, folder: str):
         """Write the last result's outputs to ``folder`` in a background job (seconds for a
         real CT: never on the GUI thread); returns the worker, or None when there is nothing
-        to export or a job is running."""
+        to export or a job is running.
+        """
         result = self.result
         if result is None or self.state.running:
             notify_error("run Z-Matching first" if result is None else "wait for the running job to end", "Export")
@@ -315,7 +330,8 @@ def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None 
 
 def report_html(rep, names: dict[int, str] | None = None) -> str:
     """The matching report (:class:`gvsl_app.services.match_result.MatchReport`) as a compact
-    table: the verdict, the initial alignment, the similarity, NCC, Dice, folding, displacement, time."""
+    table: the verdict, the initial alignment, the similarity, NCC, Dice, folding, displacement, time.
+    """
     from gvsl_app.services.metrics import dice_text  # torch with it: only once a result exists
 
     names = names or {}

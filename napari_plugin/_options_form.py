@@ -1,11 +1,12 @@
 """Form rows generated from the engine's option dataclasses (:mod:`gvsl_app.options`), so a
-widget offers the same choices, defaults and help as the ``gvsl`` command line."""
+widget offers the same choices, defaults and help as the ``gvsl`` command line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any
+from typing import Any, cast
 
 from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from qtpy.QtWidgets import QSpinBox, QWidget
@@ -17,12 +18,13 @@ AUTO = "auto"
 class OptionRow:
     """One option's form row: a magicgui combo box of its choices, a check box for a switch,
     or a spin box for a number (a Qt one showing ``auto`` at 0 where the option may be None),
-    starting at the field's default, with its help as the tooltip."""
+    starting at the field's default, with its help as the tooltip.
+    """
 
     def __init__(self, options_cls: type, name: str) -> None:
         field = {f.name: f for f in dataclasses.fields(options_cls)}[name]
         kind = typing.get_type_hints(options_cls)[name]
-        meta, default = field.metadata, field.default
+        meta, default = field.metadata, cast(Any, field.default)  # every option has a plain default
         tooltip = meta.get("help", "")
         self.auto = type(None) in typing.get_args(kind)
         self._magic: ComboBox | CheckBox | SpinBox | None = None
@@ -32,14 +34,14 @@ class OptionRow:
             self._magic = CheckBox(value=bool(default), tooltip=tooltip)
         elif not self.auto:
             lo, hi = int(meta.get("minimum", 0)), int(meta.get("maximum", 2**31 - 1))
-            self._magic = SpinBox(value=default, min=lo, max=hi, tooltip=tooltip)
+            self._magic = SpinBox(value=int(default), min=lo, max=hi, tooltip=tooltip)
         if self._magic is not None:
             self.native: QWidget = self._magic.native
         else:
             spin = QSpinBox()
             spin.setRange(0, int(meta.get("maximum", 2**31 - 1)))
             spin.setSpecialValueText(AUTO)
-            spin.setValue(default or 0)
+            spin.setValue(int(default or 0))
             spin.setToolTip(tooltip)
             self.native = spin
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -25,7 +27,8 @@ def style_axes(ax) -> None:
 def _draw_points(ax, xy: np.ndarray, colors: np.ndarray) -> None:
     """One marker line per colour instead of a scatter with a colour per point: Agg then
     stamps one cached marker image per point, which draws the ~2000 points of a panel
-    several times faster (the scatter's full draw was most of a 300 ms stall)."""
+    several times faster (the scatter's full draw was most of a 300 ms stall).
+    """
     if len(xy) == 0:
         return
     keys, inverse = np.unique(colors.reshape(len(xy), -1), axis=0, return_inverse=True)
@@ -94,14 +97,13 @@ class ScatterCanvas(FigureCanvasQTAgg):
             s.set_active(False)
         self._selectors = []
         for i, ax in enumerate(self._axes):
+            sel: LassoSelector | RectangleSelector
             if mode == "lasso":
-                sel = LassoSelector(
-                    ax, onselect=lambda verts, i=i: self._on_lasso(i, verts), props={"color": "white", "linewidth": 1}
-                )
+                sel = LassoSelector(ax, onselect=partial(self._on_lasso, i), props={"color": "white", "linewidth": 1})
             else:
                 sel = RectangleSelector(
                     ax,
-                    onselect=lambda e0, e1, i=i: self._on_rect(i, e0, e1),
+                    onselect=partial(self._on_rect, i),
                     interactive=False,
                     props={"facecolor": "white", "alpha": 0.15, "edgecolor": "white"},
                 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from napari.layers import Image, Labels
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import QFormLayout, QLabel, QTableWidgetItem, QVBoxLayout, QWidget
@@ -13,6 +16,9 @@ from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
+
+if TYPE_CHECKING:  # the engine is imported in the background after start (see _warmup)
+    from gvsl_app.services.segment import SegmentReport, SegmentResult
 
 COLUMNS = ("structure", "mL", "ref. mL", "Dice")  # short: the dock is 380 px and every column should show
 
@@ -80,8 +86,9 @@ class SegmentationWidget(QWidget):
 
             progress("segmenting", 0.1)
             res = segment(image, weights, device=device, reference=ref)
-            names = merge_names({int(k): v for k, v in res.report.get("label_names", {}).items()}, ref_names)
-            res.report["label_names"] = {str(k): v for k, v in names.items()}
+            names = merge_names({int(k): v for k, v in res.record.label_names.items()}, ref_names)
+            named = replace(res.record, label_names={str(k): v for k, v in names.items()})
+            res = replace(res, record=named)  # its report dict is built again from the record
             progress("layers", 0.9)
             data = labels_layer_data(res.labels, name, names or None, ref_colors or None, opacity=0.6)
             return res, prebuild(data, existing)
@@ -89,13 +96,13 @@ class SegmentationWidget(QWidget):
         self._worker = start_job(work, self.state, lambda out: self._show(*out), "Segmentation")
         return self._worker
 
-    def _show(self, res, layer_data) -> list:
+    def _show(self, res: SegmentResult, layer_data) -> list:
         self.result = res
-        return [lambda: self._fill_table(upsert_layer(self.viewer, layer_data), res.report)]
+        return [lambda: self._fill_table(upsert_layer(self.viewer, layer_data), res.record)]
 
-    def _fill_table(self, layer, rep: dict) -> None:
-        names = rep.get("label_names", {})
-        vols, ref_vols, dice = rep.get("volume_ml", {}), rep.get("reference_volume_ml", {}), rep.get("dice", {})
+    def _fill_table(self, layer, rep: SegmentReport) -> None:
+        names, vols = rep.label_names, rep.volume_ml
+        ref_vols, dice = rep.reference_volume_ml or {}, rep.dice or {}
         keys = sorted({*names, *vols, *dice}, key=int)
         self.table.setRowCount(len(keys))
         for row, key in enumerate(keys):
@@ -107,28 +114,27 @@ class SegmentationWidget(QWidget):
             )
             for col, text in enumerate(cells):
                 self.table.setItem(row, col, QTableWidgetItem(text))
-            rgba = label_rgba(layer, int(key))
-            self.table.item(row, 0).setBackground(QColor.fromRgbF(*map(float, rgba[:3]), 0.6))
+            r, g, b = (float(c) for c in label_rgba(layer, int(key))[:3])
+            self.table.item(row, 0).setBackground(QColor.fromRgbF(r, g, b, 0.6))
         self.table.resizeColumnsToContents()
-        secs = rep["seconds"]["total_s"]
-        found = sum(1 for v in vols.values() if v > 0)
-        which = "" if "(given)" in rep.get("segmenter", "(given)") else f"{rep['segmenter']}. "
-        if "mean_dice" in rep:
-            scored = sum(1 for v in dice.values() if v is not None and v == v)  # NaN: in neither map
-            self.summary.setText(
-                f"{which}mean Dice {_fmt(rep['mean_dice'], 3)} over {scored} structures; "
-                f"{secs:.1f} s on {rep.get('device')}"
-            )
-        else:
-            self.summary.setText(
-                f"{which}{found} structures found; {secs:.1f} s on {rep.get('device')} "
-                "(choose a ground-truth layer for Dice)"
-            )
+        self.summary.setText(_summary_text(rep))
+
+
+def _summary_text(rep: SegmentReport) -> str:
+    """The line under the table: which segmenter (unless given), mean Dice or structures found, time."""
+    secs = rep.seconds["total_s"]
+    which = "" if "(given)" in rep.segmenter else f"{rep.segmenter}. "
+    if rep.dice is not None:
+        scored = sum(1 for v in rep.dice.values() if v is not None and v == v)  # NaN: in neither map
+        return f"{which}mean Dice {_fmt(rep.mean_dice, 3)} over {scored} structures; {secs:.1f} s on {rep.device}"
+    found = sum(1 for v in rep.volume_ml.values() if v > 0)
+    return f"{which}{found} structures found; {secs:.1f} s on {rep.device} (choose a ground-truth layer for Dice)"
 
 
 def merge_names(model_names: dict[int, str], reference_names: dict[int, str]) -> dict[int, str]:
     """The checkpoint's structure names, completed by the ground truth's where the checkpoint
-    has none or only numbers (a model fine-tuned on unnamed label files)."""
+    has none or only numbers (a model fine-tuned on unnamed label files).
+    """
     out = dict(reference_names)
     for k, v in model_names.items():
         generic = str(v).strip() in (str(k), f"label {k}", "")

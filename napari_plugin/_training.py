@@ -47,7 +47,7 @@ class _CloseWatcher(QObject):
         self._holder = holder
 
     def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Close:
+        if event.type() == QEvent.Type.Close:
             window, holder = weakref.ref(obj), self._holder
             QTimer.singleShot(0, lambda: _shutdown_if_closed(window, holder))
         return False
@@ -55,7 +55,8 @@ class _CloseWatcher(QObject):
 
 def _shutdown_if_closed(window: weakref.ref, holder: dict) -> None:
     try:
-        closed = window() is None or not window().isVisible()
+        shown = window()
+        closed = shown is None or not shown.isVisible()
     except RuntimeError:  # its Qt side is gone
         closed = True
     if closed:
@@ -76,7 +77,8 @@ def _detach(holder: dict) -> None:
 
 def _ancestor(widget: QWidget, kind: type):
     """The nearest parent of ``kind``: the QMainWindow is found also while the dock floats
-    (then ``widget.window()`` is the floating dock, whose close only hides the panel)."""
+    (then ``widget.window()`` is the floating dock, whose close only hides the panel).
+    """
     w = widget.parentWidget()
     while w is not None and not isinstance(w, kind):
         w = w.parentWidget()
@@ -91,17 +93,7 @@ class TrainingWidget(QWidget):
         self._holder: dict = {"job": None}  # shared with the close hooks, which must not hold `self`
         self._form: TrainingForm | None = None  # built once torch is imported (see `form`)
         _warmup.start()
-        self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
-        self.resume_button, self.attach_button = QPushButton("Resume"), QPushButton("Attach…")
-        self.use_button = QPushButton("Use this checkpoint in the other widgets")
-        buttons = QHBoxLayout()
-        for b in (self.start_button, self.stop_button, self.resume_button, self.attach_button):
-            buttons.addWidget(b)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.resume_button.clicked.connect(self.resume)
-        self.attach_button.clicked.connect(self._attach_dialog)
-        self.use_button.clicked.connect(self.use_checkpoint)
+        buttons = self._build_buttons()
         self.bar = QProgressBar()
         self.status = QLabel("no run")
         self.status.setWordWrap(True)
@@ -128,6 +120,21 @@ class TrainingWidget(QWidget):
         self._docked_in: weakref.ref[QObject] | None = None
         _warmup.when_ready(self._build_form)
 
+    def _build_buttons(self) -> QHBoxLayout:
+        """Start, Stop, Resume and Attach in a row; "Use this checkpoint" (placed under the plot)."""
+        self.start_button, self.stop_button = QPushButton("Start"), QPushButton("Stop")
+        self.resume_button, self.attach_button = QPushButton("Resume"), QPushButton("Attach…")
+        self.use_button = QPushButton("Use this checkpoint in the other widgets")
+        buttons = QHBoxLayout()
+        for b in (self.start_button, self.stop_button, self.resume_button, self.attach_button):
+            buttons.addWidget(b)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.attach_button.clicked.connect(self._attach_dialog)
+        self.use_button.clicked.connect(self.use_checkpoint)
+        return buttons
+
     def _build_form(self) -> None:
         self.objectName()  # raises RuntimeError once the Qt side is gone: then nothing to build
         self.form  # noqa: B018 (builds it)
@@ -153,7 +160,8 @@ class TrainingWidget(QWidget):
     @property
     def fields(self) -> dict:
         """The form's fields by name (magicgui widgets: ``.value``, ``.enabled``); not
-        attributes, which would shadow QWidget methods such as ``size()`` and ``width()``."""
+        attributes, which would shadow QWidget methods such as ``size()`` and ``width()``.
+        """
         return self.form.fields
 
     def showEvent(self, event) -> None:
@@ -212,7 +220,7 @@ class TrainingWidget(QWidget):
             return None
         from gvsl_app.jobs.training_job import TrainingJob
 
-        return self._begin(TrainingJob(spec.run, self.state, spec.commands(), total=spec.iters))
+        return self._begin(TrainingJob(spec.run, self.state, spec.commands(), total=spec.iters or 0))
 
     def resume(self) -> TrainingJob | None:
         run = self.form.spec().run  # the form waits for the engine's import
@@ -248,8 +256,8 @@ class TrainingWidget(QWidget):
         from gvsl_app.jobs.training_job import run_kind
 
         job = self.job
-        ckpt = job.checkpoint() if job is not None else None
-        if ckpt is None:
+        ckpt = None if job is None else job.checkpoint()
+        if job is None or ckpt is None:
             notify_error("this run has no checkpoint yet", "Training")
             return None
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
 
 from gvsl_app.jobs.training_job import FORM_NUMBERS, TrainingSpec, task_defaults
@@ -44,6 +45,9 @@ class TrainingForm(Container):
             name: SpinBox(min=lo, max=hi, label=lab, tooltip=tip) for name, (lab, lo, hi, tip) in NUMBER_FIELDS.items()
         }
         default_run = Path.home() / "gvsl-runs" / time.strftime("run-%Y%m%d-%H%M%S")
+        folder = FileDialogMode.EXISTING_DIRECTORY
+        data = FileEdit(mode=folder, label="data folder", tooltip="folder with images/ (and labels/ to fine-tune)")
+        run_dir = FileEdit(mode=folder, value=default_run, label="run folder")
         # Kept in a dict rather than as attributes: a Container's own properties (width...)
         # would shadow fields of the same name.
         self.fields = {
@@ -52,7 +56,7 @@ class TrainingForm(Container):
             # check boxes carry their text (magicgui shows no form label for buttons; giving
             # both `text` and `label` only prints a warning)
             "synthetic": CheckBox(value=True, text="synthetic cardiac generator"),
-            "data": FileEdit(mode="d", label="data folder", tooltip="folder with images/ (and labels/ to fine-tune)"),
+            "data": data,
             "init": LineEdit(value="scratch", label="init", tooltip="scratch, or a checkpoint (.pt) to start from"),
             "linear": CheckBox(value=False, text="linear probe (frozen backbone)"),
             "size": numbers["size"],
@@ -61,16 +65,16 @@ class TrainingForm(Container):
             "device": ComboBox(choices=available_devices(), label="device"),
             "workers": numbers["workers"],
             "n_synthetic": numbers["n_synthetic"],
-            "run_dir": FileEdit(mode="d", value=default_run, label="run folder"),
+            "run_dir": run_dir,
         }
         super().__init__(widgets=list(self.fields.values()))
         f = self.fields
-        for name in ("data", "run_dir"):
+        for path_edit in (data, run_dir):
             # magicgui labels the button "Choose directory", wider than the path it serves in a
             # 380 px dock; the dialog keeps that caption, the button says it in its tooltip
-            f[name].choose_btn.text = "…"
-            f[name].choose_btn.tooltip = "Choose directory"
-            f[name].choose_btn.max_width = 32
+            path_edit.choose_btn.text = "…"
+            path_edit.choose_btn.tooltip = "Choose directory"
+            path_edit.choose_btn.max_width = 32
         f["data"].enabled = False
         f["task"].changed.connect(self._on_task)
         f["synthetic"].changed.connect(self._on_synthetic)

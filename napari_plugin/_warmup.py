@@ -124,7 +124,7 @@ def start() -> None:
             return
         _scheduled = True
     _notifier = _Notifier()
-    _notifier.finished.connect(_deliver, Qt.QueuedConnection)
+    _notifier.finished.connect(_deliver, Qt.ConnectionType.QueuedConnection)
     # the outer zero timer fires once the event loop runs; the delay counts from there
     QTimer.singleShot(0, lambda: QTimer.singleShot(START_DELAY_MS, _launch))
 

@@ -104,7 +104,8 @@ def check_done(w, what: str) -> None:
 
 class Notes:
     """napari notifications while the script runs: after start-up each would be a toast over
-    the next screenshot, so any fails the script."""
+    the next screenshot, so any fails the script.
+    """
 
     def __init__(self) -> None:
         from napari.utils.notifications import notification_manager

@@ -87,7 +87,8 @@ def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
     free local port, one OpenMP thread per rank, capturing stdout and stderr as text. A DDP test on
     a fixed port failed once in a fresh-clone CI run without saying why (its stderr was not shown,
     three reruns passed): a free port rules out a collision with anything else on the machine, and
-    the caller asserts on ``returncode`` with ``stderr`` in the message, so a failure says why."""
+    the caller asserts on ``returncode`` with ``stderr`` in the message, so a failure says why.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -103,7 +104,8 @@ def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
 
 def matching_widget(viewer, ckpt, size: int = 32):
     """A Z-Matching widget docked in ``viewer`` with ``ckpt`` chosen, on the CPU, at a small
-    working size and with the refinement off (the tests that refine say so)."""
+    working size and with the refinement off (the tests that refine say so).
+    """
     from napari_plugin._matching import MatchingWidget
 
     w = MatchingWidget(viewer)

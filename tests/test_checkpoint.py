@@ -109,7 +109,8 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
 
 def test_shipped_segmenters_fall_back_to_the_spacing_of_their_training_data(tmp_path):
     """The shipped segmenters predate recorded spacings: the documented fallback must be the
-    spacing `gvsl sample` wrote for their training split (models/weights/README.md)."""
+    spacing `gvsl sample` wrote for their training split (models/weights/README.md).
+    """
     import numpy as np
 
     from gvsl_app.data.brain import make_brain_subject
@@ -154,7 +155,8 @@ def _groups(model) -> dict[str, int]:
 
 def test_the_authors_checkpoint_runs_grouped_as_the_authors_trained_it(tmp_path):
     """Their DoubleConv normalises GroupNorm(channels // 8), their restoration head GroupNorm(4, 16);
-    the same tensors in 8 groups everywhere load strictly but compute other features."""
+    the same tensors in 8 groups everywhere load strictly but compute other features.
+    """
     from gvsl_app.services.weights import load_gvsl
     from gvsl_app.training.config import FinetuneConfig
     from gvsl_app.training.finetune import build_downstream

@@ -5,8 +5,6 @@ machines), so the data folder is written once per module and each command runs o
 """
 
 import json
-
-from gvsl_app.options import RefinePreset
 import os
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import torch
 
 import models
 from gvsl_app.io.images import read_labels, read_volume
+from gvsl_app.options import RefinePreset
 from models.downstream import SegmentationNet
 
 GVSL_CLI = [sys.executable, "-m", "gvsl_app.cli"]

@@ -74,7 +74,8 @@ def cardiac_pair():
 @pytest.mark.parametrize("refine", [False, True], ids=["network", "refined"])
 def test_matching_on_cuda_agrees_with_the_cpu(cardiac_pair, refine):
     """The demo weights on the same pair: CUDA (bf16 network, fp32 refinement) and CPU give
-    the same map to within bf16 rounding, the same Dice, and the report names the device."""
+    the same map to within bf16 rounding, the same Dice, and the report names the device.
+    """
     fixed, moving, fl, ml = cardiac_pair
     kw = dict(moving_labels=ml, fixed_labels=fl, refine=refine, schedule=SHORT_REFINE if refine else None)
     cpu = match(fixed, moving, device="cpu", **kw)

@@ -1,5 +1,6 @@
 """Fine-tuning runs: from pre-trained or scratch, linear probe, classification AUC, evaluate;
-official checkpoints as initialisation."""
+official checkpoints as initialisation.
+"""
 
 import ast
 import csv

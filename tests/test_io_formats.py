@@ -1,5 +1,6 @@
 """Volume IO through real files: geometry round trips, pixel types, label maps and their grids,
-gzip writing."""
+gzip writing.
+"""
 
 from __future__ import annotations
 

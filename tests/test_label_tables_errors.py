@@ -1,5 +1,6 @@
 """Label tables that are refused: every malformed input named by file, line and problem, empty
-tables, files that are no table, and tables that cannot be built or written."""
+tables, files that are no table, and tables that cannot be built or written.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Label tables read from real files: ITK-SNAP, Slicer, CSV/TSV and JSON, the table type,
 the ITK-SNAP round trip, and finding a table next to a label map (malformed input is in
-test_label_tables_errors.py)."""
+test_label_tables_errors.py).
+"""
 
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def test_box_sums_equal_a_direct_sum_over_the_zero_padded_window(window):
 def test_the_ncc_damping_is_the_pretraining_option_ncc_eps():
     """``ncc_eps`` reaches the matching loss: on window sums' scale (VoxelMorph's 1e-5 / 729^2)
     a scan matched to itself scores about -1; the default 1e-5 on window means damps the
-    low-contrast windows (docs/results/matching.md, benchmarks/ncc_eps_probe.py)."""
+    low-contrast windows (docs/results/matching.md, benchmarks/ncc_eps_probe.py).
+    """
     from gvsl_app.data.datasets import PairDataset
     from gvsl_app.training.config import PretrainConfig
     from gvsl_app.training.objective import PretrainObjective

@@ -339,7 +339,8 @@ def test_checkpoint_of_another_width_is_refused_clearly(pair, tmp_path):
 
 def test_more_network_passes_compose_into_one_map(tmp_path):
     """passes=2 = the network applied to its own result, composed: the same as warping with the
-    first map, predicting again and sampling the first map's displacement at the second map."""
+    first map, predicting again and sampling the first map's displacement at the second map.
+    """
     import torch
 
     from gvsl_app.data.synthetic import make_cardiac_subject

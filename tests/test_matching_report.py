@@ -59,7 +59,8 @@ def test_a_structure_in_neither_map_has_no_dice_in_thematch_report(pair_with_a_m
 @pytest.fixture()
 def pair_with_a_missing_structure():
     """A matching report whose labels have a small structure (label 3) of the moving labels
-    on neither the fixed labels nor the warped ones (warped away)."""
+    on neither the fixed labels nor the warped ones (warped away).
+    """
     from gvsl_app.io.volume import Volume
     from gvsl_app.services.matching import _add_label_overlap
 

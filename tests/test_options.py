@@ -1,5 +1,6 @@
 """One home for every option: the enums agree with the engine's own lists, the command line
-is generated from the option dataclasses, and out-of-range values are refused by name."""
+is generated from the option dataclasses, and out-of-range values are refused by name.
+"""
 
 from __future__ import annotations
 

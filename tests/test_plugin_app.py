@@ -48,7 +48,8 @@ def test_cli_app_command_opens_files_and_sample_and_saves_a_window_screenshot(
     make_napari_viewer, small_samples, tmp_path, monkeypatch
 ):
     """``gvsl app FILE --sample cardiac --screenshot PNG`` through the engine's command line
-    (the ``gvsl.commands`` entry point): the app opens both, and the PNG is the window."""
+    (the ``gvsl.commands`` entry point): the app opens both, and the PNG is the window.
+    """
     from importlib.metadata import entry_points
 
     import napari
@@ -134,7 +135,8 @@ print(done[0] - before)
 def test_the_apps_numpy_keeps_multiplying_through_a_fork_in_another_thread():
     """A fork while OpenBLAS's worker pool serves another thread left that thread waiting
     forever (the app hung at start, its sample thread in a product, when Qt forked
-    dbus-launch); the app makes OpenBLAS serial, and the thread goes on after 200 forks."""
+    dbus-launch); the app makes OpenBLAS serial, and the thread goes on after 200 forks.
+    """
     # without the thread-count variables an earlier run_app left in this process's environment
     env = {
         k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
@@ -178,8 +180,9 @@ def test_the_launcher_silences_only_the_qt5_theme_note():
 
 
 def test_the_app_starts_on_qt6_unless_told_otherwise():
-    """qtpy takes PyQt5 first where both are installed; the app asks for PyQt6 (napari's
-    PyQt5 support is deprecated), but never against an explicit QT_API."""
+    """Qtpy takes PyQt5 first where both are installed; the app asks for PyQt6 (napari's
+    PyQt5 support is deprecated), but never against an explicit QT_API.
+    """
     probe = "import os, sys; from napari_plugin.app import quiet_launch; quiet_launch(); print(os.environ['QT_API'])"
     env = {k: v for k, v in os.environ.items() if k != "QT_API"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
@@ -192,7 +195,8 @@ def test_the_app_starts_on_qt6_unless_told_otherwise():
 
 def test_the_warm_up_fills_the_vispy_cache_a_first_labels_layer_would_fill_in_the_gui_thread():
     """The dash patterns of vispy's lines cost 55-80 ms the first time a Labels layer is
-    added; the warm-up thread computes them (a fresh process, so nothing else has)."""
+    added; the warm-up thread computes them (a fresh process, so nothing else has).
+    """
     probe = (
         "from vispy.visuals.line import dash_atlas as d; from napari_plugin import _warmup; "
         "a = d._make_pattern.cache_info().currsize; _warmup._prime_caches(); "
@@ -205,7 +209,8 @@ def test_the_warm_up_fills_the_vispy_cache_a_first_labels_layer_would_fill_in_th
 
 def test_widgets_build_without_the_engine_and_complete_once_it_is_imported(make_napari_viewer, qtbot):
     """The widgets need no torch to appear; the device list, the training form and the
-    t-SNE plot complete once the background import is done."""
+    t-SNE plot complete once the background import is done.
+    """
     from napari_plugin import _warmup
     from napari_plugin._clusters import ClustersWidget
     from napari_plugin._training import TrainingWidget

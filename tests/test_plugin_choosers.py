@@ -1,5 +1,6 @@
 """The layer choosers of the widgets: defaults by name, two different scans, the user's choice
-kept through layer changes and renames."""
+kept through layer changes and renames.
+"""
 
 from __future__ import annotations
 

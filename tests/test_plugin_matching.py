@@ -135,7 +135,8 @@ def test_refinement_runs_in_the_background_and_stop_keeps_the_map_so_far(qtbot, 
 
 def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
     """During the refinement the bar shows an estimate of the time left, from the pace so far;
-    other stages show none."""
+    other stages show none.
+    """
     from gvsl_app.jobs.state import RUNNING, JobState
     from gvsl_app.services.match_refine import REFINE_SPAN
     from napari_plugin._jobs import JobControls
@@ -157,7 +158,8 @@ def test_the_progress_bar_says_the_time_left_while_refining(qtbot):
 
 def test_refinement_progress_moves_with_the_work_done_not_the_step_count():
     """The refinement's late steps run at the finest level: the engine reports the share of
-    work (steps weighted by voxels), so the time-left estimate can extrapolate linearly."""
+    work (steps weighted by voxels), so the time-left estimate can extrapolate linearly.
+    """
     from gvsl_app.data.synthetic import make_cardiac_subject
     from gvsl_app.services.matching import match
     from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
@@ -221,7 +223,8 @@ def test_matching_without_layers_is_a_notification(make_napari_viewer, gvsl_ckpt
 
 def test_gui_stays_responsive_while_matching(qtbot, cardiac_viewer, gvsl_ckpt):
     """The GUI thread keeps handling events while the worker computes and while the result
-    layers are added (one per event-loop turn); no timing limit: the cores are shared."""
+    layers are added (one per event-loop turn); no timing limit: the cores are shared.
+    """
     from qtpy.QtCore import QTimer
 
     from napari_plugin import _matching as m
@@ -342,7 +345,8 @@ def test_export_writes_in_the_background_and_reports_failures(
 
 def test_the_widget_offers_the_command_lines_options_with_the_same_defaults(make_napari_viewer):
     """The form rows come from MatchOptions, as `gvsl match`'s options do: same choices, same
-    defaults, and the options the widget would run with equal the command line's."""
+    defaults, and the options the widget would run with equal the command line's.
+    """
     from gvsl_app.cli import build_parser
     from gvsl_app.options import MatchOptions, from_args
     from napari_plugin._matching import FORM_OPTIONS, MatchingWidget

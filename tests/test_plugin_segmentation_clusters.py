@@ -319,7 +319,8 @@ def test_structure_names_fall_back_to_the_ground_truth():
 
 def test_adding_2d_layers_with_the_segmentation_docked(make_napari_viewer):
     """A 2D image and its 2D labels (someone's cell segmentation) never fit a 3D widget, and
-    adding them must not fail inside the widget's chooser refresh."""
+    adding them must not fail inside the widget's chooser refresh.
+    """
     viewer = make_napari_viewer()
     w = _segmentation(viewer)
     viewer.add_image(np.random.default_rng(0).random((16, 16)).astype(np.float32), name="cells")
@@ -330,7 +331,8 @@ def test_adding_2d_layers_with_the_segmentation_docked(make_napari_viewer):
 
 def test_thick_slices_cover_every_spatial_axis_whatever_is_displayed(make_napari_viewer):
     """The embedded voxels (Feature clusters) and the displacement arrows stay visible around
-    the slice on whichever axis is sliced later, even when the job ended in a 3D view."""
+    the slice on whichever axis is sliced later, even when the job ended in a 3D view.
+    """
     from napari_plugin._common import thick_slices
 
     viewer = make_napari_viewer()
@@ -345,20 +347,27 @@ def test_thick_slices_cover_every_spatial_axis_whatever_is_displayed(make_napari
 
 
 def test_the_table_says_n_a_for_a_structure_in_neither_map(make_napari_viewer):
+    from gvsl_app.services.segment import SegmentReport, SpacingReport
     from napari_plugin._segmentation import SegmentationWidget
 
     viewer = make_napari_viewer()
     layer = viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="seg")
     w = SegmentationWidget(viewer)
-    rep = {
-        "label_names": {"1": "LV", "2": "RV"},
-        "volume_ml": {"1": 1.0, "2": 0.0},
-        "reference_volume_ml": {"1": 1.0, "2": 0.0},
-        "dice": {"1": 0.8, "2": float("nan")},  # RV in neither map: no Dice
-        "mean_dice": 0.8,
-        "seconds": {"total_s": 1.0},
-        "device": "cpu",
-    }
+    rep = SegmentReport(
+        image="",
+        weights="seg.pt",
+        segmenter="seg.pt (given)",
+        device="cpu",
+        window=48,
+        spacing=SpacingReport([1.0, 1.0, 1.0], None, None, None),
+        n_classes=3,
+        label_names={"1": "LV", "2": "RV"},
+        volume_ml={"1": 1.0, "2": 0.0},
+        reference_volume_ml={"1": 1.0, "2": 0.0},
+        dice={"1": 0.8, "2": float("nan")},  # RV in neither map: no Dice
+        mean_dice=0.8,
+        seconds={"total_s": 1.0},
+    )
     w._fill_table(layer, rep)
     cells = {w.table.item(r, 0).text(): w.table.item(r, 3).text() for r in range(w.table.rowCount())}
     assert cells == {"LV": "0.800", "RV": "n/a"}

@@ -1,5 +1,6 @@
 """Pre-training runs: learns, resumes exactly, survives SIGKILL and signals, runs under DDP;
-options and CLI refusals of the training configs."""
+options and CLI refusals of the training configs.
+"""
 
 import json
 import os

@@ -1,5 +1,6 @@
 """--resume continues a run as saved in its config.yaml: what may change, what is refused, paths
-saved relative to another folder, a longer run in its learning-rate decay."""
+saved relative to another folder, a longer run in its learning-rate decay.
+"""
 
 import re
 import subprocess
@@ -69,7 +70,8 @@ def test_resume_refuses_options_that_change_what_is_trained_and_leaves_the_run_a
 
 def test_resume_from_another_folder_takes_the_data_path_given_or_says_what_is_missing(tmp_path, monkeypatch):
     """A run started with ``--data data`` in one folder, resumed from another: the saved path
-    is relative to where it started, so the path given now is the data (the same folder)."""
+    is relative to where it started, so the path given now is the data (the same folder).
+    """
     from dataclasses import asdict
 
     from gvsl_app.training.config import resume_config

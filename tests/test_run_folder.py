@@ -248,7 +248,8 @@ def test_a_second_interrupt_aborts_at_once_without_a_traceback(tmp_path):
 
 def test_the_guis_resume_command_continues_a_run_started_with_overwrite(tmp_path):
     """The GUI's Resume passes the run's own config.yaml, which records ``overwrite: true`` for
-    a run started that way; --resume decides for that call, and the run goes on as saved."""
+    a run started that way; --resume decides for that call, and the run goes on as saved.
+    """
     cfg = small(tmp_path / "gui", iters=3, val_every=3, overwrite=True)
     stop = StopFlag()
     assert drain(pretrain(cfg, stop), stop=stop, stop_at=1).phase == "stopped"

@@ -273,7 +273,8 @@ def test_the_shipped_segmenter_follows_the_images_modality(subject, monkeypatch,
 
 def test_the_shipped_brain_segmenter_segments_a_held_out_mr_subject():
     """The default `gvsl segment` on MR: the brain tissue segmenter, mean tissue Dice >= 0.75 on a
-    subject none of its training, validation or test subjects came from (seed 4242)."""
+    subject none of its training, validation or test subjects came from (seed 4242).
+    """
     from gvsl_app.data.brain import make_brain_subject
     from gvsl_app.services.weights import DEMO_SEG_BRAIN
 

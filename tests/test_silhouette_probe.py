@@ -1,5 +1,6 @@
 """The silhouette probe's summary (benchmarks/silhouette_probe.py --summary): per-seed differences
-to scratch at one feature level, read from the probe's JSON rows, with their paired statistics."""
+to scratch at one feature level, read from the probe's JSON rows, with their paired statistics.
+"""
 
 import json
 import math

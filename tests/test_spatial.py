@@ -110,7 +110,8 @@ def test_composing_two_affine_maps_equals_the_map_of_the_composed_affine():
 
 def test_maps_and_affines_stay_fp32_exact_inside_a_bf16_autocast_pass():
     """GPU training and matching run the network in bf16; the geometry must not be rounded
-    with it (bf16 steps are 0.5 voxel near coordinate 100)."""
+    with it (bf16 steps are 0.5 voxel near coordinate 100).
+    """
     import math
 
     from models import DEMO_WIDTHS, GVSL

@@ -14,7 +14,8 @@ from .stats import mean_std
 
 def paired_t_p(mean: float, std: float, n: int) -> float:
     """Two-sided p-value of a paired t-test (``scipy.stats.ttest_rel``) from the differences'
-    mean, sample standard deviation and count; NaN below two seeds or when every difference is equal."""
+    mean, sample standard deviation and count; NaN below two seeds or when every difference is equal.
+    """
     if n < 2 or not math.isfinite(mean) or not std > 0:
         return float("nan")
     t = mean / (std / math.sqrt(n))
@@ -23,7 +24,8 @@ def paired_t_p(mean: float, std: float, n: int) -> float:
 
 def seeds_for_p(mean: float, std: float, alpha: float = 0.05, most: int = 100) -> int | None:
     """How many seeds a paired t-test would need for ``p < alpha`` if the differences' mean and
-    standard deviation stayed as measured (a planning figure, not a result); None beyond ``most``."""
+    standard deviation stayed as measured (a planning figure, not a result); None beyond ``most``.
+    """
     for n in range(2, most + 1):
         if paired_t_p(mean, std, n) < alpha:
             return n
@@ -33,7 +35,8 @@ def seeds_for_p(mean: float, std: float, alpha: float = 0.05, most: int = 100) -
 def paired_difference(ref: dict, other: dict, seeds: list[int]) -> dict:
     """``ref[seed] - other[seed]`` over the seeds where both are finite: the differences, their
     mean, sample standard deviation and count, on how many seeds ``ref`` is ahead, the two-sided
-    paired t-test p-value and how many seeds ``p < 0.05`` would take if mean and spread held."""
+    paired t-test p-value and how many seeds ``p < 0.05`` would take if mean and spread held.
+    """
     diffs = [ref[s] - other[s] for s in seeds if s in ref and s in other and math.isfinite(ref[s] - other[s])]
     mu, sd, n = mean_std(diffs)
     return {
@@ -52,7 +55,8 @@ def holm(pvalues: list[float]) -> list[float]:
     p-values is multiplied by ``m - k + 1``, made non-decreasing along that order and capped at 1;
     NaN stays NaN and does not count. Comparing an adjusted p with 0.05 keeps the chance of any
     false effect among all of them below 0.05 (hand-written: statsmodels' ``multipletests`` would
-    bring statsmodels and pandas in for ten lines)."""
+    bring statsmodels and pandas in for ten lines).
+    """
     finite = sorted((p, i) for i, p in enumerate(pvalues) if math.isfinite(p))
     out = [float("nan")] * len(pvalues)
     m, running = len(finite), 0.0
@@ -72,7 +76,8 @@ def _cells(node: dict) -> list[dict]:
 def add_holm(pair: dict) -> int:
     """Give every paired difference in ``pair`` (any nesting of dicts down to the difference
     dicts, which hold ``"p"``) its Holm-adjusted p-value ``"p_holm"`` over all of them; returns
-    how many finite p-values the correction counted."""
+    how many finite p-values the correction counted.
+    """
     cells = _cells(pair)
     for d, adjusted in zip(cells, holm([d["p"] for d in cells]), strict=True):
         d["p_holm"] = adjusted
@@ -81,7 +86,8 @@ def add_holm(pair: dict) -> int:
 
 def is_clear(d: dict | None) -> bool:
     """The table's rule for a clear effect: a paired difference larger than its standard
-    deviation and ahead on every one of two or more seeds."""
+    deviation and ahead on every one of two or more seeds.
+    """
     return bool(d) and d["n"] > 1 and d["mean"] > d["std"] and d["wins"] == d["n"]
 
 
@@ -118,7 +124,8 @@ def _p(p: float) -> str:
 def md_paired(pair: dict) -> list[str]:
     """GVSL against every other row seed by seed (``pair`` from :func:`paired` with silhouettes):
     mean ± std of the paired difference, GVSL's wins and the p-value per cell, then which cells
-    Holm's correction over the whole table keeps."""
+    Holm's correction over the whole table keeps.
+    """
     L = ["## GVSL against each row, seed by seed", ""]
     L.append(
         "Each cell: GVSL's value minus the row's, averaged over the seeds where both ran "

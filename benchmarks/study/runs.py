@@ -78,7 +78,8 @@ _PATH_KEYS = ("run", "init", "data")
 
 def _same_value(key: str, have, want) -> bool:
     """Equal values; paths count as equal when they name the same file (a work folder given
-    relative once and absolute once is the same study)."""
+    relative once and absolute once is the same study).
+    """
     if key in _PATH_KEYS and isinstance(have, str) and isinstance(want, str) and have != want:
         return Path(have).resolve() == Path(want).resolve()
     return have == want

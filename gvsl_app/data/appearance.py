@@ -64,6 +64,7 @@ class LocalPixelShuffle(Transform):
         self.permutations = permutations
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Shuffle the voxels within random small blocks of the selected volumes."""
         b, c = x.shape[:2]
         shape = tuple(x.shape[2:])
         selected = _sample_mask(self.prob, b, g, x.device)
@@ -158,6 +159,7 @@ class NonLinearIntensity(Transform):
         self.prob, self.lut_size = float(prob), int(lut_size)
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Map the selected volumes' intensities through a random monotone Bezier curve."""
         b = x.shape[0]
         selected = _sample_mask(self.prob, b, g, x.device)
         ctrl = _rand((b, 4), g, x.device)
@@ -280,6 +282,7 @@ class AppearanceTransform(Transform):
         self.paint_prob, self.inpaint_rate = float(paint_prob), float(inpaint_rate)
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Shuffle, remap intensities, then in- or out-paint, each with its own probability."""
         x = self.shuffle(x, generator=g)
         x = self.nonlinear(x, generator=g)
         b = x.shape[0]

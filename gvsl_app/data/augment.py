@@ -68,9 +68,11 @@ class GVSLPairAugment:
 
     @classmethod
     def default(cls, spatial: bool = True, appearance: bool = True) -> GVSLPairAugment:
+        """The pre-training default: a random spatial warp and the appearance transform."""
         return cls(SpatialAugment() if spatial else None, AppearanceTransform() if appearance else None)
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator | int):
+        """``(moving, fixed, moving_input)``: the pair warped alike, and the moving scan's appearance-changed copy."""
         g = _resolve_generator(generator, None, "GVSLPairAugment")
         _check_volume(moving, "GVSLPairAugment")
         _check_volume(fixed, "GVSLPairAugment")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import cast
@@ -131,62 +132,19 @@ def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
     t1, lab, ref = _template()
     ss = np.random.SeedSequence(int(seed))
     rng_geo, rng_int, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
-
-    # brain bounding box (z, y, x) with a margin
-    margin = 6
-    nz_idx = [np.flatnonzero(lab.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    start = np.array([max(int(ix[0]) - margin, 0) for ix in nz_idx])
-    stop = np.array([min(int(ix[-1]) + margin, n - 1) for ix, n in zip(nz_idx, lab.shape)])
-    box = stop - start + 1
-    out_shape = tuple(int(s) for s in (box if shape is None else shape))
-    if len(out_shape) != 3 or min(out_shape) < 4:
-        raise ValueError(f"shape must be three sizes >= 4 or None, got {shape}")
-    ratio = (box - 1) / np.maximum(np.array(out_shape) - 1, 1)  # template voxels per output voxel
-
-    # output voxel -> template continuous index (z, y, x), in mm about the box centre
-    sp_zyx = np.array(ref.GetSpacing()[::-1])
-    centre = (start + (box - 1) / 2.0) * sp_zyx
-    rot = _random_rotation(rng_geo, 5.0)
-    scale = rng_geo.uniform(0.94, 1.06) * rng_geo.uniform(0.97, 1.03, size=3)
-    A = (rot * scale[None, :]).astype(np.float32)
-    trans = rng_geo.uniform(-3.0, 3.0, size=3)
-    n_ctrl = 5
-    amp = rng_geo.uniform(1.5, 3.0)  # mm
-    disp = [_smooth(rng_geo.normal(0.0, amp, size=(n_ctrl,) * 3), out_shape) for _ in range(3)]
-
-    axes = [(start[a] + ratio[a] * np.arange(out_shape[a], dtype=np.float32)) * sp_zyx[a] - centre[a] for a in range(3)]
-    grids = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
-    coords = np.empty((3,) + out_shape, dtype=np.float32)
-    for i in range(3):
-        c = sum(A[i, j] * grids[j] for j in range(3)) + np.float32(centre[i] + trans[i]) + disp[i]
-        coords[i] = c / np.float32(sp_zyx[i])
-    img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
-    labels = ndi.map_coordinates(lab, coords, order=0, mode="constant", cval=0).astype(np.uint8)
-    del coords
-
-    # MR appearance: gamma, smooth multiplicative bias, scale, Rician noise
-    gamma = float(np.exp(rng_int.uniform(-0.35, 0.35)))
-    img = np.clip(img, 0.0, 1.0) ** np.float32(gamma)
-    bias = np.exp(_smooth(rng_int.normal(0.0, rng_int.uniform(0.08, 0.18), size=(4, 4, 4)), out_shape))
-    scale_i = rng_int.uniform(700.0, 1300.0)
-    img = img * bias * np.float32(scale_i)
-    sigma = np.float32(rng_int.uniform(0.01, 0.035) * scale_i)
-    n1 = rng_noise.standard_normal(out_shape, dtype=np.float32) * sigma
-    n2 = rng_noise.standard_normal(out_shape, dtype=np.float32) * sigma
-    img = np.sqrt((img + n1) ** 2 + n2**2).astype(np.float32)
-
+    box = _brain_box(lab, shape)
+    warped = _warp_template(t1, lab, ref, box, rng_geo)
+    img, look = _mr_appearance(warped.image, box.out_shape, rng_int, rng_noise)
     # geometry: origin = physical point of the box start; spacing = ratio * template spacing
-    origin = ref.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in start[::-1]))
-    spacing = cast("tuple[float, float, float]", tuple(float(r * s) for r, s in zip(ratio[::-1], ref.GetSpacing())))
+    origin = ref.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in box.start[::-1]))
+    spacing = cast("tuple[float, float, float]", tuple(float(r * s) for r, s in zip(box.ratio[::-1], ref.GetSpacing())))
     meta = {
         "kind": "brain",
         "seed": int(seed),
-        "gamma": round(gamma, 4),
-        "noise_sigma": float(round(sigma, 3)),
-        "intensity_scale": round(scale_i, 2),
-        "deformation_std_mm": round(amp, 3),
-        "affine": A.astype(float).round(5).tolist(),
-        "translation_mm": trans.round(3).tolist(),
+        **look,
+        "deformation_std_mm": round(warped.amp, 3),
+        "affine": warped.affine.astype(float).round(5).tolist(),
+        "translation_mm": warped.translation.round(3).tolist(),
         "template": "MNI ICBM152 2009a symmetric (nilearn)",
     }
     image = Volume(
@@ -198,7 +156,7 @@ def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
         meta=meta,
     )
     label_vol = Volume(
-        labels,
+        warped.labels,
         spacing=spacing,
         origin=origin,
         direction=ref.GetDirection(),
@@ -206,6 +164,91 @@ def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
         meta={"kind": "brain", "seed": int(seed), "label_names": dict(BRAIN_LABELS)},
     )
     return image, label_vol
+
+
+@dataclass(frozen=True)
+class _Box:
+    """The template's brain bounding box (z, y, x): first voxel, size, and the output shape over it."""
+
+    start: np.ndarray
+    size: np.ndarray
+    out_shape: tuple[int, int, int]
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """Template voxels per output voxel, per axis."""
+        return (self.size - 1) / np.maximum(np.array(self.out_shape) - 1, 1)
+
+
+def _brain_box(lab: np.ndarray, shape) -> _Box:
+    """The brain's bounding box in the template, with a margin, and the output ``shape`` (``None``: the box's)."""
+    margin = 6
+    nz_idx = [np.flatnonzero(lab.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    start = np.array([max(int(ix[0]) - margin, 0) for ix in nz_idx])
+    stop = np.array([min(int(ix[-1]) + margin, n - 1) for ix, n in zip(nz_idx, lab.shape)])
+    box = stop - start + 1
+    out_shape = tuple(int(s) for s in (box if shape is None else shape))
+    if len(out_shape) != 3 or min(out_shape) < 4:
+        raise ValueError(f"shape must be three sizes >= 4 or None, got {shape}")
+    return _Box(start, box, (out_shape[0], out_shape[1], out_shape[2]))
+
+
+@dataclass(frozen=True)
+class _Warped:
+    """The template resampled through a random affine and smooth deformation, and that draw."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    translation: np.ndarray
+    amp: float
+
+
+def _warp_template(
+    t1: np.ndarray,
+    lab: np.ndarray,
+    ref: sitk.Image,
+    box: _Box,
+    rng: np.random.Generator,
+) -> _Warped:
+    """Output voxel -> template continuous index (z, y, x), in mm about the box centre; then resample."""
+    start, ratio, out_shape = box.start, box.ratio, box.out_shape
+    sp_zyx = np.array(ref.GetSpacing()[::-1])
+    centre = (start + (box.size - 1) / 2.0) * sp_zyx
+    rot = _random_rotation(rng, 5.0)
+    scale = rng.uniform(0.94, 1.06) * rng.uniform(0.97, 1.03, size=3)
+    A = (rot * scale[None, :]).astype(np.float32)
+    trans = rng.uniform(-3.0, 3.0, size=3)
+    n_ctrl = 5
+    amp = rng.uniform(1.5, 3.0)  # mm
+    disp = [_smooth(rng.normal(0.0, amp, size=(n_ctrl,) * 3), out_shape) for _ in range(3)]
+
+    axes = [(start[a] + ratio[a] * np.arange(out_shape[a], dtype=np.float32)) * sp_zyx[a] - centre[a] for a in range(3)]
+    grids = [axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+    coords = np.empty((3,) + out_shape, dtype=np.float32)
+    for i in range(3):
+        c = sum(A[i, j] * grids[j] for j in range(3)) + np.float32(centre[i] + trans[i]) + disp[i]
+        coords[i] = c / np.float32(sp_zyx[i])
+    img = ndi.map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
+    labels = ndi.map_coordinates(lab, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+    return _Warped(img, labels, A, trans, float(amp))
+
+
+def _mr_appearance(
+    img: np.ndarray, out_shape: tuple[int, int, int], rng_int: np.random.Generator, rng_noise: np.random.Generator
+) -> tuple[np.ndarray, dict[str, float]]:
+    """MR appearance: gamma, smooth multiplicative bias, scale, Rician noise; and what was drawn."""
+    gamma = float(np.exp(rng_int.uniform(-0.35, 0.35)))
+    img = np.clip(img, 0.0, 1.0) ** np.float32(gamma)
+    bias = np.exp(_smooth(rng_int.normal(0.0, rng_int.uniform(0.08, 0.18), size=(4, 4, 4)), out_shape))
+    scale_i = rng_int.uniform(700.0, 1300.0)
+    img = img * bias * np.float32(scale_i)
+    sigma = np.float32(rng_int.uniform(0.01, 0.035) * scale_i)
+    n1 = rng_noise.standard_normal(out_shape, dtype=np.float32) * sigma
+    n2 = rng_noise.standard_normal(out_shape, dtype=np.float32) * sigma
+    img = np.sqrt((img + n1) ** 2 + n2**2).astype(np.float32)
+    look = {"gamma": round(gamma, 4), "noise_sigma": float(round(sigma, 3)), "intensity_scale": round(scale_i, 2)}
+    return img, look
 
 
 def brain_dataset(out_dir: str | os.PathLike, n: int, seed: int, shape=(96, 96, 96)) -> Path:

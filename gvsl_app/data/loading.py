@@ -52,7 +52,8 @@ def batch_generator(batch: dict, device: str | torch.device = "cpu") -> torch.Ge
 
 def worker_init(worker_id: int) -> None:
     """One compute thread per worker (no oversubscription) and seeded numpy/random for any
-    third-party code; our own items never use these global generators."""
+    third-party code; our own items never use these global generators.
+    """
     import random
     import signal
 
@@ -122,7 +123,8 @@ def step_loader(
 def close_loader(iterator) -> None:
     """Shut DataLoader workers down through their done event, also when leaving on an
     exception; workers ignore SIGTERM (see :func:`worker_init`), so they must never be
-    left for multiprocessing's exit hook to terminate."""
+    left for multiprocessing's exit hook to terminate.
+    """
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()

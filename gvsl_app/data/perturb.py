@@ -30,7 +30,8 @@ def euler_matrix(degrees: tuple[float, float, float]) -> np.ndarray:
 
 def padded(volume: Volume, margin_mm: float, fill: float | None = None) -> Volume:
     """``volume`` on a grid grown by ``margin_mm`` on every side (same spacing and
-    direction), the new voxels set to ``fill`` (default: the scan's minimum, its background)."""
+    direction), the new voxels set to ``fill`` (default: the scan's minimum, its background).
+    """
     if margin_mm <= 0:
         return volume
     pad = [int(math.ceil(margin_mm / s)) for s in volume.spacing]  # (x, y, z)
@@ -49,7 +50,8 @@ def moved_anatomy(
 ) -> Volume:
     """``volume`` with its anatomy turned by ``degrees`` about the grid's centre and shifted by
     ``shift_mm`` (physical x, y, z), on the same grid: a scan of the same body in another pose.
-    Labels move by nearest neighbour; what leaves the grid is lost (pad it first)."""
+    Labels move by nearest neighbour; what leaves the grid is lost (pad it first).
+    """
     m = volume.index_to_physical_matrix()
     centre = m[:3, :3] @ ((np.asarray(volume.shape, float) - 1.0) / 2.0) + m[:3, 3]
     rot = euler_matrix(degrees)
@@ -66,14 +68,16 @@ def moved_anatomy(
 
 def moved_frame(volume: Volume, origin_shift_mm: tuple[float, float, float]) -> Volume:
     """``volume`` with the same voxels in another physical frame (its origin moved): the same
-    scan as another export or another hospital writes it."""
+    scan as another export or another hospital writes it.
+    """
     origin = tuple(float(o) + float(d) for o, d in zip(volume.origin, origin_shift_mm))
     return volume.with_array(volume.array, origin=origin)
 
 
 def slab(volume: Volume, axis: int, start: float, stop: float) -> Volume:
     """The part of ``volume`` between fractions ``start`` and ``stop`` of array axis ``axis``
-    (0 = z): a partial field of view that keeps its place in physical space."""
+    (0 = z): a partial field of view that keeps its place in physical space.
+    """
     n = volume.shape[axis]
     lo, hi = int(round(start * n)), max(int(round(stop * n)), int(round(start * n)) + 1)
     index = [slice(None)] * 3

@@ -343,26 +343,43 @@ def normalise(
     if x.size == 0:
         return x
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        finite = np.isfinite(x)
-        vals = x[finite]
-        if vals.size == 0:
-            logger.warning("%s: no finite voxels; normalised to zeros", name)
+        if not _replace_non_finite(x, name):
             return np.zeros_like(x)
-        lo_v, hi_v = float(vals.min()), float(vals.max())
-        x[np.isnan(x)] = lo_v
-        x[np.isposinf(x)] = hi_v
-        x[np.isneginf(x)] = lo_v
-    vmin, vmax = float(x.min()), float(x.max())
     if modality == "ct":
-        w0, w1 = float(window[0]), float(window[1])
-        if not w1 > w0:
-            raise ValueError(f"CT window must be (low, high) with low < high, got {window}")
-        if vmin == vmax:
-            logger.warning("%s: constant volume (%g HU); mapped through the CT window as is", name, vmin)
-        np.clip(x, w0, w1, out=x)
-        x -= w0
-        x /= w1 - w0
-        return x
+        return _scale_ct_window(x, window, name)
+    return _scale_mr_percentiles(x, percentiles, name)
+
+
+def _replace_non_finite(x: np.ndarray, name: str) -> bool:
+    """NaN and -inf to the finite minimum, +inf to the maximum, in place; ``False`` when none is finite."""
+    vals = x[np.isfinite(x)]
+    if vals.size == 0:
+        logger.warning("%s: no finite voxels; normalised to zeros", name)
+        return False
+    lo_v, hi_v = float(vals.min()), float(vals.max())
+    x[np.isnan(x)] = lo_v
+    x[np.isposinf(x)] = hi_v
+    x[np.isneginf(x)] = lo_v
+    return True
+
+
+def _scale_ct_window(x: np.ndarray, window: tuple[float, float], name: str) -> np.ndarray:
+    """``x`` clipped to the Hounsfield ``window`` and scaled to [0, 1], in place."""
+    vmin, vmax = float(x.min()), float(x.max())
+    w0, w1 = float(window[0]), float(window[1])
+    if not w1 > w0:
+        raise ValueError(f"CT window must be (low, high) with low < high, got {window}")
+    if vmin == vmax:
+        logger.warning("%s: constant volume (%g HU); mapped through the CT window as is", name, vmin)
+    np.clip(x, w0, w1, out=x)
+    x -= w0
+    x /= w1 - w0
+    return x
+
+
+def _scale_mr_percentiles(x: np.ndarray, percentiles: tuple[float, float], name: str) -> np.ndarray:
+    """``x`` with its ``percentiles`` mapped to 0 and 1, clipped, in place (zeros when constant)."""
+    vmin, vmax = float(x.min()), float(x.max())
     p0, p1 = float(percentiles[0]), float(percentiles[1])
     if not 0.0 <= p0 < p1 <= 100.0:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")

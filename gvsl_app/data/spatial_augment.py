@@ -141,6 +141,7 @@ class SpatialAugment:
     def coordinates(
         self, shape: Sequence[int], batch: int = 1, generator: torch.Generator | int | None = None, device=None
     ) -> torch.Tensor:
+        """Random sampling coordinates ``(batch, 3, *shape)``: an affine draw, then the elastic one."""
         g = _resolve_generator(generator, self.generator, "SpatialAugment")
         device = torch.device(device) if device is not None else g.device
         shape = tuple(int(n) for n in shape)
@@ -176,6 +177,7 @@ class SpatialAugment:
         generator: torch.Generator | int | None = None,
         modes: Sequence[str | None] | None = None,
     ):
+        """Warp every tensor with one random draw (the first's shape); one tensor in, one out."""
         if not tensors:
             raise ValueError("SpatialAugment: nothing to warp")
         ref = tensors[0]

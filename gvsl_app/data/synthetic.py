@@ -177,7 +177,8 @@ is reversed in places against contrast-enhanced CT, where fat is darker than myo
 def _mr_image(signal: np.ndarray, acq: _Acquisition, rng_noise: np.random.Generator, p: Coords) -> np.ndarray:
     """The MR scanner's image of a signal map: blurred, a smooth multiplicative bias field
     (+-15 % across the field of view), Rician-like noise (magnitude of complex Gaussian noise,
-    2-3 % of the blood signal), as unsigned 12-bit values."""
+    2-3 % of the blood signal), as unsigned 12-bit values.
+    """
     img = ndi.gaussian_filter(signal, acq.blur_sigma, mode="nearest")
     extent = max(float(np.ptp(c)) for c in p) or 1.0
     tilt = rng_noise.uniform(-1, 1, 3)
@@ -234,7 +235,7 @@ def make_cardiac_subject(
         fat, dark myocardium and lung, air at 0, Rician-like noise and a smooth multiplicative
         bias field (:func:`_mr_image`), for matching CT against MR of the same anatomy.
 
-    Returns
+    Returns:
     -------
     (image, labels): ``image`` int16 Hounsfield units, ``labels`` uint8 with values of
     :data:`CARDIAC_LABELS`; both on the same grid (origin at the centre of the field of view,

@@ -70,11 +70,13 @@ class Transform:
         self.generator = generator
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """``x`` checked, then transformed with ``generator`` (else the transform's own)."""
         name = type(self).__name__
         _check_volume(x, name)
         return self.apply(x, _resolve_generator(generator, self.generator, name))
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # pragma: no cover - abstract
+        """Transform ``x`` (B, C, D, H, W) with the random numbers of ``g``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -90,6 +92,7 @@ class Compose(Transform):
         self.transforms = list(transforms)
 
     def apply(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Apply each transform in turn with the same generator."""
         for t in self.transforms:
             x = t(x, generator=g)
         return x

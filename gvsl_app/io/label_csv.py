@@ -15,7 +15,8 @@ from gvsl_app.io.folders import DatasetError, volume_suffix
 
 def read_label_csv(path: Path) -> list[tuple[str, str]]:
     """The ``(name, label)`` rows of ``path``; a missing file, a short row, no rows or a case
-    listed twice is a :class:`DatasetError` naming the file and line."""
+    listed twice is a :class:`DatasetError` naming the file and line.
+    """
     if not path.is_file():
         raise DatasetError(f"{path}: missing; a classification data set needs labels.csv with rows name,label.")
     rows: list[tuple[str, str]] = []

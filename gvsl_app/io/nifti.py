@@ -1,5 +1,6 @@
 """NIfTI specifics that ITK's reader and writer get wrong or slow: a fast gzip and a
-voxel scan that finds truncated files and the NaN voxels ITK turns into zeros."""
+voxel scan that finds truncated files and the NaN voxels ITK turns into zeros.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import shutil
 import struct
 import types
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -54,66 +57,92 @@ def scan_nifti(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     there are none or the header is not NIfTI-1/2.
     """
     gz = path.name.lower().endswith(".gz")
-    bad_idx: list[np.ndarray] = []
-    bad_val: list[np.ndarray] = []
     try:
         with _gzip.open(path, "rb") if gz else open(path, "rb") as fh:
-            head = fh.read(540)
-            if len(head) < 348:
-                raise VolumeReadError(
-                    f"{path}: the NIfTI header is incomplete (file truncated); re-export or re-download it."
-                )
-            for endian in "<>":
-                size = struct.unpack(endian + "i", head[:4])[0]
-                if size in (348, 540):
-                    break
-            else:
+            layout = _read_layout(fh.read(540), path)
+            if layout is None:
                 return None  # not a NIfTI header we understand: let ITK decide
-            if size == 348:
-                dims = struct.unpack(endian + "8h", head[40:56])
-                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
-                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            if layout.ftype is None and not gz:
+                total, bad = path.stat().st_size - layout.offset, _NonFinite()
             else:
-                dims = struct.unpack(endian + "8q", head[16:80])
-                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
-                offset = struct.unpack(endian + "q", head[168:176])[0]
-            ndim = dims[0]
-            if not 1 <= ndim <= 7:
-                return None
-            offset = max(int(offset), size)
-            n_vox = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
-            n_bytes = n_vox * max(int(bitpix), 8) // 8
-            ftype = {16: "f4", 64: "f8"}.get(int(datatype))
-            if ftype is None and not gz:
-                total = path.stat().st_size - offset
-            else:
-                fh.seek(offset)
-                item = np.dtype(endian + ftype).itemsize if ftype else 1
-                total, pending = 0, b""
-                while total < n_bytes and (chunk := fh.read(min(1 << 22, n_bytes - total))):
-                    start_vox = (total - len(pending)) // item
-                    total += len(chunk)
-                    if ftype:
-                        data = pending + chunk
-                        usable = len(data) - len(data) % item
-                        vals = np.frombuffer(data[:usable], dtype=endian + ftype)
-                        pending = data[usable:]
-                        idx = np.flatnonzero(~np.isfinite(vals))
-                        if idx.size:
-                            bad_idx.append(idx + start_vox)
-                            bad_val.append(vals[idx])
-                if gz and total >= n_bytes:
+                fh.seek(layout.offset)
+                total, bad = _scan_voxels(fh, layout)
+                if gz and total >= layout.n_bytes:
                     while fh.read(1 << 20):  # reach the gzip trailer: detects a cut-off stream
                         pass
     except (EOFError, OSError, zlib.error, _GzipError) as exc:
         raise VolumeReadError(
             f"{path}: the compressed data is truncated or corrupt ({exc}); re-export or re-download the file."
         ) from None
-    if total < n_bytes:
+    if total < layout.n_bytes:
         raise VolumeReadError(
-            f"{path}: the file is truncated ({max(total, 0)} of {n_bytes} bytes of image data); "
+            f"{path}: the file is truncated ({max(total, 0)} of {layout.n_bytes} bytes of image data); "
             "re-export or re-download it."
         )
-    if not bad_idx:
+    if not bad.idx:
         return None
-    return np.concatenate(bad_idx), np.concatenate(bad_val)
+    return np.concatenate(bad.idx), np.concatenate(bad.val)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a NIfTI file's voxels lie and what they are: byte order, data offset and size, float type."""
+
+    endian: str
+    offset: int
+    n_bytes: int
+    ftype: str | None  # "f4" or "f8" for float data (scanned for non-finite values), else None
+
+
+@dataclass
+class _NonFinite:
+    """Flat indices and values of the non-finite voxels found, chunk by chunk."""
+
+    idx: list[np.ndarray] = field(default_factory=list)
+    val: list[np.ndarray] = field(default_factory=list)
+
+
+def _read_layout(head: bytes, path: Path) -> _Layout | None:
+    """The voxel layout a NIfTI-1 or -2 header promises; ``None`` for a header we do not understand."""
+    if len(head) < 348:
+        raise VolumeReadError(f"{path}: the NIfTI header is incomplete (file truncated); re-export or re-download it.")
+    for endian in "<>":
+        size = struct.unpack(endian + "i", head[:4])[0]
+        if size in (348, 540):
+            break
+    else:
+        return None
+    if size == 348:
+        dims = struct.unpack(endian + "8h", head[40:56])
+        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+        offset = int(struct.unpack(endian + "f", head[108:112])[0])
+    else:
+        dims = struct.unpack(endian + "8q", head[16:80])
+        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+        offset = struct.unpack(endian + "q", head[168:176])[0]
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        return None
+    n_vox = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
+    n_bytes = n_vox * max(int(bitpix), 8) // 8
+    return _Layout(endian, max(int(offset), size), n_bytes, {16: "f4", 64: "f8"}.get(int(datatype)))
+
+
+def _scan_voxels(fh: BinaryIO, layout: _Layout) -> tuple[int, _NonFinite]:
+    """Read the voxel data from the current position: bytes found, and the non-finite float voxels."""
+    ftype, endian, n_bytes = layout.ftype, layout.endian, layout.n_bytes
+    item = np.dtype(endian + ftype).itemsize if ftype else 1
+    total, pending, bad = 0, b"", _NonFinite()
+    while total < n_bytes and (chunk := fh.read(min(1 << 22, n_bytes - total))):
+        start_vox = (total - len(pending)) // item
+        total += len(chunk)
+        if ftype:
+            data = pending + chunk
+            usable = len(data) - len(data) % item
+            vals = np.frombuffer(data[:usable], dtype=endian + ftype)
+            pending = data[usable:]
+            idx = np.flatnonzero(~np.isfinite(vals))
+            if idx.size:
+                bad.idx.append(idx + start_vox)
+                bad.val.append(vals[idx])
+    return total, bad

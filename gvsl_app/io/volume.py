@@ -39,10 +39,12 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """The voxel array's shape ``(z, y, x)``."""
         return tuple(self.array.shape)
 
     @property
     def direction_matrix(self) -> np.ndarray:
+        """The direction cosines as a 3 x 3 matrix (columns: the image axes in world space)."""
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
     def with_array(self, array: np.ndarray, **changes) -> Volume:

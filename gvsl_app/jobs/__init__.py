@@ -1,2 +1,3 @@
 """Background jobs any front end can follow: evented job state, and the training process a
-GUI starts (the ``gvsl`` CLI in a child process that stops with its parent)."""
+GUI starts (the ``gvsl`` CLI in a child process that stops with its parent).
+"""

@@ -17,6 +17,7 @@ PARENT_ENV = "GVSL_GUI_PID"
 
 
 def tie_to_parent(parent_pid: int) -> None:
+    """Ask Linux for SIGTERM when the parent dies; exit at once if ``parent_pid`` already has."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -29,6 +30,7 @@ def tie_to_parent(parent_pid: int) -> None:
 
 
 def main() -> int:
+    """Run the ``gvsl`` CLI on this process's arguments, tied to the GUI process."""
     tie_to_parent(int(os.environ.get(PARENT_ENV, "0") or 0))
     from gvsl_app.cli import main as gvsl_main
 

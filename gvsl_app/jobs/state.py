@@ -9,8 +9,28 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from psygnal import evented
+
+if TYPE_CHECKING:  # what @evented adds, spelled out for the type checker
+    from psygnal import SignalGroup, SignalInstance
+
+    class _JobEvents(SignalGroup):
+        status: SignalInstance
+        stage: SignalInstance
+        fraction: SignalInstance
+        message: SignalInstance
+
+    class _TrainingEvents(SignalGroup):
+        status: SignalInstance
+        run_dir: SignalInstance
+        iteration: SignalInstance
+        total: SignalInstance
+        sec_per_step: SignalInstance
+        eta_s: SignalInstance
+        message: SignalInstance
+
 
 IDLE, RUNNING, DONE, ERROR = "idle", "running", "done", "error"
 STARTING, STOPPING, STOPPED, FOLLOWING = "starting", "stopping", "stopped", "following"
@@ -19,6 +39,10 @@ STARTING, STOPPING, STOPPED, FOLLOWING = "starting", "stopping", "stopped", "fol
 @evented
 @dataclass
 class JobState:
+    """One background computation's status, stage, progress fraction and last message."""
+
+    if TYPE_CHECKING:
+        events: ClassVar[_JobEvents]
     status: str = IDLE
     stage: str = ""
     fraction: float = 0.0
@@ -26,12 +50,17 @@ class JobState:
 
     @property
     def running(self) -> bool:
+        """Whether the computation is under way."""
         return self.status == RUNNING
 
 
 @evented
 @dataclass
 class TrainingState:
+    """A training process: status, run folder, iteration of total, speed, time left, message."""
+
+    if TYPE_CHECKING:
+        events: ClassVar[_TrainingEvents]
     status: str = IDLE
     run_dir: str = ""
     iteration: int = 0
@@ -42,6 +71,7 @@ class TrainingState:
 
     @property
     def active(self) -> bool:
+        """Whether a training process is starting, running, stopping or being followed."""
         return self.status in (STARTING, RUNNING, STOPPING, FOLLOWING)
 
 
@@ -69,6 +99,7 @@ def shared_checkpoints(viewer) -> SharedCheckpoints:
 
 
 def format_seconds(seconds: float) -> str:
+    """A short duration: ``1h05m``, ``3m07s`` or ``42s``."""
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -80,6 +80,7 @@ class TrainingSpec:
     n_synthetic: int | None = None
 
     def commands(self, python: str = sys.executable) -> list[list[str]]:
+        """The child processes' command lines for this training (data preparation first, if any)."""
         base = [python, "-m", CHILD]
         common = ["--run", str(self.run), *self._given("iters", "size", "width", "workers")]
         common += ["--device", self.device, "--quiet"]
@@ -144,6 +145,7 @@ class MetricsTail:
         self.reset = False
 
     def read(self) -> list[dict]:
+        """The complete lines added since the last read (all of them again after a rewrite)."""
         try:
             st = self.path.stat()
         except OSError:
@@ -182,6 +184,7 @@ class TrainingJob:
 
     # -- process ---------------------------------------------------------------------------
     def start(self) -> None:
+        """Launch the first pending command, or follow the run folder when there is none."""
         self.run.path.mkdir(parents=True, exist_ok=True)
         if self._pending:
             self._launch(self._pending.pop(0))  # before the status, so that a STARTING job can be stopped
@@ -196,6 +199,7 @@ class TrainingJob:
 
     @property
     def alive(self) -> bool:
+        """Whether a child process is running."""
         return self.proc is not None and self.proc.poll() is None
 
     @property
@@ -238,7 +242,8 @@ class TrainingJob:
 
     def detach(self) -> None:
         """Its widget is gone: stop the child without waiting (it writes ``last.pt`` on its own;
-        :data:`_LIVE` keeps this job so that the interpreter's exit still waits for it)."""
+        :data:`_LIVE` keeps this job so that the interpreter's exit still waits for it).
+        """
         self.stop()
 
     # -- following -------------------------------------------------------------------------
@@ -306,6 +311,7 @@ class TrainingJob:
         _LIVE.discard(self)
 
     def log_tail(self, n: int = 6) -> str:
+        """The last ``n`` non-empty lines of the child's log, joined on one line."""
         try:
             lines = (self.run.path / LOG_NAME).read_text(errors="replace").splitlines()
         except OSError:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,20 +22,68 @@ from models import GVSL, resolve_device
 
 
 @dataclass
+class EmbedReport:
+    """The report of one embedding, the schema of ``gvsl embed``'s ``report.json``.
+
+    Attributes:
+        image: The image's source (path or layer name).
+        labels: The label map's source.
+        weights: Which GVSL weights computed the features (a one-line description).
+        n_points: The voxels embedded.
+        per_label: The most voxels sampled per label.
+        seed: The seed of the voxel sampling and of t-SNE.
+        working_size: The edge of the working cube the features were computed on.
+        feature_dim: The channels of the local features.
+        points_per_label: Voxels embedded per label (keyed by the label value as a string).
+        silhouette_features: The labels' silhouette score in feature space (``None``: one label).
+        silhouette_2d: Their silhouette score in the 2D map (``None``: one label).
+        seconds: ``features_s`` and ``tsne_s``.
+    """
+
+    image: str
+    labels: str
+    weights: str
+    n_points: int
+    per_label: int
+    seed: int
+    working_size: int
+    feature_dim: int
+    points_per_label: dict[str, int]
+    silhouette_features: float | None
+    silhouette_2d: float | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values, in field order."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """:meth:`as_dict` as strict JSON."""
+        return dumps_strict(self.as_dict())
+
+
+@dataclass
 class EmbedResult:
     """2D t-SNE coordinates of sampled voxels with their labels and voxel indices.
 
     ``voxels`` are ``(z, y, x)`` indices on the *input image's* grid, so a selection in the
-    plot maps straight back to the viewer's layers.
+    plot maps straight back to the viewer's layers. ``report`` is ``record.as_dict()``, built
+    once: a plain dict the CLI adds to and :meth:`save` writes; read the typed fields from
+    ``record``.
     """
 
     xy: np.ndarray
     labels: np.ndarray
     voxels: np.ndarray
     features: np.ndarray
-    report: dict = field(default_factory=dict)
+    record: EmbedReport
+    report: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = self.record.as_dict()
 
     def save(self, out: str | os.PathLike) -> Path:
+        """Write ``embedding.csv`` (a row per voxel) and ``report.json`` into folder ``out``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         rows = ["x,y,label,z_index,y_index,x_index"]
@@ -128,7 +177,7 @@ on small sets (84 points: 0.2 s with n_jobs=1, 12 s with n_jobs=-1 on a busy 2-c
 
 
 def tsne_2d(features: np.ndarray, seed: int, perplexity: float = 30.0, n_jobs: int | None = None) -> np.ndarray:
-    """openTSNE 2D embedding of standardised features.
+    """OpenTSNE 2D embedding of standardised features.
 
     ``n_jobs`` is openTSNE's (``-1`` = all cores); ``None`` picks 1 below
     :data:`TSNE_PARALLEL_FROM` points and all cores above.
@@ -164,15 +213,8 @@ def embed(
     ``labels`` must lie on ``image``'s grid (shape, spacing, origin, direction), else
     ``ValueError``.
     """
-    from sklearn.metrics import silhouette_score
-
     say = progress or (lambda s, f: None)
-    diffs = geometry_differences(labels, image)
-    if diffs:
-        raise ValueError(
-            f"labels {labels.source or '(in memory)'} do not lie on the grid of image "
-            f"{image.source or '(in memory)'}: " + "; ".join(diffs)
-        )
+    _check_on_grid(labels, image)
     check_enough_voxels(np.asarray(labels.array), per_label, labels.source)
     vox = sample_voxels(np.asarray(labels.array), per_label, seed)
     dev = resolve_device(device)
@@ -188,20 +230,38 @@ def embed(
     say("t-SNE", 0.4)
     xy = tsne_2d(x, seed)
     t2 = time.perf_counter()
-    multi = len(np.unique(lab)) > 1
-    report = {
-        "image": image.source,
-        "labels": labels.source,
-        "weights": info,
-        "n_points": int(len(lab)),
-        "per_label": per_label,
-        "seed": seed,
-        "working_size": size,
-        "feature_dim": int(x.shape[1]),
-        "points_per_label": {str(int(v)): int(c) for v, c in zip(*np.unique(lab, return_counts=True))},
-        "silhouette_features": float(silhouette_score(x, lab)) if multi else None,
-        "silhouette_2d": float(silhouette_score(xy, lab)) if multi else None,
-        "seconds": {"features_s": t1 - t0, "tsne_s": t2 - t1},
-    }
+    sil_features, sil_2d = _silhouettes(x, xy, lab)
+    record = EmbedReport(
+        image=image.source,
+        labels=labels.source,
+        weights=info,
+        n_points=int(len(lab)),
+        per_label=per_label,
+        seed=seed,
+        working_size=size,
+        feature_dim=int(x.shape[1]),
+        points_per_label={str(int(v)): int(c) for v, c in zip(*np.unique(lab, return_counts=True))},
+        silhouette_features=sil_features,
+        silhouette_2d=sil_2d,
+        seconds={"features_s": t1 - t0, "tsne_s": t2 - t1},
+    )
     say("done", 1.0)
-    return EmbedResult(xy=xy, labels=lab, voxels=vox, features=x, report=report)
+    return EmbedResult(xy=xy, labels=lab, voxels=vox, features=x, record=record)
+
+
+def _check_on_grid(labels: Volume, image: Volume) -> None:
+    diffs = geometry_differences(labels, image)
+    if diffs:
+        raise ValueError(
+            f"labels {labels.source or '(in memory)'} do not lie on the grid of image "
+            f"{image.source or '(in memory)'}: " + "; ".join(diffs)
+        )
+
+
+def _silhouettes(features: np.ndarray, xy: np.ndarray, labels: np.ndarray) -> tuple[float | None, float | None]:
+    """The labels' silhouette scores in feature space and in the 2D map; ``None`` for one label."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2:
+        return None, None
+    return float(silhouette_score(features, labels)), float(silhouette_score(xy, labels))

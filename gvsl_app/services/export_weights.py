@@ -14,7 +14,8 @@ from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
 
 def export_weights(src: str | Path, dst: str | Path, label_names: dict[int, str] | None = None) -> Path:
     """Keep ``kind``, ``model_config``, ``model``, the training config and iteration; drop
-    optimiser, scheduler and RNG state (a third of the size and nothing a user needs)."""
+    optimiser, scheduler and RNG state (a third of the size and nothing a user needs).
+    """
     ck = read_checkpoint(src)
     out = {
         "format": FORMAT,
@@ -34,6 +35,7 @@ def export_weights(src: str | Path, dst: str | Path, label_names: dict[int, str]
 
 
 def main() -> None:
+    """Command line: ``SRC DST [--label-names cardiac|brain]``."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("src")
     ap.add_argument("dst")

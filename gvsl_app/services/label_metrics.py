@@ -58,6 +58,7 @@ class StructureMetrics:
     note: str = ""
 
     def row(self) -> dict:
+        """The metrics as one table row (a dict of the fields)."""
         return asdict(self)
 
 
@@ -162,7 +163,8 @@ def compare_label_maps(
 
 def nothing_to_compare(with_reference: bool) -> StructureMetrics:
     """The row a table shows for a case without any structure (every voxel 0 in both maps),
-    so the case is listed and says why it has no metrics rather than silently missing."""
+    so the case is listed and says why it has no metrics rather than silently missing.
+    """
     where = "the label map or the reference" if with_reference else "the label map"
     return StructureMetrics(
         label=0,
@@ -175,7 +177,8 @@ def nothing_to_compare(with_reference: bool) -> StructureMetrics:
 
 def summarise_structures(rows: Sequence[StructureMetrics]) -> dict[str, dict[str, float | int | None]]:
     """Per metric: the mean and standard deviation over the rows where it is defined, and how
-    many rows that was (an undefined value is left out, never averaged as NaN or 0)."""
+    many rows that was (an undefined value is left out, never averaged as NaN or 0).
+    """
     out: dict[str, dict[str, float | int | None]] = {}
     for key in ("volume_ml", "dice", "hd95_mm", "assd_mm"):
         vals = [getattr(r, key) for r in rows if getattr(r, key) is not None and math.isfinite(getattr(r, key))]
@@ -190,7 +193,8 @@ def summarise_structures(rows: Sequence[StructureMetrics]) -> dict[str, dict[str
 def disagreement_map(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Where two label maps on one grid differ (uint8, :data:`DISAGREEMENT_NAMES`): 1 labelled
     only in ``pred`` (false positive), 2 only in ``ref`` (false negative), 3 both labelled
-    but as different structures; 0 where they agree."""
+    but as different structures; 0 where they agree.
+    """
     out = np.zeros(pred.shape, np.uint8)
     p, r = pred != 0, ref != 0
     out[p & ~r] = 1

@@ -1,5 +1,6 @@
 """From the working cube back to the scans: the map on the fixed grid in millimetres, its
-physical affine, and the warped moving image and labels resampled by SimpleITK."""
+physical affine, and the warped moving image and labels resampled by SimpleITK.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def _after_initial(
     disp_mm: np.ndarray, jac: np.ndarray, affine_phys: np.ndarray, fixed: Volume, init: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The map ``x -> T(x + d(x))``: displacement ``A d + (A - I) x + t``, Jacobian times
-    ``det A``, affine ``T`` after the map's own."""
+    ``det A``, affine ``T`` after the map's own.
+    """
     a, t = torch.from_numpy(init[:3, :3]).float(), torch.from_numpy(init[:3, 3]).float()
     idx = torch.from_numpy(fixed.index_to_physical_matrix()).float()
     points = torch.einsum("ij,jzyx->zyxi", idx[:3, :3], voxel_grid(fixed.shape)) + idx[:3, 3]

@@ -52,7 +52,8 @@ class InitialAlignment:
     mode asked for, the candidate chosen, its ``score`` and every candidate's score, the
     share of the fixed scan's content the moving scan covers once placed (``coverage``), the
     share of the moving scan's content that lands on the fixed scan (``moving_coverage``), and
-    the correlation of their intensities there (low or negative across contrasts)."""
+    the correlation of their intensities there (low or negative across contrasts).
+    """
 
     matrix: np.ndarray
     mode: str
@@ -91,7 +92,8 @@ class InitialAlignment:
 @dataclass
 class _Coarse:
     """A scan on a coarse grid: its image, normalised intensities, voxel centres in mm and
-    the intensity weights its mass and moments are taken with."""
+    the intensity weights its mass and moments are taken with.
+    """
 
     image: sitk.Image
     values: np.ndarray
@@ -152,7 +154,8 @@ class _Scorer:
     scan's content the moving scan covers and the share of the moving scan's content that
     lands on the fixed scan. The larger of the two, so that a moving scan covering part of
     the fixed one (a slab, half an organ) scores fully where it belongs, while two scans that
-    barely touch score little however alike their small overlap is."""
+    barely touch score little however alike their small overlap is.
+    """
 
     def __init__(self, fixed: _Coarse, moving: _Coarse) -> None:
         self.fixed, self.moving = fixed, moving
@@ -194,7 +197,8 @@ class _Scorer:
 
     def correlation(self, matrix: np.ndarray) -> float:
         """Pearson correlation of the two scans' intensities where both show content: near 1
-        for one contrast, low or negative across contrasts (T1 against T2, CT against MR)."""
+        for one contrast, low or negative across contrasts (T1 against T2, CT against MR).
+        """
         m, inside = self.sample(self.placed(matrix))
         both = inside & (self.fixed.weights > 0) & (m > np.percentile(self.moving.values, 20))
         if both.sum() < 64:
@@ -206,7 +210,8 @@ class _Scorer:
 
     def at_points(self, points: np.ndarray, moving_coverage: float = 0.0) -> float:
         """The score of the moving scan sampled at ``points`` (the fixed coarse grid, mapped),
-        its content landing on the fixed scan in the share ``moving_coverage``."""
+        its content landing on the fixed scan in the share ``moving_coverage``.
+        """
         m, mask = self.sample(points)
         if mask.sum() < 64:
             return 0.0
@@ -301,7 +306,8 @@ def _candidates(
 
 def _rotation_search(start: tuple[float, np.ndarray], centre: np.ndarray, score: _Scorer) -> tuple[float, np.ndarray]:
     """Rounds of 27 rotations about ``centre`` (fixed space) composed with ``start``'s
-    matrix, each round about the best so far with a finer step."""
+    matrix, each round about the best so far with a finer step.
+    """
     best_score, best = start
     for step in ROTATION_STEPS_DEG:
         around = best
@@ -319,7 +325,8 @@ def _rotation_search(start: tuple[float, np.ndarray], centre: np.ndarray, score:
 
 class PairScore:
     """The initial alignment's score for any placement of the moving scan, so that a finished
-    match is judged by the same measure as its start (:meth:`of_field`)."""
+    match is judged by the same measure as its start (:meth:`of_field`).
+    """
 
     def __init__(self, fixed: Volume, moving: Volume) -> None:
         self.scorer = _Scorer(_coarse(fixed), _coarse(moving))
@@ -331,7 +338,8 @@ class PairScore:
     def of_field(self, fixed: Volume, displacement_mm: np.ndarray, near: np.ndarray | None = None) -> float:
         """The score of the map ``x -> x + d(x)`` given on ``fixed``'s grid (z, y, x, 3), in mm;
         the share of the moving scan's content it brings onto the fixed scan is taken as the
-        affine ``near``'s (the initial alignment: a map cannot be inverted cheaply)."""
+        affine ``near``'s (the initial alignment: a map cannot be inverted cheaply).
+        """
         coarse = self.scorer.fixed
         shape = sitk.GetArrayFromImage(coarse.image).shape
         factors = [int(math.ceil(n / c)) for n, c in zip(fixed.shape, shape)]

@@ -1,6 +1,7 @@
 """The refinement stage of ``match``: the network's map polished on this pair by instance
 optimisation, on images at up to the schedule's finest resolution (the scan's own, for
-scans no larger than that), not only at the network's working cube."""
+scans no larger than that), not only at the network's working cube.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ the share of the refinement's work done (steps weighted by their level's voxel c
 
 def refine_shape(fixed_shape: tuple[int, ...], schedule: RefineSchedule) -> Shape:
     """The image shape the refinement's finest level works at: the fixed grid's proportions,
-    its longest side capped at the schedule's largest level side."""
+    its longest side capped at the schedule's largest level side.
+    """
     sides = [side for side, _ in schedule.affine_levels] + [side for side, _, _ in schedule.deformable_levels]
     return level_shape(fixed_shape, max(sides, default=max(fixed_shape)))
 
@@ -61,7 +63,8 @@ class Refinement:
     """What :func:`refine_map` returns: the map (refined, or the one it started from when the
     refinement was dropped), the local NCC of the map it started from on the refinement's grid
     (``start_ncc``), the steps run, whether a stop request ended it, the CPU threads, each
-    level's record, and the note on a dropped refinement ("" otherwise)."""
+    level's record, and the note on a dropped refinement ("" otherwise).
+    """
 
     map: NetworkMap
     start_ncc: float

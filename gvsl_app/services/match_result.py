@@ -1,5 +1,6 @@
 """What a match produces and how it is written: warped image and labels, ITK displacement
-field and affine, Jacobian, report."""
+field and affine, Jacobian, report.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class RefineSummary:
     chosen (``preset_reason``: from the scans, or by the user), the steps planned and run,
     whether a stop request ended it, the CPU threads it ran on, what each level did
     (``levels``: stage, shape, steps, planned, seconds) and its ``schedule``'s fields (written
-    flat into ``report.json``'s ``refined``)."""
+    flat into ``report.json``'s ``refined``).
+    """
 
     preset: str | None
     preset_reason: str
@@ -51,6 +53,7 @@ class RefineSummary:
     schedule: dict
 
     def to_json(self) -> dict:
+        """The report's ``refined`` entry."""
         return {
             "preset": self.preset,
             "preset_reason": self.preset_reason,
@@ -70,7 +73,8 @@ class Quality:
     signals they were judged on: ``coverage`` (share of the fixed scan's content the moving scan
     covers once placed), ``nmi_identity`` / ``nmi_initial`` / ``nmi_after`` (normalised mutual
     information - 1 of the pair in the files' frames, after the initial alignment, and after
-    the match, weighted by the coverage; the higher the more alike)."""
+    the match, weighted by the coverage; the higher the more alike).
+    """
 
     status: str
     reasons: list[str]
@@ -80,6 +84,7 @@ class Quality:
     nmi_after: float
 
     def to_json(self) -> dict:
+        """The report's ``quality`` entry."""
         return {
             "status": self.status,
             "reasons": list(self.reasons),

@@ -164,7 +164,8 @@ def match(
 @dataclass(frozen=True)
 class _Start:
     """The pair as the network sees it: the initial alignment, the moving scan placed by it on
-    the fixed grid, and the physical overlap of the files' own frames."""
+    the fixed grid, and the physical overlap of the files' own frames.
+    """
 
     init: InitialAlignment
     moving_on_fixed: Volume
@@ -174,7 +175,8 @@ class _Start:
 
 def _start(fixed: Volume, moving: Volume, opts: MatchOptions) -> _Start:
     """Place the moving scan (``opts.init``); with ``init none`` a pair whose frames do not
-    meet is refused, as there is nothing to match."""
+    meet is refused, as there is nothing to match.
+    """
     overlap = physical_overlap(fixed, moving)
     if opts.init == InitMode.NONE:
         check_overlap(fixed, moving)
@@ -190,7 +192,8 @@ def _schedule(
 ) -> tuple[str | None, str, RefineSchedule | None]:
     """The refinement's preset name, why it was chosen, and its schedule (none without
     ``refine``; a schedule of one's own has no name); ``auto`` picks the preset from the scans
-    (:func:`auto_preset`)."""
+    (:func:`auto_preset`).
+    """
     if not opts.refine:
         return None, "", None
     if schedule is not None:
@@ -252,7 +255,8 @@ def _similarity(opts: MatchOptions, fixed: Volume, moving: Volume, start: _Start
 
 def _judged(net: NetworkMap, fixed: Volume, moving: Volume, fallback: bool) -> tuple[NetworkMap, list[str], str]:
     """The network's map, or the identity when it cannot be judged (a flat scan) or, with
-    ``fallback``, made the pair less alike; (map, fallback notes, flat-scan warning)."""
+    ``fallback``, made the pair less alike; (map, fallback notes, flat-scan warning).
+    """
     flat = _flat_image_note(fixed, moving)
     if flat:
         # NCC is 0 against a constant image whatever the map, so neither the fallback nor
@@ -307,7 +311,8 @@ def _network_map(
     model: GVSL, cubes: tuple[torch.Tensor, torch.Tensor], dev: torch.device, passes: int, similarity: Similarity
 ) -> tuple[NetworkMap, torch.device]:
     """The network's map on the working cube, applied ``passes`` times (:func:`_compose_passes`);
-    on CUDA out-of-memory the CPU instead, with a warning."""
+    on CUDA out-of-memory the CPU instead, with a warning.
+    """
     f_w, m_w = cubes
     # threads beyond the cores other processes leave free wait on each other at every layer
     with cpu_threads(threads_for_load()) if dev.type == "cpu" else contextlib.nullcontext():
@@ -345,7 +350,8 @@ def _add_label_overlap(
     fixed: Volume,
 ) -> None:
     """Per-label and mean Dice before (the files' frames) and after matching, into the report
-    (nothing without both label maps)."""
+    (nothing without both label maps).
+    """
     if moving_labels is None or fixed_labels is None or warped_labels is None:
         return
     before = resample_to(moving_labels, fixed, is_label=True).array

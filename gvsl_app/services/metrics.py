@@ -39,7 +39,8 @@ def _defined(values) -> list[float]:
 
 def dice_text(value: float | None, digits: int = 4) -> str:
     """A Dice for people to read: ``digits`` decimals, or ``n/a`` when undefined (NaN or ``None``:
-    a structure in neither map)."""
+    a structure in neither map).
+    """
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 

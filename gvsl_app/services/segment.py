@@ -7,12 +7,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
 from gvsl_app.io.images import geometry_differences
+from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import dice_per_label, label_volumes_ml, mean_dice
@@ -24,10 +26,109 @@ from models.downstream import SegmentationNet
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SpacingReport:
+    """What segmentation did about voxel spacing (mm, ITK x, y, z), the report's ``spacing``.
+
+    Attributes:
+        image: The input image's spacing.
+        trained: The segmenter's training spacings (:class:`TrainingSpacing`; ``None``: unknown).
+        resampled_to: The spacing the image was resampled to for inference (``None``: its own).
+        resampled_shape: The shape ``(z, y, x)`` of that resampled grid (``None``: not resampled).
+    """
+
+    image: list[float]
+    trained: TrainingSpacing | None
+    resampled_to: list[float] | None
+    resampled_shape: list[int] | None
+
+
+@dataclass
+class SegmentReport:
+    """The report of one segmentation, the schema of ``gvsl segment``'s ``*_report.json``.
+
+    Per-label maps are keyed by the label value as a string (JSON object keys), over every
+    foreground class of the model (``1 .. n_classes - 1``).
+
+    Attributes:
+        image: The input image's source (path or layer name).
+        weights: The checkpoint used.
+        segmenter: Which segmenter and why (``"PATH (given)"`` when the caller chose it).
+        device: The device the inference ran on (``cpu`` after a CUDA out-of-memory fallback).
+        window: The sliding window's edge in voxels.
+        spacing: What was done about voxel spacing.
+        n_classes: The model's classes, background included.
+        label_names: Structure name per label.
+        volume_ml: Volume per label in millilitres (0 when absent).
+        dice: Dice per label against the reference (NaN: a label in neither map); ``None``
+            without a reference, and then it, ``mean_dice`` and ``reference_volume_ml`` are
+            left out of :meth:`as_dict`.
+        mean_dice: The mean of the defined Dice values (NaN when none is).
+        reference_volume_ml: The reference's volume per label in millilitres.
+        reference_labels_not_in_model: Reference label values the model does not have
+            (left out of :meth:`as_dict` when none).
+        seconds: ``load_s``, ``inference_s`` and ``total_s``.
+    """
+
+    image: str
+    weights: str
+    segmenter: str
+    device: str
+    window: int
+    spacing: SpacingReport
+    n_classes: int
+    label_names: dict[str, str]
+    volume_ml: dict[str, float]
+    dice: dict[str, float] | None = None
+    mean_dice: float | None = None
+    reference_volume_ml: dict[str, float] | None = None
+    reference_labels_not_in_model: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def score_against(
+        self, pred: np.ndarray, reference: Volume, ids: list[int], spacing: tuple[float, float, float]
+    ) -> None:
+        """Fill the reference fields from a label map ``pred`` on the reference's grid.
+
+        Dice per label of ``ids``, the reference's volumes at voxel ``spacing`` (mm) and the
+        reference's labels the model lacks.
+        """
+        d = dice_per_label(pred, np.asarray(reference.array), ids)
+        ref_vols = label_volumes_ml(reference.array, spacing)
+        self.dice = {str(k): v for k, v in d.items()}
+        self.mean_dice = mean_dice(d)  # a structure in neither map (NaN) is left out
+        self.reference_volume_ml = {str(k): ref_vols.get(k, 0.0) for k in ids}
+        self.reference_labels_not_in_model = sorted(set(ref_vols) - set(ids))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values, in field order, without the unused optional fields."""
+        out = asdict(self)
+        if self.dice is None:
+            for key in ("dice", "mean_dice", "reference_volume_ml"):
+                del out[key]
+        if not self.reference_labels_not_in_model:
+            del out["reference_labels_not_in_model"]
+        return out
+
+    def to_json(self) -> str:
+        """:meth:`as_dict` as strict JSON (an undefined Dice written as ``null``)."""
+        return dumps_strict(self.as_dict())
+
+
 @dataclass
 class SegmentResult:
+    """A label map on the input's grid and its report.
+
+    ``report`` is ``record.as_dict()``, built once: a plain dict the CLI adds its notes to and
+    writes; read the typed fields from ``record``.
+    """
+
     labels: Volume
-    report: dict = field(default_factory=dict)
+    record: SegmentReport
+    report: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.report = self.record.as_dict()
 
 
 def load_segmenter(weights: str | os.PathLike | None, device: torch.device) -> tuple[SegmentationNet, dict]:
@@ -91,7 +192,8 @@ goes from 0.07 to 0.75; so only voxels clearly unlike the training ones are resa
 class TrainingSpacing:
     """The voxel spacings (mm, ITK x, y, z) a segmenter was trained at: their median, their
     range (``low`` to ``high`` per axis; the median alone when the checkpoint records no
-    range) and where this record comes from (``source``)."""
+    range) and where this record comes from (``source``).
+    """
 
     median: tuple[float, float, float]
     low: tuple[float, float, float]
@@ -121,7 +223,8 @@ def _xyz(values) -> tuple[float, float, float]:
 def training_spacing(ck: dict) -> TrainingSpacing | None:
     """The training voxel spacing of a segmentation checkpoint: its ``preprocess`` record
     (``spacing`` and ``spacing_range``, written by ``gvsl finetune``), else that of a shipped
-    segmenter (:data:`KNOWN_TRAINING_SPACING`), else ``None`` (unknown)."""
+    segmenter (:data:`KNOWN_TRAINING_SPACING`), else ``None`` (unknown).
+    """
     record, source = ck.get("preprocess") or {}, "checkpoint"
     if record.get("spacing") is None:
         names = ck.get("label_names") or {}
@@ -186,79 +289,110 @@ def segment(
     back to the CPU with a warning.
     """
     if reference is not None:
-        diffs = geometry_differences(reference, image)
-        if diffs:
-            raise ValueError(
-                f"reference labels {reference.source or '(in memory)'} do not lie on the grid of image "
-                f"{image.source or '(in memory)'}: " + "; ".join(diffs)
-            )
+        _check_on_grid(reference, image)
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    chosen = f"{weights} (given)"
-    if weights is None:
-        path, chosen = default_segmenter(image)
-        if path.is_file():
-            weights = path
-        else:  # e.g. an installation without the brain segmenter: the CT one, said plainly
-            chosen += f" is not installed ({path}); using {DEMO_SEG.name}"
+    weights, chosen = _choose_weights(image, weights)
     model, ck = load_segmenter(weights, dev)
     roi = int((ck.get("preprocess") or {}).get("size", 48))
     names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
-    trained = training_spacing(ck)
-    if trained is None:
-        log.warning(
-            "%s records no training voxel spacing and is not a known shipped segmenter: segmenting "
-            "%s on its own grid (%s mm); a spacing unlike the training data's lowers the quality",
-            weights or DEMO_SEG,
-            image.source or "the image",
-            " x ".join(f"{v:.3g}" for v in image.spacing),
+    trained = _training_spacing_or_warn(ck, weights, image)
+    inputs = _on_training_grid(image, trained)
+    t1 = time.perf_counter()
+    pred, dev = _segment_or_cpu(model, inputs.norm, roi, dev)
+    if inputs.grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
+        pred = resample_to(inputs.grid.with_array(pred), image, is_label=True, nearest_outside=True).array
+    t2 = time.perf_counter()
+    ids = list(range(1, model.n_classes))
+    vols = label_volumes_ml(pred, image.spacing)  # only the voxel volume matters, not the axis order
+    record = SegmentReport(
+        image=image.source,
+        weights=str(weights or DEMO_SEG),
+        segmenter=chosen,
+        device=str(dev),
+        window=roi,
+        spacing=SpacingReport(
+            image=list(image.spacing),
+            trained=trained,
+            resampled_to=None if inputs.target is None else list(inputs.target),
+            resampled_shape=None if inputs.grid is None else list(inputs.grid.shape),
+        ),
+        n_classes=model.n_classes,
+        label_names={str(k): names.get(k, str(k)) for k in ids},
+        volume_ml={str(k): vols.get(k, 0.0) for k in ids},
+    )
+    if reference is not None:
+        record.score_against(pred, reference, ids, image.spacing)
+    record.seconds = {"load_s": t1 - t0, "inference_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
+
+
+def _check_on_grid(reference: Volume, image: Volume) -> None:
+    diffs = geometry_differences(reference, image)
+    if diffs:
+        raise ValueError(
+            f"reference labels {reference.source or '(in memory)'} do not lie on the grid of image "
+            f"{image.source or '(in memory)'}: " + "; ".join(diffs)
         )
-    # Normalised on the input's own voxels (as without resampling), then resampled: the
-    # network sees anatomy at the voxel size it was trained on, as MONAI's Spacingd does.
+
+
+def _choose_weights(image: Volume, weights: str | os.PathLike | None) -> tuple[str | os.PathLike | None, str]:
+    """The checkpoint to load (``None``: the demo one) and the report's sentence on the choice."""
+    if weights is not None:
+        return weights, f"{weights} (given)"
+    path, chosen = default_segmenter(image)
+    if path.is_file():
+        return path, chosen
+    # e.g. an installation without the brain segmenter: the CT one, said plainly
+    return None, chosen + f" is not installed ({path}); using {DEMO_SEG.name}"
+
+
+def _training_spacing_or_warn(ck: dict, weights: str | os.PathLike | None, image: Volume) -> TrainingSpacing | None:
+    """:func:`training_spacing` of the checkpoint; when unknown, a warning that the image keeps its grid."""
+    trained = training_spacing(ck)
+    if trained is not None:
+        return trained
+    log.warning(
+        "%s records no training voxel spacing and is not a known shipped segmenter: segmenting "
+        "%s on its own grid (%s mm); a spacing unlike the training data's lowers the quality",
+        weights or DEMO_SEG,
+        image.source or "the image",
+        " x ".join(f"{v:.3g}" for v in image.spacing),
+    )
+    return None
+
+
+@dataclass(frozen=True)
+class _NetworkInput:
+    """The normalised image the network sees, and the grid it lies on when resampled."""
+
+    norm: np.ndarray
+    target: tuple[float, float, float] | None
+    grid: Volume | None
+
+
+def _on_training_grid(image: Volume, trained: TrainingSpacing | None) -> _NetworkInput:
+    """``image`` normalised, then resampled (linear) to the training spacing where its own is unlike it.
+
+    Normalised on the input's own voxels (as without resampling), then resampled: the
+    network sees anatomy at the voxel size it was trained on, as MONAI's Spacingd does.
+    """
     norm = normalise(image)
     target = None if trained is None else trained.target(image.spacing)
     grid = None if target is None else resampling_grid(image, target)
     if grid is not None:
         norm = resample_to(image.with_array(norm), grid, nearest_outside=True).array
-    t1 = time.perf_counter()
+    return _NetworkInput(norm, target, grid)
+
+
+def _segment_or_cpu(
+    model: SegmentationNet, norm: np.ndarray, roi: int, dev: torch.device
+) -> tuple[np.ndarray, torch.device]:
+    """:func:`segment_array`, again on the CPU (with a warning) when CUDA runs out of memory."""
     try:
-        pred = segment_array(model, norm, roi, dev)
+        return segment_array(model, norm, roi, dev), dev
     except torch.cuda.OutOfMemoryError:
         log.warning("CUDA out of memory during sliding-window inference; falling back to the CPU")
         torch.cuda.empty_cache()
-        dev = torch.device("cpu")
-        pred = segment_array(model.cpu(), norm, roi, dev)
-    if grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
-        pred = resample_to(grid.with_array(pred), image, is_label=True, nearest_outside=True).array
-    t2 = time.perf_counter()
-    labels = image.with_array(pred, source=f"segmentation of {image.source}")
-    ids = list(range(1, model.n_classes))
-    spacing = image.spacing  # only the voxel volume matters, so the axis order does not
-    vols = label_volumes_ml(pred, spacing)
-    report = {
-        "image": image.source,
-        "weights": str(weights or DEMO_SEG),
-        "segmenter": chosen,
-        "device": str(dev),
-        "window": roi,
-        "spacing": {
-            "image": list(image.spacing),
-            "trained": None if trained is None else asdict(trained),
-            "resampled_to": None if target is None else list(target),
-            "resampled_shape": None if grid is None else list(grid.shape),
-        },
-        "n_classes": model.n_classes,
-        "label_names": {str(k): names.get(k, str(k)) for k in ids},
-        "volume_ml": {str(k): vols.get(k, 0.0) for k in ids},
-    }
-    if reference is not None:
-        d = dice_per_label(pred, np.asarray(reference.array), ids)
-        ref_vols = label_volumes_ml(reference.array, spacing)
-        report["dice"] = {str(k): v for k, v in d.items()}
-        report["mean_dice"] = mean_dice(d)  # a structure in neither map (NaN) is left out
-        report["reference_volume_ml"] = {str(k): ref_vols.get(k, 0.0) for k in ids}
-        extra = sorted(set(ref_vols) - set(ids))
-        if extra:
-            report["reference_labels_not_in_model"] = extra
-    report["seconds"] = {"load_s": t1 - t0, "inference_s": t2 - t1, "total_s": time.perf_counter() - t0}
-    return SegmentResult(labels, report)
+        cpu = torch.device("cpu")
+        return segment_array(model.cpu(), norm, roi, cpu), cpu

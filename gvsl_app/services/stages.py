@@ -11,7 +11,8 @@ ProgressFn = Callable[[str, float], None]
 
 class StageClock:
     """Says each stage's start to ``progress`` (name, fraction of the job) and keeps how long
-    it took, as ``seconds[f"{key}_s"]``; ``total_s`` sums them."""
+    it took, as ``seconds[f"{key}_s"]``; ``total_s`` sums them.
+    """
 
     def __init__(self, progress: ProgressFn | None = None) -> None:
         self.say: ProgressFn = progress or (lambda stage, fraction: None)

@@ -263,7 +263,8 @@ _PATH_OPTIONS = ("data", "init")
 def given_options(config: Any) -> frozenset[str]:
     """The names of the options the user set: recorded by :func:`load_config` (the YAML's keys
     and the command-line options given); for a config built directly in Python, the options
-    whose value differs from the dataclass default (the only sign of intent it carries)."""
+    whose value differs from the dataclass default (the only sign of intent it carries).
+    """
     recorded = getattr(config, GIVEN, None)
     if recorded is not None:
         return frozenset(recorded)
@@ -279,7 +280,8 @@ def _default(f: dataclasses.Field) -> Any:
 def _same(name: str, asked: Any, saved: Any) -> bool:
     """Equal values; paths (``data``, ``init``) also when two spellings name the same file, and
     when the saved one is relative to a folder the run was started from and not found from
-    here (the path given now is then the only one that says where the data is)."""
+    here (the path given now is then the only one that says where the data is).
+    """
     if asked == saved:
         return True
     if name in _PATH_OPTIONS and isinstance(asked, str) and isinstance(saved, str):
@@ -349,4 +351,5 @@ def resume_config(config: C, saved: dict[str, Any], source: str) -> tuple[C, dic
 
 
 def as_dict(config: Any) -> dict:
+    """A configuration dataclass as a plain dict (for checkpoints and reports)."""
     return dataclasses.asdict(config)

@@ -20,16 +20,20 @@ from models.device import resolve_device
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a distributed run: rank, number of ranks, GPU index on its node."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes files and logs."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """Whether the run has more than one rank."""
         return self.world > 1
 
 
@@ -49,6 +53,7 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
 
 
 def teardown() -> None:
+    """Destroy the process group, if one was initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,8 @@ def checkpoint_widths(init: str) -> tuple[int, ...] | None:
 
 def checkpoint_architecture(init: str) -> tuple[tuple[int, ...] | None, str]:
     """The widths and GroupNorm grouping (``models.blocks.NORMS``) of the backbone in ``init``:
-    the authors' release was trained with its own grouping, which its backbone keeps."""
+    the authors' release was trained with its own grouping, which its backbone keeps.
+    """
     if init in ("", "scratch", None):
         return None, "default"
     ck = read_checkpoint(init)
@@ -64,6 +65,7 @@ def checkpoint_architecture(init: str) -> tuple[tuple[int, ...] | None, str]:
 
 
 def build_downstream(config: FinetuneConfig, n_out: int) -> tuple[SegmentationNet | ClassificationNet, str]:
+    """The downstream network for the task, with its starting backbone, and a line saying which."""
     found, norm = checkpoint_architecture(config.init)
     widths = found or widths_from_base(config.width)
     model = (
@@ -87,159 +89,200 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
 
 def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[Progress]:
     """The body of :func:`finetune`, run while the run folder is locked."""
-
     stop = StopFlag() if stop is None else stop  # an unset flag is falsy: never `stop or ...`
-    run = RunFolder(config.run)
     changed: dict = {}
     if config.resume:
         # The saved configuration trains on; other data, splits or lr would be refused here.
-        config, changed = run.resumed_config(config)
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+        config, changed = RunFolder(config.run).resumed_config(config)
     # Everything is read and checked (every split's labels, the checkpoint to start from)
     # before the run folder is touched, so a typo never costs an earlier run its history.
-    train, val, test = _splits(config)
-    dataset, n_out, val_data, test_data = _split_data(config, train, val, test)
-    # The voxel sizes the network learns at: `gvsl segment` resamples inputs unlike them.
-    spacing = training_spacing(config.data, train) if config.task == "seg" else {}
-    model, init_msg = build_downstream(config, n_out)
-    model.to(device)
-    if not config.resume:
-        run.start_fresh(config.overwrite)
-    run.create().remove_stale_temporaries()
-    run.write_config(config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    start, best = 0, -math.inf
+    session = _Session(config)
+    session.prepare_folder()
     if config.resume:
-        ck = run.load_checkpoint("last")
-        load_state_into(model, ck["model"], source=run.last)
-        opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"])
-        start, best = int(ck["iteration"]), float(ck["best"])
-        run.truncate_metrics(start)
-    loss_fn = _loss_function(config.task)
-    amp = config.amp and device.type == "cuda"
-
-    def state(it: int) -> dict:
-        return {
-            "kind": "segmentation" if config.task == "seg" else "classification",
-            "config": as_dict(config),
-            "model_config": model.config(),
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "iteration": it,
-            "best": best,
-            "preprocess": {"size": config.size, **spacing},
-        }
-
-    def evaluate(data) -> dict[str, float]:
-        return _evaluate(model, data, config, n_out, device)
-
-    key = "mean_dice" if config.task == "seg" else "auc"
-    frozen = {k: v.detach().clone() for k, v in model.unet.state_dict().items()} if config.linear else None
-    loader = step_loader(
-        dataset,
-        start=start * config.batch,
-        count=(config.iters - start) * config.batch,
-        batch=config.batch,
-        workers=config.workers,
-        prefetch_factor=2,  # DataLoader's default, as fine-tuning always had
-    )
-    yield Progress(
-        start,
-        config.iters,
-        message=f"{config.task} {'linear' if config.linear else 'fine-tuning'} on "
-        f"{device}: {len(train)} train / {len(val)} val / {len(test)} test; {init_msg}"
-        + (f"; resumed at iteration {start}" if config.resume else "")
-        + "".join(f", {k} {a} -> {b}" for k, (a, b) in changed.items()),
-    )
-    step, t_last, n_acc, t0 = start, time.perf_counter(), 0, time.perf_counter()
+        session.restore()
+    loader = session.loader()
+    yield session.start_report(changed)
+    step, t_last, n_acc, t0 = session.start, time.perf_counter(), 0, time.perf_counter()
     status = "done"
     it = iter(loader)
     try:
         for batch in it:
-            x = batch["image"].to(device)
-            y = batch["label"].to(device)
-            model.train()
-            with autocast(device, enabled=amp):
-                out = model(x)
-            out = out.float()
-            loss = loss_fn(out, y.unsqueeze(1).long()) if config.task == "seg" else loss_fn(out[:, 0], y.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            value = float(loss.detach())
+            value = session.backward(batch)
             if not math.isfinite(value):
-                yield Progress(
-                    step,
-                    config.iters,
-                    phase="error",
-                    message=f"non-finite loss at iteration {step}; stopped, keeping {run.last}",
-                )
+                msg = f"non-finite loss at iteration {step}; stopped, keeping {session.run.last}"
+                yield Progress(step, config.iters, phase="error", message=msg)
                 return
-            opt.step()
+            session.opt.step()
             step += 1
             n_acc += 1
             if step % config.log_every == 0 or step == config.iters:
-                sps = (time.perf_counter() - t_last) / n_acc
-                lr = float(opt.param_groups[0]["lr"])  # the optimiser's own (restored on resume)
-                run.log(
-                    {
-                        "iteration": step,
-                        "loss": value,
-                        "lr": lr,
-                        "sec_per_step": sps,
-                        "samples_per_s": config.batch / sps,
-                    }
-                )
-                yield Progress(
-                    step,
-                    config.iters,
-                    losses={"loss": value},
-                    lr=lr,
-                    sec_per_step=sps,
-                    samples_per_s=config.batch / sps,
-                    eta_s=sps * (config.iters - step),
-                )
+                yield session.step_report(step, value, (time.perf_counter() - t_last) / n_acc)
                 t_last, n_acc = time.perf_counter(), 0
             if step % config.val_every == 0 or step == config.iters:
-                metrics = evaluate(val_data)
-                run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in metrics.items()}})
-                if metrics[key] > best or not math.isfinite(best):
-                    best = metrics[key] if math.isfinite(metrics[key]) else best
-                    run.save_checkpoint("best", state(step))
-                yield Progress(step, config.iters, phase="validate", metrics=metrics)
+                yield session.validate(step)
             if stop.is_set() or step % 50 == 0 or step == config.iters:
-                run.save_checkpoint("last", state(step))
+                session.run.save_checkpoint("last", session.state(step))
             if stop.is_set():
                 status = "stopped"
                 break
     finally:
         close_loader(it)
-    _check_frozen(model, frozen)
-    report: dict[str, Any] = {
-        "kind": config.task,
-        "status": status,
-        "iteration": step,
-        "linear": config.linear,
-        "init": config.init,
-        "best_val": best,
-        "wall_s": time.perf_counter() - t0,
-        "splits": {"train": train, "val": val, "test": test},
-    }
-    if test and run.best.is_file():
-        load_state_into(model, run.load_checkpoint("best")["model"], source=run.best)
-        report["test"] = evaluate(test_data)
-    run.write_report(report)
-    yield Progress(
-        step,
-        config.iters,
-        phase=status,
-        metrics=report.get("test", {}),
-        message=f"{status} at iteration {step}; best validation {key} {best:.4f}; "
-        f"test {report.get('test', {}).get(key, float('nan')):.4f}",
-    )
+    yield session.finish(step, status, time.perf_counter() - t0)
+
+
+class _Session:
+    """The state one fine-tuning run carries from step to step, and what it does with it.
+
+    Built from the configuration alone: the splits, their data (every label checked) and
+    the model with its starting backbone are read before the run folder is touched.
+    """
+
+    def __init__(self, config: FinetuneConfig):
+        self.config = config
+        self.run = RunFolder(config.run)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.train, self.val, self.test = _splits(config)
+        self.dataset, self.n_out, self.val_data, self.test_data = _split_data(config, self.train, self.val, self.test)
+        # The voxel sizes the network learns at: `gvsl segment` resamples inputs unlike them.
+        self.spacing = training_spacing(config.data, self.train) if config.task == "seg" else {}
+        self.model, self.init_msg = build_downstream(config, self.n_out)
+        self.model.to(self.device)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=config.lr)
+        self.loss_fn = _loss_function(config.task)
+        self.amp = config.amp and self.device.type == "cuda"
+        self.key = "mean_dice" if config.task == "seg" else "auc"  # what picks best.pt
+        self.start, self.best = 0, -math.inf
+        self.frozen: dict[str, torch.Tensor] | None = None
+
+    def prepare_folder(self) -> None:
+        """Archive or refuse an earlier run (fresh starts), then write the configuration."""
+        if not self.config.resume:
+            self.run.start_fresh(self.config.overwrite)
+        self.run.create().remove_stale_temporaries()
+        self.run.write_config(self.config)
+
+    def restore(self) -> None:
+        """Continue from ``last.pt`` (model, optimiser, RNG, iteration, best validation score)."""
+        ck = self.run.load_checkpoint("last")
+        load_state_into(self.model, ck["model"], source=self.run.last)
+        self.opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        self.start, self.best = int(ck["iteration"]), float(ck["best"])
+        self.run.truncate_metrics(self.start)
+
+    def loader(self) -> Iterable[dict[str, torch.Tensor]]:
+        """The training batches from the current iteration on (the backbone noted for a linear probe)."""
+        config = self.config
+        if config.linear:
+            self.frozen = {k: v.detach().clone() for k, v in self.model.unet.state_dict().items()}
+        return step_loader(
+            self.dataset,
+            start=self.start * config.batch,
+            count=(config.iters - self.start) * config.batch,
+            batch=config.batch,
+            workers=config.workers,
+            prefetch_factor=2,  # DataLoader's default, as fine-tuning always had
+        )
+
+    def start_report(self, changed: dict) -> Progress:
+        """The opening line: task, device, split sizes, starting weights, what a resume changed."""
+        config = self.config
+        return Progress(
+            self.start,
+            config.iters,
+            message=f"{config.task} {'linear' if config.linear else 'fine-tuning'} on "
+            f"{self.device}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test; {self.init_msg}"
+            + (f"; resumed at iteration {self.start}" if config.resume else "")
+            + "".join(f", {k} {a} -> {b}" for k, (a, b) in changed.items()),
+        )
+
+    def state(self, iteration: int) -> dict:
+        """The checkpoint of this run at ``iteration``."""
+        config = self.config
+        return {
+            "kind": "segmentation" if config.task == "seg" else "classification",
+            "config": as_dict(config),
+            "model_config": self.model.config(),
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "iteration": iteration,
+            "best": self.best,
+            "preprocess": {"size": config.size, **self.spacing},
+        }
+
+    def backward(self, batch: dict[str, torch.Tensor]) -> float:
+        """One batch's loss, back-propagated (the optimiser not stepped yet); its value."""
+        x = batch["image"].to(self.device)
+        y = batch["label"].to(self.device)
+        self.model.train()
+        with autocast(self.device, enabled=self.amp):
+            out = self.model(x)
+        out = out.float()
+        if self.config.task == "seg":
+            loss = self.loss_fn(out, y.unsqueeze(1).long())
+        else:
+            loss = self.loss_fn(out[:, 0], y.float())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return float(loss.detach())
+
+    def step_report(self, step: int, value: float, sps: float) -> Progress:
+        """Log one step's loss and speed and report them."""
+        config = self.config
+        lr = float(self.opt.param_groups[0]["lr"])  # the optimiser's own (restored on resume)
+        self.run.log(
+            {"iteration": step, "loss": value, "lr": lr, "sec_per_step": sps, "samples_per_s": config.batch / sps}
+        )
+        return Progress(
+            step,
+            config.iters,
+            losses={"loss": value},
+            lr=lr,
+            sec_per_step=sps,
+            samples_per_s=config.batch / sps,
+            eta_s=sps * (config.iters - step),
+        )
+
+    def evaluate(self, data) -> dict[str, float]:
+        return _evaluate(self.model, data, self.config, self.n_out, self.device)
+
+    def validate(self, step: int) -> Progress:
+        """Score the validation split, log it and keep ``best.pt``."""
+        metrics = self.evaluate(self.val_data)
+        self.run.log({"iteration": step, "event": "validate", **{f"val_{k}": v for k, v in metrics.items()}})
+        if metrics[self.key] > self.best or not math.isfinite(self.best):
+            self.best = metrics[self.key] if math.isfinite(metrics[self.key]) else self.best
+            self.run.save_checkpoint("best", self.state(step))
+        return Progress(step, self.config.iters, phase="validate", metrics=metrics)
+
+    def finish(self, step: int, status: str, wall_s: float) -> Progress:
+        """Check a linear probe's backbone, score ``best.pt`` on the test split, write ``report.json``."""
+        config = self.config
+        _check_frozen(self.model, self.frozen)
+        report: dict[str, Any] = {
+            "kind": config.task,
+            "status": status,
+            "iteration": step,
+            "linear": config.linear,
+            "init": config.init,
+            "best_val": self.best,
+            "wall_s": wall_s,
+            "splits": {"train": self.train, "val": self.val, "test": self.test},
+        }
+        if self.test and self.run.best.is_file():
+            load_state_into(self.model, self.run.load_checkpoint("best")["model"], source=self.run.best)
+            report["test"] = self.evaluate(self.test_data)
+        self.run.write_report(report)
+        return Progress(
+            step,
+            config.iters,
+            phase=status,
+            metrics=report.get("test", {}),
+            message=f"{status} at iteration {step}; best validation {self.key} {self.best:.4f}; "
+            f"test {report.get('test', {}).get(self.key, float('nan')):.4f}",
+        )
 
 
 def _check_frozen(model: SegmentationNet | ClassificationNet, frozen: dict[str, torch.Tensor] | None) -> None:

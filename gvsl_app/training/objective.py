@@ -47,6 +47,7 @@ class PretrainObjective(nn.Module):
         amp_device: torch.device | None = None,
         deformable: bool = True,
     ) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch (their weighted sum under ``loss``) for the configured variant."""
         w_ncc, w_smooth, w_mse = self.w
         terms: dict[str, torch.Tensor] = {}
         with autocast(amp_device or moving.device, enabled=amp_device is not None):

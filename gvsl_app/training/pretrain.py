@@ -24,6 +24,7 @@ from models.checkpoint import load_state_into
 
 
 def build_model(config: PretrainConfig) -> GVSL:
+    """The GVSL network a pre-training configuration describes (variant, width, heads)."""
     return GVSL(
         widths=widths_from_base(config.width),
         use_affine=config.variant != "no-affine",
@@ -37,7 +38,8 @@ DECAY_FLOOR = 0.02
 
 def lr_factor(config: PretrainConfig, step: int) -> float:
     """The learning-rate multiplier at ``step`` (0-based): the linear warm-up, then a constant
-    rate, then (``decay_start`` > 0) a half cosine from 1 to ``DECAY_FLOOR`` at the last step."""
+    rate, then (``decay_start`` > 0) a half cosine from 1 to ``DECAY_FLOOR`` at the last step.
+    """
     factor = min(1.0, (step + 1) / config.warmup) if config.warmup > 0 else 1.0
     if 0 < config.decay_start <= step:
         progress = min(1.0, (step - config.decay_start) / max(1, config.iters - 1 - config.decay_start))
@@ -124,7 +126,8 @@ class _Session:
 
     def load_init(self, path: str) -> None:
         """Start from a GVSL checkpoint's model weights (ours, exported or a run's); the
-        architecture must be the one configured, so a mismatch is refused by name."""
+        architecture must be the one configured, so a mismatch is refused by name.
+        """
         from models.checkpoint import model_state, read_checkpoint
 
         state, _ = model_state(read_checkpoint(path))
@@ -245,6 +248,25 @@ class _Session:
         if step % config.ckpt_every == 0 or step == config.iters or stop_now:
             self.run.save_checkpoint("last", self.state(step))
 
+    def next_batch(self, it: Iterator[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, ...] | None:
+        """The next ``(moving, fixed, moving_input)`` on this rank's device; ``None`` when the loader is done."""
+        try:
+            batch = next(it)
+        except StopIteration:
+            return None
+        return tuple(batch[k].to(self.device, non_blocking=True) for k in ("moving", "fixed", "moving_input"))
+
+    def backward(
+        self, objective: nn.Module, batch: tuple[torch.Tensor, ...], amp_device: torch.device | None, deformable: bool
+    ) -> dict[str, torch.Tensor]:
+        """One batch's loss terms, back-propagated (the optimiser not stepped yet)."""
+        objective.train()
+        moving, fixed, moving_input = batch
+        terms = objective(moving, fixed, moving_input, amp_device=amp_device, deformable=deformable)
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        return terms
+
     def finish(self, step: int, status: str, wall: float) -> Progress:
         """Write ``report.json`` (rank 0) and the final report."""
         checksums = _rank_checksums(self.model, self.info, self.device)
@@ -290,18 +312,8 @@ def _pretrain(
     objective = session.objective()
     amp_device = device if (config.amp and device.type == "cuda") else None
     val_pair = (val_pair[0].to(device), val_pair[1].to(device))
-    note = f"; resumed at iteration {start}" if config.resume else ""
-    if changed:
-        note += " with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-    if "iters" in changed and 0 < config.decay_start < config.iters:
-        # the half cosine ends at the last iteration: a new length moves the rest of the decay
-        before = dataclasses.replace(config, iters=int(changed["iters"][0]))
-        note += (
-            f"; the learning rate now decays from iteration {config.decay_start} to {config.iters} "
-            f"(at {start}: x{lr_factor(config, start):.3f}, was x{lr_factor(before, start):.3f})"
-        )
-    yield Progress(start, config.iters, phase="train", message=f"training on {device} ({len(dataset)} subjects){note}")
-
+    opening = f"training on {device} ({len(dataset)} subjects){_resume_note(config, changed, start)}"
+    yield Progress(start, config.iters, phase="train", message=opening)
     step, t_last, wait_acc, n_acc = start, time.perf_counter(), 0.0, 0
     t_start = time.perf_counter()
     it = iter(loader)
@@ -309,20 +321,11 @@ def _pretrain(
         status = "done"
         while step < config.iters:
             t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
+            batch = session.next_batch(it)
+            if batch is None:
                 break
-            moving, fixed, moving_input = (
-                batch[k].to(device, non_blocking=True) for k in ("moving", "fixed", "moving_input")
-            )
             wait_acc += time.perf_counter() - t0
-            objective.train()
-            terms = objective(
-                moving, fixed, moving_input, amp_device=amp_device, deformable=step >= config.affine_warmup
-            )
-            session.opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            terms = session.backward(objective, batch, amp_device, deformable=step >= config.affine_warmup)
             step += 1
             n_acc += 1
             log_now = step % config.log_every == 0 or step == config.iters
@@ -367,6 +370,21 @@ def _rank_checksums(model: nn.Module, info: distributed.DistInfo, device: torch.
 
 VAL_CORRUPTION_SEED = 20230601
 """Seed of the one appearance corruption the validation restores (the same at every validation)."""
+
+
+def _resume_note(config: PretrainConfig, changed: dict, start: int) -> str:
+    """What the opening line adds for a resumed run: where, what changed, how the decay moved."""
+    note = f"; resumed at iteration {start}" if config.resume else ""
+    if changed:
+        note += " with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if "iters" in changed and 0 < config.decay_start < config.iters:
+        # the half cosine ends at the last iteration: a new length moves the rest of the decay
+        before = dataclasses.replace(config, iters=int(changed["iters"][0]))
+        note += (
+            f"; the learning rate now decays from iteration {config.decay_start} to {config.iters} "
+            f"(at {start}: x{lr_factor(config, start):.3f}, was x{lr_factor(before, start):.3f})"
+        )
+    return note
 
 
 @torch.no_grad()

@@ -36,10 +36,12 @@ class StopFlag:
         self.reason = ""
 
     def set(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop at its next step, saying why."""
         self.reason = reason
         self._event.set()
 
     def is_set(self) -> bool:
+        """Whether a stop was asked for."""
         return self._event.is_set()
 
     __bool__ = is_set

@@ -36,25 +36,31 @@ class RunFolder:
 
     @property
     def config_path(self) -> Path:
+        """The run's ``config.yaml``."""
         return self.path / "config.yaml"
 
     @property
     def metrics_path(self) -> Path:
+        """The run's ``metrics.jsonl`` (one JSON line per logged step or event)."""
         return self.path / "metrics.jsonl"
 
     @property
     def last(self) -> Path:
+        """The latest checkpoint, ``checkpoints/last.pt``."""
         return self.path / "checkpoints" / "last.pt"
 
     @property
     def best(self) -> Path:
+        """The best checkpoint on validation, ``checkpoints/best.pt``."""
         return self.path / "checkpoints" / "best.pt"
 
     @property
     def report_path(self) -> Path:
+        """The run's final ``report.json``."""
         return self.path / "report.json"
 
     def create(self) -> RunFolder:
+        """Make the folder and its ``checkpoints/``; return ``self``."""
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         return self
 
@@ -69,7 +75,8 @@ class RunFolder:
         """The configuration ``--resume`` continues with and what it changed (see
         :func:`~gvsl_app.training.config.resume_config`): the saved ``config.yaml`` (the
         ``last.pt`` checkpoint's copy when the file is gone) with the options ``config`` may
-        change. Refuses a folder without ``last.pt`` first, as a resume without it would."""
+        change. Refuses a folder without ``last.pt`` first, as a resume without it would.
+        """
         self.require_resumable()
         if self.config_path.is_file():
             source = str(self.config_path)
@@ -84,6 +91,7 @@ class RunFolder:
         return resume_config(config, saved, source)
 
     def read_config(self) -> dict:
+        """The saved configuration (``FileNotFoundError`` when this is no run folder)."""
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.path}: not a run folder (no config.yaml)")
         return yaml.safe_load(self.config_path.read_text()) or {}
@@ -204,14 +212,17 @@ class RunFolder:
         return sorted(found)
 
     def load_checkpoint(self, which: str = "last") -> dict:
+        """The ``last`` or ``best`` checkpoint."""
         return read_checkpoint(self.last if which == "last" else self.best)
 
     def write_report(self, report: dict) -> None:
+        """Write ``report.json`` atomically (temp file + rename), strict JSON."""
         tmp = self.report_path.with_suffix(".tmp")
         tmp.write_text(dumps_strict(report))
         os.replace(tmp, self.report_path)
 
     def read_report(self) -> dict | None:
+        """The run's report, or ``None`` before it is written."""
         return json.loads(self.report_path.read_text()) if self.report_path.is_file() else None
 
 
@@ -221,6 +232,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def iter_metrics(path: str | os.PathLike, start: int = 0) -> Iterator[dict]:
+    """The complete JSON lines of a metrics file from line ``start`` (a half-written last line is skipped)."""
     path = Path(path)
     if not path.is_file():
         return

@@ -31,7 +31,8 @@ def training_spacing(data: str | os.PathLike, names: Sequence[str]) -> dict[str,
     """``{"spacing": median, "spacing_range": [low, high]}`` (mm per ITK x, y, z axis) over the
     images of the cases ``names`` of the data folder ``data``: what a segmentation checkpoint
     records in ``preprocess`` (the folder's images were read and checked before, so every
-    name has a file)."""
+    name has a file).
+    """
     files = list_volume_files(images_folder(data))
     spacings = np.array([_spacing_of(files[n]) for n in names], dtype=float)
     return {

@@ -76,7 +76,8 @@ def read_label_table(path: str | os.PathLike) -> LabelTable:
     ``.txt`` and unknown endings are recognised by their content. A missing or binary file, an
     unknown format, a malformed line (non-integer or negative value, colour outside 0-255, a
     value given twice with different names or colours) or a table without labels is a
-    :class:`LabelTableError` naming the file and line."""
+    :class:`LabelTableError` naming the file and line.
+    """
     path = Path(path)
     text = _read_text(path)
     suffix = path.suffix.lower()
@@ -126,7 +127,8 @@ def find_label_table(label_file: str | os.PathLike) -> Path | None:
     (``seg`` for ``seg.nii.gz``), so ``seg.txt``, ``seg.ctbl``, ``seg_ColorTable.ctbl``,
     ``seg.csv``, ``seg.tsv``, ``seg.json``, then ``labels.txt``, ``label_descriptions.txt``,
     ``colors.ctbl``, ``labels.csv``, ``labels.json``. The file is found, not read: reading it
-    may still fail (a ``labels.csv`` of a classification data set is no label table)."""
+    may still fail (a ``labels.csv`` of a classification data set is no label table).
+    """
     label_file = Path(label_file)
     suffix = volume_suffix(label_file.name)
     stem = label_file.name[: -len(suffix)] if suffix else label_file.stem

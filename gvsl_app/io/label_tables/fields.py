@@ -1,5 +1,6 @@
 """One field of a table line or entry: numbers, label values, colour components and colours
-(``#rrggbb``, ``R G B``, ``[R, G, B]``), each refused with a :class:`LabelTableError` naming where."""
+(``#rrggbb``, ``R G B``, ``[R, G, B]``), each refused with a :class:`LabelTableError` naming where.
+"""
 
 from __future__ import annotations
 

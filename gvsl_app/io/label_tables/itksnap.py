@@ -1,5 +1,6 @@
 """ITK-SNAP label description files (``IDX R G B A VIS MSH "LABEL"``): reading, and writing a
-:class:`LabelTable` as one that ITK-SNAP imports."""
+:class:`LabelTable` as one that ITK-SNAP imports.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def write_label_table(table: LabelTable, path: str | os.PathLike) -> Path:
     the others opaque and visible; a label without a colour gets :meth:`LabelTable.color_of`'s.
     A name with a double quote or line break (ITK-SNAP cannot read it), an empty table, or a
     ``.ctbl``/``.csv``/``.tsv``/``.json`` ending (it would be read back as that format) is a
-    :class:`LabelTableError`; returns the path written."""
+    :class:`LabelTableError`; returns the path written.
+    """
     path = Path(path)
     if path.suffix.lower() in (".ctbl", ".csv", ".tsv", ".json"):
         raise LabelTableError(

@@ -1,5 +1,6 @@
 """3D Slicer colour tables (``.ctbl`` and Slicer's ``.txt``, also FreeSurfer's LUT):
-``value name R G B [A]`` a line."""
+``value name R G B [A]`` a line.
+"""
 
 from __future__ import annotations
 

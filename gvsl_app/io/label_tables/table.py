@@ -1,5 +1,6 @@
 """The :class:`LabelTable` read from a label table file, its :class:`LabelTableError`, and the
-fixed colour a label without one in the table is shown in."""
+fixed colour a label without one in the table is shown in.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class LabelTable:
 
     def color_of(self, value: int) -> RGB:
         """The colour of ``value``: the table's, else a fixed colour of that value (black for 0), so
-        labels without one still look different from each other and the same in every session."""
+        labels without one still look different from each other and the same in every session.
+        """
         rgb = self.colors.get(value)
         return rgb if rgb is not None else _fallback_color(value)
 

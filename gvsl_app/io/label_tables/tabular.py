@@ -1,6 +1,7 @@
 """Tables with named columns or keys: CSV/TSV with a header (Slicer's CSV colour tables, BIDS
 ``dseg.tsv``) and JSON (objects by value, a list of entries, the ``"labels"`` of an MSD/nnU-Net
-``dataset.json``)."""
+``dataset.json``).
+"""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _norm(key: str) -> str:
 
 def _pick_keys(keys: list[str]) -> tuple[str | None, str | None, tuple[str, str, str] | None, str | None]:
     """The (value, name, (r, g, b), colour) keys among normalised ``keys``; ``label`` is the value
-    when no other value key is there, else the name."""
+    when no other value key is there, else the name.
+    """
     value = next((k for k in _VALUE_COLUMNS if k in keys), None)
     name = next((k for k in _NAME_COLUMNS if k in keys), None)
     if "label" in keys:

@@ -1,5 +1,6 @@
 """What the text table readers share: decoding the file, its data lines and comments, refusing
-Slicer's procedural colour files, and collecting entries into a :class:`LabelTable`."""
+Slicer's procedural colour files, and collecting entries into a :class:`LabelTable`.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def _read_text(path: Path) -> str:
 
 def _lines(text: str) -> Iterable[tuple[int, str]]:
     """``(line number, line)`` of the non-blank, non-comment lines (split on newlines only, so
-    the numbers are the ones an editor shows)."""
+    the numbers are the ones an editor shows).
+    """
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if line and not line.startswith("#"):
