@@ -63,9 +63,18 @@ def _match_pair(args, fixed, moving, ml, network, identity) -> tuple[dict, dict]
         ("preset brain from the identity", identity, "brain"),
     ):
         t0 = time.perf_counter()
-        r = match(fixed, moving, model=model, size=args.size, device=args.device, moving_labels=ml, refine=preset)
-        results[name] = (r.warped_labels.array, r.report["folding_percent"], time.perf_counter() - t0)
-        devices[name] = r.report["device"]
+        r = match(
+            fixed,
+            moving,
+            model=model,
+            size=args.size,
+            device=args.device,
+            moving_labels=ml,
+            refine_preset=preset,
+            init="none",
+        )
+        results[name] = (r.warped_labels.array, r.report.folding_percent, time.perf_counter() - t0)
+        devices[name] = r.report.device
     if not args.no_classical:
         t0 = time.perf_counter()
         tf = classical_registration(fixed, moving, metric="mi")

@@ -96,7 +96,16 @@ def _pair_row(args, model, identity, i: int) -> dict:
     t0 = time.perf_counter()
     # fallback=False: the network's own map, even where it is worse than the identity
     res = match(
-        fixed, moving, model=model, size=args.size, device=args.device, **labels, fallback=False, passes=args.passes
+        fixed,
+        moving,
+        model=model,
+        size=args.size,
+        device=args.device,
+        **labels,
+        fallback=False,
+        passes=args.passes,
+        refine=False,
+        init="none",
     )
     g_s = time.perf_counter() - t0
     row = {
@@ -105,26 +114,26 @@ def _pair_row(args, model, identity, i: int) -> dict:
         "dice_before": before,
         "gvsl_dice": mean_dice(res.warped_labels.array, fl.array),
         "gvsl_s": g_s,
-        "gvsl_folding_percent": res.report["folding_percent"],
-        "gvsl_network_s": res.report["seconds"]["network_s"],
-        "gvsl_ncc_before": res.report["ncc_before"],
-        "gvsl_ncc_after": res.report["ncc_after"],
+        "gvsl_folding_percent": res.report.folding_percent,
+        "gvsl_network_s": res.report.seconds["network_s"],
+        "gvsl_ncc_before": res.report.ncc_before,
+        "gvsl_ncc_after": res.report.ncc_after,
     }
     if identity is not None:
         t0 = time.perf_counter()
         res = match(
-            fixed, moving, model=model, size=args.size, device=args.device, **labels, refine=True, passes=args.passes
+            fixed, moving, model=model, size=args.size, device=args.device, **labels, passes=args.passes, init="none"
         )
         row.update(
             refined_dice=mean_dice(res.warped_labels.array, fl.array),
             refined_s=time.perf_counter() - t0,
-            refined_folding_percent=res.report["folding_percent"],
+            refined_folding_percent=res.report.folding_percent,
         )
         # ablation: the same refinement from the identity map (an untrained network), i.e. without GVSL
-        res = match(fixed, moving, model=identity, size=args.size, device=args.device, **labels, refine=True)
+        res = match(fixed, moving, model=identity, size=args.size, device=args.device, **labels, init="none")
         row.update(
             io_only_dice=mean_dice(res.warped_labels.array, fl.array),
-            io_only_folding_percent=res.report["folding_percent"],
+            io_only_folding_percent=res.report.folding_percent,
         )
     if not args.no_classical:
         row.update(_classical_row(args, fixed, moving, ml, fl, i))

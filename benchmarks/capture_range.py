@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/capture_range.py [--pairs 5] [--shape 96] [--kind cardiac|brain]
-        [--rows 0:0 30:0 ...] [--weights CKPT ...] [--no-sitk] [--json OUT] [--quick]
+        [--moving-contrast same|mr|t2] [--rows 0:0 30:0 ...] [--weights CKPT ...] [--no-sitk]
+        [--json OUT] [--quick]
 
 Held-out pairs of synthetic subjects (``gvsl sample KIND --n 2*pairs --seed 5150``: pairs
 0->1, 2->3, ...; the demo weights saw seeds 0..23 of seed 0). The moving scan is first padded
@@ -22,6 +23,8 @@ is scored by the mean Dice of the structures, per method:
 * ``sitk``: SimpleITK, moments initialisation, Mattes MI affine then B-spline (``--no-sitk``
   skips it).
 
+``--moving-contrast mr`` renders the moving cardiac subjects as cine MR (CT against MR of
+the same kind of anatomy), ``t2`` the moving brain subjects T2-like (T1 against T2).
 And the verdict of each GVSL match (``report.quality.status``) against its Dice, to see that
 ``failed`` and ``doubtful`` flag the failures. Prints the tables and writes ``--json``.
 """
@@ -45,11 +48,27 @@ ROWS = ("0:0", "30:0", "45:0", "60:0", "0:30", "0:60", "0:80", "20:30", "30:45",
 QUICK_ROWS = ("0:0", "45:0", "0:60", "30:45")
 
 
-def subjects(kind: str, n: int, seed: int, shape: int):
-    """Subjects ``0..n-1`` as ``gvsl sample KIND --n n --seed seed`` writes them: (image, labels)."""
+def subjects(kind: str, n: int, seed: int, shape: int, moving_contrast: str):
+    """Subjects ``0..n-1`` as ``gvsl sample KIND --n n --seed seed`` writes them: (image, labels);
+    the odd ones (the moving scans) in ``moving_contrast`` (``mr`` cardiac: rendered as cine MR;
+    ``t2`` brain: T2-like). ``shape`` 0: the brain template's own 1 mm grid.
+    """
+    from gvsl_app.data.perturb import other_contrast
     from gvsl_app.data.samples import _subject
+    from gvsl_app.data.synthetic import make_cardiac_subject
 
-    return [_subject(kind, seed * 100003 + i, (shape,) * 3) for i in range(n)]
+    grid = None if shape == 0 else (shape,) * 3
+    out = []
+    for i in range(n):
+        s = seed * 100003 + i
+        if i % 2 and moving_contrast == "mr":
+            out.append(make_cardiac_subject(s, grid, contrast="mr"))
+            continue
+        image, labels = _subject(kind, s, grid)
+        if i % 2 and moving_contrast == "t2":
+            image = other_contrast(image, labels)
+        out.append((image, labels))
+    return out
 
 
 def perturbed(image, labels, degrees: float, shift_mm: float):
@@ -109,9 +128,18 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", type=int, default=96)
     ap.add_argument("--kind", choices=["cardiac", "brain"], default="cardiac")
     ap.add_argument("--seed", type=int, default=5150)
+    ap.add_argument(
+        "--moving-contrast",
+        choices=["same", "mr", "t2"],
+        default="same",
+        help="the moving scans in another contrast: mr (cardiac rendered as cine MR) or t2 (brain T2-like)",
+    )
     ap.add_argument("--rows", nargs="+", help="rows as DEGREES:SHIFT_MM (default: 0 to 60 deg, 0 to 80 mm)")
     ap.add_argument("--weights", nargs="+", default=[None], help="GVSL checkpoints (default: the demo weights)")
     ap.add_argument("--no-sitk", action="store_true")
+    ap.add_argument(
+        "--no-frames", action="store_true", help="skip the refine column (the files' frames, no initial alignment)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", help="write every cell here")
     ap.add_argument("--quick", action="store_true", help="2 pairs, 4 rows")
@@ -127,7 +155,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     pairs = 2 if args.quick else args.pairs
     rows = args.rows or (QUICK_ROWS if args.quick else ROWS)
-    subs = subjects(args.kind, 2 * pairs, args.seed, args.shape)
+    subs = subjects(args.kind, 2 * pairs, args.seed, args.shape, args.moving_contrast)
     models = {(w or "demo"): load_gvsl(w, "cpu")[0] for w in args.weights}
     torch.manual_seed(0)
     untrained = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # predicts ~the identity
@@ -147,7 +175,8 @@ def main(argv=None) -> int:
                 cell[f"default[{name}]"] = run_gvsl(fi, mi, fl, ml, model)
                 cell[f"init+net[{name}]"] = run_gvsl(fi, mi, fl, ml, model, refine=False)
             cell["init+refine"] = run_gvsl(fi, mi, fl, ml, untrained)
-            cell["refine"] = run_gvsl(fi, mi, fl, ml, untrained, init="none")
+            if not args.no_frames:
+                cell["refine"] = run_gvsl(fi, mi, fl, ml, untrained, init="none")
             if not args.no_sitk:
                 cell["sitk"] = run_sitk(fi, mi, fl, ml)
             cells.append(cell)

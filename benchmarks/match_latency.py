@@ -31,7 +31,7 @@ def time_one_match(folder: Path, out: Path, model, size: int, device: str) -> di
     t0 = time.perf_counter()
     fixed, moving = read_volume(folder / "fixed.nii.gz"), read_volume(folder / "moving.nii.gz")
     t1 = time.perf_counter()
-    r = match(fixed, moving, model=model, size=size, device=device)
+    r = match(fixed, moving, model=model, size=size, device=device, refine=False, init="none")
     t2 = time.perf_counter()
     r.save(out)
     t3 = time.perf_counter()
@@ -40,8 +40,8 @@ def time_one_match(folder: Path, out: Path, model, size: int, device: str) -> di
         "read_s": t1 - t0,
         "match_s": t2 - t1,
         "write_s": t3 - t2,
-        **{k: v for k, v in r.report["seconds"].items() if k != "total_s"},
-        "device": r.report["device"],
+        **{k: v for k, v in r.report.seconds.items() if k != "total_s"},
+        "device": r.report.device,
     }
 
 

@@ -1,7 +1,11 @@
 """Peak memory of ``gvsl match`` on a large pair: does a 256^3 pair fit a 24 GB machine?
 
 Usage:
-  python benchmarks/match_memory.py [--side 256] [--no-refine] [--size 48] [--device auto|cpu|cuda|cuda:N]
+  python benchmarks/match_memory.py [--side 256] [--shape Z Y X --spacing SX SY SZ] [--no-refine] [--size 48]
+                                   [--device auto|cpu|cuda|cuda:N]
+
+``--shape 300 512 512 --spacing 0.7 0.7 1.25`` is a clinical thorax CT (the phantom drawn at
+that grid and spacing: a 358 x 358 x 375 mm field of view).
 
 Writes a synthetic cardiac pair (subject seeds 3000 and 3001, ``--side``^3 voxels) as NIfTI
 into a temporary folder, then runs the real command ``gvsl match FIXED MOVING --out OUT``
@@ -50,6 +54,8 @@ with the CUDA peak-memory counter reset before and read after."""
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="array shape (instead of --side)")
+    ap.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing in mm")
     ap.add_argument("--size", type=int, default=48, help="network working cube")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (passed to gvsl match)")
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name, seed in (("fixed", 3000), ("moving", 3001)):
-            image, _ = make_cardiac_subject(seed, (args.side,) * 3)
+            image, _ = make_cardiac_subject(seed, tuple(args.shape or (args.side,) * 3), spacing=args.spacing)
             write_volume(image, folder / f"{name}.nii.gz")
         peak_file = folder / "cuda_peak.json"
         cmd = [sys.executable, "-c", CHILD, str(peak_file), args.device, "match", str(folder / "fixed.nii.gz")]
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # Linux: kB
         report = json.loads((folder / "out" / "report.json").read_text())
         cuda_peak = json.loads(peak_file.read_text())["cuda_max_memory_allocated"]
-    print(f"gvsl match, {args.side}^3 pair, working size {args.size}, refine {not args.no_refine}")
+    grid = "x".join(map(str, args.shape)) if args.shape else f"{args.side}^3"
+    print(f"gvsl match, {grid} pair, working size {args.size}, refine {not args.no_refine}")
     print(f"  device: {report['device']}")
     print(f"  peak resident memory of the command: {peak_gb:.2f} GB; wall time {wall:.1f} s")
     if cuda_peak is not None:

@@ -66,11 +66,18 @@ def score(model: GVSL, pairs: list[tuple], size: int) -> dict:
     rows = []
     for fixed, moving, fl, ml in pairs:
         r = match(
-            fixed, moving, model=model, size=size, device="cpu", moving_labels=ml, fixed_labels=fl, fallback=False
+            fixed,
+            moving,
+            model=model,
+            size=size,
+            device="cpu",
+            moving_labels=ml,
+            fixed_labels=fl,
+            fallback=False,
+            refine=False,
+            init="none",
         ).report
-        rows.append(
-            (r["mean_dice_before"], r["mean_dice_after"], r["ncc_before"], r["ncc_after"], r["folding_percent"])
-        )
+        rows.append((r.mean_dice_before, r.mean_dice_after, r.ncc_before, r.ncc_after, r.folding_percent))
     a = np.array(rows)
     keys = ("dice_before", "dice_after", "ncc_before", "ncc_after", "folding_percent")
     out = {k: float(v) for k, v in zip(keys, a.mean(axis=0))}

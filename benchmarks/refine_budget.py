@@ -56,12 +56,14 @@ def _budget_row(args, pairs, model, schedule, fraction: float, start: str) -> di
             device="cpu",
             moving_labels=ml,
             fixed_labels=fl,
-            refine=schedule or False,
+            refine=schedule is not None,
+            schedule=schedule,
             fallback=False,
+            init="none",
         )
         secs.append(time.perf_counter() - t0)
         dice.append(mean_dice(r.warped_labels.array, fl.array))
-        fold.append(r.report["folding_percent"])
+        fold.append(r.report.folding_percent)
     return {
         "fraction": fraction,
         "steps": schedule.total_steps if schedule is not None else 0,

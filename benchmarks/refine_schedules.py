@@ -189,16 +189,25 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.rows:
             dice, hd95, secs, steps, fold = [], [], [], [], []
             for (fixed, fl), (moving, ml) in data:
-                r = match(fixed, moving, model=model, size=48, device="cpu", moving_labels=ml, refine=ROWS[name])
+                r = match(
+                    fixed,
+                    moving,
+                    model=model,
+                    size=48,
+                    device="cpu",
+                    moving_labels=ml,
+                    schedule=ROWS[name],
+                    init="none",
+                )
                 if kind == "brain":
                     d, h = score(r.warped_labels.array, fl)
                 else:
                     d, h = mean_dice(r.warped_labels.array, fl.array), float("nan")
                 dice.append(d)
                 hd95.append(h)
-                secs.append(r.report["seconds"]["total_s"])
-                fold.append(r.report["folding_percent"])
-                steps.append([lv["steps"] for lv in r.report["refined"]["levels"]])
+                secs.append(r.report.seconds["total_s"])
+                fold.append(r.report.folding_percent)
+                steps.append([lv["steps"] for lv in r.report.refined.levels])
             row = {
                 "kind": kind,
                 "row": name,

@@ -72,6 +72,19 @@ def ngf_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 0.05) -> torch.Tenso
         return -(dot * dot / (na * nb)).mean()
 
 
+def mind_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The mean squared difference of two MIND descriptor images over the sum of their variances,
+    minus 1: -1 where they are equal, about 0 for unrelated ones (as local NCC scales).
+
+    A squared difference, as MIND is used (Heinrich et al.), costs a warp of the 12 channels and
+    one subtraction a step, where a local NCC of 12 channels would cost 60 box filters.
+    """
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        spread = (a.detach().var() + b.detach().var()).clamp_min(1e-12)
+        return (a - b).pow(2).mean() / spread - 1.0
+
+
 @dataclass(frozen=True)
 class Similarity:
     """A refinement similarity by name (``ncc``, ``mind`` or ``ngf``) with its local window."""
@@ -88,9 +101,12 @@ class Similarity:
         return mind_ssc(image) if self.name == "mind" else image
 
     def loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """Lower is better, in (-1, 0]: local NCC of the images or of the descriptors, or NGF."""
+        """Lower is better, about -1 for a perfect match and 0 for unrelated images: local NCC
+        of the images, NGF, or the descriptors' normalised squared difference."""
         if self.name == "ngf":
             return ngf_loss(warped, fixed)
+        if self.name == "mind":
+            return mind_loss(warped, fixed)
         return local_ncc(warped, fixed, window=self.window)
 
     def score(self, moving: torch.Tensor, fixed: torch.Tensor) -> float:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from psygnal import evented
 
+from gvsl_app.options import JobStatus
+
 if TYPE_CHECKING:  # what @evented adds, spelled out for the type checker
     from psygnal import SignalGroup, SignalInstance
 
@@ -32,8 +34,9 @@ if TYPE_CHECKING:  # what @evented adds, spelled out for the type checker
         message: SignalInstance
 
 
-IDLE, RUNNING, DONE, ERROR = "idle", "running", "done", "error"
-STARTING, STOPPING, STOPPED, FOLLOWING = "starting", "stopping", "stopped", "following"
+# the job states are gvsl_app.options.JobStatus members: they compare equal to their text
+IDLE, RUNNING, DONE, ERROR = JobStatus.IDLE, JobStatus.RUNNING, JobStatus.DONE, JobStatus.ERROR
+STARTING, STOPPING, STOPPED, FOLLOWING = JobStatus.STARTING, JobStatus.STOPPING, JobStatus.STOPPED, JobStatus.FOLLOWING
 
 
 @evented

@@ -66,7 +66,7 @@ class TrainingSpec:
     (:func:`task_defaults` shows it).
     """
 
-    task: str = "pretrain"  # pretrain | seg | cls
+    task: str = "pretrain"  # pretrain, or a gvsl_app.options.Task (seg | cls)
     run: str = "runs/gui"
     data: str = "synthetic:cardiac"
     variant: str = "gvsl"

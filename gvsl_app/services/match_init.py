@@ -200,7 +200,9 @@ class _Scorer:
         for one contrast, low or negative across contrasts (T1 against T2, CT against MR).
         """
         m, inside = self.sample(self.placed(matrix))
-        both = inside & (self.fixed.weights > 0) & (m > np.percentile(self.moving.values, 20))
+        # where both show tissue (above their mean: not air, not the background around a
+        # brain), so that the contrast inside the body decides, not body against background
+        both = inside & (self.fixed.values > self.fixed.values.mean()) & (m > self.moving.values.mean())
         if both.sum() < 64:
             return 0.0
         a, b = self.fixed.values[both], m[both]

@@ -30,7 +30,7 @@ from gvsl_app.services.match_init import InitialAlignment, PairScore, initial_al
 from gvsl_app.services.match_map import NetworkMap, scored
 from gvsl_app.services.match_quality import judge
 from gvsl_app.services.match_refine import REFINE_SPAN, refine_map
-from gvsl_app.services.match_result import MatchReport, MatchResult
+from gvsl_app.services.match_result import MatchReport, MatchResult, RefineSummary
 from gvsl_app.services.metrics import dice_per_label, mean_dice
 from gvsl_app.services.stages import ProgressFn, StageClock
 from gvsl_app.services.weights import load_gvsl
@@ -101,53 +101,34 @@ def match(
             model, weights_info = load_gvsl(weights, dev)
     with clock.stage("initialise", 0.08, "initial alignment"):
         start = _start(fixed, moving, opts)
-    size = int(opts.size or getattr(model, "working_size", None) or 96)
-    preset, preset_reason, schedule = _schedule(opts, schedule, fixed, moving)
-    similarity, reason = _similarity(opts, fixed, moving, start)
-    warnings = notes + _modality_warnings(model, fixed, moving) + _coverage_warnings(start.init, fixed, moving)
-    with clock.stage("preprocess", 0.1):
-        fixed_n, moving_n = normalise(fixed), normalise(start.moving_on_fixed)
-        cubes = (_cube(fixed_n, (size,) * 3), _cube(moving_n, (size,) * 3))
-    with clock.stage("network", 0.25):
-        net, used = _network_map(model, cubes, dev, opts.passes, similarity)
-    ncc_network = net.ncc_after  # what the network's own map reached, kept or not
-    net, fell_back, flat = _judged(net, fixed, moving, opts.fallback)
-    warnings += [flat] if flat else []
-    refine_info = None
-    if schedule is not None and not flat:
-        with clock.stage("refine", REFINE_SPAN[0]):
-            refinement = refine_map(
-                net, fixed_n, moving_n, cubes, used, schedule, similarity, clock.say, should_stop, opts.fallback
-            )
-        net, fell_back = refinement.map, fell_back + ([refinement.note] if refinement.note else [])
-        ncc_network = refinement.start_ncc if not refinement.note else ncc_network
-        refine_info = refinement.summary(schedule, preset, preset_reason)
+    maps = _maps(model, fixed, moving, start, opts, schedule, dev, clock, should_stop)
     with clock.stage("upsample", REFINE_SPAN[1], "displacement"):
-        disp_mm, jac, affine_phys = map_on_fixed_grid(net, fixed, start.init.matrix)
+        disp_mm, jac, affine_phys = map_on_fixed_grid(maps.net, fixed, start.init.matrix)
     with clock.stage("warp", 0.75):
         result = warped_result(fixed, moving, moving_labels, disp_mm, jac, affine_phys)
     with clock.stage("judge", 0.9, "report"):
         quality = judge(start.pair, start.init, fixed, disp_mm, jac)
+    warnings = notes + _modality_warnings(model, fixed, moving) + _coverage_warnings(start.init, fixed, moving)
     result.report = MatchReport(
         fixed=fixed.source,
         moving=moving.source,
-        working_size=size,
+        working_size=maps.size,
         network_passes=int(opts.passes),
-        device=str(used),
+        device=str(maps.device),
         weights=weights_info,
         physical_overlap=start.overlap,
         init=start.init.to_json(),
-        similarity=similarity.name,
-        similarity_reason=reason,
-        refined=refine_info,
-        similarity_grid=list(net.grid),
-        ncc_before=net.ncc_before,
-        ncc_after=net.ncc_after,
-        ncc_network=ncc_network,
-        similarity_before=net.score_before,
-        similarity_after=net.score_after,
-        fallback=fell_back,
-        warnings=warnings,
+        similarity=maps.similarity.name,
+        similarity_reason=maps.similarity_reason,
+        refined=maps.refined,
+        similarity_grid=list(maps.net.grid),
+        ncc_before=maps.net.ncc_before,
+        ncc_after=maps.net.ncc_after,
+        ncc_network=maps.ncc_network,
+        similarity_before=maps.net.score_before,
+        similarity_after=maps.net.score_after,
+        fallback=maps.fallback,
+        warnings=warnings + maps.warnings,
         quality=quality,
         seconds={},
         folding_percent=float((jac <= 0).mean() * 100.0),
@@ -159,6 +140,60 @@ def match(
     result.report.seconds = clock.rounded()
     clock.say("done", 1.0)
     return result
+
+
+@dataclass
+class _Maps:
+    """What the network and the refinement made of the placed pair: the map kept, the device,
+    the working size, the similarity and why, what the network's own map reached
+    (``ncc_network``), the refinement's summary, the maps dropped and why, and warnings.
+    """
+
+    net: NetworkMap
+    device: torch.device
+    size: int
+    similarity: Similarity
+    similarity_reason: str
+    ncc_network: float
+    refined: RefineSummary | None
+    fallback: list[str]
+    warnings: list[str]
+
+
+def _maps(
+    model: GVSL,
+    fixed: Volume,
+    moving: Volume,
+    start: _Start,
+    opts: MatchOptions,
+    schedule: RefineSchedule | None,
+    dev: torch.device,
+    clock: StageClock,
+    should_stop: Callable[[], bool] | None,
+) -> _Maps:
+    """The network's map on the placed pair, judged, then refined (when asked and possible)."""
+    size = int(opts.size or getattr(model, "working_size", None) or 96)
+    preset, preset_reason, schedule = _schedule(opts, schedule, fixed, moving)
+    similarity, reason = _similarity(opts, fixed, moving, start)
+    with clock.stage("preprocess", 0.1):
+        fixed_n, moving_n = normalise(fixed), normalise(start.moving_on_fixed)
+        cubes = (_cube(fixed_n, (size,) * 3), _cube(moving_n, (size,) * 3))
+    with clock.stage("network", 0.25):
+        net, used = _network_map(model, cubes, dev, opts.passes, similarity)
+    out = _Maps(net, used, size, similarity, reason, net.ncc_after, None, [], [])
+    out.net, out.fallback, flat = _judged(net, fixed, moving, opts.fallback)
+    out.warnings += [flat] if flat else []
+    if schedule is None or flat:
+        return out
+    with clock.stage("refine", REFINE_SPAN[0]):
+        refinement = refine_map(
+            out.net, fixed_n, moving_n, cubes, used, schedule, similarity, clock.say, should_stop, opts.fallback
+        )
+    out.net = refinement.map
+    out.fallback += [refinement.note] if refinement.note else []
+    out.ncc_network = refinement.start_ncc if not refinement.note else out.ncc_network
+    out.refined = refinement.summary(schedule, preset, preset_reason)
+    return out
 
 
 @dataclass(frozen=True)
