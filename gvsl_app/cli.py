@@ -125,6 +125,24 @@ def _add_pretrain(sub) -> None:
         type=int,
         help="from this iteration to the last, lower the learning rate along a half cosine (0: constant)",
     )
+    p.add_argument("--snapshot-every", type=int, help="also keep the weights of every N-th iteration")
+    p.add_argument(
+        "--relative-pose",
+        nargs="?",
+        const="small",
+        choices=PoseRange.values(),
+        help="also move the moving scan alone by a random affine: small (the flag alone: rotation 10 deg, "
+        "scale 10 %%, shift 6 %%) or large (rotation 30 deg, scale 20 %%, shift 15 %%)",
+    )
+    p.add_argument("--init", help="start the network from a GVSL checkpoint's weights (default: scratch)")
+    p.add_argument("--quiet", action="store_true")
+    _add_matching_objective(p)
+    _add_common_training(p)
+    p.set_defaults(func=c.cmd_pretrain)
+
+
+def _add_matching_objective(p: argparse.ArgumentParser) -> None:
+    """``gvsl pretrain``'s Z-Matching heads and loss."""
     p.add_argument(
         "--similarity",
         choices=TrainingSimilarity.values(),
@@ -142,7 +160,6 @@ def _add_pretrain(sub) -> None:
         help="what the matching sees: clean scans (default; restoration gets the transformed scan in a "
         "second pass) or the appearance-transformed moving scan (the paper)",
     )
-    p.add_argument("--snapshot-every", type=int, help="also keep the weights of every N-th iteration")
     p.add_argument(
         "--affine-head",
         choices=AffineHead.values(),
@@ -160,18 +177,6 @@ def _add_pretrain(sub) -> None:
         type=float,
         help="weight of the similarity after the affine part alone (default 0: only the whole map is scored)",
     )
-    p.add_argument(
-        "--relative-pose",
-        nargs="?",
-        const="small",
-        choices=PoseRange.values(),
-        help="also move the moving scan alone by a random affine: small (the flag alone: rotation 10 deg, "
-        "scale 10 %%, shift 6 %%) or large (rotation 30 deg, scale 20 %%, shift 15 %%)",
-    )
-    p.add_argument("--init", help="start the network from a GVSL checkpoint's weights (default: scratch)")
-    p.add_argument("--quiet", action="store_true")
-    _add_common_training(p)
-    p.set_defaults(func=c.cmd_pretrain)
 
 
 def _add_finetune(sub) -> None:

@@ -169,15 +169,49 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_each(
+    args: argparse.Namespace, images: dict[str, Path], refs: dict[str, Path], stage: Path
+) -> tuple[list[tuple[str, Path, Path | None]], dict[int, str], dict[str, str]]:
+    """Segment every image into ``stage``: (name, label map, reference) per case, the
+    structures' names and the DICOM series read, with a progress bar unless ``--quiet``.
+    """
+    from gvsl_app.io.images import read_volume, write_volume
+    from gvsl_app.services.segment import segment
+
+    names: dict[int, str] = {}
+    series: dict[str, str] = {}
+    bar = None
+    if not getattr(args, "quiet", False):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
+    pairs: list[tuple[str, Path, Path | None]] = []
+    try:
+        for name, path in images.items():
+            image = read_volume(path)
+            if "dicom" in image.meta:
+                series[name] = image.meta["dicom"]["series_uid"]
+            res = segment(image, args.weights, device=args.device)
+            if args.weights is None and not pairs:
+                print(res.report["segmenter"])  # once: a folder is one modality
+            names = {int(k): v for k, v in res.report["label_names"].items()}
+            seg_path = write_volume(res.labels, stage / f"{name}.nii.gz", is_label=True)
+            pairs.append((name, Path(seg_path), refs.get(name)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return pairs, names, series
+
+
 def _segment_folder(args: argparse.Namespace) -> int:
     """``gvsl segment FOLDER --out DIR``: every volume, then one table of volumes (and, with
     references, Dice/HD95/ASSD) per structure and case in ``DIR/metrics.csv``.
     """
     from gvsl_app.io.folders import images_folder, list_volume_files, require_volumes
-    from gvsl_app.io.images import read_volume, write_volume
     from gvsl_app.io.outputs import prepare_output, staged_folder
     from gvsl_app.services.label_cohort import evaluate_cohort, structure_summary, write_table
-    from gvsl_app.services.segment import segment
 
     if args.series:
         raise ValueError(f"--series names one DICOM series; {args.image} is a folder of volumes (one per case)")
@@ -191,31 +225,8 @@ def _segment_folder(args: argparse.Namespace) -> int:
     if ref_dir is not None:
         inputs += [("reference labels folder", ref_dir), *(("reference label map", p) for p in refs.values())]
     out = prepare_output(args.out, ours, args.overwrite, inputs)
-    names: dict[int, str] = {}
-    series: dict[str, str] = {}
-    bar = None
-    if not getattr(args, "quiet", False):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(images), unit="volume", dynamic_ncols=True)
-    pairs: list[tuple[str, Path, Path | None]] = []
     with staged_folder(out, ours) as stage:
-        try:
-            for name, path in images.items():
-                image = read_volume(path)
-                if "dicom" in image.meta:
-                    series[name] = image.meta["dicom"]["series_uid"]
-                res = segment(image, args.weights, device=args.device)
-                if args.weights is None and not pairs:
-                    print(res.report["segmenter"])  # once: a folder is one modality
-                names = {int(k): v for k, v in res.report["label_names"].items()}
-                seg_path = write_volume(res.labels, stage / f"{name}.nii.gz", is_label=True)
-                pairs.append((name, Path(seg_path), refs.get(name)))
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        pairs, names, series = _segment_each(args, images, refs, stage)
         with_ref = [p for p in pairs if p[2] is not None]
         results = evaluate_cohort(with_ref, names) + evaluate_cohort([p for p in pairs if p[2] is None], names)
         summary = structure_summary(results)

@@ -102,7 +102,8 @@ class Similarity:
 
     def loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """Lower is better, about -1 for a perfect match and 0 for unrelated images: local NCC
-        of the images, NGF, or the descriptors' normalised squared difference."""
+        of the images, NGF, or the descriptors' normalised squared difference.
+        """
         if self.name == "ngf":
             return ngf_loss(warped, fixed)
         if self.name == "mind":

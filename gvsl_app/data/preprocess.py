@@ -119,18 +119,8 @@ def resample_to(
     if not moved and volume.shape == reference.shape and same_geometry(volume, reference, rtol=1e-6):
         out = arr.copy()
     else:
-        f = sitk.ResampleImageFilter()
-        f.SetSize([int(s) for s in reference.shape[::-1]])
-        f.SetOutputSpacing(reference.spacing)
-        f.SetOutputOrigin(reference.origin)
-        f.SetOutputDirection(reference.direction)
-        f.SetTransform(
-            affine_transform(transform) if transform is not None and moved else sitk.Transform(3, sitk.sitkIdentity)
-        )
-        f.SetInterpolator(sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
-        f.SetDefaultPixelValue(fill)
-        f.SetUseNearestNeighborExtrapolator(nearest_outside)
-        out = sitk.GetArrayFromImage(f.Execute(volume_to_sitk(volume.with_array(arr))))
+        placed = affine_transform(transform) if transform is not None and moved else None
+        out = _resampled(volume.with_array(arr), reference, placed, is_label, fill, nearest_outside)
     return Volume(
         out,
         reference.spacing,
@@ -140,6 +130,27 @@ def resample_to(
         source=volume.source,
         meta=meta,
     )
+
+
+def _resampled(
+    volume: Volume,
+    reference: Volume,
+    transform: sitk.Transform | None,
+    is_label: bool,
+    fill: float,
+    nearest_outside: bool,
+) -> np.ndarray:
+    """SimpleITK's resampling of ``volume`` onto ``reference``'s grid (through ``transform``)."""
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in reference.shape[::-1]])
+    f.SetOutputSpacing(reference.spacing)
+    f.SetOutputOrigin(reference.origin)
+    f.SetOutputDirection(reference.direction)
+    f.SetTransform(transform if transform is not None else sitk.Transform(3, sitk.sitkIdentity))
+    f.SetInterpolator(sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
+    f.SetDefaultPixelValue(fill)
+    f.SetUseNearestNeighborExtrapolator(nearest_outside)
+    return sitk.GetArrayFromImage(f.Execute(volume_to_sitk(volume)))
 
 
 def affine_transform(matrix: np.ndarray) -> sitk.AffineTransform:

@@ -163,6 +163,30 @@ def _acquire(hu: np.ndarray, acq: _Acquisition, rng_noise: np.random.Generator) 
     return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
 
 
+def _render(
+    q: Coords,
+    p: Coords,
+    rng_geo: np.random.Generator,
+    rng_abn: np.random.Generator,
+    rng_noise: np.random.Generator,
+    tissue: TissueHU,
+    acq: _Acquisition,
+    heart_scale: float,
+    abnormal: bool,
+    contrast: str,
+) -> tuple[np.ndarray, np.ndarray, dict, TissueHU]:
+    """Paint the thorax and the heart, then image them: (image, labels, abnormality, tissue values)."""
+    if contrast == "mr":
+        # the same draws in the same order, painted with MR intensities: same anatomy and labels
+        tissue = MR_TISSUE
+    hu = np.full(q[0].shape, AIR_HU if contrast == "ct" else 0.0, dtype=np.float32)
+    lab = np.zeros(q[0].shape, dtype=np.uint8)
+    paint_thorax(q, rng_geo, tissue, hu)
+    abn_info = paint_heart(q, rng_geo, rng_abn, heart_scale, tissue, hu, lab, abnormal=abnormal)
+    img = _acquire(hu, acq, rng_noise) if contrast == "ct" else _mr_image(hu, acq, rng_noise, p)
+    return img, lab, abn_info, tissue
+
+
 CONTRASTS = ("ct", "mr")
 """The renderings :func:`make_cardiac_subject` offers."""
 
@@ -260,15 +284,9 @@ def make_cardiac_subject(
     acq = _draw_acquisition(rng_geo)
     heart_scale = rng_geo.uniform(0.92, 1.08)
 
-    if contrast == "mr":
-        # the same draws in the same order, painted with MR intensities: same anatomy and labels
-        tissue = MR_TISSUE
-    hu = np.full(shape, AIR_HU if contrast == "ct" else 0.0, dtype=np.float32)
-    lab = np.zeros(shape, dtype=np.uint8)
-    paint_thorax(q, rng_geo, tissue, hu)
-    abn_info = paint_heart(q, rng_geo, rng_abn, heart_scale, tissue, hu, lab, abnormal=abnormal)
-    img = _acquire(hu, acq, rng_noise) if contrast == "ct" else _mr_image(hu, acq, rng_noise, p)
-
+    img, lab, abn_info, tissue = _render(
+        q, p, rng_geo, rng_abn, rng_noise, tissue, acq, heart_scale, abnormal, contrast
+    )
     meta = _image_meta(seed, abn_info, tissue, acq, pose, heart_scale)
     meta["contrast"] = contrast
     image = Volume(img, spacing=voxel_size, origin=origin, source=f"synthetic cardiac seed {seed}", meta=meta)

@@ -30,7 +30,7 @@ from gvsl_app.services.match_init import InitialAlignment, PairScore, initial_al
 from gvsl_app.services.match_map import NetworkMap, scored
 from gvsl_app.services.match_quality import judge
 from gvsl_app.services.match_refine import REFINE_SPAN, refine_map
-from gvsl_app.services.match_result import MatchReport, MatchResult, RefineSummary
+from gvsl_app.services.match_result import MatchReport, MatchResult, Quality, RefineSummary
 from gvsl_app.services.metrics import dice_per_label, mean_dice
 from gvsl_app.services.stages import ProgressFn, StageClock
 from gvsl_app.services.weights import load_gvsl
@@ -109,7 +109,27 @@ def match(
     with clock.stage("judge", 0.9, "report"):
         quality = judge(start.pair, start.init, fixed, disp_mm, jac)
     warnings = notes + _modality_warnings(model, fixed, moving) + _coverage_warnings(start.init, fixed, moving)
-    result.report = MatchReport(
+    result.report = _report(fixed, moving, opts, weights_info, start, maps, quality, warnings, disp_mm, jac)
+    _add_label_overlap(result.report, moving_labels, fixed_labels, result.warped_labels, fixed)
+    result.report.seconds = clock.rounded()
+    clock.say("done", 1.0)
+    return result
+
+
+def _report(
+    fixed: Volume,
+    moving: Volume,
+    opts: MatchOptions,
+    weights_info: str,
+    start: _Start,
+    maps: _Maps,
+    quality: Quality,
+    warnings: list[str],
+    disp_mm: np.ndarray,
+    jac: np.ndarray,
+) -> MatchReport:
+    """The match's report (its seconds and Dice are added by the caller)."""
+    return MatchReport(
         fixed=fixed.source,
         moving=moving.source,
         working_size=maps.size,
@@ -136,10 +156,6 @@ def match(
         jacobian_max=float(jac.max()),
         max_displacement_mm=float(np.linalg.norm(disp_mm, axis=-1).max()),
     )
-    _add_label_overlap(result.report, moving_labels, fixed_labels, result.warped_labels, fixed)
-    result.report.seconds = clock.rounded()
-    clock.say("done", 1.0)
-    return result
 
 
 @dataclass
