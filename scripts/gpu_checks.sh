@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything only a GPU can check, in one command that fits a short loan of one CUDA GPU:
-#   1. the CUDA tests (tests/test_cuda.py: matching, pre-training, fine-tuning and inference on
+#   1. the CUDA tests (tests/models/test_cuda.py: matching, pre-training, fine-tuning and inference on
 #      CUDA agree with the CPU);
 #   2. matching timings on CUDA: five held-out cardiac pairs (Dice, seconds per pair) and one
 #      1 mm brain MR pair, the network with its refinement, side by side with nothing else running;
@@ -68,7 +68,7 @@ fi
 if want tests; then
 say "1. CUDA tests"
 # -o filterwarnings=: the project's warning filters name packages of the GUI, absent there
-timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider -o filterwarnings= tests/test_cuda.py 2>&1 | tee -a "$LOG"
+timeout 120 "$PY" -m pytest -q -rs -p no:cacheprovider -o filterwarnings= tests/models/test_cuda.py 2>&1 | tee -a "$LOG"
 
 fi
 

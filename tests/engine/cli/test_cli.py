@@ -21,7 +21,7 @@ from gvsl_app.options import RefinePreset
 from models.downstream import SegmentationNet
 
 GVSL_CLI = [sys.executable, "-m", "gvsl_app.cli"]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def gvsl(*args, cwd=None, timeout=300):

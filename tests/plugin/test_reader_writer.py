@@ -18,7 +18,7 @@ from gvsl_app.io.volume import Volume
 from helpers import SMALL, rotated  # noqa: E402
 
 pytestmark = pytest.mark.gui
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _world_of_index(layer, index) -> np.ndarray:

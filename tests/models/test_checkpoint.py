@@ -2,7 +2,6 @@
 
 import ast
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +9,12 @@ import torch
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS
 from models.checkpoint import CheckpointError, atomic_torch_save, load_state_into, model_state, read_checkpoint
 
+from helpers import ROOT
+
 
 def official_state() -> dict:
     """A state dict with exactly the names and shapes of the authors' release (random values)."""
-    here = Path(__file__).resolve().parent / "data" / "official_gvsl_state_dict.tsv"
+    here = ROOT / "tests" / "data" / "official_gvsl_state_dict.tsv"
     rows = [line.split("\t") for line in here.read_text().splitlines() if "\t" in line and "." in line.split("\t")[0]]
     g = torch.Generator().manual_seed(0)
     return {name: torch.randn(ast.literal_eval(shape), generator=g) * 0.01 for name, shape, _ in rows}

@@ -1,6 +1,6 @@
 """The Training panel's life: closing, hiding or floating it, a cancelled window close, Stop
 from the launch on and only once, buttons that wait for the form. A stand-in child keeps
-these quick; tests/test_plugin_training.py trains for real.
+these quick; tests/plugin/test_training_widget.py trains for real.
 """
 
 from __future__ import annotations

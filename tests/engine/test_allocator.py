@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT as REPO_ROOT
+
+ROOT = str(REPO_ROOT)
 
 # Page faults of the last of a few identical steps that each allocate and free 56 MiB
 # activations, as every forward pass of a network does.

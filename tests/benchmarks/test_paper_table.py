@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ("heart_seg", "heart_cls", "brain_seg")
 MODES = ("linear", "finetune")
 METHODS = ("scratch", "restoration", "matching", "no-affine", "gvsl", "paper-heads")
