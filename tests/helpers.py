@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,16 +82,16 @@ def make_volume(shape=(6, 9, 11), dtype=np.int16, seed=0) -> Volume:
 
 
 def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m torch.distributed.run --nproc_per_node=2 ARGS`` from the repository root on a
-    free local port, one OpenMP thread per rank, capturing stdout and stderr as text. A DDP test on
-    a fixed port failed once in a fresh-clone CI run without saying why (its stderr was not shown,
-    three reruns passed): a free port rules out a collision with anything else on the machine, and
-    the caller asserts on ``returncode`` with ``stderr`` in the message, so a failure says why."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Run ``python -m torch.distributed.run --standalone --nproc_per_node=2 ARGS`` from the
+    repository root, one OpenMP thread per rank, capturing stdout and stderr as text.
+
+    ``--standalone``: torchrun's agent binds its rendezvous store to port 0 itself and hands
+    the port to its workers, so no port is chosen here, closed, and bound again later by
+    someone else (a free port picked by the test raced with the other DDP tests and
+    processes on the machine). The caller asserts on ``returncode`` with ``stderr`` in the
+    message, so a failure says why; ``timeout`` bounds a hang."""
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,

@@ -49,8 +49,23 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
 
 
 def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, every rank together.
+
+    The ranks meet at a barrier first, then each destroys its group. Without the barrier the
+    last step left them apart: rank 1 went straight from the final all-gather to
+    ``destroy_process_group`` and exit while rank 0 still wrote ``report.json``, or rank 0
+    exited first; gloo then meets a connection its peer closed, throws in its own
+    background thread, and ``std::terminate`` ends that rank with SIGABRT (issue #31: rank 1
+    killed by SIGABRT inside a loaded full test run, never alone). A peer already gone (it
+    failed) makes the barrier raise at once: there is nothing left to wait for.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:
+        pass
+    dist.destroy_process_group()
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
