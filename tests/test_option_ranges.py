@@ -85,3 +85,14 @@ def test_configs_built_in_python_or_yaml_refuse_non_finite_and_huge_numbers(cls,
 def test_values_inside_the_ranges_are_accepted():
     PretrainConfig(lr=1.0, batch=1024, workers=0, seed=2**32 - 1, ncc_eps=1.0, affine_warmup=1000, iters=1000)
     FinetuneConfig(batch=1, workers=256, seed=0)
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "inf", "nan", "soon"])
+def test_the_collective_timeout_from_the_environment_is_range_checked(monkeypatch, raw):
+    from gvsl_app.training.distributed import collective_timeout
+
+    monkeypatch.setenv("GVSL_DIST_TIMEOUT_S", raw)
+    with pytest.raises(ValueError, match="GVSL_DIST_TIMEOUT_S"):
+        collective_timeout()
+    monkeypatch.setenv("GVSL_DIST_TIMEOUT_S", "120")
+    assert collective_timeout().total_seconds() == 120
