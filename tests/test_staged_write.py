@@ -103,3 +103,27 @@ def test_write_staged_renames_companions_before_the_target_and_cleans_up_a_failu
     with pytest.raises(IncompleteWriteError):
         write_staged(target, lambda staged: write(staged), refuse)
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".mhd"])
+def test_gvsl_segment_overwrite_on_a_full_disk_exits_2_and_keeps_the_earlier_result(
+    tiny_disk, tmp_path, seg_ckpt, capsys, suffix
+):
+    """The issue's cases: 'wrote seg.nii' with exit 0 and a truncated file; an .mhd left at 0
+    bytes with its .raw partial by --overwrite."""
+    from gvsl_app.cli import main
+    from gvsl_app.data.synthetic import make_cardiac_subject
+
+    image = write_volume(make_cardiac_subject(3, (48, 48, 48))[0], tmp_path / "ct.nii.gz")
+    out = tiny_disk / f"seg{suffix}"
+    args = ["segment", str(image), "--out", str(out), "--weights", str(seg_ckpt), "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = _files(tiny_disk)
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    (tiny_disk / "filler").write_bytes(b"\0" * max(free - 16 * 1024, 0))  # 16 KB left: the map needs ~110 KB
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write" in err and "Traceback" not in err, err
+    (tiny_disk / "filler").unlink()
+    assert _files(tiny_disk) == before  # the earlier map (and .raw) as it was; no temporary left
