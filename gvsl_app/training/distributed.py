@@ -69,13 +69,14 @@ def collective_timeout() -> datetime.timedelta:
 def teardown() -> None:
     """Leave the process group, every rank together.
 
-    The ranks meet at a barrier first, then each destroys its group. Without the barrier the
-    last step left them apart: rank 1 went straight from the final all-gather to
-    ``destroy_process_group`` and exit while rank 0 still wrote ``report.json``, or rank 0
-    exited first; gloo then meets a connection its peer closed, throws in its own
-    background thread, and ``std::terminate`` ends that rank with SIGABRT (issue #31: rank 1
-    killed by SIGABRT inside a loaded full test run, never alone). A peer already gone (it
-    failed) makes the barrier raise at once: there is nothing left to wait for.
+    The ranks meet at a barrier first, then each destroys its group, so no rank closes its
+    gloo connections while a peer may still be inside a collective with it (the last
+    all-gather of ``finish``, while rank 0 then writes ``report.json``). A gloo rank whose peer
+    closes a connection in the middle of an operation throws in gloo's own thread and ends
+    with SIGABRT; that is the likely cause of issue #31's "rank 1 killed by SIGABRT inside a
+    loaded full run", which was not reproduced here (about 100 torchrun runs, under load,
+    with and without the barrier). A peer already gone (it failed) makes the barrier raise
+    at once: there is nothing left to wait for.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
