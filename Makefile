@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 # build, several GB); https://download.pytorch.org/whl/cpu gives the ~200 MB CPU build.
 TORCH_INDEX ?=
 
-.PHONY: demo test check docs venv system-deps app-bundle bench clean
+.PHONY: demo test check docs venv system-deps app-bundle bundle-check bench clean
 
 $(BIN)/gvsl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,9 +45,31 @@ test: system-deps venv check docs
 bench: venv
 	$(BIN)/python benchmarks/bench_model.py
 
-app-bundle: venv
-	$(BIN)/pip install -q ".[app]"
-	$(BIN)/pyinstaller --noconfirm app.spec
+# The desktop bundle is built in a virtual environment of its own (.venv-bundle): a plain,
+# non-editable install of the package with the GUI, brain and PyInstaller extras, without the
+# test and dev tools. Installing ".[app]" into .venv would replace the developer's editable
+# install of the package (issue #31).
+BUNDLE_VENV := .venv-bundle
+BUNDLE_BIN := $(BUNDLE_VENV)/bin
+
+$(BUNDLE_BIN)/pyinstaller: pyproject.toml
+	$(PY) -m venv $(BUNDLE_VENV)
+	$(BUNDLE_BIN)/pip install -q --upgrade pip
+	$(BUNDLE_BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BUNDLE_BIN)/pip install -q ".[brain,gui,app]"
+	touch $(BUNDLE_BIN)/pyinstaller
+
+# dist/gvsl-studio/gvsl-studio (see app.spec). The package is reinstalled (without its
+# dependencies) each time, so that the bundle's package metadata matches the work tree.
+app-bundle: $(BUNDLE_BIN)/pyinstaller
+	$(BUNDLE_BIN)/pip install -q --no-deps --force-reinstall .
+	$(BUNDLE_BIN)/pyinstaller --noconfirm app.spec
+
+# Builds the bundle, then starts it under Xvfb on the sample pair (a screenshot) and runs a
+# frozen `gvsl-studio match` and `evaluate-labels` on sample data (scripts/check_bundle.sh).
+# Slow (about 10 min and 1 GB): run it before a release or after changing app.spec, not in CI.
+bundle-check: system-deps
+	PY=$(PY) bash scripts/check_bundle.sh
 
 clean:
-	rm -rf $(VENV) build dist site *.egg-info
+	rm -rf $(VENV) $(BUNDLE_VENV) build dist site *.egg-info

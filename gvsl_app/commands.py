@@ -217,10 +217,20 @@ def _label_names(names_file: str | None, first_label_map: Path) -> dict[int, str
     return dict(table.names)
 
 
+SAMPLE_MAX_N = 10_000
+SAMPLE_SHAPE_RANGE = (16, 512)
+"""``gvsl sample --shape``: the networks need 16 voxels (four poolings); 512³ is 256 MB an image."""
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gvsl sample``: write a synthetic or downloaded sample data set (images/, labels/)."""
     from gvsl_app.data.samples import DATASET_ENTRIES, write_samples
     from gvsl_app.io.outputs import prepare_output, staged_folder
+    from gvsl_app.training.config import MAX_SEED, check_range
+
+    check_range("--n", args.n, 1, SAMPLE_MAX_N)
+    check_range("--shape", args.shape, *SAMPLE_SHAPE_RANGE)
+    check_range("--seed", args.seed, 0, MAX_SEED)
 
     out = prepare_output(args.out, DATASET_ENTRIES, args.overwrite)
     # Written beside and swapped in whole: a re-run never leaves subjects of two data sets

@@ -62,12 +62,16 @@ def _dock_widgets(viewer) -> list:
         main = docks[0].window()  # plain Qt: the main window the docks live in
         if isinstance(main, QMainWindow):
             # tabs down the side: five tab titles in a row would widen the column again
-            main.setTabPosition(Qt.RightDockWidgetArea, QTabWidget.East)
+            main.setTabPosition(Qt.DockWidgetArea.RightDockWidgetArea, QTabWidget.TabPosition.East)
             _fit_window(viewer, main)
             # napari's own docks (layer controls, layer list) found through Qt, not napari's privates
-            left = [d for d in main.findChildren(QDockWidget) if main.dockWidgetArea(d) == Qt.LeftDockWidgetArea]
+            left = [
+                d
+                for d in main.findChildren(QDockWidget)
+                if main.dockWidgetArea(d) == Qt.DockWidgetArea.LeftDockWidgetArea
+            ]
             sizes = [LEFT_WIDTH] * len(left) + [DOCK_WIDTH]
-            QTimer.singleShot(0, lambda: main.resizeDocks([*left, docks[0]], sizes, Qt.Horizontal))
+            QTimer.singleShot(0, lambda: main.resizeDocks([*left, docks[0]], sizes, Qt.Orientation.Horizontal))
         QTimer.singleShot(0, docks[0].raise_)  # show the Z-Matching tab once the dock area is laid out
         QTimer.singleShot(0, viewer.reset_view)  # fit the image to the canvas it now has
     return docks
@@ -75,7 +79,8 @@ def _dock_widgets(viewer) -> list:
 
 def _fit_window(viewer, main) -> None:
     """On a first start, most of the screen (napari's first size is its widgets' size hint,
-    which left the image a quarter of the window); a size the user had is restored by napari."""
+    which left the image a quarter of the window); a size the user had is restored by napari.
+    """
     from napari.settings import get_settings
 
     screen = main.screen() if hasattr(main, "screen") else None
@@ -93,7 +98,8 @@ _PREFETCH: dict[str, threading.Thread] = {}
 
 def _prefetch_sample(sample: str) -> None:
     """Generate the cardiac sample pair in a thread while napari starts (about a second of
-    numpy work that would otherwise come after it); :func:`_open_sample` waits for it."""
+    numpy work that would otherwise come after it); :func:`_open_sample` waits for it.
+    """
     if sample != "cardiac":  # the brain pair imports nilearn on first use: not beside napari's imports
         return
     import gvsl_app.data.synthetic  # noqa: F401 (imported here: a thread must not race napari's imports)
@@ -186,6 +192,27 @@ def quiet_launch() -> None:
     warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend", category=UserWarning)
 
 
+def frozen_napari_frames() -> bool:
+    """In the frozen desktop app, let napari recognise its own code again; True where it did so.
+
+    napari hands plugin widgets a viewer behind a ``PublicOnlyProxy`` that warns ("Private
+    attribute access ('DirectLabelColormap._...') ... is deprecated", a toast in the app) when
+    code outside napari reads a private attribute through it; napari's own code may, and is
+    told apart by its frames' file names starting with napari's folder (``napari.utils.misc.
+    ROOT_DIR``). PyInstaller writes the modules of a bundle with relative file names
+    (``napari/layers/...``), so in the bundle every access of napari's own code looked foreign,
+    and the bundle showed toasts that ``gvsl app`` never shows. Here napari's folder is given as
+    PyInstaller names it (``napari/``: ``napari_plugin/`` and ``napari_builtins/`` stay outside).
+    Nothing changes outside a bundle.
+    """
+    if not getattr(sys, "frozen", False):
+        return False
+    from napari.utils import misc
+
+    misc.ROOT_DIR = "napari" + os.sep
+    return True
+
+
 def serial_blas() -> None:
     """Make OpenBLAS (numpy's and scipy's) run every call in the calling thread, in this process.
 
@@ -219,14 +246,45 @@ def app_settings_file() -> Path:
 
 def prefer_gvsl_reader() -> None:
     """Make this plugin the reader of medical volumes in the current napari settings, so
-    File > Open no longer asks "GVSL Studio or napari builtins?" for every .nii.gz."""
+    File > Open no longer asks "GVSL Studio or napari builtins?" for every .nii.gz.
+    """
     from napari.settings import get_settings
 
     plugins = get_settings().plugins
     plugins.extension2reader = {**plugins.extension2reader, **{p: PLUGIN for p in VOLUME_PATTERNS}}
 
 
-def run_app(files: list[str], sample: str | None = None, screenshot: str | None = None) -> int:
+MATCH_TIMEOUT_S = 900.0
+"""How long ``gvsl app --match`` waits for its Z-Matching run (a 96³ pair with the refinement
+takes well under a minute on 2 CPU cores)."""
+
+
+def match_in_app(viewer, timeout: float = MATCH_TIMEOUT_S) -> str:
+    """Run the docked Z-Matching widget on the layers it chose (the loaded pair) with its
+    defaults, as a click on *Run Z-Matching* does, and wait, the GUI alive, until it ends; its
+    result layers (warped image and labels, the displacement field) and report (Dice) are then
+    in the window. Returns the job's status (``done``, or ``error`` with the reason printed).
+    """
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_plugin._matching import MatchingWidget
+
+    widget = next((w for w in viewer.window.dock_widgets.values() if isinstance(w, MatchingWidget)), None)
+    if widget is None:
+        raise RuntimeError("the Z-Matching widget is not docked")
+    widget.run()
+    deadline = time.monotonic() + timeout
+    while widget.state.status not in ("done", "error") and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    if widget.state.status != "done":
+        print(f"gvsl app: Z-Matching did not finish: {widget.state.message or widget.state.status}", file=sys.stderr)
+    return widget.state.status
+
+
+def run_app(files: list[str], sample: str | None = None, screenshot: str | None = None, match: bool = False) -> int:
     """Open the desktop app and run its event loop until the window is closed.
 
     The app keeps its own napari settings file (:func:`app_settings_file`, unless
@@ -244,10 +302,12 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
         _prefetch_sample(sample)
     import napari
 
+    frozen_napari_frames()
     if own_settings:  # never in a napari someone else configured (a host, a test session)
         prefer_gvsl_reader()
 
     viewer = build_viewer(files, sample)
+    status = match_in_app(viewer) if match else "done"
     if screenshot:
         from qtpy.QtWidgets import QApplication
 
@@ -255,7 +315,7 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
             QApplication.processEvents()
         viewer.screenshot(str(screenshot), canvas_only=False)
         viewer.close()
-        return 0
+        return 0 if status == "done" else 1
     if os.environ.get("GVSL_APP_EXIT_WHEN_SHOWN"):
         _exit_when_shown()
     napari.run()
@@ -264,14 +324,15 @@ def run_app(files: list[str], sample: str | None = None, screenshot: str | None 
 
 def _exit_when_shown() -> None:
     """Say when the image canvas has first been painted, then quit (for
-    ``benchmarks/bench_gui.py``, which times ``gvsl app`` from process start to that line)."""
+    ``benchmarks/bench_gui.py``, which times ``gvsl app`` from process start to that line).
+    """
     from qtpy.QtCore import QEvent, QObject, QTimer
     from qtpy.QtWidgets import QApplication, QOpenGLWidget
 
     class FirstPaint(QObject):
         def eventFilter(self, obj, event) -> bool:
-            if event.type() == QEvent.Paint and isinstance(obj, QOpenGLWidget) and obj.isVisible():
-                app.removeEventFilter(self)
+            if event.type() == QEvent.Type.Paint and isinstance(obj, QOpenGLWidget) and obj.isVisible():
+                app.removeEventFilter(self)  # type: ignore[union-attr]  # checked below, before install
                 QTimer.singleShot(0, shown)  # once this paint is done
             return False
 
@@ -280,8 +341,55 @@ def _exit_when_shown() -> None:
         QApplication.quit()
 
     app = QApplication.instance()
+    assert app is not None  # called from the running app
     watcher = FirstPaint(app)
     app.installEventFilter(watcher)
+
+
+def command_names() -> frozenset[str]:
+    """The subcommands of the ``gvsl`` command line, read off its own parser
+    (:func:`gvsl_app.cli.build_parser`, the ``gvsl.commands`` entry points included), so a
+    command added there is a command of the desktop bundle too.
+    """
+    import argparse
+
+    from gvsl_app.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return frozenset(action.choices)
+    return frozenset()
+
+
+def bundle_args(args: list[str]) -> list[str]:
+    """The ``gvsl`` arguments the frozen desktop app (``gvsl-studio``, see ``app.spec``) runs:
+    no arguments open the app on the cardiac sample pair; a ``gvsl`` command or a top-level
+    option (``-v``, ``--verbose``, ``-h``) is the command line as ``gvsl`` takes it; anything
+    else is files to open in the app (dropped on it, or given as ``gvsl-studio FILE...``).
+    """
+    if not args:
+        return ["app", "--sample", "cardiac"]
+    if args[0].startswith("-") or args[0] in command_names():
+        return list(args)
+    return ["app", *args]
+
+
+def bundle_main(argv: list[str]) -> int:
+    """The frozen desktop app's ``main`` (``app.spec`` writes an entry script that calls it).
+
+    ``-m MODULE ARGS`` runs a module as ``python -m`` would: the training widget starts its
+    job as ``sys.executable -m gvsl_app.jobs.child``, and in a bundle ``sys.executable`` is
+    the app itself. Everything else goes to :func:`gvsl_app.cli.main` through :func:`bundle_args`.
+    """
+    if len(argv) >= 2 and argv[0] == "-m":
+        import runpy
+
+        sys.argv = [sys.argv[0], *argv[2:]]
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        return 0
+    from gvsl_app.cli import main
+
+    return main(bundle_args(argv))
 
 
 def add_command(sub) -> None:
@@ -290,6 +398,12 @@ def add_command(sub) -> None:
     p.add_argument("files", nargs="*")
     p.add_argument("--sample", choices=["cardiac", "brain"])
     p.add_argument("--screenshot", help="save a PNG of the window once shown, then exit")
+    p.add_argument(
+        "--match",
+        action="store_true",
+        help="run Z-Matching on the loaded pair once shown (with --screenshot, the picture shows its result)",
+    )
     p.set_defaults(
-        func=lambda args: run_app(args.files, sample=args.sample, screenshot=args.screenshot), tune_allocator=False
+        func=lambda args: run_app(args.files, sample=args.sample, screenshot=args.screenshot, match=args.match),
+        tune_allocator=False,
     )

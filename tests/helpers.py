@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,23 +83,30 @@ def make_volume(shape=(6, 9, 11), dtype=np.int16, seed=0) -> Volume:
 
 
 def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m torch.distributed.run --nproc_per_node=2 ARGS`` from the repository root on a
-    free local port, one OpenMP thread per rank, capturing stdout and stderr as text. A DDP test on
-    a fixed port failed once in a fresh-clone CI run without saying why (its stderr was not shown,
-    three reruns passed): a free port rules out a collision with anything else on the machine, and
-    the caller asserts on ``returncode`` with ``stderr`` in the message, so a failure says why.
+    """Run ``python -m torch.distributed.run --standalone --nproc_per_node=2 ARGS`` from the
+    repository root, one OpenMP thread per rank, capturing stdout and stderr as text.
+
+    ``--standalone``: torchrun's agent binds its rendezvous store to port 0 itself and hands
+    the port to its workers, so no port is chosen here, closed, and bound again later by
+    someone else (a free port picked by the test raced with the other DDP tests and
+    processes on the machine). A collective that waits for a rank that is gone fails after
+    ``GVSL_DIST_TIMEOUT_S`` (120 s here, gvsl_app.training.distributed) with gloo's message,
+    inside ``timeout``; past ``timeout`` the whole process group (agent and ranks) is killed,
+    never left running. The caller asserts on ``returncode`` with ``stderr`` in the message,
+    so a failure says why.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *args],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GVSL_DIST_TIMEOUT_S": "120"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks too, not only the agent
+        out, err = proc.communicate()
+        raise AssertionError(f"torchrun {args} ran past {timeout} s; stderr:\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def matching_widget(viewer, ckpt, size: int = 32):

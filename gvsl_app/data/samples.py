@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gvsl_app.io.volume import Volume
 
-__all__ = ["DATASET_ENTRIES", "SAMPLE_KINDS", "SAMPLE_PAIR_SEEDS", "sample_pair", "write_samples"]
+__all__ = ["DATASET_ENTRIES", "LABEL_TABLE", "SAMPLE_KINDS", "SAMPLE_PAIR_SEEDS", "sample_pair", "write_samples"]
 
 SAMPLE_KINDS = ("cardiac", "brain")
 SAMPLE_PAIR_SEEDS: dict[str, tuple[int, int]] = {"cardiac": (11, 12), "brain": (21, 22)}
@@ -22,6 +22,11 @@ SAMPLE_PAIR_SEEDS: dict[str, tuple[int, int]] = {"cardiac": (11, 12), "brain": (
 DATASET_ENTRIES = ("images", "labels", "labels.csv")
 """What :func:`write_samples` writes in its folder (``labels.csv`` only for classification):
 what ``gvsl sample --overwrite`` replaces, so no subject of an earlier data set stays."""
+
+LABEL_TABLE = "labels/labels.txt"
+"""The structure names and colours of a written data set, an ITK-SNAP label description file
+beside the label maps, where :func:`gvsl_app.io.label_tables.find_label_table` finds it (the
+reader, the Label explorer and ``gvsl evaluate-labels`` then say LV, RV, not label 1, 2)."""
 
 
 def _check_kind(kind: str) -> str:
@@ -103,16 +108,23 @@ def write_samples(
     ``labels.csv`` with about half abnormal subjects); ``brain``:
     :func:`gvsl_app.data.brain.brain_dataset` (no classification variant). Subject ``i`` uses the seed
     ``seed * 100003 + i``. ``contrast="mr"`` (cardiac) renders the same subjects as cine MR.
+    The structure names and colours go to :data:`LABEL_TABLE`.
     """
+    from gvsl_app.io.label_tables import LabelTable, write_label_table
+
     _check_kind(kind)
     if kind == "cardiac":
         from gvsl_app.data.synthetic import cardiac_dataset
 
-        return cardiac_dataset(out, n, seed, shape=shape, classification=classification, contrast=contrast)
-    if contrast != "ct":
-        raise ValueError("--contrast mr is for the cardiac samples (the brain samples are MR already)")
-    if classification:
-        raise ValueError("classification datasets exist only for the cardiac samples")
-    from gvsl_app.data.brain import brain_dataset
+        folder = cardiac_dataset(out, n, seed, shape=shape, classification=classification, contrast=contrast)
+    else:
+        if contrast != "ct":
+            raise ValueError("--contrast mr is for the cardiac samples (the brain samples are MR already)")
+        if classification:
+            raise ValueError("classification datasets exist only for the cardiac samples")
+        from gvsl_app.data.brain import brain_dataset
 
-    return brain_dataset(out, n, seed, shape=shape)
+        folder = brain_dataset(out, n, seed, shape=shape)
+    names, colors = _label_info(kind)
+    write_label_table(LabelTable(names, colors), folder / LABEL_TABLE)
+    return Path(folder)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -114,44 +113,121 @@ def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
 
 
 def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int = 1) -> Path:
-    """Write a SimpleITK image atomically; ``.nii.gz`` is deflated at ``compression_level``.
+    """Write a SimpleITK image, staged and verified; ``.nii.gz`` is deflated at ``compression_level``.
 
     SimpleITK's NIfTI writer ignores its compression-level argument and deflates slowly
     (2.4 s for a 128^3 float64 displacement field). We write the plain ``.nii`` and gzip it
     here with ISA-L when it is installed (level 1: 13 ms for a 128^3 float32 volume against
     234 ms for zlib, same size); level 0 stores (zlib) or Huffman-codes (ISA-L) without
-    matching. Either way the result is an ordinary ``.nii.gz``. Single-file formats go to a temporary
-    name and are renamed, so an interrupted write never leaves a half-written file that
-    would later read as a valid volume.
+    matching. Either way the result is an ordinary ``.nii.gz``.
+
+    Every format, the two-file ones (``.mhd`` + ``.raw``, ``.hdr`` + ``.img``) included, is
+    written beside the target under a temporary name (:func:`gvsl_app.io.outputs.write_staged`)
+    and checked (:func:`verify_written`: its header read back, the data's size) before it
+    replaces anything: ITK's writers do not raise on a full disk (they print "NWAD: wrote only
+    ..."), and a truncated file would have been renamed over a good one. An incomplete write is
+    an :class:`~gvsl_app.io.outputs.IncompleteWriteError` and leaves the earlier file as it was.
     """
+    from gvsl_app.io.outputs import IncompleteWriteError, write_staged
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     compress = path.name.lower().endswith(".gz")
-    try:
-        if _has_suffix(path, _MULTI_FILE_SUFFIXES):
-            sitk.WriteImage(img, str(path), useCompression=compress)
-            return path
-        # The temporary names keep the extension because SimpleITK picks the format from it.
-        tag = uuid.uuid4().hex[:8]
-        tmp = path.with_name(f".tmp-{tag}-{path.name}")
-        raw = path.with_name(f".tmp-{tag}-{path.name[:-3]}") if path.name.lower().endswith(".nii.gz") else None
+
+    def write(staged: Path) -> None:
         try:
-            if raw is not None:
+            if path.name.lower().endswith(".nii.gz"):
+                raw = staged.with_name(staged.name[:-3])
                 sitk.WriteImage(img, str(raw), useCompression=False)
-                gzip_file(raw, tmp, compression_level)
+                verify_written(img, raw)
+                gzip_file(raw, staged, compression_level)
+                raw.unlink()
             else:
-                sitk.WriteImage(img, str(tmp), useCompression=compress)
-            os.replace(tmp, path)
-        finally:
-            for leftover in (tmp, raw):
-                if leftover is not None and leftover.exists():
-                    leftover.unlink()
+                # SimpleITK picks the format from the extension, which the staged name keeps.
+                sitk.WriteImage(img, str(staged), useCompression=compress)
+        except RuntimeError as exc:  # ITK names the staged file: name the target instead
+            raise RuntimeError(first_line(exc).replace(str(staged.parent), str(path.parent))) from None
+
+    try:
+        return write_staged(path, write, lambda staged: verify_written(img, staged))
+    except IncompleteWriteError as exc:
+        raise IncompleteWriteError(f"cannot write {path}: {exc} Nothing at {path} was replaced.") from None
     except RuntimeError as exc:
         raise ValueError(
             f"cannot write {path}: {first_line(exc)}. Use an extension SimpleITK writes "
-            "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable."
+            "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable and the disk has room."
         ) from None
-    return path
+
+
+def _gunzipped_size(path: Path) -> int:
+    import gzip
+
+    total = 0
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            total += len(chunk)
+    return total
+
+
+def _header_end(path: Path, marker: bytes) -> int | None:
+    """Where the data of a one-file MetaImage (``.mha``) or NRRD starts: after ``marker``."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    at = head.find(marker)
+    return None if at < 0 else at + len(marker)
+
+
+def verify_written(img: sitk.Image, written: str | os.PathLike) -> None:
+    """Check that ``written`` holds all of ``img``: its header reads back (SimpleITK's
+    ``ImageFileReader.ReadImageInformation``) with the image's size and components, and the
+    file (or its data file: the ``.raw`` an ``.mhd`` names) holds every byte of the voxels.
+    An :class:`~gvsl_app.io.outputs.IncompleteWriteError` names what is missing.
+    """
+    from gvsl_app.io.outputs import IncompleteWriteError
+
+    written = Path(written)
+    name = written.name.lower()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(written))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise IncompleteWriteError(
+            f"{written.name}: the written header cannot be read back ({first_line(exc)}); is the disk full?"
+        ) from None
+    size, comps = tuple(reader.GetSize()), reader.GetNumberOfComponents()
+    if size != tuple(img.GetSize()) or comps != img.GetNumberOfComponentsPerPixel():
+        raise IncompleteWriteError(
+            f"{written.name}: the written header says {size} x {comps} components, "
+            f"not {tuple(img.GetSize())} x {img.GetNumberOfComponentsPerPixel()}; is the disk full?"
+        )
+    expected = sitk.GetArrayViewFromImage(img).nbytes
+    if name.endswith((".nii", ".nii.gz")):
+        try:
+            scan_nifti(written)  # the data size the header promises against what the file holds
+        except (VolumeReadError, EOFError, OSError) as exc:
+            detail = first_line(exc).replace(f"{written}: ", "").split(";")[0]  # without the reader's advice
+            raise IncompleteWriteError(f"{written.name}: written incompletely ({detail}); is the disk full?") from None
+        return
+    if name.endswith(".gz"):
+        try:
+            have = _gunzipped_size(written)
+        except (EOFError, OSError) as exc:
+            raise IncompleteWriteError(f"{written.name}: written incompletely ({exc}); is the disk full?") from None
+        where, need = written, expected
+    elif name.endswith(".mhd"):
+        text = written.read_text(errors="replace")
+        data = next((ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("ElementDataFile")), "")
+        where = written.parent / data
+        have, need = (where.stat().st_size if where.is_file() else 0), expected
+    elif name.endswith((".mha", ".nrrd")):
+        start = _header_end(written, b"ElementDataFile = LOCAL\n" if name.endswith(".mha") else b"\n\n")
+        where, have = written, written.stat().st_size
+        need = expected + (start or 0)
+    else:  # other formats: every file written for it together
+        where = written
+        have, need = sum(f.stat().st_size for f in written.parent.iterdir() if f.is_file()), expected
+    if have < need:
+        raise IncompleteWriteError(f"{where.name}: only {have} of {need} bytes were written; is the disk full?")
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False) -> Path:
@@ -162,7 +238,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False
     the smallest integer type that holds them (float label arrays, e.g. after a warp, are
     rounded first; NaN labels are refused). ``float64`` images are stored as ``float32``
     because no downstream tool needs the extra precision and it halves the file. Writing
-    is atomic (see :func:`write_image`).
+    is staged, verified and atomic (see :func:`write_image`).
     """
     path = Path(path)
     arr = np.asarray(volume.array)

@@ -13,11 +13,19 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-__all__ = ["OutputError", "prepare_output", "protect_inputs", "require_writable", "staged_folder"]
+__all__ = [
+    "IncompleteWriteError",
+    "OutputError",
+    "prepare_output",
+    "protect_inputs",
+    "require_writable",
+    "staged_folder",
+    "write_staged",
+]
 
 
 PARTIAL_PREFIX = ".gvsl-partial-"
@@ -26,6 +34,48 @@ PARTIAL_PREFIX = ".gvsl-partial-"
 
 class OutputError(ValueError):
     """An ``--out`` that cannot be used as given; the message names the path and what to do."""
+
+
+class IncompleteWriteError(OSError):
+    """A file that did not reach the disk whole (a full disk: ITK's writers only print
+    "NWAD: wrote only ..." and raise nothing); the earlier file at its name is unchanged.
+    """
+
+
+STAGE_PREFIX = ".gvsl-writing-"
+"""Name start of the folder :func:`write_staged` writes in, beside the target."""
+
+
+def write_staged(
+    path: str | os.PathLike, write: Callable[[Path], None], verify: Callable[[Path], None] | None = None
+) -> Path:
+    """Write ``path`` without ever leaving it half-written or replacing a good file by a bad one.
+
+    ``write(staged)`` writes the file under its own name in a fresh folder beside ``path``
+    (:data:`STAGE_PREFIX`; the same file system, so the final rename is atomic), with any
+    companion files it makes there (the ``.raw`` of an ``.mhd``, the ``.img`` of an ``.hdr``);
+    ``verify(staged)`` then checks what reached the disk and raises when it is incomplete.
+    Only then are the files renamed onto their targets, the companions first and ``path``
+    last. On any failure the staging folder is removed and the targets are as they were: no
+    temporary file is left behind. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = path.parent / f"{STAGE_PREFIX}{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        staged = stage / path.name
+        write(staged)
+        if not staged.is_file():
+            raise IncompleteWriteError(f"cannot write {path}: the writer produced no file")
+        if verify is not None:
+            verify(staged)
+        companions = sorted(f for f in stage.iterdir() if f.name != path.name)
+        for f in [*companions, staged]:
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return path
 
 
 def _nearest_existing(path: Path) -> Path:

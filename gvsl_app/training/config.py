@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -110,6 +111,12 @@ class PretrainConfig:
                 "similarity": SIMILARITIES,
                 "match_input": MATCH_INPUTS,
             },
+            bounds={
+                **COMMON_BOUNDS,
+                **{w: (0.0, MAX_WEIGHT) for w in ("w_ncc", "w_smooth", "w_mse", "w_affine")},
+                "ncc_eps": (0.0, 1.0),
+                "affine_warmup": (0, self.iters),
+            },
         )
         if self.size < 16:
             raise ValueError(f"size must be >= 16 (four poolings), got {self.size}")
@@ -158,6 +165,7 @@ class FinetuneConfig:
             positive=("iters", "size", "width", "batch", "val_every", "log_every", "lr"),
             non_negative=("workers", "n_train", "seed"),
             choices={"task": ("seg", "cls")},
+            bounds=COMMON_BOUNDS,
         )
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
@@ -176,14 +184,49 @@ _TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float),
 _KIND = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
+MAX_SEED = 2**32 - 1
+"""numpy's generators take seeds up to 2**32 - 1."""
+MAX_INT = MAX_SEED
+"""The largest whole number any option takes (a 99999999999 is a typo, not a request)."""
+MAX_WORKERS = 256
+MAX_BATCH = 1024
+MAX_WEIGHT = 1e6
+COMMON_BOUNDS: dict[str, tuple[float, float]] = {
+    "batch": (1, MAX_BATCH),
+    "workers": (0, MAX_WORKERS),
+    "seed": (0, MAX_SEED),
+    "lr": (0.0, 1.0),
+}
+"""Closed ranges of the training options (beyond > 0 / >= 0), checked by :func:`check_values`."""
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of option ``name`` (``ncc_eps`` -> ``--ncc-eps``)."""
+    return "--" + name.replace("_", "-")
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """Refuse ``value`` outside ``[low, high]`` or not finite, naming ``name`` (a flag such as
+    ``--n``, or an option, whose flag is added) in the message.
+    """
+    label = name if name.startswith("-") else f"{name} ({flag_of(name)})"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"option {label} must be a finite number, got {value}")
+    if not low <= value <= high:
+        raise ValueError(f"option {label} must lie between {low:g} and {high:g}, got {value}")
+
+
 def check_values(
     config: Any,
     positive: tuple[str, ...] = (),
     non_negative: tuple[str, ...] = (),
     choices: dict[str, tuple[str, ...]] | None = None,
+    bounds: dict[str, tuple[float, float]] | None = None,
 ) -> None:
-    """Check every option's type against its annotation, then the ranges, the choices and
-    that ``resume`` and ``overwrite`` are not both set; errors name the option.
+    """Check every option's type against its annotation, then that numbers are finite and
+    whole numbers at most :data:`MAX_INT`, the ranges (``bounds``: closed ranges by option),
+    the choices and that ``resume`` and ``overwrite`` are not both set; errors name the
+    option and its command-line flag.
 
     YAML and Python callers can pass anything: ``amp: 'false'`` is a non-empty string (true
     in Python) and ``iters: 'ten'`` would fail much later with an unrelated message, and
@@ -198,12 +241,18 @@ def check_values(
         wrong = not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool))
         if wrong:
             raise ValueError(f"option {f.name}: expected {_KIND[kind]}, got {value!r} ({type(value).__name__})")
+        if kind == "float" and not math.isfinite(value):
+            raise ValueError(f"option {f.name} must be a finite number, got {value} ({flag_of(f.name)})")
+        if kind == "int" and abs(value) > MAX_INT:
+            raise ValueError(f"option {f.name} must be at most {MAX_INT} in size, got {value} ({flag_of(f.name)})")
     for name in positive:
         if not getattr(config, name) > 0:
-            raise ValueError(f"option {name} must be > 0, got {getattr(config, name)}")
+            raise ValueError(f"option {name} must be > 0, got {getattr(config, name)} ({flag_of(name)})")
     for name in non_negative:
         if getattr(config, name) < 0:
-            raise ValueError(f"option {name} must be >= 0, got {getattr(config, name)}")
+            raise ValueError(f"option {name} must be >= 0, got {getattr(config, name)} ({flag_of(name)})")
+    for name, (low, high) in (bounds or {}).items():
+        check_range(name, getattr(config, name), low, high)
     for name, allowed in (choices or {}).items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of {', '.join(allowed)}")

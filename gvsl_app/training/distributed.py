@@ -8,6 +8,7 @@ single process (rank 0 of 1).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,14 +49,47 @@ def setup(device: str = "auto") -> tuple[DistInfo, torch.device]:
         dev = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=collective_timeout())
     return DistInfo(rank, world, local), dev
 
 
+DEFAULT_TIMEOUT_S = 1800
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for the other ranks before it fails with the reason:
+    ``GVSL_DIST_TIMEOUT_S`` seconds (default 30 minutes, torch's own; the tests set 2 minutes,
+    so a rank that is gone fails their run with gloo's message instead of their time limit).
+    """
+    raw = os.environ.get("GVSL_DIST_TIMEOUT_S", "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"GVSL_DIST_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"GVSL_DIST_TIMEOUT_S must be a positive number of seconds, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
 def teardown() -> None:
-    """Destroy the process group, if one was initialised."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group, every rank together.
+
+    The ranks meet at a barrier first, then each destroys its group, so no rank closes its
+    gloo connections while a peer may still be inside a collective with it (the last
+    all-gather of ``finish``, while rank 0 then writes ``report.json``). A gloo rank whose peer
+    closes a connection in the middle of an operation throws in gloo's own thread and ends
+    with SIGABRT; that is the likely cause of issue #31's "rank 1 killed by SIGABRT inside a
+    loaded full run", which was not reproduced here (about 100 torchrun runs, under load,
+    with and without the barrier). A peer already gone (it failed) makes the barrier raise
+    at once: there is nothing left to wait for.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except RuntimeError:
+        pass
+    dist.destroy_process_group()
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:

@@ -247,3 +247,27 @@ def test_the_image_canvas_is_the_widest_panel_of_the_app_window(make_napari_view
         (d.windowTitle(), d.minimumSizeHint().width()) for d in right
     ]
     assert canvas.width() > 0.4 * main.width()
+
+
+def test_gvsl_app_match_runs_z_matching_in_the_window_so_a_screenshot_shows_the_result(
+    make_napari_viewer, small_samples, gvsl_ckpt, qtbot
+):
+    """``gvsl app --sample cardiac --match --screenshot PNG`` (the headless ``make demo``): the
+    window shows the warped image, the displacement field and the Dice of the match, not the
+    empty form before it.
+    """
+    from napari_plugin import app
+    from napari_plugin._matching import DISPLACEMENT, WARPED, WARPED_LABELS, MatchingWidget
+
+    viewer = app.build_viewer(sample="cardiac", viewer=make_napari_viewer())
+    [widget] = [w for w in viewer.window.dock_widgets.values() if isinstance(w, MatchingWidget)]
+    widget.refine.setChecked(False)  # small and quick: the flow is what is tested
+    widget.weights.add_path(str(gvsl_ckpt))
+    widget.device.setCurrentText("cpu")
+    widget.cube_size.setValue(32)
+    assert widget.report.text() == ""
+    assert app.match_in_app(viewer, timeout=240) == "done", widget.state.message
+    names = {layer.name for layer in viewer.layers}
+    assert {WARPED, WARPED_LABELS, DISPLACEMENT} <= names
+    assert "Dice" in widget.report.text()
+    assert widget.controls.status.text()  # the progress line says it is done

@@ -230,7 +230,12 @@ def test_sample_refuses_a_folder_holding_a_data_set_unless_overwrite(tmp_path, c
     assert snapshot(out) == earlier
     (out / "notes.txt").write_text("mine")
     assert run_cli(capsys, "sample", "cardiac", "--out", out, "--n", 1, "--shape", 20, "--overwrite")[0] == 0
-    assert sorted(snapshot(out)) == ["images/case_000.nii.gz", "labels/case_000.nii.gz", "notes.txt"]
+    assert sorted(snapshot(out)) == [
+        "images/case_000.nii.gz",
+        "labels/case_000.nii.gz",
+        "labels/labels.txt",
+        "notes.txt",
+    ]
     assert read_volume(out / "images" / "case_000.nii.gz").shape == (20, 20, 20)
 
 

@@ -268,7 +268,9 @@ P.PretrainObjective.forward = forward
 cfg = PretrainConfig(data="synthetic:cardiac", n_synthetic=4, run={str(tmp_path / "nan")!r}, iters=50, size=24,
                      width=4, workers=0, device="cpu", log_every=1, ckpt_every=1, val_every=50)
 last = [p for p in P.pretrain(cfg)][-1]
-print("RANK", os.environ["RANK"], last.phase, last.iteration, flush=True)
+# one write() of one line: under torchrun both ranks share the pipe, unbuffered, and print()'s
+# separate pieces interleaved ("RANKRANK  01  errorerror  11") about once in ten loaded runs
+os.write(1, f"RANK {{os.environ['RANK']}} {{last.phase}} {{last.iteration}}\\n".encode())
 """)
     proc = torchrun([str(script)])
     assert proc.returncode == 0, proc.stderr[-2000:]
