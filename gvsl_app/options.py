@@ -216,8 +216,8 @@ class SegmentOptions:
 class EmbedOptions:
     """The options of ``gvsl embed`` and the Feature clusters widget (besides the weights)."""
 
-    per_label: int = option(500, "voxels sampled per structure", minimum=1)
-    size: int = option(96, "working cube side in voxels", minimum=16)
+    per_label: int = option(500, "voxels sampled per structure", minimum=1, maximum=5000)
+    size: int = option(96, "working cube side in voxels", minimum=16, maximum=512, why="the network pools four times")
     seed: int = option(0, "seed of the voxel sampling and of t-SNE", minimum=0, maximum=2**32 - 1)
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -29,17 +29,20 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from gvsl_app.jobs.state import JobState, shared_checkpoints
+from gvsl_app.options import EmbedOptions
 
 from . import _warmup
-from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, random_model, spin_box, thick_slices
+from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, random_model, thick_slices
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
+from ._options_form import OptionRow
 
 if TYPE_CHECKING:  # matplotlib and the engine: imported in the background after start (see `canvas`)
     from gvsl_app.services.embed import EmbedResult
@@ -140,8 +143,12 @@ class ClustersWidget(QWidget):
         self.labels = LayerCombo(v, Labels, prefer=("fixed",))
         self.weights_a = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
-        self.per_label = spin_box(10, 5000, 300, 50)
-        self.cube_size = spin_box(16, 256, 96, 16)
+        # rows made from the engine's EmbedOptions: gvsl embed's ranges, defaults and help
+        self.options = {name: OptionRow(EmbedOptions, name) for name in ("per_label", "size")}
+        self.per_label = cast(QSpinBox, self.options["per_label"].native)
+        self.per_label.setSingleStep(50)
+        self.cube_size = cast(QSpinBox, self.options["size"].native)
+        self.cube_size.setSingleStep(16)
         self.device = device_combo()
         form = QFormLayout()
         for label, w in (

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QSpinBox, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QPushButton, QWidget
 
 from ._warmup import when_ready
 
@@ -235,16 +235,6 @@ class WeightsChooser(QWidget):
     def value(self):
         """``None`` (demo), ``"random"``, ``"none"`` or a checkpoint path."""
         return self.combo.currentData()
-
-
-def spin_box(lo: int, hi: int, value: int | None = None, step: int = 1) -> QSpinBox:
-    """An integer spin box with a range, a step and (optionally) a value."""
-    s = QSpinBox()
-    s.setRange(lo, hi)
-    s.setSingleStep(step)
-    if value is not None:
-        s.setValue(value)
-    return s
 
 
 def results_table(columns: tuple[str, ...]):

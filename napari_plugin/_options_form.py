@@ -8,7 +8,7 @@ import dataclasses
 import typing
 from typing import Any, cast
 
-from magicgui.widgets import CheckBox, ComboBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox
 from qtpy.QtWidgets import QSpinBox, QWidget
 
 AUTO = "auto"
@@ -27,20 +27,18 @@ class OptionRow:
         meta, default = field.metadata, cast(Any, field.default)  # every option has a plain default
         tooltip = meta.get("help", "")
         self.auto = type(None) in typing.get_args(kind)
-        self._magic: ComboBox | CheckBox | SpinBox | None = None
+        self._magic: ComboBox | CheckBox | None = None
         if meta.get("choices") is not None:
             self._magic = ComboBox(choices=meta["choices"].values(), value=str(default), tooltip=tooltip)
         elif kind is bool:
             self._magic = CheckBox(value=bool(default), tooltip=tooltip)
-        elif not self.auto:
-            lo, hi = int(meta.get("minimum", 0)), int(meta.get("maximum", 2**31 - 1))
-            self._magic = SpinBox(value=int(default), min=lo, max=hi, tooltip=tooltip)
         if self._magic is not None:
             self.native: QWidget = self._magic.native
         else:
             spin = QSpinBox()
-            spin.setRange(0, int(meta.get("maximum", 2**31 - 1)))
-            spin.setSpecialValueText(AUTO)
+            spin.setRange(0 if self.auto else int(meta.get("minimum", 0)), int(meta.get("maximum", 2**31 - 1)))
+            if self.auto:
+                spin.setSpecialValueText(AUTO)
             spin.setValue(int(default or 0))
             spin.setToolTip(tooltip)
             self.native = spin
@@ -51,4 +49,4 @@ class OptionRow:
         if self._magic is not None:
             return self._magic.value
         assert isinstance(self.native, QSpinBox)
-        return self.native.value() or None
+        return (self.native.value() or None) if self.auto else self.native.value()

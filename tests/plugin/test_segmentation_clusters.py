@@ -372,3 +372,16 @@ def test_the_table_says_n_a_for_a_structure_in_neither_map(make_napari_viewer):
     cells = {w.table.item(r, 0).text(): w.table.item(r, 3).text() for r in range(w.table.rowCount())}
     assert cells == {"LV": "0.800", "RV": "n/a"}
     assert "mean Dice 0.800 over 1 structures" in w.summary.text()
+
+
+def test_the_feature_clusters_rows_are_gvsl_embeds_options(make_napari_viewer):
+    """The clusters widget's sampling and working size come from EmbedOptions, as `gvsl embed`'s:
+    same defaults and ranges (the widget sampled 300 voxels per label where the CLI took 500)."""
+    from gvsl_app.cli import build_parser
+    from gvsl_app.options import EmbedOptions, from_args
+    from napari_plugin._clusters import ClustersWidget
+
+    w = ClustersWidget(make_napari_viewer())
+    cli = from_args(EmbedOptions, build_parser().parse_args(["embed", "i.nii.gz", "l.nii.gz", "--out", "o"]))
+    assert (w.per_label.value(), w.cube_size.value()) == (cli.per_label, cli.size)
+    assert (w.per_label.maximum(), w.cube_size.minimum()) == (5000, 16)
