@@ -376,7 +376,8 @@ def test_the_table_says_n_a_for_a_structure_in_neither_map(make_napari_viewer):
 
 def test_the_feature_clusters_rows_are_gvsl_embeds_options(make_napari_viewer):
     """The clusters widget's sampling and working size come from EmbedOptions, as `gvsl embed`'s:
-    same defaults and ranges (the widget sampled 300 voxels per label where the CLI took 500)."""
+    same defaults and ranges (the widget sampled 300 voxels per label where the CLI took 500).
+    """
     from gvsl_app.cli import build_parser
     from gvsl_app.options import EmbedOptions, from_args
     from napari_plugin._clusters import ClustersWidget
