@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from gvsl_app.data.preprocess import normalise, resize_array
 from gvsl_app.io.images import geometry_differences
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
+from gvsl_app.services.stages import StageClock
 from gvsl_app.services.weights import load_gvsl
 from models import GVSL, resolve_device
 
@@ -213,23 +213,20 @@ def embed(
     ``labels`` must lie on ``image``'s grid (shape, spacing, origin, direction), else
     ``ValueError``.
     """
-    say = progress or (lambda s, f: None)
+    clock = StageClock(progress)
     _check_on_grid(labels, image)
     check_enough_voxels(np.asarray(labels.array), per_label, labels.source)
     vox = sample_voxels(np.asarray(labels.array), per_label, seed)
     dev = resolve_device(device)
-    t0 = time.perf_counter()
-    say("features", 0.1)
-    info = "given model"
-    if model is None:
-        model, info = load_gvsl(weights, dev)
-    feats = local_features(model, normalise(image), size, dev)
-    x = features_at(feats, vox, image.shape)
-    lab = np.asarray(labels.array)[tuple(vox.T)]
-    t1 = time.perf_counter()
-    say("t-SNE", 0.4)
-    xy = tsne_2d(x, seed)
-    t2 = time.perf_counter()
+    with clock.stage("features", 0.1):
+        info = "given model"
+        if model is None:
+            model, info = load_gvsl(weights, dev)
+        feats = local_features(model, normalise(image), size, dev)
+        x = features_at(feats, vox, image.shape)
+        lab = np.asarray(labels.array)[tuple(vox.T)]
+    with clock.stage("tsne", 0.4, "t-SNE"):
+        xy = tsne_2d(x, seed)
     sil_features, sil_2d = _silhouettes(x, xy, lab)
     record = EmbedReport(
         image=image.source,
@@ -243,9 +240,9 @@ def embed(
         points_per_label={str(int(v)): int(c) for v, c in zip(*np.unique(lab, return_counts=True))},
         silhouette_features=sil_features,
         silhouette_2d=sil_2d,
-        seconds={"features_s": t1 - t0, "tsne_s": t2 - t1},
+        seconds={k: v for k, v in clock.seconds.items()},
     )
-    say("done", 1.0)
+    clock.say("done", 1.0)
     return EmbedResult(xy=xy, labels=lab, voxels=vox, features=x, record=record)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import dice_per_label, label_volumes_ml, mean_dice
+from gvsl_app.services.stages import StageClock
 from gvsl_app.services.weights import DEMO_SEG, DEMO_SEGMENTERS
 from models import resolve_device
 from models.checkpoint import CheckpointError, load_state_into, read_checkpoint
@@ -67,7 +67,7 @@ class SegmentReport:
         reference_volume_ml: The reference's volume per label in millilitres.
         reference_labels_not_in_model: Reference label values the model does not have
             (left out of :meth:`as_dict` when none).
-        seconds: ``load_s``, ``inference_s`` and ``total_s``.
+        seconds: ``load_s``, ``inference_s``, ``score_s`` (Dice and distances) and ``total_s``.
     """
 
     image: str
@@ -291,18 +291,18 @@ def segment(
     if reference is not None:
         _check_on_grid(reference, image)
     dev = resolve_device(device)
-    t0 = time.perf_counter()
-    weights, chosen = _choose_weights(image, weights)
-    model, ck = load_segmenter(weights, dev)
-    roi = int((ck.get("preprocess") or {}).get("size", 48))
-    names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
-    trained = _training_spacing_or_warn(ck, weights, image)
-    inputs = _on_training_grid(image, trained)
-    t1 = time.perf_counter()
-    pred, dev = _segment_or_cpu(model, inputs.norm, roi, dev)
-    if inputs.grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
-        pred = resample_to(inputs.grid.with_array(pred), image, is_label=True, nearest_outside=True).array
-    t2 = time.perf_counter()
+    clock = StageClock()
+    with clock.stage("load", 0.1):
+        weights, chosen = _choose_weights(image, weights)
+        model, ck = load_segmenter(weights, dev)
+        roi = int((ck.get("preprocess") or {}).get("size", 48))
+        names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
+        trained = _training_spacing_or_warn(ck, weights, image)
+        inputs = _on_training_grid(image, trained)
+    with clock.stage("inference", 0.5):
+        pred, dev = _segment_or_cpu(model, inputs.norm, roi, dev)
+        if inputs.grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
+            pred = resample_to(inputs.grid.with_array(pred), image, is_label=True, nearest_outside=True).array
     ids = list(range(1, model.n_classes))
     vols = label_volumes_ml(pred, image.spacing)  # only the voxel volume matters, not the axis order
     record = SegmentReport(
@@ -321,9 +321,10 @@ def segment(
         label_names={str(k): names.get(k, str(k)) for k in ids},
         volume_ml={str(k): vols.get(k, 0.0) for k in ids},
     )
-    if reference is not None:
-        record.score_against(pred, reference, ids, image.spacing)
-    record.seconds = {"load_s": t1 - t0, "inference_s": t2 - t1, "total_s": time.perf_counter() - t0}
+    with clock.stage("score", 0.9):
+        if reference is not None:
+            record.score_against(pred, reference, ids, image.spacing)
+    record.seconds = clock.rounded()
     return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
 
 
