@@ -46,7 +46,10 @@ def oblique_ct(tmp_path) -> tuple[Path, Volume]:
 def test_manifest_validates_and_imports():
     for target in ("gvsl-studio", str(ROOT / "napari_plugin" / "napari.yaml")):
         res = subprocess.run(
-            [sys.executable, "-m", "npe2", "validate", "--imports", target], capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "npe2", "validate", "--imports", target],
+            capture_output=True,
+            encoding="utf-8",  # npe2 prints check marks; a C/POSIX locale would decode them as ASCII
+            timeout=300,
         )
         assert res.returncode == 0, res.stdout + res.stderr
     from npe2 import PluginManager

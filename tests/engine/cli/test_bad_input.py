@@ -205,15 +205,18 @@ CASES = [
     ("match-2d-image", _with(M, img2="{img2d}"), "flat2d.nii.gz", None),
     ("match-tiny-volume", _with(M, img2="{tiny}"), "tiny.nii.gz", None),
     ("match-all-nan", _with(M, img2="{all_nan}"), "allnan.nii.gz", None),
-    ("match-no-overlap", _with(M, img2="{far}"), "do not overlap", None),
+    # in the files' own frames (--init none) a pair that does not overlap is refused; the default
+    # initial alignment matches it (tests/engine/services/test_matching_real_pairs.py)
+    ("match-no-overlap", _with(M, img2="{far}") + ["--init", "none"], "do not overlap", None),
     ("match-labels-other-grid", M + ["--moving-labels", "{lab_grid}"], "othergrid_labels.nii.gz", None),
     ("match-labels-negative", M + ["--moving-labels", "{lab_neg}"], "negative_labels.nii.gz", None),
     ("match-labels-fraction", M + ["--fixed-labels", "{lab_frac}"], "fraction_labels.nii.gz", None),
     ("match-labels-nan", M + ["--fixed-labels", "{lab_nan}"], "nan_labels.nii.gz", None),
     ("match-labels-missing", M + ["--fixed-labels", "{lab}.missing"], "{lab}.missing: no such file", None),
     # match: options and weights
-    ("match-size-zero", _with(M, size="0"), "working size must be >= 16", None),
-    ("match-size-small", _with(M, size="8"), "working size must be >= 16", None),
+    ("match-size-zero", _with(M, size="0"), "--size must be >= 16 (the network pools four times), got 0", None),
+    ("match-size-small", _with(M, size="8"), "--size must be >= 16 (the network pools four times), got 8", None),
+    ("match-passes-huge", M + ["--passes", "99999999999"], "--passes must be <= 10", None),
     ("match-weights-noise", _with(M, weights="{noise_pt}"), "noise.pt: not a PyTorch checkpoint", None),
     ("match-weights-missing", _with(M, weights="{gvsl_pt}.missing"), "no such checkpoint", None),
     ("match-weights-segmentation", _with(M, weights="{seg_pt}"), "seg.pt: this is a segmentation checkpoint", None),
