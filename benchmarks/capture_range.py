@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="+", help="rows as DEGREES:SHIFT_MM (default: 0 to 60 deg, 0 to 80 mm)")
     ap.add_argument("--weights", nargs="+", default=[None], help="GVSL checkpoints (default: the demo weights)")
     ap.add_argument("--no-sitk", action="store_true")
+    ap.add_argument("--sitk-only", action="store_true", help="only before and SimpleITK (a baseline rerun)")
     ap.add_argument(
         "--no-frames", action="store_true", help="skip the refine column (the files' frames, no initial alignment)"
     )
@@ -171,11 +172,12 @@ def main(argv=None) -> int:
                 "pair": f"{2 * i}->{2 * i + 1}",
                 "before": mean_dice(resample_to(ml, fi, is_label=True).array, fl),
             }
-            for name, model in models.items():
+            for name, model in models.items() if not args.sitk_only else ():
                 cell[f"default[{name}]"] = run_gvsl(fi, mi, fl, ml, model)
                 cell[f"init+net[{name}]"] = run_gvsl(fi, mi, fl, ml, model, refine=False)
-            cell["init+refine"] = run_gvsl(fi, mi, fl, ml, untrained)
-            if not args.no_frames:
+            if not args.sitk_only:
+                cell["init+refine"] = run_gvsl(fi, mi, fl, ml, untrained)
+            if not args.no_frames and not args.sitk_only:
                 cell["refine"] = run_gvsl(fi, mi, fl, ml, untrained, init="none")
             if not args.no_sitk:
                 cell["sitk"] = run_sitk(fi, mi, fl, ml)

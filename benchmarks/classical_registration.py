@@ -74,7 +74,10 @@ def classical_registration(
         "geometry": sitk.CenteredTransformInitializerFilter.GEOMETRY,
         "moments": sitk.CenteredTransformInitializerFilter.MOMENTS,
     }
-    init = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(3), how[initializer])
+    # moments weigh each voxel by its intensity: CT's air at -1000 HU would pull them, so they are
+    # taken on the intensities above each scan's minimum (what a user would pass to ANTs/elastix)
+    f0, m0 = (x - float(sitk.GetArrayViewFromImage(x).min()) for x in (f, m))
+    init = sitk.CenteredTransformInitializer(f0, m0, sitk.AffineTransform(3), how[initializer])
     r.SetInitialTransform(init, inPlace=False)
     affine = r.Execute(f, m)
 
