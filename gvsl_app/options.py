@@ -248,11 +248,6 @@ def check_options(options: Any) -> None:
             raise ValueError(f"{name} must be <= {hi}{why}, got {value}")
 
 
-def defaults(options_cls: type) -> dict[str, Any]:
-    """Each field's default of an options dataclass, by name (what a widget starts with)."""
-    return {f.name: f.default for f in dataclasses.fields(options_cls)}
-
-
 def from_args(options_cls: type[O], args: Any) -> O:
     """The ``options_cls`` dataclass from parsed command-line arguments (an ``argparse``
     namespace with one attribute per field); its range checks apply.

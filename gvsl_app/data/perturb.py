@@ -14,7 +14,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from gvsl_app.data.preprocess import affine_transform
+from gvsl_app.data.preprocess import affine_transform, physical_centre
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 
@@ -52,8 +52,7 @@ def moved_anatomy(
     ``shift_mm`` (physical x, y, z), on the same grid: a scan of the same body in another pose.
     Labels move by nearest neighbour; what leaves the grid is lost (pad it first).
     """
-    m = volume.index_to_physical_matrix()
-    centre = m[:3, :3] @ ((np.asarray(volume.shape, float) - 1.0) / 2.0) + m[:3, 3]
+    centre = physical_centre(volume)
     rot = euler_matrix(degrees)
     # the voxel at y shows what was at R^-1 (y - c - t) + c
     back = np.eye(4)

@@ -184,6 +184,12 @@ def physical_bounds(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(axis=0), pts.max(axis=0)
 
 
+def physical_centre(volume: Volume) -> np.ndarray:
+    """The physical centre (x, y, z) in mm of the volume's grid (its middle voxel position)."""
+    m = volume.index_to_physical_matrix()  # (z, y, x) index -> physical (x, y, z)
+    return m[:3, :3] @ ((np.asarray(volume.shape, float) - 1.0) / 2.0) + m[:3, 3]
+
+
 def physical_overlap(a: Volume, b: Volume) -> float:
     """Fraction (0 to 1) of ``a``'s physical box that lies inside ``b``'s physical box.
 

@@ -240,7 +240,7 @@ def embed(
         points_per_label={str(int(v)): int(c) for v, c in zip(*np.unique(lab, return_counts=True))},
         silhouette_features=sil_features,
         silhouette_2d=sil_2d,
-        seconds={k: v for k, v in clock.seconds.items()},
+        seconds=dict(clock.seconds),
     )
     clock.say("done", 1.0)
     return EmbedResult(xy=xy, labels=lab, voxels=vox, features=x, record=record)

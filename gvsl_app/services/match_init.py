@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from scipy.ndimage import map_coordinates
 
 from gvsl_app.data.perturb import euler_matrix
-from gvsl_app.data.preprocess import normalise
+from gvsl_app.data.preprocess import normalise, physical_centre
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 from gvsl_app.options import InitMode
@@ -63,11 +63,6 @@ class InitialAlignment:
     moving_coverage: float = 1.0
     correlation: float = 1.0
     candidates: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def moved(self) -> bool:
-        """Whether the alignment is other than the files' own frames."""
-        return not np.allclose(self.matrix, np.eye(4))
 
     def to_json(self) -> dict:
         """The report's ``init`` entry."""
@@ -128,12 +123,6 @@ def _coarse(volume: Volume) -> _Coarse:
     return _Coarse(small, flat, points, np.clip(flat - floor, 0.0, None))
 
 
-def _box_centre(volume: Volume) -> np.ndarray:
-    """The physical centre (x, y, z) of the scan's field of view."""
-    m = volume.index_to_physical_matrix()  # (z, y, x) index -> physical (x, y, z)
-    return m[:3, :3] @ ((np.asarray(volume.shape, float) - 1.0) / 2.0) + m[:3, 3]
-
-
 def _translation(t: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     out[:3, 3] = t
@@ -161,16 +150,10 @@ class _Scorer:
         self.fixed, self.moving = fixed, moving
         self.f_bins = _bins(fixed.values, fixed.values)
         self.content = fixed.weights / max(float(fixed.weights.sum()), 1e-12)
-        direction = np.asarray(moving.image.GetDirection()).reshape(3, 3)
-        self.to_index = np.linalg.inv(direction @ np.diag(moving.image.GetSpacing()))  # mm -> (x, y, z) index
-        self.origin = np.asarray(moving.image.GetOrigin())
-        self.size = np.asarray(moving.image.GetSize(), float)  # (x, y, z)
+        self.to_index, self.origin, self.size = _index_frame(moving.image)
         self.array = moving.values.reshape(sitk.GetArrayFromImage(moving.image).shape)
         self.moving_content = moving.weights / max(float(moving.weights.sum()), 1e-12)
-        f_dir = np.asarray(fixed.image.GetDirection()).reshape(3, 3)
-        self.fixed_to_index = np.linalg.inv(f_dir @ np.diag(fixed.image.GetSpacing()))
-        self.fixed_origin = np.asarray(fixed.image.GetOrigin())
-        self.fixed_size = np.asarray(fixed.image.GetSize(), float)
+        self.fixed_to_index, self.fixed_origin, self.fixed_size = _index_frame(fixed.image)
 
     def moving_coverage(self, matrix: np.ndarray) -> float:
         """Share of the moving scan's content that lands on the fixed scan once placed by ``matrix``."""
@@ -230,6 +213,15 @@ class _Scorer:
         return self.at_points(self.placed(matrix), self.moving_coverage(matrix))
 
 
+def _index_frame(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mm -> (x, y, z) index matrix, origin, size (x, y, z)) of an image's grid: a point ``p``
+    is at continuous index ``(p - origin) @ M.T``, inside when within [-0.5, size - 0.5].
+    """
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    to_index = np.linalg.inv(direction @ np.diag(image.GetSpacing()))
+    return to_index, np.asarray(image.GetOrigin()), np.asarray(image.GetSize(), float)
+
+
 def _bins(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Histogram bin of each value, over the range of ``reference`` (its scan's values)."""
     lo, hi = float(reference.min()), float(reference.max())
@@ -285,7 +277,7 @@ def _candidates(
     """Every candidate of ``mode`` (all of them for ``auto``) with its score."""
     out: dict[str, tuple[float, np.ndarray]] = {}
     if mode in (InitMode.AUTO, InitMode.GEOMETRY):
-        t = _translation(_box_centre(moving) - _box_centre(fixed))
+        t = _translation(physical_centre(moving) - physical_centre(fixed))
         out["geometry"] = (score(t), t)
     cf, cm = f.centre_of_mass, m.centre_of_mass
     if mode in (InitMode.AUTO, InitMode.MASS, InitMode.MOMENTS):
@@ -332,10 +324,6 @@ class PairScore:
 
     def __init__(self, fixed: Volume, moving: Volume) -> None:
         self.scorer = _Scorer(_coarse(fixed), _coarse(moving))
-
-    def of_matrix(self, matrix: np.ndarray) -> float:
-        """The score of the moving scan placed by ``matrix`` (fixed point -> moving point)."""
-        return self.scorer(matrix)
 
     def of_field(self, fixed: Volume, displacement_mm: np.ndarray, near: np.ndarray | None = None) -> float:
         """The score of the map ``x -> x + d(x)`` given on ``fixed``'s grid (z, y, x, 3), in mm;

@@ -39,7 +39,7 @@ FOLDING_PERCENT = 0.5
 
 def judge(pair: PairScore, init: InitialAlignment, fixed: Volume, disp_mm: np.ndarray, jac: np.ndarray) -> Quality:
     """The verdict on a finished match (its map ``disp_mm`` on the fixed grid, its Jacobian)."""
-    identity = pair.of_matrix(np.eye(4))
+    identity = init.candidates["none"]  # every mode scores the files' own frames
     after = pair.of_field(fixed, disp_mm, near=init.matrix)
     folding = float((jac <= 0).mean() * 100.0)
     failed, doubtful = [], []

@@ -228,9 +228,8 @@ def _start(fixed: Volume, moving: Volume, opts: MatchOptions) -> _Start:
     """Place the moving scan (``opts.init``); with ``init none`` a pair whose frames do not
     meet is refused, as there is nothing to match.
     """
-    overlap = physical_overlap(fixed, moving)
-    if opts.init == InitMode.NONE:
-        check_overlap(fixed, moving)
+    # in the files' frames (init none) a pair whose frames do not meet has nothing to match
+    overlap = check_overlap(fixed, moving) if opts.init == InitMode.NONE else physical_overlap(fixed, moving)
     pair = PairScore(fixed, moving)
     # a scan with one value everywhere has nothing to align by: its files' frames stand
     mode = InitMode.NONE if _flat_image_note(fixed, moving) else opts.init

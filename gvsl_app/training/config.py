@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from gvsl_app.options import PoseRange
 from models.gvsl import AFFINE_HEADS, DEFORMABLE_HEADS
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class PretrainConfig:
             raise ValueError(f"n_synthetic must be >= 2 (a pair needs two subjects), got {self.n_synthetic}")
         if self.decay_start >= self.iters:
             raise ValueError(f"decay_start ({self.decay_start}) must be below iters ({self.iters}), or 0 for no decay")
-        if self.relative_pose not in (False, True, "small", "large"):
+        if self.relative_pose not in (False, True, *PoseRange.values()):
             raise ValueError(f"relative_pose must be false, true, small or large, got {self.relative_pose!r}")
 
 
