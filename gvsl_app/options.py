@@ -151,7 +151,8 @@ class MatchOptions:
     fallback compare (``auto``: MIND-SSC when the two scans' intensities say they are of
     different contrasts, else local NCC); ``passes`` applies the network again to its own
     result; ``fallback`` keeps the identity (or the initial alignment) when the network's map
-    makes the pair less alike.
+    makes the pair less alike; ``overlap_mask`` restricts every similarity to where the placed
+    moving scan has data (a partial field of view).
     """
 
     size: int | None = option(
@@ -198,6 +199,12 @@ class MatchOptions:
         True,
         "use the identity (or the initial alignment) when the network's map lowers the similarity (default); "
         "--no-fallback keeps the network's map whatever it does",
+    )
+    overlap_mask: bool = option(
+        True,
+        "compare the pair only where the moving scan, once placed, has data (default), so that a partial field "
+        "of view is matched where it has data and its edge pulls on nothing; --no-overlap-mask compares the "
+        "whole fixed grid, the moving scan's background included",
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 

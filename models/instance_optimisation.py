@@ -161,6 +161,7 @@ def refine_coordinates(
     affine: torch.Tensor | None = None,
     record: list[LevelRecord] | None = None,
     similarity: str = "ncc",
+    moving_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine a sampling map ``coords`` (1, 3, D, H, W) of ``moving`` onto ``fixed`` (both (1, 1, D, H, W)).
 
@@ -175,7 +176,10 @@ def refine_coordinates(
     (the map so far is returned). ``affine`` (1, 3, 4), the voxel-space affine part of
     ``coords``, lets the refinement treat the rest of ``coords`` as a displacement of its own
     (see ``RefineSchedule.whole_field``); the returned matrix then applies on top of it.
-    ``record``, when given, receives one :class:`LevelRecord` per level run. Runs under
+    ``record``, when given, receives one :class:`LevelRecord` per level run. ``moving_mask``
+    (1, 1, D, H, W on ``moving``'s grid, 1 where the moving scan has data) restricts the
+    similarity to the fixed voxels whose mapped point lies in it, so that a partial field of
+    view is matched where it has data and its edge pulls on nothing. Runs under
     ``torch.enable_grad`` on the inputs' device, in fp32.
     """
     if moving.shape[0] != 1 or fixed.shape[0] != 1 or coords.shape[0] != 1:
@@ -189,7 +193,8 @@ def refine_coordinates(
         linear_part = sampling_coordinates(shape, affine=affine.detach().float().to(dev)) / scale - 1.0
         base, field = linear_part, base - linear_part
     sim = Similarity(similarity, window=schedule.window)
-    pair = _Pair(sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()), sim)
+    mask = None if moving_mask is None else sim.prepare_mask(moving_mask.to(dev))
+    pair = _Pair(sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()), sim, mask)
     affine_plan = _plan([(side, n) for side, n in schedule.affine_levels], shape)
     deform_plan = _plan([(side, n) for side, _, n in schedule.deformable_levels], shape)
     clock = _Clock(
@@ -210,14 +215,27 @@ def refine_coordinates(
 
 @dataclass
 class _Pair:
-    """What the refinement compares: the moving and fixed features and their similarity."""
+    """What the refinement compares: the moving and fixed features, their similarity and, for a
+    partial field of view, the moving scan's data mask (None: all of it is data).
+    """
 
     moving: torch.Tensor
     fixed: torch.Tensor
     similarity: Similarity
+    mask: torch.Tensor | None = None
 
-    def at(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _resize(self.moving, shape), _resize(self.fixed, shape)
+    def at(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        mask = None if self.mask is None else _resize(self.mask, shape)
+        return _resize(self.moving, shape), _resize(self.fixed, shape), mask
+
+    def loss(
+        self, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None, coords: torch.Tensor
+    ) -> torch.Tensor:
+        """The similarity of ``moving`` sampled at ``coords`` (voxels) against ``fixed``, over the
+        fixed voxels whose point lies where the moving scan has data (all of them without a mask).
+        """
+        weight = None if mask is None else (warp(mask, coords.detach()) > 0.99).float()
+        return self.similarity.loss(warp(moving, coords), fixed, weight=weight)
 
 
 class _Moved:
@@ -249,11 +267,11 @@ def _affine_stage(
     moved = _Moved(base.device)
     opt = torch.optim.Adam([moved.lin, moved.shift], lr=schedule.affine_lr)
     for lv, steps, _ in plan:
-        mm, ff = pair.at(lv)
+        mm, ff, kk = pair.at(lv)
         bb = _resize(base, lv)
         uu = 0.0 if field is None else _resize(field, lv)
         s = half_extent(lv).to(base.device)
-        clock.minimise("affine", lv, opt, steps, lambda: pair.similarity.loss(warp(mm, (moved(bb) + uu + 1.0) * s), ff))
+        clock.minimise("affine", lv, opt, steps, lambda: pair.loss(mm, ff, kk, (moved(bb) + uu + 1.0) * s))
     return moved
 
 
@@ -272,7 +290,7 @@ def _deformable_stage(
     residual = None
     for lv, steps, side in plan:
         grid = (grids[side],) * 3
-        mm, ff = pair.at(lv)
+        mm, ff, kk = pair.at(lv)
         aa = _resize(aligned, lv)
         s = half_extent(lv).to(dev)
         # folds live at the control grid's scale: a coarser copy of the map finds them as
@@ -288,7 +306,7 @@ def _deformable_stage(
 
         def loss() -> torch.Tensor:
             mapped = (aa + _resize(residual, lv) + 1.0) * s
-            value = pair.similarity.loss(warp(mm, mapped), ff)
+            value = pair.loss(mm, ff, kk, mapped)
             # smoothness() averages the three axes' mean squared differences; the weight is
             # defined on their sum
             value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)

@@ -6,28 +6,44 @@ import torch
 import torch.nn.functional as F
 
 
-def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
+def local_ncc(
+    a: torch.Tensor, b: torch.Tensor, window: int = 9, eps: float = 1e-5, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Local normalised cross-correlation loss (the negative mean squared local correlation).
 
     Computed in fp32 with autocast off (sums of squares overflow in half precision), with
     box means over a ``window^3`` neighbourhood. The squared correlation lies in [0, 1), so
     the loss lies in (-1, 0]; an image against itself gives the minimum wherever it has
     local contrast. ``eps`` keeps flat regions finite instead of dividing by zero.
+    ``weight`` (B, 1, D, H, W), 1 where the voxels are to be compared and 0 where not (where
+    a moving scan has no data), restricts both the window statistics and the mean to those
+    voxels, so that the edge of a partial field of view is not taken for an edge of the anatomy.
     """
     with torch.autocast(device_type=a.device.type, enabled=False):
         a, b = a.float(), b.float()
         c = a.shape[1]
-        stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
-        ones = torch.ones(1, 1, *a.shape[2:], device=a.device, dtype=a.dtype)
+        if weight is None:
+            stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)
+            ones = torch.ones(1, 1, *a.shape[2:], device=a.device, dtype=a.dtype)
+        else:
+            w = weight.float()
+            stack = torch.cat([w * a, w * b, w * a * a, w * b * b, w * a * b], dim=1)
+            ones = w
         # Box means as running sums along each axis (a few operations per voxel whatever the
         # window); zero padding with an explicit count keeps borders and small sides exact.
         sums, count = _box_sum(stack, window), _box_sum(ones, window)
-        mu_a, mu_b, m_aa, m_bb, m_ab = (sums / count).split(c, dim=1)
+        mu_a, mu_b, m_aa, m_bb, m_ab = (sums / count.clamp_min(1e-6)).split(c, dim=1)
         var_a = (m_aa - mu_a * mu_a).clamp_min(0)
         var_b = (m_bb - mu_b * mu_b).clamp_min(0)
         cov = m_ab - mu_a * mu_b
         cc = cov * cov / (var_a * var_b + eps)
-        return -cc.mean()
+        return -cc.mean() if weight is None else -masked_mean(cc, weight)
+
+
+def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` (B, C, D, H, W) weighted by ``weight`` (B, 1, D, H, W) over voxels and channels (0 if none)."""
+    w = weight.float().expand_as(x)
+    return (x * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import local_ncc
+from .losses import local_ncc, masked_mean
 
 SIMILARITIES = ("ncc", "mind", "ngf")
 
@@ -50,11 +50,12 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
     return torch.exp(-mind / var.clamp_min(1e-12))
 
 
-def ngf_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+def ngf_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 0.05, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised gradient fields: minus the mean squared cosine between the two images' gradients.
 
     ``eps`` (in units of the images' gradient per voxel, images in [0, 1]) keeps noise and flat
     regions from counting; the value lies in (-1, 0], -1 where every edge is parallel.
+    ``weight`` (B, 1, D, H, W) restricts the mean to the voxels where it is 1.
     """
 
     def grads(x: torch.Tensor) -> torch.Tensor:
@@ -69,12 +70,14 @@ def ngf_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 0.05) -> torch.Tenso
         dot = (ga * gb).sum(1)
         na = (ga * ga).sum(1) + eps * eps
         nb = (gb * gb).sum(1) + eps * eps
-        return -(dot * dot / (na * nb)).mean()
+        cos2 = (dot * dot / (na * nb)).unsqueeze(1)
+        return -cos2.mean() if weight is None else -masked_mean(cos2, weight)
 
 
-def mind_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def mind_loss(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The mean squared difference of two MIND descriptor images over the sum of their variances,
     minus 1: -1 where they are equal, about 0 for unrelated ones (as local NCC scales).
+    ``weight`` (B, 1, D, H, W) restricts the mean to the voxels where it is 1.
 
     A squared difference, as MIND is used (Heinrich et al.), costs a warp of the 12 channels and
     one subtraction a step, where a local NCC of 12 channels would cost 60 box filters.
@@ -82,7 +85,8 @@ def mind_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=a.device.type, enabled=False):
         a, b = a.float(), b.float()
         spread = (a.detach().var() + b.detach().var()).clamp_min(1e-12)
-        return (a - b).pow(2).mean() / spread - 1.0
+        sq = (a - b).pow(2)
+        return (sq.mean() if weight is None else masked_mean(sq, weight)) / spread - 1.0
 
 
 @dataclass(frozen=True)
@@ -100,17 +104,34 @@ class Similarity:
         """What is warped and compared: the image, or its MIND-SSC descriptors."""
         return mind_ssc(image) if self.name == "mind" else image
 
-    def loss(self, warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    def prepare_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The voxels of a prepared scan that show its own data, given ``mask`` (1, 1, D, H, W; 1
+        where the scan has data, as a float): the mask itself for NCC (its window statistics
+        are masked), eroded by the MIND descriptors' reach (their patches and neighbours, 3
+        voxels) or by NGF's central differences (1 voxel), whose values near a field of view's
+        edge mix in the background.
+        """
+        reach = {"mind": 3, "ngf": 1}.get(self.name, 0)
+        mask = (mask.float() > 0.5).float()
+        if reach:
+            mask = -F.max_pool3d(-mask, 2 * reach + 1, stride=1, padding=reach)
+        return mask
+
+    def loss(self, warped: torch.Tensor, fixed: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Lower is better, about -1 for a perfect match and 0 for unrelated images: local NCC
-        of the images, NGF, or the descriptors' normalised squared difference.
+        of the images, NGF, or the descriptors' normalised squared difference; ``weight``
+        (1 where compared, 0 elsewhere) restricts it to the overlap of the two scans' data.
         """
         if self.name == "ngf":
-            return ngf_loss(warped, fixed)
+            return ngf_loss(warped, fixed, weight=weight)
         if self.name == "mind":
-            return mind_loss(warped, fixed)
-        return local_ncc(warped, fixed, window=self.window)
+            return mind_loss(warped, fixed, weight=weight)
+        return local_ncc(warped, fixed, window=self.window, weight=weight)
 
-    def score(self, moving: torch.Tensor, fixed: torch.Tensor) -> float:
-        """How alike two images are by this similarity (higher is better), features computed here."""
+    def score(self, moving: torch.Tensor, fixed: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+        """How alike two images are by this similarity (higher is better), features computed here;
+        ``weight`` as in :meth:`loss`, for ``moving`` as given (its data mask, prepared here).
+        """
         with torch.no_grad():
-            return float(-self.loss(self.prepare(moving), self.prepare(fixed)))
+            w = None if weight is None else self.prepare_mask(weight)
+            return float(-self.loss(self.prepare(moving), self.prepare(fixed), weight=w))

@@ -54,12 +54,20 @@ def scored(
     moving: torch.Tensor,
     fixed: torch.Tensor,
     similarity: Similarity,
+    mask: torch.Tensor | None = None,
 ) -> NetworkMap:
-    """A map of ``moving`` (1, 1, D, H, W) onto ``fixed`` with its scores before and after."""
-    warped = warp(moving, coordinates.to(moving.device))
-    ncc_before, ncc_after = float(-local_ncc(moving, fixed)), float(-local_ncc(warped, fixed))
+    """A map of ``moving`` (1, 1, D, H, W) onto ``fixed`` with its scores before and after;
+    ``mask`` (on ``moving``'s grid, 1 where it has data) restricts each score to the fixed
+    voxels where the (warped) moving scan has data.
+    """
+    coords = coordinates.to(moving.device)
+    warped = warp(moving, coords)
+    w_before = None if mask is None else (mask > 0.5).float()
+    w_after = None if mask is None else (warp(mask, coords) > 0.99).float()
+    ncc_before = float(-local_ncc(moving, fixed, weight=w_before))
+    ncc_after = float(-local_ncc(warped, fixed, weight=w_after))
     if similarity.name == "ncc":
         before, after = ncc_before, ncc_after
     else:
-        before, after = similarity.score(moving, fixed), similarity.score(warped, fixed)
+        before, after = similarity.score(moving, fixed, w_before), similarity.score(warped, fixed, w_after)
     return NetworkMap(coordinates.float().cpu(), affine.float().cpu(), ncc_before, ncc_after, before, after)

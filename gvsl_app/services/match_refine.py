@@ -102,6 +102,7 @@ def refine_map(
     say: ProgressFn,
     should_stop: Callable[[], bool] | None,
     fallback: bool,
+    moving_mask: np.ndarray | None = None,
 ) -> Refinement:
     """``start`` (a map on the working cube) polished on this pair by ``similarity``.
 
@@ -109,6 +110,8 @@ def refine_map(
     works on them resized to :func:`refine_shape` (the working ``cubes`` when that is the
     same grid), and the map it returns lives on that grid. With ``fallback``, a refinement
     that lowers the similarity is dropped (the note says so) and ``start`` is returned as it was.
+    ``moving_mask`` (on the fixed grid, 1 where the placed moving scan has data; None when it
+    covers all of it) restricts the similarity, and its scores, to the moving scan's data.
     """
     working, grid = start.grid, refine_shape(fixed_n.shape, schedule)
     if grid == working:
@@ -116,8 +119,9 @@ def refine_map(
     else:
         f_r = torch.from_numpy(resize_array(fixed_n, grid))[None, None]
         m_r = torch.from_numpy(resize_array(moving_n, grid))[None, None]
+    k_r = None if moving_mask is None else torch.from_numpy(resize_array(moving_mask, grid))[None, None]
     begin_affine = regrid_affine(start.affine, working, grid)
-    begin = scored(regrid_coordinates(start.coordinates, working, grid), begin_affine, m_r, f_r, similarity)
+    begin = scored(regrid_coordinates(start.coordinates, working, grid), begin_affine, m_r, f_r, similarity, k_r)
     dev = used if used.type != "mps" else torch.device("cpu")  # MPS lacks 3D grid_sample backward
     stop = should_stop or (lambda: False)
     done, stopped = [0], [False]
@@ -141,8 +145,11 @@ def refine_map(
             affine=begin_affine.to(dev),
             record=levels,
             similarity=similarity.name,
+            moving_mask=None if k_r is None else k_r.to(dev),
         )
-    refined = scored(coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity)
+    refined = scored(
+        coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity, k_r
+    )
     if refined.score_after < begin.score_after and fallback:
         note = (
             f"the refinement lowered the {similarity.name.upper()} similarity ({begin.score_after:.4f} -> "

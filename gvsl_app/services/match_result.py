@@ -105,7 +105,9 @@ class MatchReport:
     alignment (mode, candidate chosen, its score, the coverage, rotation and translation, the
     4x4 matrix fixed point -> moving point, every candidate's score). ``similarity``: what the
     refinement and the fallback compared (``ncc``, ``mind`` or ``ngf``) and ``similarity_reason``
-    why. ``refined``: :class:`RefineSummary` or None. ``similarity_grid``: the grid the NCC
+    why. ``moving_data_share``: the share of the fixed grid where the moving scan, once placed,
+    has data; ``overlap_masked``: whether the similarities were restricted to it (the default
+    when it is below 1). ``refined``: :class:`RefineSummary` or None. ``similarity_grid``: the grid the NCC
     values were computed on; ``ncc_before`` (the pair after the initial alignment, before the
     network), ``ncc_network`` (after the network), ``ncc_after`` (after everything), and the same
     by the chosen similarity (``similarity_before`` / ``similarity_after``). ``fallback``: the maps
@@ -126,6 +128,8 @@ class MatchReport:
     init: dict
     similarity: str
     similarity_reason: str
+    moving_data_share: float
+    overlap_masked: bool
     refined: RefineSummary | None
     similarity_grid: list[int]
     ncc_before: float

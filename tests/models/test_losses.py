@@ -121,3 +121,18 @@ def test_the_ncc_damping_is_the_pretraining_option_ncc_eps():
     assert scores[1e-5 / 729**2] < -0.99 and scores[1e-5] > -0.95
     with pytest.raises(ValueError, match="ncc_eps"):
         PretrainConfig(ncc_eps=0.0)
+
+
+def test_masked_ncc_ignores_what_lies_outside_the_mask_and_equals_plain_ncc_under_a_full_one():
+    torch.manual_seed(0)
+    a, b = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    b = 0.5 * a + 0.5 * b
+    full = torch.ones(1, 1, 16, 16, 16)
+    assert float(local_ncc(a, b, weight=full)) == pytest.approx(float(local_ncc(a, b)), abs=1e-5)
+    half = full.clone()
+    half[:, :, 8:] = 0
+    changed = a.clone()
+    changed[:, :, 8:] = 1.0  # an edge where a partial field of view ends: outside the mask
+    masked = float(local_ncc(a, b, weight=half))
+    assert float(local_ncc(changed, b, weight=half)) == pytest.approx(masked, abs=1e-6)
+    assert float(local_ncc(changed, b)) != pytest.approx(float(local_ncc(a, b)), abs=1e-3)

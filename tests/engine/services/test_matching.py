@@ -201,13 +201,13 @@ def test_only_a_map_lowering_the_similarity_beyond_interpolation_noise_falls_bac
     import gvsl_app.services.matching as service
 
     fixed, moving, _, _ = pair
-    real = service._network_map
+    real = service.network_map
 
     def network_map(*args, **kwargs):  # the real map, its similarity then lowered by ``drop``
         out, dev = real(*args, **kwargs)
         return dataclasses.replace(out, score_after=out.score_before - drop, ncc_after=out.ncc_before - drop), dev
 
-    monkeypatch.setattr(service, "_network_map", network_map)
+    monkeypatch.setattr(service, "network_map", network_map)
     torch.manual_seed(0)
     m = GVSL(widths=DEMO_WIDTHS, **PAPER_HEADS)  # starts at the identity map (to ~1e-5)
     res = match(fixed, moving, model=m, size=32, device="cpu", refine=False, init="none")
@@ -343,7 +343,9 @@ def test_more_network_passes_compose_into_one_map(tmp_path):
     """
     import torch
 
+    from gvsl_app.data.preprocess import normalise, resample_to
     from gvsl_app.data.synthetic import make_cardiac_subject
+    from gvsl_app.services import match_network as N
     from gvsl_app.services import matching as M
     from models.spatial import voxel_grid, warp
 
@@ -362,14 +364,14 @@ def test_more_network_passes_compose_into_one_map(tmp_path):
     )
     assert two.report.network_passes == 2 and one.report.network_passes == 1
     assert not np.allclose(one.displacement_mm, two.displacement_mm)
-    f_w = M._cube(M.normalise(fixed), (32, 32, 32))
-    m_w = M._cube(M.normalise(M.resample_to(moving, fixed)), (32, 32, 32))
-    first, _, _ = M._run_network(model, m_w, f_w, torch.device("cpu"))
-    again, _, _ = M._run_network(model, warp(m_w, first), f_w, torch.device("cpu"))
+    f_w = N.working_cube(normalise(fixed), (32, 32, 32))
+    m_w = N.working_cube(normalise(resample_to(moving, fixed)), (32, 32, 32))
+    first, _, _ = N.run_network(model, m_w, f_w, torch.device("cpu"))
+    again, _, _ = N.run_network(model, warp(m_w, first), f_w, torch.device("cpu"))
     grid = voxel_grid((32, 32, 32)).unsqueeze(0)
     composed = again + warp(first - grid, again, padding_mode="border")
     by_hand = warp(m_w, composed)
-    out, _ = M._network_map(model, (f_w, m_w), torch.device("cpu"), 2, Similarity("ncc"))
+    out, _ = N.network_map(model, (f_w, m_w), torch.device("cpu"), 2, Similarity("ncc"))
     assert torch.allclose(out.coordinates, composed, atol=1e-5)
     assert out.ncc_after == pytest.approx(float(-local_ncc(by_hand, f_w)), abs=1e-6)
     with pytest.raises(ValueError, match="--passes must be >= 1"):

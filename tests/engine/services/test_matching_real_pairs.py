@@ -14,8 +14,10 @@ from gvsl_app.data.perturb import moved_anatomy, moved_frame, other_contrast, pa
 from gvsl_app.data.synthetic import make_cardiac_subject
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
+from gvsl_app.services.match_choices import auto_preset
 from gvsl_app.services.match_init import initial_alignment
-from gvsl_app.services.matching import auto_preset, match
+from gvsl_app.services.matching import match
+from gvsl_app.services.metrics import dice_per_label, mean_dice
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
 from models.similarity import Similarity, mind_ssc, ngf_loss
 
@@ -170,3 +172,23 @@ def test_the_refinement_preset_is_chosen_from_the_scans():
     assert name == "standard" and "not MR" in why
     name, why = auto_preset(scan((96, 96, 96), (1.0, 1.0, 1.0)), head)  # a 96 mm MR field of view: not a head
     assert name == "standard" and "field of view" in why
+
+
+def test_half_a_heart_of_another_subject_is_matched_where_it_has_data_by_the_masked_similarity(model):
+    fixed, fl = make_cardiac_subject(11, (40, 40, 40))
+    other, ol = make_cardiac_subject(12, (40, 40, 40))
+    half, half_labels = slab(other, 1, 0.0, 0.55), slab(ol, 1, 0.0, 0.55)
+    where = (slice(None), slice(2, 20), slice(None))  # the fixed voxels of the same half
+
+    def dice(masked: bool) -> tuple[float, object]:
+        res = match(fixed, half, model=model, moving_labels=half_labels, fixed_labels=fl, overlap_mask=masked)
+        labels = [int(v) for v in np.unique(fl.array[where]) if v]
+        per_label = dice_per_label(res.warped_labels.array[where], fl.array[where], labels)
+        return mean_dice(per_label), res
+
+    masked, res = dice(True)
+    unmasked, plain = dice(False)
+    assert res.report.overlap_masked and 0.4 < res.report.moving_data_share < 0.7
+    assert not plain.report.overlap_masked
+    assert res.report.folding_percent < 0.5
+    assert masked > unmasked + 0.05, (masked, unmasked)
