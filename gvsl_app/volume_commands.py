@@ -117,6 +117,8 @@ def cmd_match(args: argparse.Namespace) -> int:
         f"  initial alignment: {init['chosen']} (rotation {init['rotation_deg']:.1f} deg, shift "
         f"{math.dist(init['translation_mm'], (0, 0, 0)):.1f} mm); similarity {r.similarity} ({r.similarity_reason})"
     )
+    if r.overlap_masked:
+        print(f"  compared where the moving scan has data ({100 * r.moving_data_share:.0f} % of the fixed grid)")
     print(f"  NCC {r.ncc_before:.4f} -> {r.ncc_after:.4f}; folding {r.folding_percent:.3f} %")
     if r.has_dice:
         print(f"  mean Dice {dice_cell(r.mean_dice_before, 0)} -> {dice_cell(r.mean_dice_after, 0)}")

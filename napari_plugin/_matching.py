@@ -341,6 +341,9 @@ def report_html(rep, names: dict[int, str] | None = None) -> str:
     shift = sum(v * v for v in init["translation_mm"]) ** 0.5
     rows.append(("initial alignment", f"{init['chosen']} ({init['rotation_deg']:.0f}°, {shift:.0f} mm)"))
     rows.append(("similarity", f"{rep.similarity} ({rep.similarity_reason})"))
+    if rep.overlap_masked:
+        share = f"{100 * rep.moving_data_share:.0f} % of the fixed grid"
+        rows.append(("compared", f"where the moving scan has data ({share})"))
     rows.append(("NCC", f"{rep.ncc_before:.4f} → {rep.ncc_after:.4f}"))
     if rep.has_dice:
         rows.append(("mean Dice", f"{dice_text(rep.mean_dice_before, 4)} → {dice_text(rep.mean_dice_after, 4)}"))

@@ -140,6 +140,8 @@ def match_report(**fields):
         init={"chosen": "mass", "rotation_deg": 3.0, "translation_mm": [3.0, 4.0, 0.0]},
         similarity="ncc",
         similarity_reason="one contrast",
+        moving_data_share=1.0,
+        overlap_masked=False,
         refined=None,
         similarity_grid=[32, 32, 32],
         ncc_before=0.2,

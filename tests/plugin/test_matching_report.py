@@ -92,3 +92,9 @@ def test_report_lists_each_refinement_level_with_its_steps_and_seconds():
     assert text.index("refine affine") < text.index("refine deformable 80×96×78") and "30/30 steps, 6.81 s" in text
     assert "standard (chosen from the scans: the fixed scan is not MR)" in text
     assert "refine " not in report_html(match_report(refined=None))
+
+
+def test_the_report_says_when_only_the_moving_scans_data_was_compared():
+    assert "has data" not in report_html(match_report())
+    text = report_html(match_report(overlap_masked=True, moving_data_share=0.42))
+    assert "where the moving scan has data (42 % of the fixed grid)" in text
