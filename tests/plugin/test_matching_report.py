@@ -95,6 +95,8 @@ def test_report_lists_each_refinement_level_with_its_steps_and_seconds():
 
 
 def test_the_report_says_when_only_the_moving_scans_data_was_compared():
+    from napari_plugin._matching import report_html
+
     assert "has data" not in report_html(match_report())
     text = report_html(match_report(overlap_masked=True, moving_data_share=0.42))
     assert "where the moving scan has data (42 % of the fixed grid)" in text
