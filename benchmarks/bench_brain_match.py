@@ -2,7 +2,8 @@
 
 Usage:
   python benchmarks/bench_brain_match.py [--pairs 2] [--seed-base 5000] [--shape native|N] [--size 48]
-                                        [--no-classical] [--json OUT] [--device auto|cpu|cuda|cuda:N]
+                                        [--no-classical] [--defaults-only] [--moving-contrast t1|t2]
+                                        [--json OUT] [--device auto|cpu|cuda|cuda:N]
 
 Pairs of MNI-derived brain MR subjects (``gvsl_app.data.brain.make_brain_subject``: the
 nilearn MNI152 2009 template, each subject with its own random rotation (5 degrees),
@@ -16,7 +17,10 @@ three tissues of the warped moving labels against the fixed ones, folding and se
 pair (the whole job: preprocessing, network, refinement, upsampling, warping the labels):
 
 * before: the moving labels resampled onto the fixed grid in physical space;
-* ``gvsl match``: the network (demo weights) then the default refinement (preset ``standard``);
+* ``gvsl match, all defaults``: every option at its default (initial alignment ``auto``,
+  similarity ``auto``, refinement preset ``auto``, which picks ``brain`` for these scans);
+* ``gvsl match``: the network (demo weights) then the refinement preset ``standard``, in the
+  files' frames (``--init none``, as these numbers were first recorded);
 * ``gvsl match --refine-preset brain``: the network then the refinement preset for brain MR
   (``models.REFINE_PRESETS``);
 * each refinement from the identity (an untrained network): what the network adds;
@@ -37,6 +41,7 @@ from classical_registration import classical_registration, folding_percent, warp
 from match_models import load_model
 
 from gvsl_app.data.brain import make_brain_subject
+from gvsl_app.data.perturb import other_contrast
 from gvsl_app.data.preprocess import resample_to
 from gvsl_app.services.label_metrics import compare_label_maps
 from gvsl_app.services.matching import match
@@ -56,12 +61,15 @@ def _match_pair(args, fixed, moving, ml, network, identity) -> tuple[dict, dict]
     """Per method: (moving labels on the fixed grid, folding %, seconds), and the device each ran on."""
     results = {"before": (resample_to(ml, fixed, is_label=True).array, 0.0, 0.0)}
     devices = {"before": None, "SimpleITK affine + B-spline": "cpu"}
-    for name, model, preset in (
-        ("gvsl match (network + refine)", network, "standard"),
-        ("refine from the identity", identity, "standard"),
-        ("gvsl match, preset brain", network, "brain"),
-        ("preset brain from the identity", identity, "brain"),
-    ):
+    methods = [("gvsl match, all defaults", network, "auto", "auto")]
+    if not args.defaults_only:
+        methods += [
+            ("gvsl match (network + refine)", network, "standard", "none"),
+            ("refine from the identity", identity, "standard", "none"),
+            ("gvsl match, preset brain", network, "brain", "none"),
+            ("preset brain from the identity", identity, "brain", "none"),
+        ]
+    for name, model, preset, init in methods:
         t0 = time.perf_counter()
         r = match(
             fixed,
@@ -71,7 +79,7 @@ def _match_pair(args, fixed, moving, ml, network, identity) -> tuple[dict, dict]
             device=args.device,
             moving_labels=ml,
             refine_preset=preset,
-            init="none",
+            init=init,
         )
         results[name] = (r.warped_labels.array, r.report.folding_percent, time.perf_counter() - t0)
         devices[name] = r.report.device
@@ -100,6 +108,17 @@ def main(argv=None) -> int:
     ap.add_argument("--shape", default="native", help="'native' (1 mm template grid) or a cube side")
     ap.add_argument("--size", type=int, default=48, help="GVSL working cube")
     ap.add_argument("--no-classical", action="store_true")
+    ap.add_argument(
+        "--defaults-only",
+        action="store_true",
+        help="only gvsl match with every option at its default (and SimpleITK), not the preset ablation",
+    )
+    ap.add_argument(
+        "--moving-contrast",
+        choices=["t1", "t2"],
+        default="t1",
+        help="t2: the moving subject rendered T2-like (gvsl_app.data.perturb.other_contrast): T1 against T2",
+    )
     ap.add_argument("--json", help="write the rows to this JSON file")
     ap.add_argument("--device", default="auto", help="GVSL network and refinement: auto, cpu, cuda, cuda:N or mps")
     args = ap.parse_args(argv)
@@ -113,6 +132,8 @@ def main(argv=None) -> int:
     for i in range(args.pairs):
         fixed, fl = make_brain_subject(args.seed_base + 2 * i, shape)
         moving, ml = make_brain_subject(args.seed_base + 2 * i + 1, shape)
+        if args.moving_contrast == "t2":
+            moving = other_contrast(moving, ml)
         results, devices = _match_pair(args, fixed, moving, ml, network, identity)
         for method, (warped, fold, secs) in results.items():
             dice, hd = score(warped, fl)

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 try:
                     tr = classical_registration(fixed, moving, initializer="moments")
-                    cells["sitk"].append(dice_in(warp_labels(ml, fixed, tr).array, fl.array, where))
+                    cells["sitk"].append(dice_in(warp_labels(ml, fixed, tr), fl.array, where))
                     cells["sitk_folding"].append(folding_percent(tr, fixed))
                 except RuntimeError:
                     cells["sitk"].append(0.0)

@@ -107,10 +107,17 @@ class _Coarse:
         return vecs[:, np.argsort(vals)[::-1]]
 
 
+def shrink_factors(shape: tuple[int, ...]) -> list[int]:
+    """The whole factors (per array axis, z y x) that shrink a grid of ``shape`` to about
+    :data:`COARSE_SIDE` voxels a side: the coarse grids of the initial alignment and the verdict.
+    """
+    return [max(1, int(math.ceil(n / COARSE_SIDE))) for n in shape]
+
+
 def _coarse(volume: Volume) -> _Coarse:
     """``volume`` shrunk by whole factors (averaging) to about :data:`COARSE_SIDE` voxels a side."""
     img = sitk.Cast(volume_to_sitk(volume.with_array(normalise(volume))), sitk.sitkFloat32)
-    factors = [max(1, int(math.ceil(n / COARSE_SIDE))) for n in img.GetSize()]
+    factors = shrink_factors(volume.shape)[::-1]  # SimpleITK's (x, y, z)
     small = sitk.BinShrink(img, factors) if max(factors) > 1 else img
     values = sitk.GetArrayFromImage(small).astype(np.float64)  # (z, y, x)
     idx = np.stack(np.meshgrid(*(np.arange(n) for n in values.shape), indexing="ij"), -1).reshape(-1, 3)[:, ::-1]
@@ -332,7 +339,9 @@ class PairScore:
         """
         coarse = self.scorer.fixed
         shape = sitk.GetArrayFromImage(coarse.image).shape
-        factors = [int(math.ceil(n / c)) for n, c in zip(fixed.shape, shape)]
+        # the factors BinShrink used: ceil(n / coarse side) differs from them where n is not a
+        # multiple (75 voxels shrunk by 2 to 37 would be read as blocks of 3)
+        factors = shrink_factors(fixed.shape)
         # the displacement at the coarse voxels: the mean over each block, as BinShrink averages
         d = np.stack([_block_mean(displacement_mm[..., i], factors, shape) for i in range(3)], -1)
         covered = self.scorer.moving_coverage(near) if near is not None else 0.0

@@ -15,7 +15,7 @@ from gvsl_app.data.synthetic import make_cardiac_subject
 from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.match_choices import auto_preset
-from gvsl_app.services.match_init import initial_alignment
+from gvsl_app.services.match_init import PairScore, initial_alignment
 from gvsl_app.services.matching import match
 from gvsl_app.services.metrics import dice_per_label, mean_dice
 from models import DEMO_WIDTHS, GVSL, PAPER_HEADS, RefineSchedule
@@ -192,3 +192,19 @@ def test_half_a_heart_of_another_subject_is_matched_where_it_has_data_by_the_mas
     assert not plain.report.overlap_masked
     assert res.report.folding_percent < 0.5
     assert masked > unmasked + 0.05, (masked, unmasked)
+
+
+@pytest.mark.parametrize("shape", [(40, 40, 40), (75, 48, 48)])
+def test_the_verdict_scores_the_initial_alignment_as_a_field_as_the_alignment_scored_itself(shape):
+    # 75 voxels shrink by 2 to 37: the verdict's blocks must be the shrink's, not ceil(75 / 37) = 3
+    fixed, _ = make_cardiac_subject(11, shape, spacing=(2.0, 2.0, 2.0))
+    moving, _ = make_cardiac_subject(12, shape, spacing=(2.0, 2.0, 2.0))
+    moving = moved_anatomy(padded(moving, 30), (20.0, 0.0, 0.0), (10.0, -5.0, 0.0))
+    pair = PairScore(fixed, moving)
+    init = initial_alignment(fixed, moving, pair=pair)
+    assert init.chosen != "none"
+    index = fixed.index_to_physical_matrix()
+    zyx = np.stack(np.meshgrid(*(np.arange(n) for n in fixed.shape), indexing="ij"), -1).astype(np.float64)
+    points = zyx @ index[:3, :3].T + index[:3, 3]
+    disp = points @ init.matrix[:3, :3].T + init.matrix[:3, 3] - points
+    assert pair.of_field(fixed, disp, near=init.matrix) == pytest.approx(init.score, abs=0.01)
