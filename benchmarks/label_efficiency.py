@@ -29,7 +29,7 @@ when it finishes, and an invocation skips the cells that have one; a pre-trainin
 reused when its ``report.json`` says done, and resumed from ``last.pt`` when killed; a
 fine-tuning run killed mid-way is started again. ``--seeds`` adds seeds to the same work folder.
 
-Writes ``OUT/results.json`` as ``{"tasks": {TASK: {METHOD: {"N": [Dice per seed, in the order of
+Writes ``OUT/summary.md`` (the printed tables) and ``OUT/results.json`` as ``{"tasks": {TASK: {METHOD: {"N": [Dice per seed, in the order of
 --seeds; null where the cell has not run]}}}}`` and prints, per task and N, each method's mean ±
 std and GVSL's paired differences with scratch and restoration (Holm-adjusted over the task's
 comparisons, and the seeds a paired t-test would need for p < 0.05 as in the medium study).
@@ -334,6 +334,13 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = summary(results, seeds)
     command = "python benchmarks/label_efficiency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    head = [
+        "# Label efficiency" + (" (smoke run: the numbers mean nothing)" if args.smoke else ""),
+        "",
+        f"`{command}`, seeds {', '.join(map(str, seeds))}; fine-tuned test Dice per label count N "
+        "(benchmarks/label_efficiency.py's docstring has the protocol).",
+    ]
+    (out / "summary.md").write_text("\n".join(head + lines) + "\n")
     if not args.quiet:
         print("\n".join(lines))
         print(f"\nwrote {out / 'results.json'} ({command}); wall {fmt_s(clock.elapsed())}")

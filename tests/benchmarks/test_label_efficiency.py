@@ -37,6 +37,7 @@ def smoke(le, tmp_path_factory):
 def test_results_json_is_tasks_methods_counts_seeds(smoke):
     le, _, work, results = smoke
     assert json.loads((work / "out" / "results.json").read_text()) == results
+    assert "GVSL minus" in (work / "out" / "summary.md").read_text()
     assert list(results) == ["tasks"] and list(results["tasks"]) == ["heart_seg", "brain_seg"]
     for methods in results["tasks"].values():
         assert list(methods) == METHODS
