@@ -39,7 +39,9 @@ Time (the project's shared 2-core CPU, from the medium study's runs at the same 
 cube, width 8): pre-training ~9 min (restoration), ~9 min (matching), ~18 min (gvsl) and
 ~21 min (paper-heads) for 3000 iterations, ~57 min per seed; fine-tuning ~0.1 s per
 iteration with validation, 2 tasks x 5 methods x 5 label counts = 50 runs of 100-600
-iterations, ~15-55 min per seed: about 75-110 min per seed, 6-9 h for five seeds.
+iterations, ~15-55 min per seed: about 75-110 min per seed, 6-9 h for five seeds. That holds
+on a quiet machine: on 2026-12-07, with the cores shared (load average ~8), one 32^3 fine-tuning
+ran at 2-3 s per iteration, some 20x slower.
 """
 
 from __future__ import annotations
