@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/bench_embed.py [--points 10000 20000] [--jobs 1 -1] [--weights CKPT|random]
                                    [--subject-seed 1000] [--per-label 500] [--size 48] [--quick]
+  python benchmarks/bench_embed.py --skip-tsne --skip-silhouette --levels [--random-seeds 0 1 2]
 
 Part 1 times openTSNE (the library ``gvsl embed`` uses) on N x 32 features: the local
 (last decoder level) features of a *random-init* paper-width network (32 channels) at
@@ -10,6 +11,14 @@ voxels of a synthetic cardiac subject, i.e. realistic but un-trained features. E
 ``--jobs`` value is openTSNE's ``n_jobs``. ``--sklearn`` adds scikit-learn's Barnes-Hut
 t-SNE on the smallest N for comparison (issue #5 quotes 29 s openTSNE vs 95 s scikit-learn
 for 20k x 32 on the project's 2 cores).
+
+Part 3 (``--levels``) scores every feature level of ``gvsl embed --level`` (decoder-1 ... decoder-4,
+hypercolumn) on the app's cardiac sample pair (``gvsl_app.data.samples.sample_pair``, 96^3, the
+fixed and the moving subject), with the widget's settings (500 voxels per label, working size
+96, seed 0): the silhouette of the raw features and the 5-NN accuracy, for the demo weights (or
+``--weights``) and random width-8 networks (``--random-seeds``; seed 0 is the widget's "random
+init"). It prints one table per subject and the levels where the weights are positive and
+above every random network (docs/results/feature_levels.md).
 
 Part 2 runs ``gvsl_app.services.embed.embed`` on a held-out cardiac subject (seed 1000 by default;
 the demo weights were trained on ``synthetic:cardiac`` seed 0, i.e. subject seeds 0..N-1)
@@ -103,6 +112,50 @@ def silhouettes(weights: str | None, subject_seed: int, shape: int, per_label: i
     return rows
 
 
+def sample_levels(weights: str | None, random_seeds: list[int], per_label: int, size: int, seed: int) -> list[dict]:
+    """Rows (subject, network, level, feature_dim, silhouette, knn5) on the app's cardiac sample pair."""
+    from gvsl_app.data.preprocess import normalise
+    from gvsl_app.data.samples import sample_pair
+    from gvsl_app.services.embed import decoder_features, features_per_level, sample_voxels, score_levels
+    from gvsl_app.services.weights import load_gvsl
+    from models import GVSL, widths_from_base
+
+    pair = sample_pair("cardiac", (96, 96, 96))
+    model, info = load_gvsl(weights, "cpu")
+    nets = [("trained" if weights else "demo", model)]
+    for s in random_seeds:
+        torch.manual_seed(s)  # as napari_plugin._common.random_model
+        nets.append((f"random{s}", GVSL(widths=widths_from_base(8))))
+    print(f"  weights: {info}", flush=True)
+    rows = []
+    for subject in ("fixed", "moving"):
+        image, labels = pair[f"{subject}_image"], pair[f"{subject}_labels"]
+        lab_arr = np.asarray(labels.array)
+        vox = sample_voxels(lab_arr, per_label, seed)
+        lab = lab_arr[tuple(vox.T)]
+        table = {}
+        for name, net in nets:
+            levels = decoder_features(net, normalise(image), size, torch.device("cpu"))
+            table[name] = score_levels(features_per_level(levels, vox, image.shape), lab)
+        names = [n for n, _ in nets]
+        seeds = pair["seeds"][0 if subject == "fixed" else 1]
+        print(f"\n  cardiac {subject} (subject seed {seeds}), {len(lab)} voxels: silhouette / 5-NN accuracy")
+        print("  | level | " + " | ".join(names) + " |")
+        print("  " + "|---" * (len(names) + 1) + "|")
+        for level in table[names[0]]:
+            cells = [f"{table[n][level]['silhouette']:+.3f} / {table[n][level]['knn5']:.3f}" for n in names]
+            print(f"  | {level} | " + " | ".join(cells) + " |")
+            for n in names:
+                rows.append({"subject": subject, "network": n, "level": level, **table[n][level]})
+        best = [
+            level
+            for level, sc in table[names[0]].items()
+            if sc["silhouette"] > 0 and all(sc["silhouette"] > table[n][level]["silhouette"] for n in names[1:])
+        ]
+        print(f"  levels where {names[0]} is positive and above every random network: {', '.join(best) or 'none'}")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, nargs="+", default=[10000, 20000])
@@ -117,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-tsne", action="store_true")
     ap.add_argument("--skip-silhouette", action="store_true")
+    ap.add_argument("--levels", action="store_true", help="part 3: every feature level on the app's sample pair")
+    ap.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2], help="random networks of part 3")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2k points, 60 per label, 48^3 subject")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -153,6 +208,12 @@ def main(argv=None) -> int:
         out["silhouette"] = silhouettes(
             args.weights, args.subject_seed, args.shape, args.per_label, args.size, args.seed
         )
+    if args.levels:
+        print(
+            "\n3) every feature level on the app's cardiac sample pair (96^3), 500 voxels per label, working size 96",
+            flush=True,
+        )
+        out["levels"] = sample_levels(args.weights, args.random_seeds, 500, 96, args.seed)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

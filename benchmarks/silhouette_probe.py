@@ -12,7 +12,8 @@ the seeded random network):
 
 * per feature level: the encoder's first level (full resolution), the bottleneck (1/16)
   and each decoder level (1/8 ... full; ``up4`` is the study's), read trilinearly at the
-  sampled voxels;
+  sampled voxels, and ``hypercolumn``: the four decoder levels concatenated (``gvsl embed
+  --level hypercolumn``);
 * the silhouette of the raw features (the study's measure) and of per-channel standardised
   features (a few loud channels can hide the rest);
 * the 5-nearest-neighbour accuracy of the structure (5-fold cross-validated; chance is
@@ -109,6 +110,7 @@ def probe_seed(study: Path, seed: int, methods: list[str]) -> list[dict]:
             else:
                 levels = level_features(model, torch.from_numpy(cube)[None, None].float())
                 feats = {k: features_at(v[0].float().numpy(), vox, image.shape) for k, v in levels.items()}
+                feats["hypercolumn"] = np.concatenate([feats[k] for k in ("up1", "up2", "up3", "up4")], axis=1)
             for level, x in feats.items():
                 acc.setdefault((method, level), []).append(scores(x, lab, seed))
     rows = []
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the rows to this JSON file")
     ap.add_argument("--summary", nargs="+", metavar="JSON", help="summarise these probe files; runs nothing")
-    ap.add_argument("--level", default="up4", choices=["intensity+position", *LEVELS], help="level of --summary")
+    ap.add_argument(
+        "--level", default="up4", choices=["intensity+position", *LEVELS, "hypercolumn"], help="level of --summary"
+    )
     args = ap.parse_args(argv)
     if args.summary:
         rows = [r for f in args.summary for r in json.loads(Path(f).read_text())]

@@ -112,7 +112,7 @@ def _add_pretrain(sub) -> None:
     p.add_argument(
         "--data",
         help="folder of volumes (images/ or the folder itself), synthetic:cardiac, "
-        "synthetic:brain or synthetic:cardiac+brain",
+        "synthetic:brain, synthetic:cardiac+brain or synthetic:cardiac-hard",
     )
     # --run-dir: torchrun's own parser takes a bare "--run" for its --run-path option
     p.add_argument("--run", "--run-dir", dest="run", help="run folder to write (--run-dir under torchrun)")
@@ -283,7 +283,7 @@ def _add_embed(sub) -> None:
 def _add_sample(sub) -> None:
     """``gvsl sample``."""
     p = sub.add_parser("sample", help="write synthetic cardiac CT or brain MR subjects")
-    p.add_argument("kind", choices=["cardiac", "brain"])
+    p.add_argument("kind", choices=["cardiac", "cardiac-hard", "brain"])
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

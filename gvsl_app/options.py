@@ -219,6 +219,20 @@ class SegmentOptions:
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
 
+class FeatureLevel(Choice):
+    """Which features ``gvsl embed`` and the Feature clusters widget embed: one level of the
+    U-Net's decoder, coarse to fine (``decoder-1`` at 1/8 of the working cube, ``decoder-4`` at
+    full resolution: the last decoder level, the network's local features), or ``hypercolumn``:
+    the four read at the same voxels and concatenated.
+    """
+
+    DECODER_1 = "decoder-1"
+    DECODER_2 = "decoder-2"
+    DECODER_3 = "decoder-3"
+    DECODER_4 = "decoder-4"
+    HYPERCOLUMN = "hypercolumn"
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     """The options of ``gvsl embed`` and the Feature clusters widget (besides the weights)."""
@@ -226,6 +240,13 @@ class EmbedOptions:
     per_label: int = option(500, "voxels sampled per structure", minimum=1, maximum=5000)
     size: int = option(96, "working cube side in voxels", minimum=16, maximum=512, why="the network pools four times")
     seed: int = option(0, "seed of the voxel sampling and of t-SNE", minimum=0, maximum=2**32 - 1)
+    level: FeatureLevel = option(
+        FeatureLevel.DECODER_4,
+        "the features embedded: a decoder level, coarse to fine (decoder-1 at 1/8 of the working cube ... "
+        "decoder-4 at full resolution, the last decoder level: default), or hypercolumn (the four read at each "
+        "voxel and concatenated); the report scores every level (silhouette and 5-NN accuracy) either way",
+        choices=FeatureLevel,
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
     def __post_init__(self) -> None:

@@ -270,6 +270,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         per_label=opts.per_label,
         size=opts.size,
         seed=opts.seed,
+        level=opts.level,
         device=opts.device,
     )
     record_series(res.report, image=image)
@@ -278,7 +279,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     r = res.report
     fmt = lambda v: "n/a (one label)" if v is None else f"{v:.4f}"  # noqa: E731
     print(
-        f"{r['n_points']} voxels embedded; silhouette: features {fmt(r['silhouette_features'])}, "
-        f"2D {fmt(r['silhouette_2d'])}; wrote {out}/embedding.csv and report.json"
+        f"{r['n_points']} voxels embedded at {r['level']}; silhouette: features {fmt(r['silhouette_features'])}, "
+        f"2D {fmt(r['silhouette_2d'])}; 5-NN accuracy {fmt(r['knn5'])}; wrote {out}/embedding.csv and report.json"
     )
+    print(f"{'level':<12} {'dim':>4} {'silhouette':>10} {'5-NN':>6}")
+    for name, row in r["levels"].items():
+        print(f"{name:<12} {row['feature_dim']:>4} {fmt(row['silhouette']):>10} {fmt(row['knn5']):>6}")
     return 0

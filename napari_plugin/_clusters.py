@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -38,7 +39,16 @@ from gvsl_app.jobs.state import JobState, shared_checkpoints
 from gvsl_app.options import EmbedOptions
 
 from . import _warmup
-from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, random_model, thick_slices
+from ._common import (
+    NONE,
+    RANDOM,
+    LayerCombo,
+    WeightsChooser,
+    device_combo,
+    random_model,
+    results_table,
+    thick_slices,
+)
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
@@ -50,6 +60,16 @@ if TYPE_CHECKING:  # matplotlib and the engine: imported in the background after
     from ._scatter import ScatterCanvas
 
 POINTS = "embedded voxels"
+
+OPEN_LEVEL = "hypercolumn"
+"""The feature level the widget opens on: on the app's cardiac sample pair it is the demo
+weights' best by silhouette and 5-NN accuracy (docs/results/feature_levels.md)."""
+
+LEVEL_NOTE = (
+    "Opens on hypercolumn: on the cardiac sample pair it is the demo weights' best level (silhouette -0.04, "
+    "5-NN 0.95), yet no level of theirs is positive or above a random network's (hypercolumn +0.09): "
+    "docs/results/feature_levels.md"
+)
 
 
 def _describe(weights) -> str:
@@ -134,6 +154,14 @@ class ClustersWidget(QWidget):
         self.info = QLabel("")
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
+        # every level's scores, the weights side by side: which level separates the structures
+        self.level_table = results_table(LEVEL_COLUMNS)
+        self.level_table.setMaximumHeight(170)
+        self.level_table.setToolTip(
+            "Silhouette (raw features) and leave-one-out 5-NN accuracy of the structures at each feature "
+            "level, on the same voxels, for weights A and B"
+        )
+        lay.addWidget(self.level_table)
         _warmup.when_ready(self._build_canvas)
 
     def _build_form(self) -> QFormLayout:
@@ -144,11 +172,14 @@ class ClustersWidget(QWidget):
         self.weights_a = WeightsChooser(shared_checkpoints(v), "gvsl", allow_random=True)
         self.weights_b = WeightsChooser(None, "gvsl", allow_random=True, allow_none=True)
         # rows made from the engine's EmbedOptions: gvsl embed's ranges, defaults and help
-        self.options = {name: OptionRow(EmbedOptions, name) for name in ("per_label", "size")}
+        self.options = {name: OptionRow(EmbedOptions, name) for name in ("per_label", "size", "level")}
         self.per_label = cast(QSpinBox, self.options["per_label"].native)
         self.per_label.setSingleStep(50)
         self.cube_size = cast(QSpinBox, self.options["size"].native)
         self.cube_size.setSingleStep(16)
+        self.level = cast(QComboBox, self.options["level"].native)
+        self.level.setCurrentText(OPEN_LEVEL)
+        self.level.setToolTip(self.level.toolTip() + "\n\n" + LEVEL_NOTE)
         self.device = device_combo()
         form = QFormLayout()
         for label, w in (
@@ -158,6 +189,7 @@ class ClustersWidget(QWidget):
             ("compare with", self.weights_b),
             ("voxels per label", self.per_label),
             ("working size", self.cube_size),
+            ("feature level", self.level),
             ("device", self.device),
         ):
             form.addRow(label, w)
@@ -211,6 +243,7 @@ class ClustersWidget(QWidget):
             return None
         chosen = [w for w in (self.weights_a.value(), self.weights_b.value()) if w != NONE]
         per_label, size, device = self.per_label.value(), self.cube_size.value(), self.device.currentText()
+        level = self.level.currentText()
         names = label_names_of(ll)
         colors = {v: tuple(label_rgba(ll, v)) for v in names}
 
@@ -234,6 +267,7 @@ class ClustersWidget(QWidget):
                         per_label=per_label,
                         size=size,
                         seed=0,
+                        level=level,
                         device=device,
                         progress=part,
                     )
@@ -298,7 +332,10 @@ class ClustersWidget(QWidget):
         panels = []
         for tag, name, r in zip("AB", tags, results):
             rep = r.record
-            title = f"{name}\nsilhouette {_num(rep.silhouette_features)} (2D {_num(rep.silhouette_2d)})"
+            title = (
+                f"{name} ({rep.level})\nsilhouette {_num(rep.silhouette_features)} (2D {_num(rep.silhouette_2d)}), "
+                f"5-NN {_num(rep.knn5)}"
+            )
             panels.append({"title": title, "xy": f[[f"tsne_x_{tag}", f"tsne_y_{tag}"]].to_numpy(), "colors": face})
         present = sorted(set(int(v) for v in f["label"]))
         self.canvas.set_panels(
@@ -314,6 +351,21 @@ class ClustersWidget(QWidget):
         self.label_list.setCurrentRow(-1)
         self.label_list.blockSignals(False)
         self.info.setText(f"{len(f)} voxels; lasso or drag a rectangle in a plot, or pick a label")
+        self._fill_levels(results)
+
+    def _fill_levels(self, results) -> None:
+        """One row per feature level: its silhouette and 5-NN accuracy for A (and B)."""
+        table = self.level_table
+        table.setRowCount(0)
+        levels = list(results[0].record.levels)
+        table.setRowCount(len(levels))
+        for row, level in enumerate(levels):
+            cells = [level]
+            for tag in range(2):
+                scores = results[tag].record.levels[level] if tag < len(results) else None
+                cells += [_num(scores["silhouette"]), _num(scores["knn5"])] if scores else ["", ""]
+            for col, text in enumerate(cells):
+                table.setItem(row, col, QTableWidgetItem(text))
 
     # -- selection -----------------------------------------------------------------------
     def _points(self) -> Points | None:
@@ -402,6 +454,9 @@ class ClustersWidget(QWidget):
             self._sync_timer.stop()
             self.canvas.highlight(None)
             self.info.setText("the points layer was removed: compute the embedding again to link the plot")
+
+
+LEVEL_COLUMNS = ("level", "A silh.", "A 5-NN", "B silh.", "B 5-NN")
 
 
 def _num(value) -> str:

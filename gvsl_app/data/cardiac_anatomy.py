@@ -251,11 +251,13 @@ def paint_atria(rng: np.random.Generator, heart: HeartFrame, tissue: TissueHU, h
     lab[la] = LA
 
 
-def _pulmonary_artery(q: Coords, rng: np.random.Generator, heart: HeartFrame) -> np.ndarray:
-    """Trunk from the RV outflow tract to the bifurcation, the left and the right branch."""
+def _pulmonary_artery(q: Coords, rng: np.random.Generator, heart: HeartFrame, radius_scale: float = 1.0) -> np.ndarray:
+    """Trunk from the RV outflow tract to the bifurcation, the left and the right branch
+    (``radius_scale`` thins the tubes without changing any draw: the hard phantom's vessels).
+    """
     U, a_lv, hs = rng.uniform, heart.lv_semi, heart.scale
     pa_root = heart.to_anat([-a_lv[0] * 0.45, -a_lv[1] - 0.55 * heart.t_myo - 2.0, heart.base - 6.0])
-    r_pa = U(8.0, 10.0) * hs
+    r_pa = U(8.0, 10.0) * hs * radius_scale
     bif = pa_root + np.array([U(8, 12), U(2, 6), U(26, 32)]) * hs
     pa_pts = np.array(
         [
@@ -279,11 +281,13 @@ def _pulmonary_artery(q: Coords, rng: np.random.Generator, heart: HeartFrame) ->
     return pa
 
 
-def _aorta(q: Coords, rng: np.random.Generator, heart: HeartFrame) -> np.ndarray:
-    """From the LV outflow tract: ascending, arching back and descending out of the field of view."""
+def _aorta(q: Coords, rng: np.random.Generator, heart: HeartFrame, radius_scale: float = 1.0) -> np.ndarray:
+    """From the LV outflow tract: ascending, arching back and descending out of the field of view
+    (``radius_scale`` as for :func:`_pulmonary_artery`).
+    """
     U, a_lv, hs = rng.uniform, heart.lv_semi, heart.scale
     ao_root = heart.to_anat([-0.3 * a_lv[0], -0.3 * a_lv[1], heart.base - 6.0])
-    r_ao = U(8.0, 9.5) * hs
+    r_ao = U(8.0, 9.5) * hs * radius_scale
     ao_pts = np.array(
         [
             ao_root,
@@ -298,13 +302,21 @@ def _aorta(q: Coords, rng: np.random.Generator, heart: HeartFrame) -> np.ndarray
 
 
 def paint_great_vessels(
-    q: Coords, rng: np.random.Generator, heart: HeartFrame, tissue: TissueHU, hu: np.ndarray, lab: np.ndarray
+    q: Coords,
+    rng: np.random.Generator,
+    heart: HeartFrame,
+    tissue: TissueHU,
+    hu: np.ndarray,
+    lab: np.ndarray,
+    radius_scale: float = 1.0,
 ) -> None:
-    """Pulmonary artery, then aorta: tubes in the anatomical frame rooted in the outflow tracts."""
-    pa = _pulmonary_artery(q, rng, heart)
+    """Pulmonary artery, then aorta: tubes in the anatomical frame rooted in the outflow tracts
+    (``radius_scale`` < 1: thinner vessels, the same draws).
+    """
+    pa = _pulmonary_artery(q, rng, heart, radius_scale)
     hu[pa] = tissue.blood_right
     lab[pa] = PULMONARY_ARTERY
-    ao = _aorta(q, rng, heart)
+    ao = _aorta(q, rng, heart, radius_scale)
     hu[ao] = tissue.blood_left
     lab[ao] = AORTA
 

@@ -46,7 +46,7 @@ PairSource = str | os.PathLike | Sequence[np.ndarray | Volume]
 # --------------------------------------------------------------------------- synthetic sources
 
 SYNTHETIC_PREFIX = "synthetic:"
-SYNTHETIC_KINDS = ("cardiac", "brain")
+SYNTHETIC_KINDS = ("cardiac", "brain", "cardiac-hard")
 
 
 def _parse_synthetic(source: str) -> tuple[tuple[str, ...], int | None]:
@@ -57,7 +57,7 @@ def _parse_synthetic(source: str) -> tuple[tuple[str, ...], int | None]:
     if not kinds or any(k not in SYNTHETIC_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise DatasetError(
             f"unknown synthetic source {source!r}; available: synthetic:cardiac[:N], "
-            "synthetic:brain[:N], synthetic:cardiac+brain[:N] (N subjects of each kind)"
+            "synthetic:brain[:N], synthetic:cardiac+brain[:N], synthetic:cardiac-hard[:N] (N subjects of each kind)"
         )
     if count:
         try:
@@ -73,6 +73,10 @@ def _synthetic_subject(kind: str, seed: int, size: int) -> tuple[Volume, str]:
         from gvsl_app.data.brain import make_brain_subject
 
         return make_brain_subject(seed, (size,) * 3)[0], "mr"
+    if kind == "cardiac-hard":
+        from gvsl_app.data.cardiac_hard import make_cardiac_hard_subject
+
+        return make_cardiac_hard_subject(seed, (size,) * 3)[0], "ct"
     from gvsl_app.data.synthetic import make_cardiac_subject
 
     return make_cardiac_subject(seed, (size,) * 3)[0], "ct"

@@ -13,9 +13,20 @@ from pathlib import Path
 
 from gvsl_app.io.volume import Volume
 
-__all__ = ["DATASET_ENTRIES", "LABEL_TABLE", "SAMPLE_KINDS", "SAMPLE_PAIR_SEEDS", "sample_pair", "write_samples"]
+__all__ = [
+    "DATASET_ENTRIES",
+    "DATASET_KINDS",
+    "LABEL_TABLE",
+    "SAMPLE_KINDS",
+    "SAMPLE_PAIR_SEEDS",
+    "sample_pair",
+    "write_samples",
+]
 
 SAMPLE_KINDS = ("cardiac", "brain")
+DATASET_KINDS = ("cardiac", "cardiac-hard", "brain")
+"""What :func:`write_samples` (``gvsl sample``) writes: the sample pairs' kinds and
+``cardiac-hard`` (:mod:`gvsl_app.data.cardiac_hard`), a downstream set with no bundled pair."""
 SAMPLE_PAIR_SEEDS: dict[str, tuple[int, int]] = {"cardiac": (11, 12), "brain": (21, 22)}
 """(fixed, moving) subject seeds of the bundled pair of each kind."""
 
@@ -29,14 +40,14 @@ beside the label maps, where :func:`gvsl_app.io.label_tables.find_label_table` f
 reader, the Label explorer and ``gvsl evaluate-labels`` then say LV, RV, not label 1, 2)."""
 
 
-def _check_kind(kind: str) -> str:
-    if kind not in SAMPLE_KINDS:
-        raise ValueError(f"unknown sample kind {kind!r}; choose one of {', '.join(SAMPLE_KINDS)}")
+def _check_kind(kind: str, kinds: tuple[str, ...] = SAMPLE_KINDS) -> str:
+    if kind not in kinds:
+        raise ValueError(f"unknown sample kind {kind!r}; choose one of {', '.join(kinds)}")
     return kind
 
 
 def _label_info(kind: str) -> tuple[dict, dict]:
-    if kind == "cardiac":
+    if kind in ("cardiac", "cardiac-hard"):
         from gvsl_app.data.synthetic import CARDIAC_COLORS, CARDIAC_LABELS
 
         return dict(CARDIAC_LABELS), dict(CARDIAC_COLORS)
@@ -105,18 +116,27 @@ def write_samples(
     """Write a data folder of ``n`` subjects of ``kind`` (what ``gvsl sample`` runs); returns ``out``.
 
     ``cardiac``: :func:`gvsl_app.data.synthetic.cardiac_dataset` (``classification=True`` adds
-    ``labels.csv`` with about half abnormal subjects); ``brain``:
+    ``labels.csv`` with about half abnormal subjects); ``cardiac-hard``:
+    :func:`gvsl_app.data.cardiac_hard.cardiac_hard_dataset` (CT, no classification); ``brain``:
     :func:`gvsl_app.data.brain.brain_dataset` (no classification variant). Subject ``i`` uses the seed
     ``seed * 100003 + i``. ``contrast="mr"`` (cardiac) renders the same subjects as cine MR.
     The structure names and colours go to :data:`LABEL_TABLE`.
     """
     from gvsl_app.io.label_tables import LabelTable, write_label_table
 
-    _check_kind(kind)
+    _check_kind(kind, DATASET_KINDS)
     if kind == "cardiac":
         from gvsl_app.data.synthetic import cardiac_dataset
 
         folder = cardiac_dataset(out, n, seed, shape=shape, classification=classification, contrast=contrast)
+    elif kind == "cardiac-hard":
+        if contrast != "ct" or classification:
+            raise ValueError(
+                "cardiac-hard samples are CT segmentation subjects (no --contrast mr, no --classification)"
+            )
+        from gvsl_app.data.cardiac_hard import cardiac_hard_dataset
+
+        folder = cardiac_hard_dataset(out, n, seed, shape=shape)
     else:
         if contrast != "ct":
             raise ValueError("--contrast mr is for the cardiac samples (the brain samples are MR already)")

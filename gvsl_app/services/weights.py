@@ -45,7 +45,7 @@ def trained_modalities(ck: dict) -> frozenset[str] | None:
     if not data.startswith("synthetic:"):
         return None
     kinds = data[len("synthetic:") :].partition(":")[0].split("+")
-    found = {"cardiac": "ct", "brain": "mr"}
+    found = {"cardiac": "ct", "cardiac-hard": "ct", "brain": "mr"}
     return frozenset(found[k] for k in kinds if k in found) or None
 
 

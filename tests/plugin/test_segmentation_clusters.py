@@ -114,7 +114,15 @@ def test_clusters_two_weights_selection_highlights_voxels(qtbot, cardiac_viewer,
     labels = viewer.layers["cardiac fixed labels"].data
     np.testing.assert_array_equal(labels[tuple(vox.T)], feats["label"].to_numpy())
     assert len(w.canvas.panels) == 2 and "silhouette" in w.canvas.panels[0]["title"]
+    assert "(hypercolumn)" in w.canvas.panels[0]["title"] and "5-NN" in w.canvas.panels[1]["title"]
     assert w.label_list.count() == 7
+    # every level's scores, A and B side by side, as in the two embeddings' reports
+    table = [[w.level_table.item(r, c).text() for c in range(5)] for r in range(w.level_table.rowCount())]
+    assert [row[0] for row in table] == ["decoder-1", "decoder-2", "decoder-3", "decoder-4", "hypercolumn"]
+    for tag, res in enumerate(w.results):
+        for row in table:
+            scores = res.record.levels[row[0]]
+            assert row[1 + 2 * tag : 3 + 2 * tag] == [f"{scores['silhouette']:.3f}", f"{scores['knn5']:.3f}"]
 
     # Rectangle selection in the second panel -> those voxels are shown in the viewer.
     w.mode.setCurrentText("rectangle")
@@ -386,3 +394,11 @@ def test_the_feature_clusters_rows_are_gvsl_embeds_options(make_napari_viewer):
     cli = from_args(EmbedOptions, build_parser().parse_args(["embed", "i.nii.gz", "l.nii.gz", "--out", "o"]))
     assert (w.per_label.value(), w.cube_size.value()) == (cli.per_label, cli.size)
     assert (w.per_label.maximum(), w.cube_size.minimum()) == (5000, 16)
+    # the feature level: gvsl embed's choices; the widget opens on the sample pair's best level and says why
+    from napari_plugin._clusters import OPEN_LEVEL
+
+    assert [w.level.itemText(i) for i in range(w.level.count())] == list(
+        EmbedOptions.__dataclass_fields__["level"].metadata["choices"].values()
+    )
+    assert w.level.currentText() == OPEN_LEVEL == "hypercolumn"
+    assert "feature_levels.md" in w.level.toolTip() and "sample pair" in w.level.toolTip()
