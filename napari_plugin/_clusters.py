@@ -42,6 +42,7 @@ from ._common import NONE, RANDOM, LayerCombo, WeightsChooser, device_combo, ran
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
+from ._layout import fit_dock
 from ._options_form import OptionRow
 
 if TYPE_CHECKING:  # matplotlib and the engine: imported in the background after start (see `canvas`)
@@ -135,6 +136,7 @@ class ClustersWidget(QWidget):
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
         _warmup.when_ready(self._build_canvas)
+        fit_dock(self)
 
     def _build_form(self) -> QFormLayout:
         """The inputs: image and labels layers, the two weights, sampling, working size, device."""

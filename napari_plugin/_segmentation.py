@@ -16,6 +16,7 @@ from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
+from ._layout import fit_dock
 
 if TYPE_CHECKING:  # the engine is imported in the background after start (see _warmup)
     from gvsl_app.services.segment import SegmentReport, SegmentResult
@@ -57,6 +58,7 @@ class SegmentationWidget(QWidget):
         lay.addWidget(self.controls)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.summary)
+        fit_dock(self)
 
     def _on_image_grid(self, labels) -> bool:
         image = self.image.layer()
