@@ -135,7 +135,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """``gvsl segment``: one volume (or a folder of them) to a label map, with volumes and Dice."""
     from gvsl_app.io.images import read_labels, read_volume, write_volume
     from gvsl_app.io.outputs import prepare_output
-    from gvsl_app.services.segment import segment
+    from gvsl_app.services.segment import brain_notes, segment
 
     image_path = Path(args.image)
     if image_path.is_dir() and not _is_dicom_folder(image_path):
@@ -148,7 +148,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prepare_output(report_path, None, args.overwrite, [*inputs, ("label map --out names", out)], option="--report")
     image = read_volume(image_path, series_uid=args.series, series_option="--series")
     ref = read_labels(args.reference, image) if args.reference else None
-    res = segment(image, args.weights, device=args.device, reference=ref)
+    res = segment(image, args.weights, device=args.device, reference=ref, skull_strip=args.skull_strip)
     if args.weights is None:
         print(res.report["segmenter"])
     record_series(res.report, image=image)
@@ -165,6 +165,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"{'mean Dice':>18} {'':>9} {dice_cell(res.report['mean_dice'])}")
         if any(v is None or not math.isfinite(v) for v in res.report["dice"].values()):
             print(f"{'n/a':>18}: {UNDEFINED_DICE}")
+    for line in brain_notes(res.record):
+        print(line)
     print(f"wrote {out} and {report_path}")
     return 0
 
@@ -191,7 +193,7 @@ def _segment_each(
             image = read_volume(path)
             if "dicom" in image.meta:
                 series[name] = image.meta["dicom"]["series_uid"]
-            res = segment(image, args.weights, device=args.device)
+            res = segment(image, args.weights, device=args.device, skull_strip=args.skull_strip)
             if args.weights is None and not pairs:
                 print(res.report["segmenter"])  # once: a folder is one modality
             names = {int(k): v for k, v in res.report["label_names"].items()}

@@ -123,9 +123,14 @@ class SegmentationWidget(QWidget):
 
 
 def _summary_text(rep: SegmentReport) -> str:
-    """The line under the table: which segmenter (unless given), mean Dice or structures found, time."""
+    """The line under the table: which segmenter (unless given), the brain mask and volume
+    warnings, mean Dice or structures found, time.
+    """
+    from gvsl_app.services.segment import brain_notes
+
     secs = rep.seconds["total_s"]
     which = "" if "(given)" in rep.segmenter else f"{rep.segmenter}. "
+    which += "".join(f"{note[0].upper()}{note[1:]}. " for note in brain_notes(rep))
     if rep.dice is not None:
         scored = sum(1 for v in rep.dice.values() if v is not None and v == v)  # NaN: in neither map
         return f"{which}mean Dice {_fmt(rep.mean_dice, 3)} over {scored} structures; {secs:.1f} s on {rep.device}"

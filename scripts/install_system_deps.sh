@@ -7,6 +7,10 @@ set -euo pipefail
 need=(xvfb xauth libgl1 libegl1 libglib2.0-0 libfontconfig1 libxkbcommon-x11-0 libxcb-icccm4
       libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
       libxcb-xfixes0 libxcb-cursor0 libdbus-1-3 libxi6 libxrender1 libxext6 libsm6 libice6 x11-utils)
+# A real T1 head scan (skull, scalp, neck) for the brain segmenter's test: ITK's
+# KmeansTest_T1UCharRaw.nii.gz in Debian's insighttoolkit5-examples (1.7 MB, no dependencies);
+# tests/engine/test_brain_heads.py skips without it.
+apt-cache show insighttoolkit5-examples >/dev/null 2>&1 && need+=(insighttoolkit5-examples)
 missing=()
 if command -v dpkg-query >/dev/null; then
   for p in "${need[@]}"; do
