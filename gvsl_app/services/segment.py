@@ -93,13 +93,16 @@ def volume_flags(names: dict[str, str], volume_ml: dict[str, float]) -> dict[str
 
 
 def brain_notes(record: SegmentReport) -> list[str]:
-    """Lines saying what the brain-mask step did and which volumes lie outside the adult range."""
+    """Lines saying what the brain-mask and CSF steps did and which volumes lie outside the adult range."""
     lines = []
     mask = record.brain_mask
     if mask is not None and mask.applied:
         lines.append(
-            f"brain mask: {mask.brain_ml:.0f} mL of a {mask.head_ml:.0f} mL head "
-            "(skull, scalp and neck left out; --skull-strip off to segment the whole image)"
+            f"brain mask: {mask.brain_ml:.0f} mL of a {mask.head_ml:.0f} mL head (skull, scalp and neck left out)"
+        )
+    if mask is not None and mask.grey_to_csf_ml:
+        lines.append(
+            f"CSF step: {mask.grey_to_csf_ml:.0f} mL of grey matter darker than the brain's CSF relabelled CSF"
         )
     lines += [f"warning: {flag}" for flag in record.volume_flags.values()]
     return lines
