@@ -118,3 +118,18 @@ def test_gvsl_segment_on_a_real_head_gives_adult_grey_and_white_matter(tmp_path)
     lo, hi = ADULT_RANGE_ML["White matter"]
     assert lo <= wm <= hi, wm
     assert "volume_flags" not in report
+
+
+def test_gvsl_segment_on_a_folder_reports_the_brain_steps_per_case(tmp_path, capsys):
+    from gvsl_app.cli import main
+    from gvsl_app.data.brain import make_brain_subject
+    from gvsl_app.io.images import write_volume
+
+    image, _ = make_brain_subject(1, (96, 96, 96), head=True)
+    write_volume(image, tmp_path / "in" / "head.nii.gz")
+    assert main(["segment", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    case = report["brain"]["head"]
+    assert case["brain_mask"]["applied"] is True
+    assert case["volume_flags"]["1"].startswith("Grey matter")  # an MNI-sized brain: above the adult range
+    assert "warning: head: Grey matter" in capsys.readouterr().out
