@@ -117,6 +117,13 @@ class InitMode(Choice):
     MOMENTS = "moments"
 
 
+class SkullStrip(Choice):
+    """Whether the brain tissue segmenter first masks the brain (``auto``) or sees the whole image (``off``)."""
+
+    AUTO = "auto"
+    OFF = "off"
+
+
 class MatchSimilarity(Choice):
     """What the refinement (and the fallback's judgement) compares: chosen from the scans'
     intensities (``auto``), local NCC (one contrast), MIND-SSC descriptors or normalised
@@ -217,6 +224,12 @@ class SegmentOptions:
     """The options of ``gvsl segment`` and the Segmentation widget (besides the weights)."""
 
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    skull_strip: str = option(
+        "auto",
+        "brain tissue segmenter only: auto masks the brain first on a whole head (skull, scalp, neck left out; "
+        "an already skull-stripped image is left whole); off segments the whole image",
+        choices=SkullStrip,
+    )
 
 
 class FeatureLevel(Choice):

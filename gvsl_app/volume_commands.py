@@ -137,7 +137,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """``gvsl segment``: one volume (or a folder of them) to a label map, with volumes and Dice."""
     from gvsl_app.io.images import read_labels, read_volume, write_volume
     from gvsl_app.io.outputs import prepare_output
-    from gvsl_app.services.segment import segment
+    from gvsl_app.services.segment import brain_notes, segment
 
     image_path = Path(args.image)
     if image_path.is_dir() and not _is_dicom_folder(image_path):
@@ -150,7 +150,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     prepare_output(report_path, None, args.overwrite, [*inputs, ("label map --out names", out)], option="--report")
     image = read_volume(image_path, series_uid=args.series, series_option="--series")
     ref = read_labels(args.reference, image) if args.reference else None
-    res = segment(image, args.weights, device=args.device, reference=ref)
+    res = segment(image, args.weights, device=args.device, reference=ref, skull_strip=args.skull_strip)
     if args.weights is None:
         print(res.report["segmenter"])
     record_series(res.report, image=image)
@@ -167,21 +167,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"{'mean Dice':>18} {'':>9} {dice_cell(res.report['mean_dice'])}")
         if any(v is None or not math.isfinite(v) for v in res.report["dice"].values()):
             print(f"{'n/a':>18}: {UNDEFINED_DICE}")
+    for line in brain_notes(res.record):
+        print(line)
     print(f"wrote {out} and {report_path}")
     return 0
 
 
 def _segment_each(
     args: argparse.Namespace, images: dict[str, Path], refs: dict[str, Path], stage: Path
-) -> tuple[list[tuple[str, Path, Path | None]], dict[int, str], dict[str, str]]:
+) -> tuple[list[tuple[str, Path, Path | None]], dict[int, str], dict[str, str], dict[str, dict]]:
     """Segment every image into ``stage``: (name, label map, reference) per case, the
-    structures' names and the DICOM series read, with a progress bar unless ``--quiet``.
+    structures' names, the DICOM series read and, per case, what the brain tissue
+    segmenter's brain-mask and CSF steps did and its volume flags; with a progress bar
+    unless ``--quiet``.
     """
     from gvsl_app.io.images import read_volume, write_volume
     from gvsl_app.services.segment import segment
 
     names: dict[int, str] = {}
     series: dict[str, str] = {}
+    brain: dict[str, dict] = {}
     bar = None
     if not getattr(args, "quiet", False):
         from tqdm import tqdm
@@ -193,10 +198,12 @@ def _segment_each(
             image = read_volume(path)
             if "dicom" in image.meta:
                 series[name] = image.meta["dicom"]["series_uid"]
-            res = segment(image, args.weights, device=args.device)
+            res = segment(image, args.weights, device=args.device, skull_strip=args.skull_strip)
             if args.weights is None and not pairs:
                 print(res.report["segmenter"])  # once: a folder is one modality
             names = {int(k): v for k, v in res.report["label_names"].items()}
+            if res.record.brain_mask is not None:
+                brain[name] = {k: res.report[k] for k in ("brain_mask", "volume_flags") if k in res.report}
             seg_path = write_volume(res.labels, stage / f"{name}.nii.gz", is_label=True)
             pairs.append((name, Path(seg_path), refs.get(name)))
             if bar is not None:
@@ -204,7 +211,7 @@ def _segment_each(
     finally:
         if bar is not None:
             bar.close()
-    return pairs, names, series
+    return pairs, names, series, brain
 
 
 def _segment_folder(args: argparse.Namespace) -> int:
@@ -228,7 +235,7 @@ def _segment_folder(args: argparse.Namespace) -> int:
         inputs += [("reference labels folder", ref_dir), *(("reference label map", p) for p in refs.values())]
     out = prepare_output(args.out, ours, args.overwrite, inputs)
     with staged_folder(out, ours) as stage:
-        pairs, names, series = _segment_each(args, images, refs, stage)
+        pairs, names, series, brain = _segment_each(args, images, refs, stage)
         with_ref = [p for p in pairs if p[2] is not None]
         results = evaluate_cohort(with_ref, names) + evaluate_cohort([p for p in pairs if p[2] is None], names)
         summary = structure_summary(results)
@@ -241,11 +248,16 @@ def _segment_folder(args: argparse.Namespace) -> int:
         }
         if series:
             report["dicom_series"] = series
+        if brain:
+            report["brain"] = brain
         (stage / "report.json").write_text(dumps_strict(report))
     print(f"{'structure':<18} {'n':>3} {'volume mL':>10}" + (f" {'Dice':>7}" if with_ref else ""))
     for name, s in summary.items():
         cell = f" {dice_cell(s['dice']['mean'])}" if with_ref else ""
         print(f"{name[:18]:<18} {s['volume_ml']['n']:>3} {s['volume_ml']['mean']:10.2f}{cell}")
+    for name, record in brain.items():
+        for flag in record.get("volume_flags", {}).values():
+            print(f"warning: {name}: {flag}")
     print(f"wrote {len(pairs)} segmentation(s), {out / 'metrics.csv'} and {out / 'report.json'}")
     return 0
 

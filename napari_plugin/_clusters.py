@@ -52,6 +52,7 @@ from ._common import (
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, upsert_layer
+from ._layout import fit_dock
 from ._options_form import OptionRow
 
 if TYPE_CHECKING:  # matplotlib and the engine: imported in the background after start (see `canvas`)
@@ -163,6 +164,7 @@ class ClustersWidget(QWidget):
         )
         lay.addWidget(self.level_table)
         _warmup.when_ready(self._build_canvas)
+        fit_dock(self)
 
     def _build_form(self) -> QFormLayout:
         """The inputs: image and labels layers, the two weights, sampling, working size, device."""

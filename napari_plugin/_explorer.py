@@ -40,6 +40,7 @@ from ._layers import (
     prebuild,
     upsert_layer,
 )
+from ._layout import fit_dock
 
 COLUMNS = ("structure", "volume (mL)", "reference (mL)", "Dice", "HD95 (mm)", "ASSD (mm)", "note")
 DISAGREEMENT_COLORS = {1: (230, 80, 60), 2: (60, 140, 230), 3: (240, 200, 40)}
@@ -98,6 +99,7 @@ class LabelExplorerWidget(QWidget):
         lay.addWidget(self.controls)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.summary)
+        fit_dock(self)
 
     def _pick_table(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

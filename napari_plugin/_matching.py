@@ -37,6 +37,7 @@ from ._common import (
 from ._geometry import layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, prebuild, upsert_layer
+from ._layout import fit_dock
 from ._options_form import OptionRow
 
 WARPED, WARPED_LABELS = "warped moving", "warped labels"
@@ -120,6 +121,7 @@ class MatchingWidget(QWidget):
         self.export_button.clicked.connect(self._export_dialog)
         self.state.events.status.connect(self._sync_export)
         self._lay_out()
+        fit_dock(self)
 
     def _option_rows(self) -> None:
         """The matching options' rows, made from the engine's MatchOptions (gvsl match's own)."""

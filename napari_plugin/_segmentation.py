@@ -16,6 +16,7 @@ from ._common import LayerCombo, WeightsChooser, device_combo, results_table
 from ._geometry import same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
+from ._layout import fit_dock
 
 if TYPE_CHECKING:  # the engine is imported in the background after start (see _warmup)
     from gvsl_app.services.segment import SegmentReport, SegmentResult
@@ -57,6 +58,7 @@ class SegmentationWidget(QWidget):
         lay.addWidget(self.controls)
         lay.addWidget(self.table, 1)
         lay.addWidget(self.summary)
+        fit_dock(self)
 
     def _on_image_grid(self, labels) -> bool:
         image = self.image.layer()
@@ -121,9 +123,14 @@ class SegmentationWidget(QWidget):
 
 
 def _summary_text(rep: SegmentReport) -> str:
-    """The line under the table: which segmenter (unless given), mean Dice or structures found, time."""
+    """The line under the table: which segmenter (unless given), the brain mask and volume
+    warnings, mean Dice or structures found, time.
+    """
+    from gvsl_app.services.segment import brain_notes
+
     secs = rep.seconds["total_s"]
     which = "" if "(given)" in rep.segmenter else f"{rep.segmenter}. "
+    which += "".join(f"{note[0].upper()}{note[1:]}. " for note in brain_notes(rep))
     if rep.dice is not None:
         scored = sum(1 for v in rep.dice.values() if v is not None and v == v)  # NaN: in neither map
         return f"{which}mean Dice {_fmt(rep.mean_dice, 3)} over {scored} structures; {secs:.1f} s on {rep.device}"

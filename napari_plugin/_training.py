@@ -23,6 +23,7 @@ from gvsl_app.jobs.state import DONE, ERROR, STOPPED, TrainingState, format_seco
 
 from . import _warmup
 from ._common import notify_error, notify_info
+from ._layout import fit_dock
 from ._lossplot import LossPlot
 
 if TYPE_CHECKING:  # the engine's training modules import torch: loaded in the background
@@ -119,6 +120,7 @@ class TrainingWidget(QWidget):
         self._watched: weakref.ref[QObject] | None = None  # weak: the window must not outlive napari's close
         self._docked_in: weakref.ref[QObject] | None = None
         _warmup.when_ready(self._build_form)
+        fit_dock(self)
 
     def _build_buttons(self) -> QHBoxLayout:
         """Start, Stop, Resume and Attach in a row; "Use this checkpoint" (placed under the plot)."""

@@ -17,6 +17,22 @@ fi
 if command -v dpkg-query >/dev/null && ! "${PY:-python3}" -c "import ensurepip" 2>/dev/null; then
   missing+=(python3-venv)
 fi
+# Optional: a real T1 head scan (skull, scalp, neck) for the brain segmenter's test, ITK's
+# KmeansTest_T1UCharRaw.nii.gz in Debian's insighttoolkit5-examples (1.7 MB, no dependencies).
+# Installed on its own after the rest, and never fatal: tests/engine/services/test_brain_heads.py
+# skips without it.
+want_optional=""
+if command -v dpkg-query >/dev/null && ! dpkg-query -W -f='${Status}' insighttoolkit5-examples 2>/dev/null | grep -q "install ok installed"; then
+  want_optional=insighttoolkit5-examples
+fi
+install_optional() {
+  [ -n "$want_optional" ] && command -v apt-get >/dev/null || return 0
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq --no-install-recommends "$want_optional" >/dev/null 2>&1 \
+    || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq --no-install-recommends "$want_optional" >/dev/null 2>&1; } \
+    || echo "install_system_deps: $want_optional not available; the real-head test will be skipped" >&2
+}
+trap install_optional EXIT
 [ ${#missing[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
   echo "install_system_deps: not a Debian/Ubuntu machine; please install Xvfb, Mesa OpenGL and Qt xcb libraries: ${missing[*]}" >&2

@@ -36,7 +36,7 @@ from gvsl_app.data.phantom_geometry import _random_rotation
 from gvsl_app.data.phantom_geometry import _rbf_basis as _rbf_basis_on
 from gvsl_app.io.volume import Volume
 
-__all__ = ["BRAIN_LABELS", "BRAIN_COLORS", "mni_template_files", "make_brain_subject", "brain_dataset"]
+__all__ = ["BRAIN_LABELS", "BRAIN_COLORS", "HEAD_LAYERS", "mni_template_files", "make_brain_subject", "brain_dataset"]
 
 BRAIN_LABELS: dict[int, str] = {1: "Grey matter", 2: "White matter", 3: "CSF/other brain"}
 """Label values of the brain subjects (0 is outside the brain)."""
@@ -109,6 +109,65 @@ def _template():
     return t1, lab, ref
 
 
+HEAD_LAYERS: tuple[tuple[float, float, str], ...] = (
+    (2.0, 0.12, "CSF"),
+    (3.5, 0.03, "inner table of the skull"),
+    (5.5, 0.50, "diploe (marrow)"),
+    (7.0, 0.03, "outer table of the skull"),
+    (9.0, 0.35, "galea and temporal muscle"),
+    (13.0, 0.95, "scalp fat"),
+    (14.5, 0.50, "skin"),
+)
+"""The synthetic head around the template's brain: (outer distance from the brain in mm,
+T1 intensity on the template's 0-1 scale, tissue) per shell, T1 contrast as on a real scan
+(fat and marrow bright, bone and CSF dark, muscle below grey matter)."""
+
+_HEAD_PAD = (60, 24, 24)
+"""Template voxels added per axis (z, y, x) on both sides for the head; z also takes the neck."""
+
+
+@lru_cache(maxsize=1)
+def _head_template():
+    """(t1 of a whole head in [0,1], brain labels, geometry) on the template grid padded by :data:`_HEAD_PAD`.
+
+    The template's brain wrapped in the :data:`HEAD_LAYERS` shells (by distance from the
+    brain mask) and, below the lowest brain slice, a neck: an elliptic cylinder of muscle
+    (0.35) in a fat ring (0.9) around a cervical spine of marrow (0.5) in bone (0.03). The
+    labels stay the brain's (0 for every head tissue).
+    """
+    t1, lab, ref = _template()
+    pz, py, px = _HEAD_PAD
+    pads = ((pz, 0), (py, py), (px, px))  # the neck below (z index 0 is inferior); the top is the scalp's
+    lab_p = np.pad(lab, pads)
+    t1_p = np.pad(t1, pads)
+    brain = lab_p > 0
+    dist = np.asarray(ndi.distance_transform_edt(~brain))  # mm: the template is 1 mm isotropic
+    head = np.zeros_like(t1_p)
+    inner = 0.0
+    for outer, value, _ in HEAD_LAYERS:
+        head[(dist > inner) & (dist <= outer)] = value
+        inner = outer
+    nz, ny, nx = lab_p.shape
+    zb = int(np.flatnonzero(brain.any(axis=(1, 2)))[0])  # lowest brain slice (the template cuts the brainstem)
+    low = brain[zb]
+    cy, cx = (float(np.mean(ix)) for ix in np.nonzero(low))
+    yy, xx = np.ogrid[:ny, :nx]
+    r = np.sqrt(((yy - cy - 10.0) / 55.0) ** 2 + ((xx - cx) / 60.0) ** 2)  # the neck's ellipse, centred behind the cord
+    rs = np.sqrt(((yy - cy - 5.0) / 11.0) ** 2 + ((xx - cx) / 11.0) ** 2)  # the spine
+    neck = np.select([rs <= 0.6, rs <= 1.0, r <= 0.85, r <= 1.0], [0.5, 0.03, 0.35, 0.9], 0.0).astype(np.float32)
+    for z in range(zb + 1):
+        cut = head[z] == 0
+        head[z][cut] = neck[cut]
+    t1_head = np.where(brain, t1_p, head).astype(np.float32)
+    ref_p = sitk.Image(t1_head.shape[::-1], sitk.sitkUInt8)
+    ref_p.SetSpacing(ref.GetSpacing())
+    ref_p.SetDirection(ref.GetDirection())
+    ref_p.SetOrigin(ref.TransformContinuousIndexToPhysicalPoint((-float(px), -float(py), -float(pz))))
+    t1_head.setflags(write=False)
+    lab_p.setflags(write=False)
+    return t1_head, lab_p, ref_p
+
+
 def _rbf_basis(n: int, n_ctrl: int) -> np.ndarray:
     """Gaussian basis over voxel indices 0..n-1 (the cardiac generator's, on an index axis)."""
     return _rbf_basis_on(np.arange(n, dtype=np.float64), n_ctrl)
@@ -121,18 +180,23 @@ def _smooth(ctrl: np.ndarray, shape) -> np.ndarray:
     return np.tensordot(out, bx, axes=(1, 1))
 
 
-def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
+def make_brain_subject(seed: int, shape=(96, 96, 96), *, head: bool = False) -> tuple[Volume, Volume]:
     """One brain MR subject (T1-like image, GM/WM/CSF labels) derived from the MNI template.
+
+    ``head=True`` gives a whole head as an MR scanner sees it: the brain inside CSF, skull,
+    marrow, muscle, scalp fat and skin (:data:`HEAD_LAYERS`) and a neck below, the field of
+    view the head's box with a random partial coverage (the top 0-12 mm of the head and
+    20-60 mm of neck); the labels are the brain's only (0 on every other tissue).
 
     ``shape`` is the (z, y, x) output shape; ``None`` keeps the template's native 1 mm grid over
     the brain bounding box. The voxel spacing is the bounding box's extent divided by the shape
     (so it may be anisotropic); origin and direction place the volume in MNI physical space.
     Deterministic in ``seed``. Returns (image float32 >= 0, labels uint8 of :data:`BRAIN_LABELS`).
     """
-    t1, lab, ref = _template()
+    t1, lab, ref = _head_template() if head else _template()
     ss = np.random.SeedSequence(int(seed))
     rng_geo, rng_int, rng_noise = (np.random.default_rng(s) for s in ss.spawn(3))
-    box = _brain_box(lab, shape)
+    box = _head_box(t1, lab, shape, rng_geo) if head else _brain_box(lab, shape)
     warped = _warp_template(t1, lab, ref, box, rng_geo)
     img, look = _mr_appearance(warped.image, box.out_shape, rng_int, rng_noise)
     # geometry: origin = physical point of the box start; spacing = ratio * template spacing
@@ -146,6 +210,7 @@ def make_brain_subject(seed: int, shape=(96, 96, 96)) -> tuple[Volume, Volume]:
         "affine": warped.affine.astype(float).round(5).tolist(),
         "translation_mm": warped.translation.round(3).tolist(),
         "template": "MNI ICBM152 2009a symmetric (nilearn)",
+        **({"head": True} if head else {}),
     }
     image = Volume(
         img,
@@ -191,6 +256,22 @@ def _brain_box(lab: np.ndarray, shape) -> _Box:
     if len(out_shape) != 3 or min(out_shape) < 4:
         raise ValueError(f"shape must be three sizes >= 4 or None, got {shape}")
     return _Box(start, box, (out_shape[0], out_shape[1], out_shape[2]))
+
+
+def _head_box(t1: np.ndarray, lab: np.ndarray, shape, rng: np.random.Generator) -> _Box:
+    """The head's box on the padded template: the head's extent less a random top (0-12 mm), with 20-60 mm of neck."""
+    margin = 4
+    nz_idx = [np.flatnonzero((t1 > 0).any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    start = np.array([max(int(ix[0]) - margin, 0) for ix in nz_idx])
+    stop = np.array([min(int(ix[-1]) + margin, n - 1) for ix, n in zip(nz_idx, t1.shape)])
+    zb = int(np.flatnonzero(lab.any(axis=(1, 2)))[0])
+    start[0] = max(zb - int(rng.integers(20, 61)), 0)
+    stop[0] = stop[0] - int(rng.integers(0, 13))
+    size = stop - start + 1
+    out_shape = tuple(int(s) for s in (size if shape is None else shape))
+    if len(out_shape) != 3 or min(out_shape) < 4:
+        raise ValueError(f"shape must be three sizes >= 4 or None, got {shape}")
+    return _Box(start, size, (out_shape[0], out_shape[1], out_shape[2]))
 
 
 @dataclass(frozen=True)
@@ -251,8 +332,10 @@ def _mr_appearance(
     return img, look
 
 
-def brain_dataset(out_dir: str | os.PathLike, n: int, seed: int, shape=(96, 96, 96)) -> Path:
+def brain_dataset(out_dir: str | os.PathLike, n: int, seed: int, shape=(96, 96, 96), *, head: bool = False) -> Path:
     """Write ``n`` brain subjects as ``images/case_XXX.nii.gz`` + ``labels/case_XXX.nii.gz``.
+
+    ``head=True``: whole heads (:func:`make_brain_subject`).
 
     Subject ``i`` uses the seed ``seed * 100003 + i`` (as the cardiac datasets). Returns ``out_dir``.
     """
@@ -266,7 +349,7 @@ def brain_dataset(out_dir: str | os.PathLike, n: int, seed: int, shape=(96, 96, 
     width = max(3, len(str(n - 1)))
     for i in range(n):
         name = f"case_{i:0{width}d}"
-        image, labels = make_brain_subject(subject_seed(seed, i), shape)
+        image, labels = make_brain_subject(subject_seed(seed, i), shape, head=head)
         write_volume(image, out / "images" / f"{name}.nii.gz")
         write_volume(labels, out / "labels" / f"{name}.nii.gz", is_label=True)
     return out

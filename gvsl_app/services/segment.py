@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
 from gvsl_app.io.images import geometry_differences
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
+from gvsl_app.services.brain_mask import BrainMask, brain_mask, dark_grey_matter_to_csf
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import dice_per_label, label_volumes_ml, mean_dice
 from gvsl_app.services.stages import StageClock
@@ -43,6 +44,70 @@ class SpacingReport:
     resampled_shape: list[int] | None
 
 
+ADULT_RANGE_ML: dict[str, tuple[float, float]] = {"Grey matter": (500.0, 800.0), "White matter": (400.0, 650.0)}
+"""Healthy adult brain tissue volumes (mL) outside which the report flags a segmentation.
+
+A plausibility band, not a norm: MRI volumetry of healthy adults aged about 20-80, both sexes,
+puts grey matter at roughly 40-50 % and white matter at 30-40 % of a 1.2-1.7 L intracranial
+volume (docs/guide/segmentation.md says more). A volume outside it means a wrong input (not
+a T1 head, a child, a lesion) or a wrong segmentation (scalp called grey matter); the brain
+phantoms, from the MNI template (larger than a real brain: 1091 mL of grey matter), lie above it.
+"""
+
+
+@dataclass(frozen=True)
+class BrainMaskReport:
+    """What the brain-mask step before the brain segmenter did (the report's ``brain_mask``).
+
+    Attributes:
+        applied: True when non-brain tissue (skull, scalp, neck) was removed before
+            segmenting; False when the image was taken as already skull-stripped, or the step
+            was turned off (``mode``).
+        mode: ``"auto"`` (the default: a classical mask, :mod:`gvsl_app.services.brain_mask`)
+            or ``"off"`` (the network alone on the whole image).
+        head_ml: The head's volume (mL); ``None`` when off.
+        brain_ml: The mask's volume (mL); ``None`` when off.
+        csf_threshold: The image intensity below which grey matter was relabelled CSF
+            (:func:`~gvsl_app.services.brain_mask.dark_grey_matter_to_csf`); ``None`` when off.
+        grey_to_csf_ml: The volume so moved from grey matter to CSF (mL); ``None`` when off.
+    """
+
+    applied: bool
+    mode: str
+    head_ml: float | None = None
+    brain_ml: float | None = None
+    csf_threshold: float | None = None
+    grey_to_csf_ml: float | None = None
+
+
+def volume_flags(names: dict[str, str], volume_ml: dict[str, float]) -> dict[str, str]:
+    """Per label (key as in ``volume_ml``), a sentence for a volume outside :data:`ADULT_RANGE_ML`."""
+    out = {}
+    for k, v in volume_ml.items():
+        name = names.get(k, k)
+        if name in ADULT_RANGE_ML:
+            lo, hi = ADULT_RANGE_ML[name]
+            if not lo <= v <= hi:
+                out[k] = f"{name} {v:.0f} mL is outside the healthy adult range {lo:.0f}-{hi:.0f} mL"
+    return out
+
+
+def brain_notes(record: SegmentReport) -> list[str]:
+    """Lines saying what the brain-mask and CSF steps did and which volumes lie outside the adult range."""
+    lines = []
+    mask = record.brain_mask
+    if mask is not None and mask.applied:
+        lines.append(
+            f"brain mask: {mask.brain_ml:.0f} mL of a {mask.head_ml:.0f} mL head (skull, scalp and neck left out)"
+        )
+    if mask is not None and mask.grey_to_csf_ml:
+        lines.append(
+            f"CSF step: {mask.grey_to_csf_ml:.0f} mL of grey matter darker than the brain's CSF relabelled CSF"
+        )
+    lines += [f"warning: {flag}" for flag in record.volume_flags.values()]
+    return lines
+
+
 @dataclass
 class SegmentReport:
     """The report of one segmentation, the schema of ``gvsl segment``'s ``*_report.json``.
@@ -68,6 +133,10 @@ class SegmentReport:
         reference_labels_not_in_model: Reference label values the model does not have
             (left out of :meth:`as_dict` when none).
         seconds: ``load_s``, ``inference_s``, ``score_s`` (Dice and distances) and ``total_s``.
+        brain_mask: For the brain tissue segmenter, what the brain-mask step did
+            (:class:`BrainMaskReport`); ``None`` (left out of :meth:`as_dict`) for others.
+        volume_flags: Per label, a sentence when its volume lies outside the healthy adult
+            range (:data:`ADULT_RANGE_ML`; left out of :meth:`as_dict` when none).
     """
 
     image: str
@@ -84,6 +153,8 @@ class SegmentReport:
     reference_volume_ml: dict[str, float] | None = None
     reference_labels_not_in_model: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    brain_mask: BrainMaskReport | None = None
+    volume_flags: dict[str, str] = field(default_factory=dict)
 
     def score_against(
         self, pred: np.ndarray, reference: Volume, ids: list[int], spacing: tuple[float, float, float]
@@ -108,6 +179,9 @@ class SegmentReport:
                 del out[key]
         if not self.reference_labels_not_in_model:
             del out["reference_labels_not_in_model"]
+        for key in ("brain_mask", "volume_flags"):
+            if not out[key]:
+                del out[key]
         return out
 
     def to_json(self) -> str:
@@ -272,6 +346,7 @@ def segment(
     device: str = "auto",
     reference: Volume | None = None,
     label_names: dict[int, str] | None = None,
+    skull_strip: str = "auto",
 ) -> SegmentResult:
     """Label map of ``image`` (its own grid and geometry) by sliding-window inference.
 
@@ -287,7 +362,19 @@ def segment(
     neighbour); the report's ``spacing`` says what was done. With no known training spacing
     the image is segmented on its own grid with a warning. On CUDA out-of-memory it falls
     back to the CPU with a warning.
+
+    A brain tissue segmenter (labels named grey and white matter) gets a brain-mask step first
+    (``skull_strip="auto"``, :func:`~gvsl_app.services.brain_mask.brain_mask`): on a head (skull,
+    scalp, neck) the network sees the brain alone, as in its training, and nothing outside the
+    mask is labelled; an image already skull-stripped is left whole. Its grey matter darker
+    than the brain's CSF / grey matter boundary then becomes CSF
+    (:func:`~gvsl_app.services.brain_mask.dark_grey_matter_to_csf`). ``skull_strip="off"``
+    skips both: the network alone on the whole image. The report says what it did
+    (``brain_mask``) and flags grey and white matter volumes outside the healthy adult range
+    (``volume_flags``, :data:`ADULT_RANGE_ML`).
     """
+    if skull_strip not in ("auto", "off"):
+        raise ValueError(f"skull_strip must be 'auto' or 'off', got {skull_strip!r}")
     if reference is not None:
         _check_on_grid(reference, image)
     dev = resolve_device(device)
@@ -298,11 +385,19 @@ def segment(
         roi = int((ck.get("preprocess") or {}).get("size", 48))
         names = label_names or {int(k): v for k, v in (ck.get("label_names") or {}).items()}
         trained = _training_spacing_or_warn(ck, weights, image)
-        inputs = _on_training_grid(image, trained)
+        strip, mask_report = _brain_mask_step(image, names, skull_strip)
+        seen = (
+            image if strip is None else image.with_array(np.where(strip.mask, image.array, 0).astype(image.array.dtype))
+        )
+        inputs = _on_training_grid(seen, trained)
     with clock.stage("inference", 0.5):
         pred, dev = _segment_or_cpu(model, inputs.norm, roi, dev)
         if inputs.grid is not None:  # back onto the input's grid exactly; labels by nearest neighbour
             pred = resample_to(inputs.grid.with_array(pred), image, is_label=True, nearest_outside=True).array
+        if strip is not None:
+            pred = np.where(strip.mask, pred, 0).astype(pred.dtype)
+        if mask_report is not None and mask_report.mode == "auto":
+            pred, mask_report = _dark_grey_matter_to_csf(pred, image, names, mask_report)
     ids = list(range(1, model.n_classes))
     vols = label_volumes_ml(pred, image.spacing)  # only the voxel volume matters, not the axis order
     record = SegmentReport(
@@ -320,12 +415,51 @@ def segment(
         n_classes=model.n_classes,
         label_names={str(k): names.get(k, str(k)) for k in ids},
         volume_ml={str(k): vols.get(k, 0.0) for k in ids},
+        brain_mask=mask_report,
     )
+    record.volume_flags = volume_flags(record.label_names, record.volume_ml)  # `gvsl segment` prints them
     with clock.stage("score", 0.9):
         if reference is not None:
             record.score_against(pred, reference, ids, image.spacing)
     record.seconds = clock.rounded()
     return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
+
+
+BRAIN_TISSUES = frozenset({"Grey matter", "White matter"})
+"""Label names that make a segmenter a brain tissue one (the brain-mask step applies)."""
+
+
+def _brain_mask_step(
+    image: Volume, names: dict[int, str], mode: str
+) -> tuple[BrainMask | None, BrainMaskReport | None]:
+    """The brain mask to apply (``None``: none) and the report's record (``None``: not a brain segmenter)."""
+    if not BRAIN_TISSUES <= set(names.values()):
+        return None, None
+    if mode == "off":
+        return None, BrainMaskReport(applied=False, mode="off")
+    found = brain_mask(image)
+    record = BrainMaskReport(found.applied, "auto", round(found.head_ml, 2), round(found.brain_ml, 2))
+    if found.applied:
+        log.info(
+            "%s: brain mask %.0f mL of a %.0f mL head; skull, scalp and neck left out of the segmentation",
+            image.source or "the image",
+            found.brain_ml,
+            found.head_ml,
+        )
+    return (found if found.applied else None), record
+
+
+def _dark_grey_matter_to_csf(
+    pred: np.ndarray, image: Volume, names: dict[int, str], record: BrainMaskReport
+) -> tuple[np.ndarray, BrainMaskReport]:
+    """Grey matter darker than the brain's CSF / grey matter boundary relabelled CSF, and the record saying so."""
+    ids = {v: k for k, v in names.items()}
+    grey, csf = ids.get("Grey matter"), ids.get("CSF/other brain")
+    if grey is None or csf is None:
+        return pred, record
+    out, t = dark_grey_matter_to_csf(pred, np.asarray(image.array), grey, csf)
+    moved = int(((pred == grey) & (out == csf)).sum()) * float(np.prod(image.spacing)) / 1000.0
+    return out, replace(record, csf_threshold=round(t, 4), grey_to_csf_ml=round(moved, 2))
 
 
 def _check_on_grid(reference: Volume, image: Volume) -> None:
