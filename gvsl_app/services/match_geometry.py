@@ -15,6 +15,13 @@ from gvsl_app.services.match_map import NetworkMap
 from gvsl_app.services.match_result import MatchResult
 from models.spatial import jacobian_determinant, voxel_grid
 
+JACOBIAN_SLAB = 32
+"""Slices of the fixed grid whose Jacobian is computed at a time (the result is the same; a
+whole 512 x 512 x 300 map's nine gradients would hold 11 GB at once)."""
+
+CHUNK = 32
+"""Slices of the fixed grid the initial alignment is composed into at a time, in place."""
+
 
 def _index_matrix(v: Volume) -> np.ndarray:
     """3x3 map from (z, y, x) voxel steps to physical (x, y, z) millimetres."""
@@ -40,7 +47,7 @@ def map_on_fixed_grid(
     scale = _working_to_fixed_scale(fixed.shape, shape)
     disp_f = F.interpolate(disp_w, size=fixed.shape, mode="trilinear", align_corners=True)[0]
     disp_f = disp_f * torch.from_numpy(scale).float().view(3, 1, 1, 1)  # fixed voxels
-    jac = jacobian_determinant(disp_f[None] + voxel_grid(fixed.shape).unsqueeze(0))[0, 0].numpy()
+    jac = jacobian_determinant(disp_f[None], slab=JACOBIAN_SLAB, displacement=True)[0, 0].numpy()
     to_mm = _index_matrix(fixed)
     # torch's einsum: numpy's float64 einsum takes 0.2-0.3 s at 128^3, this ~0.02 s
     disp_mm = torch.einsum("ij,jzyx->zyxi", torch.from_numpy(to_mm).float(), disp_f).numpy()
@@ -58,9 +65,14 @@ def _after_initial(
     """
     a, t = torch.from_numpy(init[:3, :3]).float(), torch.from_numpy(init[:3, 3]).float()
     idx = torch.from_numpy(fixed.index_to_physical_matrix()).float()
-    points = torch.einsum("ij,jzyx->zyxi", idx[:3, :3], voxel_grid(fixed.shape)) + idx[:3, 3]
-    d = torch.from_numpy(disp_mm)
-    total = d @ a.T + points @ (a - torch.eye(3)).T + t
+    total = torch.from_numpy(disp_mm)  # composed in place, a few slices at a time
+    for z0 in range(0, fixed.shape[0], CHUNK):
+        z1 = min(fixed.shape[0], z0 + CHUNK)
+        zyx = voxel_grid((z1 - z0, *fixed.shape[1:]))
+        zyx[0] += z0
+        points = torch.einsum("ij,jzyx->zyxi", idx[:3, :3], zyx) + idx[:3, 3]
+        d = total[z0:z1]
+        total[z0:z1] = d @ a.T + points @ (a - torch.eye(3)).T + t
     return total.numpy(), (jac * float(np.linalg.det(init[:3, :3]))).astype(jac.dtype), init @ affine_phys
 
 

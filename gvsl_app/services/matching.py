@@ -219,7 +219,7 @@ def _maps(
 class _Start:
     """The pair as the network sees it: the initial alignment, the moving scan placed by it on
     the fixed grid, the physical overlap of the files' own frames, and where on the fixed grid
-    the placed moving scan has data (``data_mask``, float32, None when everywhere or when not
+    the placed moving scan has data (``data_mask``, uint8, None when everywhere or when not
     asked for; ``data_share``, the share of the fixed grid it covers).
     """
 
@@ -243,8 +243,8 @@ def _start(fixed: Volume, moving: Volume, opts: MatchOptions) -> _Start:
     init = initial_alignment(fixed, moving, mode, pair)
     placed = resample_to(moving, fixed, transform=init.matrix)
     ones = moving.with_array(np.ones(moving.shape, np.uint8))
-    data = resample_to(ones, fixed, is_label=True, transform=init.matrix).array.astype(np.float32)
-    share = float(data.mean())
+    data = resample_to(ones, fixed, is_label=True, transform=init.matrix).array  # uint8: 1 byte a voxel
+    share = float(data.mean(dtype=np.float64))
     mask = data if opts.overlap_mask and share < 1.0 else None
     return _Start(init, placed, overlap, pair, mask, share)
 
