@@ -13,6 +13,7 @@ Layout (docs/design/architecture.md)::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -26,6 +27,19 @@ import yaml
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.training.config import C, resume_config
 from models.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in the error of a write that finds the disk full (or the file size limit
+    reached): Python's own ``[Errno 28] No space left on device`` does not say which file.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and str(path) not in str(exc):
+            raise OSError(exc.errno, f"disk full writing {path} ({exc.strerror})") from None
+        raise
 
 
 class RunFolder:
@@ -68,7 +82,8 @@ class RunFolder:
         """Write ``config.yaml`` atomically (temp file + rename): a resume reads it back."""
         data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
         tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        with writing(self.config_path):
+            tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, self.config_path)
 
     def resumed_config(self, config: C) -> tuple[C, dict[str, tuple[Any, Any]]]:
@@ -99,7 +114,7 @@ class RunFolder:
     def log(self, record: dict) -> None:
         """Append one JSON line and flush it to disk, so followers see it at once."""
         record = {"time": time.time(), **record}
-        with open(self.metrics_path, "a") as fh:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -110,7 +125,8 @@ class RunFolder:
             return
         keep = [r for r in read_metrics(self.metrics_path) if r.get("iteration", 0) <= after_iteration]
         tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        with writing(self.metrics_path):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         os.replace(tmp, self.metrics_path)
 
     def save_checkpoint(self, which: str, state: dict) -> Path:
@@ -218,7 +234,8 @@ class RunFolder:
     def write_report(self, report: dict) -> None:
         """Write ``report.json`` atomically (temp file + rename), strict JSON."""
         tmp = self.report_path.with_suffix(".tmp")
-        tmp.write_text(dumps_strict(report))
+        with writing(self.report_path):
+            tmp.write_text(dumps_strict(report))
         os.replace(tmp, self.report_path)
 
     def read_report(self) -> dict | None:
