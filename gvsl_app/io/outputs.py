@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -50,12 +51,19 @@ class IncompleteWriteError(OSError):
 STAGE_PREFIX = ".gvsl-writing-"
 """Name start of the folder :func:`write_staged` writes in, beside the target."""
 
-_STAGE_NAME = re.compile(r"^(?:\.gvsl-partial-|\.gvsl-writing-)(\d+)-[0-9a-f]+$")
-"""A staging folder's name: the prefix, the PID of the process writing it, a random part."""
+_STAGE_NAME = re.compile(r"^(?:\.gvsl-partial-|\.gvsl-writing-)(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+"""A staging folder's name: the prefix, the host and PID of the process writing it, a random part."""
+
+
+def _host() -> str:
+    """This machine's name as a staging folder carries it (a shared network folder may be
+    written from several machines: only this one's processes can be checked).
+    """
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
 
 
 def _stage_name(prefix: str) -> str:
-    return f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{prefix}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _alive(pid: int) -> bool:
@@ -72,8 +80,8 @@ def remove_stale_stages(folder: str | os.PathLike) -> list[Path]:
     """Delete the staging folders a killed call left in ``folder`` (``kill -9`` or a power cut
     between staging and the swap: a whole set of outputs, never cleaned otherwise).
 
-    A staging folder's name carries the PID of the process that made it; only those whose
-    process is gone are removed (a call still writing there keeps its own), and each removal
+    A staging folder's name carries the host and PID of the process that made it; only this
+    host's whose process is gone are removed (a call still writing there keeps its own), and each removal
     is logged. Returns the folders removed.
     """
     folder = Path(folder)
@@ -82,7 +90,7 @@ def remove_stale_stages(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         found = _STAGE_NAME.match(entry.name)
-        if found is None or not entry.is_dir() or _alive(int(found.group(1))):
+        if found is None or not entry.is_dir() or found["host"] != _host() or _alive(int(found["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
