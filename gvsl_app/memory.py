@@ -61,15 +61,15 @@ def gib(n_bytes: float) -> str:
     return f"{n_bytes / GIB:.1f} GiB"
 
 
-def check_fits(needed: int, what: str, advice: str) -> None:
-    """Refuse ``needed`` bytes when more than :func:`available_bytes`: raise
+def check_fits(needed: int, what: str, advice: str, free: int | None = None, where: str = "") -> None:
+    """Refuse ``needed`` bytes when more than ``free`` (default :func:`available_bytes`): raise
     :class:`MemoryEstimateError` with ``what`` (the culprit and the estimate, e.g. ``"x.nii.gz
-    declares 1100 x 1100 x 1100 voxels (5.0 GiB as float32 ...)"``), the memory available and
-    ``advice`` (what to change).
+    declares 1100 x 1100 x 1100 voxels (5.0 GiB as float32 ...)"``), the memory available
+    (``where``: on which device) and ``advice`` (what to change).
     """
-    free = available_bytes()
+    free = available_bytes() if free is None else free
     if needed > free:
-        raise MemoryEstimateError(f"{what}, more than the {gib(free)} available; {advice}")
+        raise MemoryEstimateError(f"{what}, more than the {gib(free)} available{where}; {advice}")
 
 
 def check_volume_fits(path: str | os.PathLike, size_xyz: tuple[int, ...], bytes_per_voxel: int, purpose: str) -> None:
@@ -96,3 +96,23 @@ def one_hot_bytes(n_labels: int, n_voxels: int) -> int:
     (``n_labels`` channels of ``n_voxels``) and the boolean masks they are made from.
     """
     return n_labels * n_voxels * (2 * FLOAT32 + 2)
+
+
+PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH = 320
+"""Peak memory of one pre-training sample per voxel of its cube and unit of base width: the
+activations the backward pass keeps for both scans, the matching and the restoration (~295
+bytes measured at --size 48 --width 4 on a CPU, batch 1 against 8)."""
+
+
+def check_training_fits(batch: int, size: int, width: int, free: int | None = None, where: str = "") -> None:
+    """Refuse a pre-training batch whose activations cannot fit (``free`` bytes, default the
+    host's available memory), naming ``--batch``, ``--size`` and ``--width`` and the estimate.
+    """
+    needed = batch * size**3 * width * PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH
+    check_fits(
+        needed,
+        f"--batch {batch} at --size {size} and --width {width} needs about {gib(needed)} for training",
+        "lower --batch (or --size, --width)",
+        free,
+        where,
+    )
