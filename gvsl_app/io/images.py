@@ -372,7 +372,9 @@ def read_volume(
     meta: dict = {}
     nonfinite = None
     if path.is_dir():
-        img, meta["dicom"] = read_dicom_series(path, series_uid, series_option)
+        img, meta["dicom"] = read_dicom_series(
+            path, series_uid, series_option, lambda size: check_volume_fits(path, size, bytes_per_voxel, purpose)
+        )
     else:
         if series_uid is not None:
             logger.warning("%s is a file, not a DICOM folder: %s %r is ignored", path, series_option, series_uid)
