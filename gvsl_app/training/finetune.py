@@ -16,7 +16,7 @@ from gvsl_app.data.loading import close_loader, step_loader
 from gvsl_app.services.metrics import auc, dice_per_label, mean_dice, mean_dice_over_cases
 from gvsl_app.training.config import FinetuneConfig, as_dict, given_options
 from gvsl_app.training.progress import Progress, StopFlag
-from gvsl_app.training.runs import RunFolder, non_finite_message
+from gvsl_app.training.runs import RunFolder, non_finite_message, refuse_run_among_data
 from gvsl_app.training.spacing import training_spacing
 from models import widths_from_base
 from models.checkpoint import CheckpointError, load_state_into, model_state, read_checkpoint
@@ -91,6 +91,7 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     Keeps ``best.pt`` on the validation split (mean Dice or AUC), evaluates it on the test
     split at the end and writes ``report.json``. Holds the run folder's lock meanwhile.
     """
+    refuse_run_among_data(config.run, config.data)  # before the lock file is written there
     with RunFolder(config.run).lock():
         yield from _finetune(config, stop)
 

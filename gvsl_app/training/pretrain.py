@@ -18,7 +18,7 @@ from gvsl_app.training import distributed
 from gvsl_app.training.config import PretrainConfig, as_dict
 from gvsl_app.training.objective import PretrainObjective
 from gvsl_app.training.progress import Progress, StopFlag
-from gvsl_app.training.runs import RunFolder, non_finite_message
+from gvsl_app.training.runs import RunFolder, non_finite_message, refuse_run_among_data
 from models import GVSL, local_ncc, restoration_mse, smoothness, widths_from_base
 from models.checkpoint import load_state_into
 
@@ -99,6 +99,7 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
         # The run's saved configuration, before the device it names is set up (every rank
         # reads it; config.yaml is replaced atomically, so a reader never sees half of it).
         config, changed = RunFolder(config.run).resumed_config(config)
+    refuse_run_among_data(config.run, config.data)  # before the lock file is written there
     info, device = distributed.setup(config.device)
     try:
         with contextlib.ExitStack() as held:

@@ -63,6 +63,22 @@ def non_finite_message(step: int, values: dict[str, float], last: Path, where: s
     )
 
 
+def refuse_run_among_data(run: str | os.PathLike, data: str) -> None:
+    """Refuse a ``--run`` folder that is the ``--data`` folder or lies among its volumes
+    (``images/``, ``labels/``): the run's files would be mixed with the data (links followed).
+    """
+    if not data or ":" in data or not Path(data).is_dir():
+        return  # synthetic:... or a data path that is refused elsewhere, naming it
+    run_path = Path(run).resolve()
+    folder = Path(data).resolve()
+    for inputs in (folder, folder / "images", folder / "labels"):
+        if inputs.is_dir() and (run_path == inputs or (inputs != folder and run_path.is_relative_to(inputs))):
+            raise ValueError(
+                f"--run {run} is {'the data folder' if inputs == folder else 'inside ' + str(inputs)} of --data "
+                f"{data}: the run's files would be mixed with the data; choose another --run"
+            )
+
+
 class RunFolder:
     """Paths and writers of a run folder; only rank 0 should write."""
 

@@ -401,6 +401,9 @@ CASES = [
     # finetune / evaluate
     ("finetune-missing-data", _with(F, data="{data}/typo"), "typo", None),
     ("finetune-iters-zero", _with(F, iters="0"), "iters must be > 0", None),
+    ("finetune-run-is-data", _with(F, run="{data}"), "is the data folder of --data", "data"),
+    ("finetune-run-in-images", _with(F, run="{data}/images/run"), "the run's files would be mixed with the data", None),
+    ("pretrain-run-in-labels", _with(P, data="{data}", run="{data}/labels/run"), "inside", None),
     ("finetune-iters-negative", _with(F, iters="-2"), "iters must be > 0", None),
     ("finetune-n-train-negative", F + ["--n-train", "-1"], "n_train must be >= 0", None),
     ("finetune-init-noise", F + ["--init", "{noise_pt}"], "noise.pt: not a PyTorch checkpoint", None),
