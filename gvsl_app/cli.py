@@ -303,6 +303,21 @@ def _add_sample(sub) -> None:
     p.set_defaults(func=c.cmd_sample)
 
 
+def _after_abort(args: argparse.Namespace) -> str:
+    """What to do after an aborted command: resume from its run's last checkpoint, or (none
+    written yet) run it again, which starts afresh in the same folder.
+    """
+    run = getattr(args, "run", None)
+    if not run:
+        return "nothing was written (outputs are swapped in only when complete)"
+    from pathlib import Path
+
+    last = Path(run) / "checkpoints" / "last.pt"
+    if last.is_file():
+        return f"{last} is the last checkpoint written: continue with --resume"
+    return f"no checkpoint was written yet: run the same command again (without --resume) to start afresh in {run}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``gvsl`` with ``argv``; a user's error is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
@@ -316,12 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         # The second Ctrl-C of _install_stop_handlers: leave at once, without a traceback.
-        print(
-            f"gvsl {args.command}: aborted by a second interrupt; the run folder keeps the last checkpoint "
-            "written (resume with --resume)",
-            file=sys.stderr,
-        )
+        print(f"gvsl {args.command}: aborted by a second interrupt; {_after_abort(args)}", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        # Inputs and options are estimated before large allocations (gvsl_app.memory); one
+        # that was not still ends in one line rather than a traceback.
+        if args.verbose:
+            raise
+        print(f"gvsl {args.command}: error: out of memory ({exc}); use smaller inputs or options", file=sys.stderr)
+        return 2
     except (ValueError, OSError, RuntimeError) as exc:
         # User-facing failures (bad input, files, checkpoints: CheckpointError is a RuntimeError)
         # become one line; a TypeError or KeyError is a bug of ours and keeps its traceback.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +16,11 @@ import torch
 from torch import nn
 
 FORMAT = "gvsl-studio"
+
+CHECKSUM_KEY = "model_sha256"
+"""Where a checkpoint written by :func:`atomic_torch_save` keeps the checksum of its ``model``
+state dict (:func:`state_checksum`); :func:`read_checkpoint` verifies it. Files without one
+(older checkpoints, bare state dicts, the authors' release) load as before."""
 
 # Official release prefix -> our module prefix. The backbone keeps the same names.
 OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
@@ -58,20 +65,60 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def state_checksum(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict's tensors: each key, dtype, shape and the bytes of its values, in
+    key order. It changes when any value does, so a damaged file is told from a good one.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        flat = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _with_checksum(obj: Any) -> Any:
+    """``obj`` with :data:`CHECKSUM_KEY` when it is a checkpoint dict holding a ``model`` state dict."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        return {**obj, CHECKSUM_KEY: state_checksum(obj["model"])}
+    return obj
+
+
+def _write_failed(path: Path, exc: RuntimeError) -> OSError:
+    """torch.save's "[enforce fail at inline_container.cc:...] ... file write failed" as an
+    OSError naming the checkpoint being written (what a user can act on) and the free space.
+    """
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(f"disk full writing {path} (or a file size limit reached; {free}): {first}")
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """Write with ``torch.save`` to a temporary file in the same folder, fsync, then rename.
 
     A crash or ``kill -9`` at any moment leaves either the previous file or the new one,
-    never a half-written file.
+    never a half-written file. A checkpoint dict with a ``model`` state dict gets its
+    checksum (:data:`CHECKSUM_KEY`), verified when it is read. A write that fails (a full
+    disk) raises an ``OSError`` naming ``path``; the earlier file is unchanged.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    obj = _with_checksum(obj)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except RuntimeError as exc:  # PyTorch's stream writer reports ENOSPC this way
+                raise _write_failed(path, exc) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is shared data
@@ -112,6 +159,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict (state_dict or checkpoint), got {type(obj).__name__}")
+    stored = obj.get(CHECKSUM_KEY)
+    if isinstance(stored, str) and isinstance(obj.get("model"), Mapping) and state_checksum(obj["model"]) != stored:
+        raise CheckpointError(
+            f"{path}: checksum mismatch, the file is damaged (its weights differ from those written); "
+            "use another copy or re-create it"
+        )
     return dict(obj)
 
 
@@ -130,6 +183,26 @@ def model_state(obj: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     if any(k.startswith(p) for k in state for p, _ in OFFICIAL_PREFIXES):
         return official_to_ours(state), "official GVSL"
     return state, "state_dict"
+
+
+def _refuse_non_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights with NaN or infinite values (a diverged training): a network with them
+    maps every pair to nonsense (NaN features, an all-background warped image), and nothing
+    downstream would say why.
+    """
+    bad = []
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            n = int((~torch.isfinite(value)).sum())
+            if n:
+                bad.append(f"{key} ({n} of {value.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"{where}the checkpoint holds non-finite parameters (NaN or inf): "
+            + ", ".join(bad[:3])
+            + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else "")
+            + "; it is damaged or comes from a training that diverged: use another checkpoint"
+        )
 
 
 def official_to_ours(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -182,6 +255,7 @@ def load_state_into(
         )
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(f"{where}checkpoint keys do not match the model:\n" + str(report))
+    _refuse_non_finite({k: state[k] for k in own if k in state}, where)
     with torch.no_grad():
         for k, v in own.items():
             if k in state:

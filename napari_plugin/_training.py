@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from gvsl_app.jobs.state import DONE, ERROR, STOPPED, TrainingState, format_seconds, shared_checkpoints
+from gvsl_app.training.runs import RunFolder
 
 from . import _warmup
 from ._common import notify_error, notify_info
@@ -212,7 +213,8 @@ class TrainingWidget(QWidget):
         if not spec.run:
             notify_error("choose a run folder", "Training")
             return None
-        if (Path(spec.run) / "config.yaml").exists():
+        run = RunFolder(spec.run)
+        if run.config_path.exists() and run.has_weights():  # a run stopped before any checkpoint starts again
             notify_error(
                 f"{spec.run} already holds a run; press Resume to continue it or choose a new folder", "Training"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,20 @@ def _describe(uid: str, files: list[str]) -> str:
     return f"{uid} ({len(files)} slices" + (f', "{description}")' if description else ")")
 
 
-def read_dicom_series(folder: Path, series_uid: str | None, option: str = "series_uid") -> tuple[sitk.Image, dict]:
+def read_dicom_series(
+    folder: Path,
+    series_uid: str | None,
+    option: str = "series_uid",
+    check_size: Callable[[tuple[int, int, int]], None] | None = None,
+) -> tuple[sitk.Image, dict]:
     """Read one DICOM series from a folder; several series -> the one with most slices.
 
     ``series_uid`` names the series to read. When the folder holds several series and none
     is named, a warning lists them all (UID, number of slices, description) and says how to
     choose another with ``option`` (the caller's name for it, e.g. ``--series`` on the
-    command line).
+    command line). ``check_size`` is called with the series' size (x, y, z: the first slice's
+    rows and columns, its frames times the number of files) before the voxels are read, and
+    may refuse it (a memory estimate).
     """
     with quiet_itk():
         uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
@@ -93,6 +101,15 @@ def read_dicom_series(folder: Path, series_uid: str | None, option: str = "serie
             ", ".join(_describe(u, files[u]) for u in others),
             option,
         )
+    if check_size is not None:
+        head = sitk.ImageFileReader()
+        head.SetFileName(files[chosen][0])
+        read_quietly(
+            head.ReadImageInformation,
+            lambda why: f"{folder}: DICOM series {chosen} could not be read ({why})",
+        )
+        size = tuple(head.GetSize()) + (1, 1)
+        check_size((int(size[0]), int(size[1]), int(size[2]) * len(files[chosen])))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[chosen])
     reader.MetaDataDictionaryArrayUpdateOn()

@@ -21,6 +21,7 @@ from gvsl_app.io.dicom import read_dicom_series
 from gvsl_app.io.itk_errors import VolumeReadError, first_line, read_quietly
 from gvsl_app.io.nifti import gzip_file, scan_nifti
 from gvsl_app.io.volume import Volume
+from gvsl_app.memory import FLOAT32, check_fits, check_volume_fits, gib, one_hot_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,14 @@ def _squeeze_to_3d(img: sitk.Image, path: Path) -> sitk.Image:
     return img
 
 
-def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | None]:
+READ_BYTES_PER_VOXEL = 16
+"""Peak memory per voxel of reading a volume: ITK's buffer (up to 8 bytes a voxel), the array
+copied from it and a float32 copy. Commands that do more with it pass their own figure."""
+
+
+def _read_file(
+    path: Path, bytes_per_voxel: int = READ_BYTES_PER_VOXEL, purpose: str = "reading it"
+) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | None]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     read_quietly(
@@ -317,8 +325,10 @@ def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | 
             "(.nii, .nii.gz, .mha, .mhd, .nrrd, DICOM) and check the file is not damaged."
         ),
     )
-    # Check the header before loading voxels: a 4D or RGB file may be large.
+    # Check the header before loading voxels: a 4D or RGB file may be large, and a header may
+    # declare more voxels than memory holds (a few MB of gzip can declare 1100^3).
     _check_shape(path, reader.GetDimension(), tuple(reader.GetSize()), reader.GetNumberOfComponents())
+    check_volume_fits(path, tuple(reader.GetSize()), bytes_per_voxel, purpose)
     nonfinite = scan_nifti(path) if _has_suffix(path, (".nii", ".nii.gz")) else None
     img = read_quietly(
         reader.Execute,
@@ -330,7 +340,14 @@ def _read_file(path: Path) -> tuple[sitk.Image, tuple[np.ndarray, np.ndarray] | 
     return img, nonfinite
 
 
-def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, series_option: str = "series_uid") -> Volume:
+def read_volume(
+    path: str | os.PathLike,
+    *,
+    series_uid: str | None = None,
+    series_option: str = "series_uid",
+    bytes_per_voxel: int = READ_BYTES_PER_VOXEL,
+    purpose: str = "reading it",
+) -> Volume:
     """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
 
     Files: NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD and anything else SimpleITK
@@ -343,7 +360,10 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, serie
     not an image, truncated, 2D or single-slice, 4D, multi-component, zero-size, all-NaN)
     raises :class:`VolumeReadError` naming the file; a constant volume is valid data and is
     returned (normalisation deals with it). NaN voxels in a partly-NaN volume are kept and
-    counted in ``meta["nan_voxels"]``.
+    counted in ``meta["nan_voxels"]``. A file whose header declares more voxels than memory
+    holds at ``bytes_per_voxel`` (what the caller's ``purpose``, e.g. "matching onto it",
+    needs per voxel) is refused before its voxels are read
+    (:class:`~gvsl_app.memory.MemoryEstimateError`, with the estimate).
     """
     path = Path(path)
     if not path.exists():
@@ -352,11 +372,13 @@ def read_volume(path: str | os.PathLike, *, series_uid: str | None = None, serie
     meta: dict = {}
     nonfinite = None
     if path.is_dir():
-        img, meta["dicom"] = read_dicom_series(path, series_uid, series_option)
+        img, meta["dicom"] = read_dicom_series(
+            path, series_uid, series_option, lambda size: check_volume_fits(path, size, bytes_per_voxel, purpose)
+        )
     else:
         if series_uid is not None:
             logger.warning("%s is a file, not a DICOM folder: %s %r is ignored", path, series_option, series_uid)
-        img, nonfinite = _read_file(path)
+        img, nonfinite = _read_file(path, bytes_per_voxel, purpose)
     img = _squeeze_to_3d(img, path)
     if "complex" in img.GetPixelIDTypeAsString():
         raise VolumeReadError(f"{path}: the image is complex-valued; GVSL needs real grey values (use the magnitude).")
@@ -424,6 +446,33 @@ def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Vol
                 "nearest-neighbour interpolation (preprocess.resample_to(..., is_label=True))."
             )
     return vol
+
+
+def check_labels_fit(*maps: Volume) -> int:
+    """Refuse label maps whose structures are too many to compare one by one (Dice per label
+    makes a one-hot of each map, :func:`gvsl_app.memory.one_hot_bytes`), naming the file with
+    the most labels, the count and the estimate; returns the number of distinct labels.
+
+    Call it on the label maps of one comparison (matching's fixed and moving labels, a
+    segmentation and its reference) once they are read and before any per-label work.
+    """
+    present = [np.unique(m.array) for m in maps]
+    if not present:
+        return 0
+    union = np.unique(np.concatenate(present))
+    n_labels = int(np.count_nonzero(union))
+    n_voxels = max(m.array.size for m in maps)
+    worst = max(range(len(maps)), key=lambda i: np.count_nonzero(present[i]))
+    name = maps[worst].source or "the label map"
+    shape = " x ".join(str(s) for s in maps[worst].shape)
+    check_fits(
+        one_hot_bytes(n_labels, n_voxels),
+        f"{name} holds {int(np.count_nonzero(present[worst]))} distinct labels ({n_labels} in all): Dice per "
+        f"structure needs a {n_labels} x {shape} one-hot ({gib(n_labels * n_voxels * FLOAT32)} as float32, about "
+        f"{gib(one_hot_bytes(n_labels, n_voxels))} in all)",
+        "is it a label map? Merge or drop structures (keep those to compare) or crop it",
+    )
+    return n_labels
 
 
 def geometry_differences(a: Volume, b: Volume, rtol: float = GEOMETRY_RTOL) -> list[str]:

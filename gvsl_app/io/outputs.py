@@ -10,8 +10,11 @@ exactly as they were.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -22,11 +25,14 @@ __all__ = [
     "OutputError",
     "prepare_output",
     "protect_inputs",
+    "remove_stale_stages",
     "require_writable",
     "staged_folder",
     "write_staged",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".gvsl-partial-"
 """Name start of the staging folder inside ``--out`` (one a killed call left is not an output)."""
@@ -45,6 +51,59 @@ class IncompleteWriteError(OSError):
 STAGE_PREFIX = ".gvsl-writing-"
 """Name start of the folder :func:`write_staged` writes in, beside the target."""
 
+_STAGE_NAME = re.compile(r"^(?:\.gvsl-partial-|\.gvsl-writing-)(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+"""A staging folder's name: the prefix, the host and PID of the process writing it, a random part."""
+
+
+def _host() -> str:
+    """This machine's name as a staging folder carries it (a shared network folder may be
+    written from several machines: only this one's processes can be checked).
+    """
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def _stage_name(prefix: str) -> str:
+    return f"{prefix}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_stages(folder: str | os.PathLike) -> list[Path]:
+    """Delete the staging folders a killed call left in ``folder`` (``kill -9`` or a power cut
+    between staging and the swap: a whole set of outputs, never cleaned otherwise).
+
+    A staging folder's name carries the host and PID of the process that made it; only this
+    host's whose process is gone are removed (a call still writing there keeps its own), and each removal
+    is logged. Returns the folders removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        found = _STAGE_NAME.match(entry.name)
+        if found is None or not entry.is_dir() or found["host"] != _host() or _alive(int(found["pid"])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    if removed:
+        logger.warning(
+            "removed %d unfinished output folder(s) that an interrupted call (process gone) left in %s: %s",
+            len(removed),
+            folder,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
 
 def write_staged(
     path: str | os.PathLike, write: Callable[[Path], None], verify: Callable[[Path], None] | None = None
@@ -61,7 +120,8 @@ def write_staged(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f"{STAGE_PREFIX}{uuid.uuid4().hex[:8]}"
+    remove_stale_stages(path.parent)
+    stage = path.parent / _stage_name(STAGE_PREFIX)
     stage.mkdir()
     try:
         staged = stage / path.name
@@ -115,18 +175,27 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
+def _inside(item: Path, folder: Path) -> bool:
+    """True when ``item`` lies inside ``folder`` (both resolved: links and ``..`` followed)."""
+    try:
+        return folder.exists() and item.resolve().is_relative_to(folder.resolve()) and not _same(item, folder)
+    except OSError:
+        return False
+
+
 def protect_inputs(
     path: Path, ours: tuple[str, ...] | None, inputs: Iterable[tuple[str, Path]], option: str = "--out"
 ) -> None:
     """Refuse an output that is, or would replace, one of the command's inputs.
 
     ``inputs`` are ``(what, path)`` pairs (``"input image"``, ``"reference labels folder"``...).
-    A one-file output must not be an input; a folder output must not be an input folder
-    (writing there would mix the outputs with, say, the reference label maps, and
-    ``--overwrite`` would delete them) and none of the files it writes may be an input.
+    A one-file output must not be an input; a folder output must not be an input folder, nor
+    hold an input anywhere inside it, links followed (writing there would mix the outputs
+    with, say, the images or the reference label maps, with ``--overwrite`` too), and none of
+    the files it writes may be an input.
     """
+    inputs = [(what, Path(given)) for what, given in inputs]
     for what, given in inputs:
-        given = Path(given)
         if _same(path, given):
             raise OutputError(
                 f"{option} {path} is the {what}: writing there would "
@@ -139,6 +208,12 @@ def protect_inputs(
                     f"{option} {path} would replace the {what} {given} (this command writes {name} there); "
                     f"choose another {option}"
                 )
+    for what, given in inputs:
+        if ours is not None and _inside(given, path):
+            raise OutputError(
+                f"{option} {path} holds the {what} {given}: the outputs would be mixed with the inputs "
+                f"(also with --overwrite); choose another {option}, outside the inputs' folders"
+            )
 
 
 def prepare_output(
@@ -197,7 +272,8 @@ def staged_folder(target: str | os.PathLike, ours: tuple[str, ...]) -> Iterator[
     target = Path(target)
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    stage = target / f"{PARTIAL_PREFIX}{uuid.uuid4().hex[:8]}"
+    remove_stale_stages(target)
+    stage = target / _stage_name(PARTIAL_PREFIX)
     stage.mkdir()
     ok = False
     try:

@@ -307,7 +307,9 @@ MAY_CHANGE_ON_RESUME = frozenset(
 logs, checkpoints and validates. Only ``iters`` touches the training itself, and only with a
 decaying learning rate (``decay_start``): the decay ends at the last iteration, so extending a
 run in its decay raises the rate from there on (the resume message gives both rates)."""
-_PATH_OPTIONS = ("data", "init")
+PATH_OPTIONS = ("data", "init")
+"""Options that name files: a resume may spell them differently (another folder, a moved run)."""
+_PATH_OPTIONS = PATH_OPTIONS
 
 
 def given_options(config: Any) -> frozenset[str]:

@@ -14,9 +14,9 @@ from torch import nn
 
 from gvsl_app.data.loading import close_loader, step_loader
 from gvsl_app.services.metrics import auc, dice_per_label, mean_dice, mean_dice_over_cases
-from gvsl_app.training.config import FinetuneConfig, as_dict
+from gvsl_app.training.config import FinetuneConfig, as_dict, given_options
 from gvsl_app.training.progress import Progress, StopFlag
-from gvsl_app.training.runs import RunFolder
+from gvsl_app.training.runs import RunFolder, non_finite_message, refuse_run_among_data
 from gvsl_app.training.spacing import training_spacing
 from models import widths_from_base
 from models.checkpoint import CheckpointError, load_state_into, model_state, read_checkpoint
@@ -67,6 +67,14 @@ def checkpoint_architecture(init: str) -> tuple[tuple[int, ...] | None, str]:
 def build_downstream(config: FinetuneConfig, n_out: int) -> tuple[SegmentationNet | ClassificationNet, str]:
     """The downstream network for the task, with its starting backbone, and a line saying which."""
     found, norm = checkpoint_architecture(config.init)
+    if found and "width" in given_options(config) and found[0] != config.width:
+        raise ValueError(
+            f"--width {config.width} asks for base width {config.width}, but the --init checkpoint {config.init} "
+            f"has base width {found[0]} (widths {list(found)}); leave --width out to train at the checkpoint's "
+            "width, or start from scratch"
+        )
+    if found:
+        config.width = found[0]  # recorded as trained: config.yaml and the checkpoints say the truth
     widths = found or widths_from_base(config.width)
     model = (
         SegmentationNet(n_out, widths, norm=norm) if config.task == "seg" else ClassificationNet(1, widths, norm=norm)
@@ -83,6 +91,7 @@ def finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[P
     Keeps ``best.pt`` on the validation split (mean Dice or AUC), evaluates it on the test
     split at the end and writes ``report.json``. Holds the run folder's lock meanwhile.
     """
+    refuse_run_among_data(config.run, config.data)  # before the lock file is written there
     with RunFolder(config.run).lock():
         yield from _finetune(config, stop)
 
@@ -109,7 +118,7 @@ def _finetune(config: FinetuneConfig, stop: StopFlag | None = None) -> Iterator[
         for batch in it:
             value = session.backward(batch)
             if not math.isfinite(value):
-                msg = f"non-finite loss at iteration {step}; stopped, keeping {session.run.last}"
+                msg = non_finite_message(step, {"loss": value}, session.run.last)
                 yield Progress(step, config.iters, phase="error", message=msg)
                 return
             session.opt.step()

@@ -18,7 +18,7 @@ from gvsl_app.training import distributed
 from gvsl_app.training.config import PretrainConfig, as_dict
 from gvsl_app.training.objective import PretrainObjective
 from gvsl_app.training.progress import Progress, StopFlag
-from gvsl_app.training.runs import RunFolder
+from gvsl_app.training.runs import RunFolder, non_finite_message, refuse_run_among_data
 from models import GVSL, local_ncc, restoration_mse, smoothness, widths_from_base
 from models.checkpoint import load_state_into
 
@@ -99,6 +99,7 @@ def pretrain(config: PretrainConfig, stop: StopFlag | None = None) -> Iterator[P
         # The run's saved configuration, before the device it names is set up (every rank
         # reads it; config.yaml is replaced atomically, so a reader never sees half of it).
         config, changed = RunFolder(config.run).resumed_config(config)
+    refuse_run_among_data(config.run, config.data)  # before the lock file is written there
     info, device = distributed.setup(config.device)
     try:
         with contextlib.ExitStack() as held:
@@ -190,11 +191,8 @@ class _Session:
         finite_here = all(math.isfinite(v) for v in values.values())
         if not distributed.broadcast_flag(not finite_here, self.info, self.device):
             return None
-        where = "" if not finite_here else " on another rank"
-        msg = (
-            f"non-finite loss at iteration {step}{where} ({values} here); stopped on every rank, "
-            f"keeping the last good checkpoint {self.run.last}. Try a lower --lr or check the data."
-        )
+        where = "" if not finite_here else f" on another rank (here: {values})"
+        msg = non_finite_message(step, values, self.run.last, where)
         if self.info.is_main:
             self.run.log({"iteration": step, "event": "error", "message": msg})
         return Progress(step, self.config.iters, phase="error", losses=values, message=msg)
@@ -296,6 +294,7 @@ class _Session:
 def _pretrain(
     config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo, device: torch.device, changed: dict
 ) -> Iterator[Progress]:
+    _check_memory(config, device)
     session = _Session(config, info, device)
     if info.is_main:
         session.run.remove_stale_temporaries()
@@ -353,6 +352,17 @@ def _pretrain(
     finally:
         close_loader(it)
     yield session.finish(step, status, time.perf_counter() - t_start)
+
+
+def _check_memory(config: PretrainConfig, device: torch.device) -> None:
+    """Refuse a batch whose activations cannot fit on ``device`` before anything is allocated."""
+    from gvsl_app.memory import check_training_fits
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        check_training_fits(config.batch, config.size, config.width, int(free), f" on {device}")
+    elif device.type == "cpu":
+        check_training_fits(config.batch, config.size, config.width)
 
 
 @torch.no_grad()

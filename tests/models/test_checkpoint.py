@@ -108,6 +108,65 @@ def test_atomic_save_replaces_and_leaves_no_temp(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
 
 
+def corrupt_tensor_bytes(path) -> None:
+    """Flip bytes in the middle of the largest tensor's stored data (what bit rot or a bad
+    copy does): the zip archive stays readable, so only a checksum can tell.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = (
+        int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
+        int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
+    )
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    raw[start : start + 8] = bytes(b ^ 0x5A for b in raw[start : start + 8])
+    path.write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_with_damaged_tensor_bytes_is_refused_by_its_checksum(tmp_path):
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"format": "gvsl-studio", "model": {"w": torch.arange(4096.0)}}, path)
+    assert read_checkpoint(path)["model_sha256"]  # written with the checksum, which verifies
+    corrupt_tensor_bytes(path)
+    with pytest.raises(CheckpointError, match="last.pt: checksum mismatch, the file is damaged"):
+        read_checkpoint(path)
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "gvsl-studio", "model": {"w": torch.ones(3)}}, path)
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(3))
+    for shipped in (ROOT / "models" / "weights").glob("*.pt"):
+        read_checkpoint(shipped)
+
+
+def test_non_finite_parameters_are_refused_at_load_naming_the_tensor():
+    model = GVSL(widths=DEMO_WIDTHS)
+    state = model.state_dict()
+    state["unet.inc.double_conv.0.weight"] = state["unet.inc.double_conv.0.weight"].clone().fill_(float("nan"))
+    with pytest.raises(
+        CheckpointError, match=r"x.pt: the checkpoint holds non-finite parameters.*unet.inc.double_conv.0"
+    ):
+        load_state_into(model, state, source="x.pt")
+
+
+def test_a_failed_torch_save_is_a_disk_full_error_naming_the_file(tmp_path, monkeypatch):
+    def full(*_a, **_k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3")
+
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"a": torch.ones(2)}, path)
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=f"disk full writing {path}"):
+        atomic_torch_save({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(read_checkpoint(path)["a"], torch.ones(2))  # the earlier file is unchanged
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_shipped_segmenters_fall_back_to_the_spacing_of_their_training_data(tmp_path):
     """The shipped segmenters predate recorded spacings: the documented fallback must be the
     spacing `gvsl sample` wrote for their training split (models/weights/README.md).

@@ -9,8 +9,10 @@ the refusal.
 
 from __future__ import annotations
 
+import gzip
 import signal
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -19,6 +21,8 @@ import torch
 import models
 from gvsl_app.cli import main
 from gvsl_app.data.synthetic import cardiac_dataset
+from gvsl_app.training.config import PretrainConfig, as_dict
+from models.checkpoint import atomic_torch_save
 from models.downstream import SegmentationNet
 
 
@@ -77,6 +81,38 @@ def corpus(tmp_path_factory):
         {"format": "gvsl-studio", "kind": "pretrain", "model_config": gv.config(), "model": gv.state_dict()},
         f["gvsl_pt"],
     )
+    f["corrupt_pt"] = atomic_torch_save(
+        {"format": "gvsl-studio", "kind": "pretrain", "model_config": gv.config(), "model": gv.state_dict()},
+        root / "corrupt.pt",
+    )
+    corrupt_tensor_bytes(f["corrupt_pt"])
+    nan_state = gv.state_dict()
+    nan_state["unet.inc.double_conv.0.weight"] = torch.full_like(nan_state["unet.inc.double_conv.0.weight"], np.nan)
+    f["nan_pt"] = root / "nan_weights.pt"
+    torch.save(
+        {"format": "gvsl-studio", "kind": "pretrain", "model_config": gv.config(), "model": nan_state}, f["nan_pt"]
+    )
+    gv4 = models.GVSL(widths=models.widths_from_base(4))
+    f["gvsl4_pt"] = root / "width4.pt"
+    torch.save(
+        {"format": "gvsl-studio", "kind": "pretrain", "model_config": gv4.config(), "model": gv4.state_dict()},
+        f["gvsl4_pt"],
+    )
+    # a 2 KB NIfTI whose header declares 1100^3 voxels (5.0 GiB as float32)
+    header = nib.Nifti1Header()
+    header.set_data_shape((1100, 1100, 1100))
+    header.set_data_dtype(np.uint8)
+    f["huge_nii"] = root / "huge.nii.gz"
+    f["huge_nii"].write_bytes(gzip.compress(header.binaryblock + bytes(4 + 4096)))
+    # a "label map" with a label per voxel: Dice per structure would need a 13824-channel one-hot
+    for key, image in (("many_labels", "img"), ("many_labels2", "img2")):
+        many = sitk.GetImageFromArray(np.arange(1, 24**3 + 1, dtype=np.int32).reshape(24, 24, 24))
+        many.CopyInformation(sitk.ReadImage(str(f[image])))
+        f[key] = root / f"{key}.nii.gz"
+        sitk.WriteImage(many, str(f[key]))
+    f["lab_link"] = root / "labels_link"
+    f["lab_link"].symlink_to(data / "labels", target_is_directory=True)
+    _resumable_runs(root, f, gv4)
     f["foreign_pt"] = root / "foreign.pt"
     torch.save({"encoder.weight": torch.zeros(3)}, f["foreign_pt"])
     f["bad_yaml"] = root / "bad.yaml"
@@ -94,6 +130,8 @@ def corpus(tmp_path_factory):
     f["pre_run"] = root / "pre_run"
     (f["pre_run"]).mkdir()
     (f["pre_run"] / "config.yaml").write_text("variant: gvsl\niters: 1\n")
+    (f["pre_run"] / "checkpoints").mkdir()
+    (f["pre_run"] / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")  # a run with weights to keep
     f["busy_out"] = root / "busy_out"
     f["busy_out"].mkdir()
     (f["busy_out"] / "report.json").write_text("{}")
@@ -115,6 +153,56 @@ def corpus(tmp_path_factory):
         (folder / "labels.csv").write_text("name,label\n" + rows)
         f[name] = folder
     return f
+
+
+def corrupt_tensor_bytes(path):
+    """Flip bytes inside the largest tensor's stored data: the archive stays readable."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset
+    start = (
+        at + 30 + int.from_bytes(raw[at + 26 : at + 28], "little") + int.from_bytes(raw[at + 28 : at + 30], "little")
+    )
+    start += info.file_size // 2
+    raw[start : start + 8] = bytes(b ^ 0x5A for b in raw[start : start + 8])
+    path.write_bytes(bytes(raw))
+
+
+RUN_CONFIG = PretrainConfig(
+    data="synthetic:cardiac", n_synthetic=2, iters=1, size=24, width=4, workers=0, device="cpu", amp=False
+)
+
+
+def _resumable_runs(root, f, model):
+    """Run folders with a last.pt and a config.yaml emptied, trimmed, with an unknown key, or edited."""
+    import yaml
+
+    saved = as_dict(RUN_CONFIG)
+    variants = {
+        "run_empty_cfg": "",
+        "run_trimmed_cfg": yaml.safe_dump({k: v for k, v in saved.items() if k not in ("size", "width")}),
+        "run_unknown_cfg": yaml.safe_dump({**saved, "iterations": 10}),
+        "run_edited_cfg": yaml.safe_dump({**saved, "lr": 0.5}),
+    }
+    for name, text in variants.items():
+        folder = root / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "config.yaml").write_text(text)
+        torch.save(
+            {
+                "format": "gvsl-studio",
+                "kind": "pretrain",
+                "config": saved,
+                "model_config": model.config(),
+                "model": model.state_dict(),
+                "iteration": 0,
+            },
+            folder / "checkpoints" / "last.pt",
+        )
+        f[name] = folder
 
 
 M = [
@@ -213,6 +301,37 @@ CASES = [
     ("match-labels-fraction", M + ["--fixed-labels", "{lab_frac}"], "fraction_labels.nii.gz", None),
     ("match-labels-nan", M + ["--fixed-labels", "{lab_nan}"], "nan_labels.nii.gz", None),
     ("match-labels-missing", M + ["--fixed-labels", "{lab}.missing"], "{lab}.missing: no such file", None),
+    # memory estimated from the header / the labels before anything large is allocated (the
+    # corpus runs as on a machine with 1 GiB free, so the refusals do not depend on the runner)
+    ("match-header-1100-cubed", _with(M, img2="{huge_nii}"), "{huge_nii} declares 1100 x 1100 x 1100 voxels", None),
+    ("match-fixed-1100-cubed", _with(M, img="{huge_nii}"), "matching onto it needs about", None),
+    (
+        "match-labels-too-many",
+        M + ["--fixed-labels", "{many_labels}", "--moving-labels", "{many_labels2}"],
+        "13824 distinct labels",
+        None,
+    ),
+    (
+        "match-weights-damaged",
+        _with(M, weights="{corrupt_pt}"),
+        "corrupt.pt: checksum mismatch, the file is damaged",
+        None,
+    ),
+    (
+        "match-weights-nan",
+        _with(M, weights="{nan_pt}") + ["--no-fallback"],
+        "nan_weights.pt: the checkpoint holds non-finite",
+        None,
+    ),
+    # an --out that holds an input is refused, --overwrite or not, through links too
+    ("match-out-images-folder", _with(M, out="{data}/images") + ["--overwrite"], "holds the fixed image", None),
+    ("embed-out-labels-link", _with(E, out="{lab_link}") + ["--overwrite"], "holds the label map", None),
+    (
+        "segment-out-data-folder",
+        ["segment", "{data}", "--out", "{data}", "--weights", "{seg_pt}", "--device", "cpu", "--overwrite"],
+        "holds the images folder",
+        None,
+    ),
     # match: options and weights
     ("match-size-zero", _with(M, size="0"), "--size must be >= 16 (the network pools four times), got 0", None),
     ("match-size-small", _with(M, size="8"), "--size must be >= 16 (the network pools four times), got 8", None),
@@ -234,6 +353,8 @@ CASES = [
     ("segment-reference-negative", S + ["--reference", "{lab_neg}"], "negative_labels.nii.gz", None),
     ("segment-out-exists", _with(S, out="{old_seg}"), "old_seg.nii.gz already exists", "old_seg"),
     ("segment-out-is-folder", _with(S, out="{empty_dir}"), "already exists", "empty_dir"),
+    ("segment-header-1100-cubed", _with(S, img="{huge_nii}"), "segmenting it needs about", None),
+    ("segment-reference-too-many-labels", S + ["--reference", "{many_labels}"], "13824 distinct labels", None),
     # embed
     ("embed-labels-other-grid", _with(E, lab="{lab_grid}"), "othergrid_labels.nii.gz", None),
     ("embed-labels-negative", _with(E, lab="{lab_neg}"), "negative_labels.nii.gz", None),
@@ -248,6 +369,7 @@ CASES = [
     ("pretrain-size-small", _with(P, size="8"), "size must be >= 16", None),
     ("pretrain-lr-zero", P + ["--lr", "0"], "lr must be > 0", None),
     ("pretrain-batch-zero", P + ["--batch", "0"], "batch must be > 0", None),
+    ("pretrain-batch-memory", P + ["--batch", "1024"], "--batch 1024 at --size 24 and --width 4 needs about", None),
     ("pretrain-workers-negative", _with(P, workers="-1"), "workers must be >= 0", None),
     ("pretrain-bad-yaml", P + ["--config", "{bad_yaml}"], "bad.yaml: not valid YAML", None),
     ("pretrain-unknown-yaml", P + ["--config", "{unknown_yaml}"], "unknown option(s) iterations", None),
@@ -256,13 +378,43 @@ CASES = [
     ("pretrain-resume-nothing", P + ["--resume"], "no checkpoint to resume from", None),
     ("pretrain-resume-and-overwrite", P + ["--resume", "--overwrite"], "exclude each other", None),
     ("pretrain-over-a-run", _with(P, run="{pre_run}"), "holds a run", "pre_run"),
+    # --resume trusts only a complete config.yaml that agrees with last.pt
+    ("pretrain-resume-empty-config", _with(P, run="{run_empty_cfg}") + ["--resume"], "config.yaml: incomplete", "run_"),
+    (
+        "pretrain-resume-trimmed-config",
+        _with(P, run="{run_trimmed_cfg}") + ["--resume"],
+        "missing (size, width)",
+        "run_",
+    ),
+    (
+        "pretrain-resume-unknown-key",
+        _with(P, run="{run_unknown_cfg}") + ["--resume"],
+        "config.yaml: unknown option(s) iterations",
+        "run_",
+    ),
+    (
+        "pretrain-resume-edited-config",
+        _with(P, run="{run_edited_cfg}") + ["--resume"],
+        "(lr 0.0001 -> 0.5: checkpoint -> file)",
+        "run_",
+    ),
     # finetune / evaluate
     ("finetune-missing-data", _with(F, data="{data}/typo"), "typo", None),
     ("finetune-iters-zero", _with(F, iters="0"), "iters must be > 0", None),
+    ("finetune-run-is-data", _with(F, run="{data}"), "is the data folder of --data", "data"),
+    ("finetune-run-in-images", _with(F, run="{data}/images/run"), "the run's files would be mixed with the data", None),
+    ("pretrain-run-in-labels", _with(P, data="{data}", run="{data}/labels/run"), "inside", None),
     ("finetune-iters-negative", _with(F, iters="-2"), "iters must be > 0", None),
     ("finetune-n-train-negative", F + ["--n-train", "-1"], "n_train must be >= 0", None),
     ("finetune-init-noise", F + ["--init", "{noise_pt}"], "noise.pt: not a PyTorch checkpoint", None),
     ("finetune-init-foreign", F + ["--init", "{foreign_pt}"], "foreign.pt", None),
+    (
+        "finetune-width-vs-init",
+        _with(F, width="8") + ["--init", "{gvsl4_pt}"],
+        "--width 8 asks for base width 8, but the --init checkpoint {gvsl4_pt} has base width 4",
+        None,
+    ),
+    ("finetune-init-damaged", F + ["--init", "{corrupt_pt}"], "checksum mismatch", None),
     ("finetune-cls-abc", _with(F, data="{csv_abc}") + ["--task", "cls"], "mix numbers and names", None),
     ("finetune-cls-fraction", _with(F, data="{csv_frac}") + ["--task", "cls"], "must be 0 or 1", None),
     ("finetune-cls-negative", _with(F, data="{csv_neg}") + ["--task", "cls"], "must be 0 or 1", None),
@@ -282,7 +434,10 @@ def restore_signals():
 
 
 @pytest.mark.parametrize("name, argv, culprit, keep", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_clearly(corpus, tmp_path, capsys, restore_signals, name, argv, culprit, keep):
+def test_bad_input_is_refused_clearly(
+    corpus, tmp_path, capsys, monkeypatch, restore_signals, name, argv, culprit, keep
+):
+    monkeypatch.setattr("gvsl_app.memory.available_bytes", lambda: 2**30)
     out = tmp_path / "OUT"
     files = {k: str(v) for k, v in corpus.items()}
     args = [a.replace("OUT", str(out)).format(**files) for a in argv]

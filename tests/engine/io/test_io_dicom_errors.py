@@ -248,3 +248,18 @@ def test_a_folder_of_siemens_ima_slices_is_a_dicom_series(tmp_path):
         f.rename(f.with_suffix(".IMA"))
     assert holds_dicom_series(tmp_path / "ima")
     assert read_volume(tmp_path / "ima").shape == (4, 6, 5)
+
+
+def test_a_dicom_series_or_a_file_too_large_for_memory_is_refused_before_its_voxels_are_read(tmp_path, monkeypatch):
+    from gvsl_app.memory import MemoryEstimateError
+
+    arr = np.zeros((6, 20, 30), np.int16)
+    write_dicom_series(tmp_path / "ct", arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), "1.2.3.4.7")
+    write_volume(make_volume(shape=(6, 20, 30)), tmp_path / "x.nii.gz")
+    monkeypatch.setattr("gvsl_app.memory.available_bytes", lambda: 6 * 20 * 30 * 16 - 1)  # one byte short
+    with pytest.raises(MemoryEstimateError, match=r"ct declares 30 x 20 x 6 voxels .*reading it needs about"):
+        read_volume(tmp_path / "ct")
+    with pytest.raises(MemoryEstimateError, match=r"x.nii.gz declares 30 x 20 x 6 voxels"):
+        read_volume(tmp_path / "x.nii.gz")
+    monkeypatch.setattr("gvsl_app.memory.available_bytes", lambda: 6 * 20 * 30 * 16)
+    assert read_volume(tmp_path / "ct").shape == (6, 20, 30)

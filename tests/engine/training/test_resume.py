@@ -20,10 +20,12 @@ def test_resume_with_another_width_is_refused_and_a_checkpoint_that_does_not_fit
     drain(pretrain(small(tmp_path / "w", iters=1, val_every=1)))
     with pytest.raises(ValueError, match=r"width 8 -> 4 \(saved -> asked\).*fresh run folder"):
         drain(pretrain(small(tmp_path / "w", iters=2, val_every=1, width=4, resume=True)))
-    # a config.yaml edited by hand no longer matches the checkpoint: the error names last.pt
+    # a config.yaml edited by hand no longer matches the checkpoint's own copy: refused, naming both
     config = tmp_path / "w" / "config.yaml"
     config.write_text(config.read_text().replace("width: 8", "width: 4"))
-    with pytest.raises(Exception, match=r"last\.pt: checkpoint does not fit the model"):
+    with pytest.raises(
+        ValueError, match=r"config\.yaml disagrees with .*last\.pt \(width 8 -> 4: checkpoint -> file\)"
+    ):
         drain(pretrain(small(tmp_path / "w", iters=2, val_every=1, width=4, resume=True)))
 
 
