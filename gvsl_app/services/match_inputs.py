@@ -10,6 +10,7 @@ import logging
 import numpy as np
 
 from gvsl_app.data.preprocess import Modality, detect_modality
+from gvsl_app.io.images import check_labels_fit
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.match_init import InitialAlignment
 from models import GVSL
@@ -45,6 +46,8 @@ def checked_inputs(
                 f"{name} labels {labels.source} have shape {labels.shape} but the {name} "
                 f"image {image.source} has {image.shape}: the labels must be on the image's grid"
             )
+    if fixed_labels is not None and moving_labels is not None:
+        check_labels_fit(fixed_labels, moving_labels)  # Dice per structure: a one-hot of each
     fixed, fixed_note = _finite(fixed, "fixed")
     moving, moving_note = _finite(moving, "moving")
     return fixed, moving, [n for n in (fixed_note, moving_note) if n]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
-from gvsl_app.io.images import geometry_differences
+from gvsl_app.io.images import check_labels_fit, geometry_differences
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.brain_mask import BrainMask, brain_mask, dark_grey_matter_to_csf
@@ -377,6 +377,7 @@ def segment(
         raise ValueError(f"skull_strip must be 'auto' or 'off', got {skull_strip!r}")
     if reference is not None:
         _check_on_grid(reference, image)
+        check_labels_fit(reference)  # Dice per structure: a one-hot of it
     dev = resolve_device(device)
     clock = StageClock()
     with clock.stage("load", 0.1):

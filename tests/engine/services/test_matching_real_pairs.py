@@ -208,3 +208,13 @@ def test_the_verdict_scores_the_initial_alignment_as_a_field_as_the_alignment_sc
     points = zyx @ index[:3, :3].T + index[:3, 3]
     disp = points @ init.matrix[:3, :3].T + init.matrix[:3, 3] - points
     assert pair.of_field(fixed, disp, near=init.matrix) == pytest.approx(init.score, abs=0.01)
+
+
+def test_label_maps_with_too_many_structures_are_refused_before_any_work(model, monkeypatch):
+    from gvsl_app.memory import MemoryEstimateError
+
+    monkeypatch.setattr("gvsl_app.memory.available_bytes", lambda: 2**30)
+    fixed, _ = make_cardiac_subject(11, (24, 24, 24))
+    many = fixed.with_array(np.arange(1, 24**3 + 1, dtype=np.int32).reshape(24, 24, 24), source="many.nii.gz")
+    with pytest.raises(MemoryEstimateError, match="many.nii.gz holds 13824 distinct labels"):
+        match(fixed, fixed, model=model, moving_labels=many, fixed_labels=many, refine=False)
