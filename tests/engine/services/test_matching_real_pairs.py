@@ -218,3 +218,13 @@ def test_label_maps_with_too_many_structures_are_refused_before_any_work(model, 
     many = fixed.with_array(np.arange(1, 24**3 + 1, dtype=np.int32).reshape(24, 24, 24), source="many.nii.gz")
     with pytest.raises(MemoryEstimateError, match="many.nii.gz holds 13824 distinct labels"):
         match(fixed, fixed, model=model, moving_labels=many, fixed_labels=many, refine=False)
+
+
+def test_auto_leaves_a_move_below_one_coarse_voxel_to_the_refinement():
+    fixed, _ = make_cardiac_subject(11, (40, 40, 40), spacing=(3.0, 3.0, 3.0))
+    near = moved_anatomy(padded(fixed, 20), (0.0, 0.0, 0.0), (1.5, 0.0, 0.0))  # 1.5 mm: < a 3 mm voxel
+    far = moved_anatomy(padded(fixed, 20), (0.0, 0.0, 0.0), (12.0, 0.0, 0.0))
+    kept = initial_alignment(fixed, near)
+    assert kept.chosen == "none" and kept.candidates["mass"] > kept.candidates["none"]  # it scored better
+    moved = initial_alignment(fixed, far)
+    assert moved.chosen != "none" and abs(abs(moved.matrix[0, 3]) - 12.0) < 3.0
