@@ -34,9 +34,17 @@ from ._common import (
     random_model,
     thick_slices,
 )
-from ._geometry import layer_geometry, volume_from_layer
+from ._geometry import ORIENTATION_KEY, layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
-from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, prebuild, upsert_layer
+from ._layers import (
+    copy_label_style,
+    image_layer_data,
+    label_names_of,
+    labels_layer_data,
+    prebuild,
+    upsert_layer,
+    with_orientation,
+)
 from ._layout import fit_dock
 from ._options_form import OptionRow
 
@@ -197,6 +205,7 @@ class MatchingWidget(QWidget):
         clim = tuple(ml.contrast_limits)
         names = label_names_of(mll) if mll is not None else {}
         existing = frozenset(layer.name for layer in self.viewer.layers)
+        orientation = fl.metadata.get(ORIENTATION_KEY)  # the results are on the fixed grid
 
         def work(progress):
             _warmup.ready()  # the engine is imported in the background after start
@@ -214,7 +223,8 @@ class MatchingWidget(QWidget):
                 progress=progress,
                 should_stop=stop.is_set,
             )
-            return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
+            layers = [with_orientation(d, orientation) for d in result_layers(r, clim, style)]
+            return r, [prebuild(d, existing) for d in layers]
 
         self._refining = options.refine
         self._worker = start_job(

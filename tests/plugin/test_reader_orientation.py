@@ -147,3 +147,28 @@ def test_a_permuted_scan_is_written_back_on_its_own_grid(make_napari_viewer, tmp
     # what napari shows is what the file holds, point by point
     _assert_physically_identical(layer, sitk.ReadImage(str(tmp_path / "saved.nii.gz")))
 
+
+def test_a_result_on_a_reoriented_grid_is_written_on_the_files_grid(make_napari_viewer, tmp_path):
+    """A label map made from the layer (as the segmentation widget does) lands on the scan's grid."""
+    from napari_plugin._geometry import ORIENTATION_KEY, volume_from_layer
+    from napari_plugin._layers import labels_layer_data, with_orientation
+
+    path = _write(tmp_path / "scan.nii.gz", CORONAL)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="gvsl-studio")
+    image = volume_from_layer(layer)  # the engine's Volume, in the shown (axis-aligned) frame
+    mask = image.with_array((image.array > 0).astype(np.uint8))
+    data = with_orientation(labels_layer_data(mask, "scan_seg"), layer.metadata[ORIENTATION_KEY])
+    labels = viewer.add_labels(data[0], **data[1])
+    labels.save(str(tmp_path / "scan_seg.nii.gz"), plugin="gvsl-studio")
+    seg, scan = sitk.ReadImage(str(tmp_path / "scan_seg.nii.gz")), sitk.ReadImage(str(path))
+    assert seg.GetSize() == scan.GetSize() and seg.GetDirection() == scan.GetDirection()
+    np.testing.assert_allclose(seg.GetOrigin(), scan.GetOrigin(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(scan) > 0)
+    # a label map drawn by hand (no record) is written as shown: another grid, the same place
+    plain = viewer.add_labels(np.asarray(labels.data), scale=labels.scale, translate=labels.translate)
+    plain.affine = labels.affine
+    plain.save(str(tmp_path / "drawn.nii.gz"), plugin="gvsl-studio")
+    drawn = sitk.ReadImage(str(tmp_path / "drawn.nii.gz"))
+    assert drawn.GetSize() == tuple(int(n) for n in labels.data.shape[::-1])
+    _assert_physically_identical(plain, drawn)
