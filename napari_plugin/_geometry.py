@@ -207,9 +207,22 @@ def file_frame(array: np.ndarray, matrix: np.ndarray, record: dict | None) -> tu
     file_shape = tuple(int(n) for n in (record or {}).get("file_shape", array.shape))
     if record is None or array.shape != tuple(file_shape[a] for a in axes):
         return array, geometry_from_matrix(matrix)
-    array = np.transpose(array, np.argsort(axes))
+    array = np.ascontiguousarray(np.transpose(array, np.argsort(axes)))
     geo = geometry_from_matrix(np.asarray(matrix, dtype=float) @ np.linalg.inv(_permutation_matrix(axes)))
     file_direction = tuple(float(d) for d in record["file_direction"])
     if record.get("snapped") and np.allclose(geo["direction"], file_direction, rtol=0, atol=2 * SNAP_ATOL):
         geo["direction"] = file_direction  # the snap undone: the file's header, exactly
     return array, geo
+
+
+def volume_in_file_frame(volume: Volume, record: dict | None) -> Volume:
+    """``volume`` (an engine result on a reoriented layer's grid) on the file's own voxel grid
+    when ``record`` describes its grid (see :func:`file_frame`), else ``volume`` itself.
+    """
+    if record is None:
+        return volume
+    matrix = _index_matrix(volume, _REV @ volume.direction_matrix @ _REV)
+    array, geo = file_frame(volume.array, matrix, record)
+    if array is volume.array:
+        return volume
+    return volume.with_array(array, dtype=volume.dtype, **geo)

@@ -34,7 +34,7 @@ from ._common import (
     random_model,
     thick_slices,
 )
-from ._geometry import ORIENTATION_KEY, layer_geometry, volume_from_layer
+from ._geometry import ORIENTATION_KEY, layer_geometry, volume_from_layer, volume_in_file_frame
 from ._jobs import JobControls, refuse, start_job
 from ._layers import (
     copy_label_style,
@@ -99,6 +99,7 @@ class MatchingWidget(QWidget):
         self.viewer = napari_viewer
         self.state = JobState()
         self.result = None
+        self.result_orientation: dict | None = None  # the fixed layer's reader record (export on its file's grid)
         self._worker = None
         self._stop = threading.Event()
         self._refining = False  # whether the running job refines: the only stage Stop can end
@@ -228,15 +229,20 @@ class MatchingWidget(QWidget):
 
         self._refining = options.refine
         self._worker = start_job(
-            work, self.state, lambda out: self._show(out[0], out[1], fl.name, ml.name, names), "Z-Matching"
+            work,
+            self.state,
+            lambda out: self._show(out[0], out[1], fl.name, ml.name, names, orientation),
+            "Z-Matching",
         )
         return self._worker
 
     # -- results -------------------------------------------------------------------------
-    def _show(self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict) -> list:
+    def _show(
+        self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict, orientation=None
+    ) -> list:
         """Style the inputs and return one step per result layer (run across event-loop turns)."""
         r.release_field_image()  # kept for export only on demand: it can be gigabytes
-        self.result = r
+        self.result, self.result_orientation = r, orientation
         layers = self.viewer.layers
         if fixed_name in layers:
             layers[fixed_name].colormap = "green"
@@ -273,14 +279,14 @@ class MatchingWidget(QWidget):
         real CT: never on the GUI thread); returns the worker, or None when there is nothing
         to export or a job is running.
         """
-        result = self.result
+        result, orientation = self.result, self.result_orientation
         if result is None or self.state.running:
             notify_error("run Z-Matching first" if result is None else "wait for the running job to end", "Export")
             return None
 
         def work(progress):
             progress("exporting", 0.1)
-            return result.save(folder)
+            return result_in_file_frame(result, orientation).save(folder)
 
         def done(out) -> None:
             self.state.message = f"outputs written to {out}"  # the status line keeps it after the toast
@@ -289,6 +295,28 @@ class MatchingWidget(QWidget):
         self._refining = False
         self._worker = start_job(work, self.state, done, "Export")
         return self._worker
+
+
+def result_in_file_frame(r, record: dict | None):
+    """The match result ``r`` on the fixed file's own voxel grid when the reader showed the
+    fixed scan reoriented (``record``: its ``metadata["gvsl_orientation"]``), so that the
+    exported warped image, labels, Jacobian and displacement field overlay that file by
+    header; else ``r`` itself. Physically the same either way.
+    """
+    from dataclasses import replace
+
+    fixed = volume_in_file_frame(r.fixed, record)
+    if record is None or fixed is r.fixed:
+        return r
+    to_file = (*np.argsort(record["axes"]), 3)  # the field's last axis holds its (x, y, z) components
+    return replace(
+        r,
+        fixed=fixed,
+        warped=volume_in_file_frame(r.warped, record),
+        jacobian=volume_in_file_frame(r.jacobian, record),
+        warped_labels=None if r.warped_labels is None else volume_in_file_frame(r.warped_labels, record),
+        displacement_mm=np.ascontiguousarray(np.transpose(r.displacement_mm, to_file)),
+    )
 
 
 def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None = None) -> list[tuple]:
