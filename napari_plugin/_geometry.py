@@ -160,8 +160,8 @@ def axis_aligned(volume: Volume) -> tuple[Volume, dict | None]:
     to them (a head acquired coronally or sagittally: direction ``(1,0,0, 0,0,-1, 0,1,0)``)
     has no 2D view napari can draw (a singular slice transform). Its voxels are transposed
     so that each voxel axis runs along the world axis it is closest to; the direction that
-    remains is diagonal (flips, kept in the layer's affine) for such scans, or a rotation of
-    at most 45 degrees about each axis for a truly oblique one. Cosines within
+    remains is diagonal (flips, kept in the layer's affine) for such scans, or the rotation
+    to the nearest axis-aligned orientation for a truly oblique one. Cosines within
     :data:`SNAP_ATOL` of a signed permutation are snapped to it, so the affine is exactly
     diagonal. Every voxel keeps its physical position (up to the snap).
 
