@@ -34,7 +34,13 @@ from ._common import (
     random_model,
     thick_slices,
 )
-from ._geometry import ORIENTATION_KEY, layer_geometry, volume_from_layer, volume_in_file_frame
+from ._geometry import (
+    ORIENTATION_KEY,
+    grid_in_file_order,
+    layer_geometry,
+    volume_from_layer,
+    volume_in_file_frame,
+)
 from ._jobs import JobControls, refuse, start_job
 from ._layers import (
     copy_label_style,
@@ -308,14 +314,14 @@ def result_in_file_frame(r, record: dict | None):
     fixed = volume_in_file_frame(r.fixed, record)
     if record is None or fixed is r.fixed:
         return r
-    to_file = (*np.argsort(record["axes"]), 3)  # the field's last axis holds its (x, y, z) components
     return replace(
         r,
         fixed=fixed,
         warped=volume_in_file_frame(r.warped, record),
         jacobian=volume_in_file_frame(r.jacobian, record),
         warped_labels=None if r.warped_labels is None else volume_in_file_frame(r.warped_labels, record),
-        displacement_mm=np.ascontiguousarray(np.transpose(r.displacement_mm, to_file)),
+        # the grid reordered; the components are physical (x, y, z) millimetres and stay
+        displacement_mm=grid_in_file_order(r.displacement_mm, record),
     )
 
 

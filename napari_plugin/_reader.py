@@ -6,7 +6,8 @@ volumes with different grids overlay in millimetres. Label maps (a file name con
 Unreadable inputs raise the engine's ``VolumeReadError``, whose message napari shows.
 
 A scan whose voxel axes are permuted relative to the world axes (acquired coronally or
-sagittally) is shown with its voxels transposed to the world axis order
+sagittally) is shown with its voxels transposed and flipped to the world axes, as
+``SimpleITK.DICOMOrient(image, "LPS")`` would
 (:func:`~napari_plugin._geometry.axis_aligned`: napari cannot slice it otherwise), physically
 identical; ``layer.metadata["gvsl_orientation"]`` records it, and the writer saves such a
 layer (and results on its grid) on the file's own voxel grid again. An oblique scan is also

@@ -68,6 +68,14 @@ def _assert_physically_identical(layer, img: sitk.Image, n: int = 40) -> None:
         assert layer.data[tuple(j)] == arr[i], (j, i)
 
 
+def _assert_as_dicom_orient_lps(layer, img: sitk.Image) -> None:
+    """What the layer shows is what ITK's reorientation to the identity direction gives."""
+    ref = sitk.DICOMOrient(img, "LPS")
+    np.testing.assert_array_equal(layer.data, sitk.GetArrayViewFromImage(ref))
+    np.testing.assert_allclose(layer.scale, ref.GetSpacing()[::-1], rtol=1e-9)
+    np.testing.assert_allclose(layer.translate, ref.GetOrigin()[::-1], atol=1e-9)
+
+
 def _assert_axis_aligned(layer) -> None:
     """The layer's full data-to-world map is diagonal (scale, flips and translate only)."""
     from napari_plugin._geometry import data_to_world
@@ -84,7 +92,9 @@ def test_a_coronally_acquired_head_opens_and_slices(make_napari_viewer):
     assert sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()) == "LSA"
     _show_every_slicing(viewer, layer)
     _assert_axis_aligned(layer)
+    np.testing.assert_array_equal(layer.affine.affine_matrix, np.eye(4))
     _assert_physically_identical(layer, img)
+    _assert_as_dicom_orient_lps(layer, img)
     record = layer.metadata["gvsl_orientation"]
     assert record["file_direction"] == img.GetDirection() and record["residual_deg"] == 0.0
     assert record["file_shape"] == img.GetSize()[::-1] and sorted(record["axes"]) == [0, 1, 2]
@@ -99,6 +109,10 @@ def test_a_permuted_scan_is_shown_along_the_world_axes(make_napari_viewer, tmp_p
     _assert_axis_aligned(layer)
     _assert_physically_identical(layer, sitk.ReadImage(str(path)))
     assert layer.metadata["gvsl_orientation"]["axes"] != (0, 1, 2)
+    # flips applied to the voxels too: positive scale, identity affine (napari's thick slices drop flipped axes)
+    np.testing.assert_array_equal(layer.affine.affine_matrix, np.eye(4))
+    assert np.all(np.asarray(layer.scale) > 0)
+    _assert_as_dicom_orient_lps(layer, sitk.ReadImage(str(path)))
 
 
 def test_float_noise_in_a_direction_is_snapped_and_written_back_exactly(make_napari_viewer, tmp_path):
