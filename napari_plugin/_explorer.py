@@ -29,7 +29,7 @@ from gvsl_app.jobs.state import JobState
 
 from . import _warmup
 from ._common import LayerCombo, results_table
-from ._geometry import data_to_world, same_layer_grid, volume_from_layer
+from ._geometry import ORIENTATION_KEY, data_to_world, same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import (
     label_colormap,
@@ -39,6 +39,7 @@ from ._layers import (
     labels_layer_data,
     prebuild,
     upsert_layer,
+    with_orientation,
 )
 from ._layout import fit_dock
 
@@ -164,6 +165,7 @@ class LabelExplorerWidget(QWidget):
         names = {**(label_names_of(ref_layer) if ref_layer is not None else {}), **label_names_of(layer)}
         with_distances = self.distances.isChecked()
         out_name = disagreement_name(layer.name)
+        orientation = layer.metadata.get(ORIENTATION_KEY)  # the disagreement map is on the label map's grid
         existing = frozenset(lay.name for lay in self.viewer.layers)
 
         def work(progress):
@@ -182,12 +184,15 @@ class LabelExplorerWidget(QWidget):
             diff = None
             if ref is not None:
                 diff = prebuild(
-                    labels_layer_data(
-                        pred.with_array(disagreement_map(np.asarray(pred.array), np.asarray(ref.array))),
-                        out_name,
-                        DISAGREEMENT_NAMES,
-                        DISAGREEMENT_COLORS,
-                        opacity=0.7,
+                    with_orientation(
+                        labels_layer_data(
+                            pred.with_array(disagreement_map(np.asarray(pred.array), np.asarray(ref.array))),
+                            out_name,
+                            DISAGREEMENT_NAMES,
+                            DISAGREEMENT_COLORS,
+                            opacity=0.7,
+                        ),
+                        orientation,
                     ),
                     existing,
                 )

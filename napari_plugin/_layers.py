@@ -17,7 +17,7 @@ import pandas as pd
 
 from gvsl_app.io.volume import Volume
 
-from ._geometry import layer_geometry
+from ._geometry import ORIENTATION_KEY, layer_geometry
 
 # Layer properties a user may have changed by hand; an in-place update keeps them.
 _KEEP_ON_UPDATE = ("visible", "opacity", "blending")
@@ -119,6 +119,19 @@ def copy_label_style(source_layer) -> dict:
     if feats is not None and {"index", "name"} <= set(feats.columns):
         kw["features"] = feats.copy()
     return kw
+
+
+def with_orientation(layer_data: tuple, record: dict | None) -> tuple:
+    """An image or labels ``layer_data`` on the grid of a layer the reader reoriented, carrying
+    that layer's record (``metadata["gvsl_orientation"]``), so that the writer saves it on the
+    file's own voxel grid as it saves the scan (a segmentation of a coronal scan lands on the
+    scan's grid). Other layer kinds, or no record, are returned unchanged.
+    """
+    data, kw, kind = layer_data[:3]
+    if record is None or kind not in ("image", "labels"):
+        return layer_data
+    kw = {**kw, "metadata": {**kw.get("metadata", {}), ORIENTATION_KEY: record}}
+    return (data, kw, kind, *layer_data[3:])
 
 
 RESULT_MARK = "gvsl_result"

@@ -34,9 +34,23 @@ from ._common import (
     random_model,
     thick_slices,
 )
-from ._geometry import layer_geometry, volume_from_layer
+from ._geometry import (
+    ORIENTATION_KEY,
+    grid_in_file_order,
+    layer_geometry,
+    volume_from_layer,
+    volume_in_file_frame,
+)
 from ._jobs import JobControls, refuse, start_job
-from ._layers import copy_label_style, image_layer_data, label_names_of, labels_layer_data, prebuild, upsert_layer
+from ._layers import (
+    copy_label_style,
+    image_layer_data,
+    label_names_of,
+    labels_layer_data,
+    prebuild,
+    upsert_layer,
+    with_orientation,
+)
 from ._layout import fit_dock
 from ._options_form import OptionRow
 
@@ -91,6 +105,7 @@ class MatchingWidget(QWidget):
         self.viewer = napari_viewer
         self.state = JobState()
         self.result = None
+        self.result_orientation: dict | None = None  # the fixed layer's reader record (export on its file's grid)
         self._worker = None
         self._stop = threading.Event()
         self._refining = False  # whether the running job refines: the only stage Stop can end
@@ -197,6 +212,7 @@ class MatchingWidget(QWidget):
         clim = tuple(ml.contrast_limits)
         names = label_names_of(mll) if mll is not None else {}
         existing = frozenset(layer.name for layer in self.viewer.layers)
+        orientation = fl.metadata.get(ORIENTATION_KEY)  # the results are on the fixed grid
 
         def work(progress):
             _warmup.ready()  # the engine is imported in the background after start
@@ -214,19 +230,25 @@ class MatchingWidget(QWidget):
                 progress=progress,
                 should_stop=stop.is_set,
             )
-            return r, [prebuild(d, existing) for d in result_layers(r, clim, style)]
+            layers = [with_orientation(d, orientation) for d in result_layers(r, clim, style)]
+            return r, [prebuild(d, existing) for d in layers]
 
         self._refining = options.refine
         self._worker = start_job(
-            work, self.state, lambda out: self._show(out[0], out[1], fl.name, ml.name, names), "Z-Matching"
+            work,
+            self.state,
+            lambda out: self._show(out[0], out[1], fl.name, ml.name, names, orientation),
+            "Z-Matching",
         )
         return self._worker
 
     # -- results -------------------------------------------------------------------------
-    def _show(self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict) -> list:
+    def _show(
+        self, r, layer_data: list[tuple], fixed_name: str, moving_name: str, names: dict, orientation=None
+    ) -> list:
         """Style the inputs and return one step per result layer (run across event-loop turns)."""
         r.release_field_image()  # kept for export only on demand: it can be gigabytes
-        self.result = r
+        self.result, self.result_orientation = r, orientation
         layers = self.viewer.layers
         if fixed_name in layers:
             layers[fixed_name].colormap = "green"
@@ -263,14 +285,14 @@ class MatchingWidget(QWidget):
         real CT: never on the GUI thread); returns the worker, or None when there is nothing
         to export or a job is running.
         """
-        result = self.result
+        result, orientation = self.result, self.result_orientation
         if result is None or self.state.running:
             notify_error("run Z-Matching first" if result is None else "wait for the running job to end", "Export")
             return None
 
         def work(progress):
             progress("exporting", 0.1)
-            return result.save(folder)
+            return result_in_file_frame(result, orientation).save(folder)
 
         def done(out) -> None:
             self.state.message = f"outputs written to {out}"  # the status line keeps it after the toast
@@ -279,6 +301,28 @@ class MatchingWidget(QWidget):
         self._refining = False
         self._worker = start_job(work, self.state, done, "Export")
         return self._worker
+
+
+def result_in_file_frame(r, record: dict | None):
+    """The match result ``r`` on the fixed file's own voxel grid when the reader showed the
+    fixed scan reoriented (``record``: its ``metadata["gvsl_orientation"]``), so that the
+    exported warped image, labels, Jacobian and displacement field overlay that file by
+    header; else ``r`` itself. Physically the same either way.
+    """
+    from dataclasses import replace
+
+    fixed = volume_in_file_frame(r.fixed, record)
+    if record is None or fixed is r.fixed:
+        return r
+    return replace(
+        r,
+        fixed=fixed,
+        warped=volume_in_file_frame(r.warped, record),
+        jacobian=volume_in_file_frame(r.jacobian, record),
+        warped_labels=None if r.warped_labels is None else volume_in_file_frame(r.warped_labels, record),
+        # the grid reordered; the components are physical (x, y, z) millimetres and stay
+        displacement_mm=grid_in_file_order(r.displacement_mm, record),
+    )
 
 
 def result_layers(r, moving_clim: tuple | None = None, label_style: dict | None = None) -> list[tuple]:

@@ -4,6 +4,15 @@ Each file becomes one layer with ``scale``/``translate``/``affine`` from its geo
 volumes with different grids overlay in millimetres. Label maps (a file name containing
 ``label`` or ``seg``, or an integer volume with few distinct values) open as Labels layers.
 Unreadable inputs raise the engine's ``VolumeReadError``, whose message napari shows.
+
+A scan whose voxel axes are permuted relative to the world axes (acquired coronally or
+sagittally) is shown with its voxels transposed and flipped to the world axes, as
+``SimpleITK.DICOMOrient(image, "LPS")`` would
+(:func:`~napari_plugin._geometry.axis_aligned`: napari cannot slice it otherwise), physically
+identical; ``layer.metadata["gvsl_orientation"]`` records it, and the writer saves such a
+layer (and results on its grid) on the file's own voxel grid again. An oblique scan is also
+shown closest to the world axes, its remaining rotation kept in the layer's affine and
+named in a notification.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import numpy as np
 from gvsl_app.io.images import read_labels, read_volume
 from gvsl_app.io.volume import Volume
 
+from ._geometry import ORIENTATION_KEY, axis_aligned
 from ._layers import image_layer_data, labels_layer_data
 
 SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
@@ -79,12 +89,29 @@ def layer_data_for(path) -> tuple:
         path = path.parent  # one slice: open the series it belongs to
     if path.is_file() and _LABEL_NAME.search(_name(path).lower()):
         vol = read_labels(path)
-        return labels_layer_data(vol, _name(path), *_label_style(path, vol))
+        return _aligned(labels_layer_data, vol, path, *_label_style(path, vol))
     vol = read_volume(path)
     if path.is_file() and is_label_volume(path, vol):
         vol = vol.with_array(vol.array.astype(np.int32) if vol.array.dtype.kind == "b" else vol.array)
-        return labels_layer_data(vol, _name(path), *_label_style(path, vol))
-    return image_layer_data(vol, _name(path))
+        return _aligned(labels_layer_data, vol, path, *_label_style(path, vol))
+    return _aligned(image_layer_data, vol, path)
+
+
+def _aligned(make, vol: Volume, path: Path, *style) -> tuple:
+    """The layer data of ``vol`` shown along the world axes, with the record of any reorientation."""
+    shown, record = axis_aligned(vol)
+    data, kw, kind = make(shown, _name(path), *style)
+    if record is not None:
+        kw["metadata"] = {**kw.get("metadata", {}), ORIENTATION_KEY: record}
+        if record["residual_deg"] > 0:
+            from napari.utils.notifications import show_warning
+
+            show_warning(
+                f"{path.name} is oblique ({record['residual_deg']:.1f} degrees from the nearest axis-aligned "
+                "orientation): it is placed in physical space, but a 2D view draws its voxel slices without "
+                "the tilt out of the slice plane (napari does not resample); the 3D view is exact."
+            )
+    return data, kw, kind
 
 
 def _label_style(path: Path, vol: Volume) -> tuple[dict[int, str] | None, dict[int, tuple] | None]:

@@ -13,9 +13,9 @@ from gvsl_app.jobs.state import JobState, shared_checkpoints
 
 from . import _warmup
 from ._common import LayerCombo, WeightsChooser, device_combo, results_table
-from ._geometry import same_layer_grid, volume_from_layer
+from ._geometry import ORIENTATION_KEY, same_layer_grid, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
-from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer
+from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, upsert_layer, with_orientation
 from ._layout import fit_dock
 
 if TYPE_CHECKING:  # the engine is imported in the background after start (see _warmup)
@@ -80,6 +80,7 @@ class SegmentationWidget(QWidget):
         weights, device, name = self.weights.value(), self.device.currentText(), result_name(il.name)
         ref_names = label_names_of(rl) if rl is not None else {}
         existing = frozenset(layer.name for layer in self.viewer.layers)
+        orientation = il.metadata.get(ORIENTATION_KEY)  # the labels are on the image's grid
         ref_colors = {v: tuple(int(round(255 * c)) for c in label_rgba(rl, v)[:3]) for v in ref_names} if rl else {}
 
         def work(progress):
@@ -93,6 +94,7 @@ class SegmentationWidget(QWidget):
             res = replace(res, record=named)  # its report dict is built again from the record
             progress("layers", 0.9)
             data = labels_layer_data(res.labels, name, names or None, ref_colors or None, opacity=0.6)
+            data = with_orientation(data, orientation)
             return res, prebuild(data, existing)
 
         self._worker = start_job(work, self.state, lambda out: self._show(*out), "Segmentation")

@@ -2,7 +2,9 @@
 
 The geometry is taken from what the layer shows (``scale``, ``translate``, ``rotate``,
 ``shear`` and ``affine``), so a volume opened with the GVSL reader and saved again keeps
-its spacing, origin and direction.
+its spacing, origin and direction. A layer the reader showed reoriented (a scan whose voxel
+axes are permuted relative to the world axes; ``metadata["gvsl_orientation"]``) is written on
+the file's own voxel grid again: the same axis order, header direction and origin.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from gvsl_app.io.images import write_volume
 from gvsl_app.io.volume import Volume
 
-from ._geometry import geometry_from_matrix, state_matrix
+from ._geometry import ORIENTATION_KEY, file_frame, state_matrix
 
 EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
 
@@ -32,7 +34,8 @@ def _volume(data: Any, meta: dict) -> Volume:
     array = np.asarray(data)
     if array.ndim != 3:
         raise ValueError(f"layer {meta.get('name', '')!r} has shape {array.shape}; only 3D volumes can be written")
-    geo = geometry_from_matrix(state_matrix(meta, ndim=3))
+    record = (meta.get("metadata") or {}).get(ORIENTATION_KEY)
+    array, geo = file_frame(array, state_matrix(meta, ndim=3), record)
     return Volume(array, source=str(meta.get("name", "")), **geo)
 
 

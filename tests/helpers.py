@@ -159,3 +159,13 @@ def match_report(**fields):
         seconds={"total_s": 1.0, "network_s": 0.5},
     )
     return MatchReport(**{**base, **fields})
+
+
+def in_file_order(array, record: dict):
+    """A reoriented layer's voxels in its file's voxel order (``record``: ``metadata["gvsl_orientation"]``;
+    axes after the first three, such as a displacement field's components, stay).
+    """
+    import numpy as np
+
+    flipped = array[tuple(slice(None, None, -1) if f else slice(None) for f in record["flips"])]
+    return np.transpose(flipped, (*np.argsort(record["axes"]), *range(3, np.ndim(array))))  # trailing axes stay

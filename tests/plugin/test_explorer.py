@@ -163,3 +163,36 @@ def test_a_row_click_centres_the_structure_in_rolled_views_and_beside_4d_layers(
     np.testing.assert_allclose(viewer4.dims.point[-3:], (3.5, 32.5, 5.5), atol=0.51)  # snapped to a slice
     assert viewer4.dims.point[0] == time_point  # the time axis is left alone
     np.testing.assert_allclose(viewer4.camera.center[-2:], (32.5, 5.5), atol=1e-6)
+
+
+def test_the_disagreement_of_two_coronal_label_maps_is_saved_on_their_files_grid(qtbot, make_napari_viewer, tmp_path):
+    """The reader shows coronally stored label maps transposed; the disagreement map lands on their file grid."""
+    import SimpleITK as sitk
+
+    from napari_plugin._explorer import disagreement_name
+
+    ref = np.zeros((10, 12, 14), np.uint8)
+    ref[2:7, 3:9, 4:11] = 1
+    pred = np.roll(ref, 2, axis=2)
+    for name, arr in (("ref_seg", ref), ("pred_seg", pred)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((1.0, 2.0, 3.0))
+        img.SetOrigin((5.0, -8.0, 12.0))
+        img.SetDirection((1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))  # coronal slices
+        sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
+    viewer = make_napari_viewer()
+    for name in ("ref_seg", "pred_seg"):
+        viewer.open(str(tmp_path / f"{name}.nii.gz"), plugin="gvsl-studio")
+    w = _explorer(viewer)
+    w.labels.set_layer("pred_seg")
+    w.reference.set_layer("ref_seg")
+    w.run()
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    viewer.layers[disagreement_name("pred_seg")].save(str(tmp_path / "diff.nii.gz"), plugin="gvsl-studio")
+    diff = sitk.ReadImage(str(tmp_path / "diff.nii.gz"))
+    assert diff.GetSize() == (14, 12, 10) and diff.GetDirection() == img.GetDirection()
+    np.testing.assert_allclose(diff.GetOrigin(), img.GetOrigin(), atol=1e-5)
+    values = sitk.GetArrayFromImage(diff)
+    assert set(np.unique(values[(pred > 0) & (ref == 0)])) == {1}  # only in the label map, on the file's voxels
+    assert set(np.unique(values[(ref > 0) & (pred == 0)])) == {2}  # only in the reference

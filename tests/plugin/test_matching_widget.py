@@ -9,7 +9,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 from napari_plugin._geometry import data_to_world  # noqa: E402
 
-from helpers import match_report, rotated  # noqa: E402
+from helpers import in_file_order, match_report, rotated  # noqa: E402
 from helpers import matching_widget as _widget  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -365,3 +365,52 @@ def test_the_widget_offers_the_command_lines_options_with_the_same_defaults(make
     w.similarity.setCurrentText("mind")
     w.cube_size.setValue(48)
     assert w.match_options() == MatchOptions(size=48, init="moments", similarity="mind", device="auto")
+
+
+def test_results_on_a_coronal_fixed_scan_are_saved_and_exported_on_its_files_grid(
+    qtbot, make_napari_viewer, gvsl_ckpt, tmp_path
+):
+    """The reader shows coronally stored scans transposed; results land on the fixed file's voxel grid."""
+    import SimpleITK as sitk
+
+    from napari_plugin import _matching as m
+
+    zz, yy, xx = np.mgrid[:24, :28, :32].astype(np.float32)
+    paths = {}
+    for name, shift in (("fixed", 0.0), ("moving", 2.0)):
+        blob = np.exp(-((zz - 12) ** 2 + (yy - 14 - shift) ** 2 + (xx - 16) ** 2) / 40.0) * 1000
+        img = sitk.GetImageFromArray(blob.astype(np.float32))
+        img.SetSpacing((1.5, 2.0, 1.2))
+        img.SetOrigin((-20.0, 35.0, 4.0))
+        img.SetDirection((1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))  # coronal slices
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(img, str(paths[name]))
+    viewer = make_napari_viewer()
+    for path in paths.values():
+        viewer.open(str(path), plugin="gvsl-studio")
+    w = _widget(viewer, gvsl_ckpt)
+    w.fixed.set_layer("fixed")
+    w.moving.set_layer("moving")
+    _run(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    fixed_img = sitk.ReadImage(str(paths["fixed"]))
+
+    def on_fixed_grid(path):
+        img = sitk.ReadImage(str(path))
+        assert img.GetSize() == fixed_img.GetSize() and img.GetDirection() == fixed_img.GetDirection()
+        np.testing.assert_allclose(img.GetOrigin(), fixed_img.GetOrigin(), atol=1e-5)
+        np.testing.assert_allclose(img.GetSpacing(), fixed_img.GetSpacing(), rtol=1e-6)
+        return sitk.GetArrayFromImage(img)
+
+    warped = viewer.layers[m.WARPED]
+    warped.save(str(tmp_path / "warped_saved.nii.gz"), plugin="gvsl-studio")
+    record = viewer.layers["fixed"].metadata["gvsl_orientation"]
+    np.testing.assert_allclose(on_fixed_grid(tmp_path / "warped_saved.nii.gz"), in_file_order(warped.data, record))
+    assert w.export_to(str(tmp_path / "export")) is not None
+    qtbot.waitUntil(lambda: w.state.status in ("done", "error"), timeout=60_000)
+    assert w.state.status == "done", w.state.message
+    np.testing.assert_allclose(on_fixed_grid(tmp_path / "export" / "warped.nii.gz"), in_file_order(warped.data, record))
+    on_fixed_grid(tmp_path / "export" / "jacobian.nii.gz")
+    field = on_fixed_grid(tmp_path / "export" / "displacement.nii.gz")
+    shown_field = w.result.displacement_mm  # (z, y, x, 3): physical components, only the grid is reordered
+    np.testing.assert_allclose(field, in_file_order(shown_field, record), atol=1e-5)

@@ -402,3 +402,35 @@ def test_the_feature_clusters_rows_are_gvsl_embeds_options(make_napari_viewer):
     )
     assert w.level.currentText() == OPEN_LEVEL == "hypercolumn"
     assert "feature_levels.md" in w.level.toolTip() and "sample pair" in w.level.toolTip()
+
+
+def test_a_segmentation_of_a_coronal_scan_is_saved_on_the_scans_grid(qtbot, make_napari_viewer, seg_ckpt, tmp_path):
+    """The reader shows a coronally stored scan transposed; its segmentation is written on the file's grid."""
+    import SimpleITK as sitk
+
+    arr = np.random.default_rng(5).integers(0, 1000, size=(20, 24, 28)).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 2.5, 1.2))
+    img.SetOrigin((-12.0, 40.0, 3.5))
+    img.SetDirection((1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))  # coronal slices
+    sitk.WriteImage(img, str(tmp_path / "head.nii.gz"))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(tmp_path / "head.nii.gz"), plugin="gvsl-studio")
+    assert image.data.shape != arr.shape  # shown along the world axes
+    w = _segmentation(viewer)
+    w.weights.add_path(str(seg_ckpt))
+    w.image.set_layer("head")
+    _wait(qtbot, w)
+    assert w.state.status == "done", w.state.message
+    layer = viewer.layers["head segmentation"]
+    np.testing.assert_allclose(data_to_world(layer), data_to_world(image), atol=1e-9)
+    layer.save(str(tmp_path / "head_seg.nii.gz"), plugin="gvsl-studio")
+    seg = sitk.ReadImage(str(tmp_path / "head_seg.nii.gz"))
+    assert seg.GetSize() == img.GetSize() and seg.GetDirection() == img.GetDirection()
+    np.testing.assert_allclose(seg.GetOrigin(), img.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(seg.GetSpacing(), img.GetSpacing(), rtol=1e-6)
+    from helpers import in_file_order
+
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(seg), in_file_order(layer.data, image.metadata["gvsl_orientation"])
+    )
