@@ -44,6 +44,10 @@ def image_layer_data(volume: Volume, name: str, **kwargs) -> tuple:
         "metadata": _meta(volume),
         "colormap": "gray",
         "contrast_limits": contrast_limits(volume.array),
+        # napari's images average over a thick slice by default (projection "mean"): after a
+        # match widens the slices for the arrows, a scan would show a ±3 mm mean, or nothing
+        # along an axis its affine flips
+        "projection_mode": "none",
     }
     kw.update(kwargs)
     return volume.array, kw, "image"

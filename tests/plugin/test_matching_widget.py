@@ -54,6 +54,8 @@ def test_matching_flow_layers_report_export(qtbot, cardiac_viewer, gvsl_ckpt, tm
     # thick slices: every axial slice shows the nearest plane of arrows (and so would any
     # other sliced axis: the margin is on all three, napari ignores it on the displayed ones)
     assert all(m > 0 for m in viewer.dims.margin_left)
+    # ... while the scans keep thin slices (napari's images would average over the margin)
+    assert all(layer.projection_mode == "none" for layer in viewer.layers if layer._type_string == "image")
     # (on the fixed grid's planes: long arrows of a large initial alignment reach past it, and
     # the viewer's range with them)
     for z in range(0, 48, 5):
