@@ -21,7 +21,7 @@ from gvsl_app.data.preprocess import (
 )
 from gvsl_app.io.volume import Volume
 from gvsl_app.options import InitMode, MatchOptions
-from gvsl_app.services.match_choices import choose_schedule, choose_similarity
+from gvsl_app.services.match_choices import choose_schedule, choose_similarity, for_similarity
 from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
 from gvsl_app.services.match_init import InitialAlignment, PairScore, initial_alignment
 from gvsl_app.services.match_inputs import checked_inputs, coverage_warnings, flat_image_note, modality_warnings
@@ -183,6 +183,7 @@ def _maps(
     size = int(opts.size or getattr(model, "working_size", None) or 96)
     preset, preset_reason, schedule = choose_schedule(opts, schedule, fixed, moving)
     similarity, reason = choose_similarity(opts, fixed, moving, start.init.correlation)
+    schedule = for_similarity(schedule, similarity, preset)
     with clock.stage("preprocess", 0.1):
         fixed_n, moving_n = normalise(fixed), normalise(start.moving_on_fixed)
         cubes = (working_cube(fixed_n, (size,) * 3), working_cube(moving_n, (size,) * 3))

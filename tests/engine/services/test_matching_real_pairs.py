@@ -228,3 +228,13 @@ def test_auto_leaves_a_move_below_one_coarse_voxel_to_the_refinement():
     assert kept.chosen == "none" and kept.candidates["mass"] > kept.candidates["none"]  # it scored better
     moved = initial_alignment(fixed, far)
     assert moved.chosen != "none" and abs(abs(moved.matrix[0, 3]) - 12.0) < 3.0
+
+
+def test_a_preset_refining_by_mind_folds_less_and_a_schedule_of_ones_own_is_kept():
+    from gvsl_app.services.match_choices import MIND_FOLDING, for_similarity
+
+    standard = RefineSchedule()
+    assert for_similarity(standard, Similarity("mind"), "standard").folding == MIND_FOLDING > standard.folding
+    assert for_similarity(standard, Similarity("ncc"), "standard") is standard
+    assert for_similarity(SHORT, Similarity("mind"), None) is SHORT
+    assert for_similarity(None, Similarity("mind"), None) is None
