@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
-from gvsl_app.io.images import check_labels_fit, geometry_differences
+from gvsl_app.io.geometry import geometry_differences
 from gvsl_app.io.jsonio import dumps_strict
+from gvsl_app.io.label_maps import check_labels_fit
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.brain_mask import BrainMask, brain_mask, dark_grey_matter_to_csf
 from gvsl_app.services.inference import segment_array
