@@ -155,7 +155,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from gvsl_app.io.images import read_labels, read_volume, write_volume
     from gvsl_app.io.label_maps import check_labels_fit
     from gvsl_app.io.outputs import prepare_output
-    from gvsl_app.services.segment import brain_notes, segment
+    from gvsl_app.services.segment import segment
+    from gvsl_app.services.segment_brain import brain_notes
 
     image_path = Path(args.image)
     if image_path.is_dir() and not _is_dicom_folder(image_path):
