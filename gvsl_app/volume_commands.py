@@ -83,7 +83,8 @@ def _check_series_option(args: argparse.Namespace, *pairs: tuple[str, str | None
 
 def cmd_match(args: argparse.Namespace) -> int:
     """``gvsl match``: match MOVING onto FIXED, write the outputs, print the summary and the verdict."""
-    from gvsl_app.io.images import check_labels_fit, read_labels, read_volume
+    from gvsl_app.io.images import read_labels, read_volume
+    from gvsl_app.io.label_maps import check_labels_fit
     from gvsl_app.io.outputs import prepare_output, staged_folder
     from gvsl_app.options import MatchOptions, from_args
     from gvsl_app.services.match_quality import quality_message
@@ -151,9 +152,11 @@ def _is_dicom_folder(path: Path) -> bool:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """``gvsl segment``: one volume (or a folder of them) to a label map, with volumes and Dice."""
-    from gvsl_app.io.images import check_labels_fit, read_labels, read_volume, write_volume
+    from gvsl_app.io.images import read_labels, read_volume, write_volume
+    from gvsl_app.io.label_maps import check_labels_fit
     from gvsl_app.io.outputs import prepare_output
-    from gvsl_app.services.segment import brain_notes, segment
+    from gvsl_app.services.segment import segment
+    from gvsl_app.services.segment_brain import brain_notes
 
     image_path = Path(args.image)
     if image_path.is_dir() and not _is_dicom_folder(image_path):

@@ -19,7 +19,7 @@ from ._layers import label_names_of, label_rgba, labels_layer_data, prebuild, up
 from ._layout import fit_dock
 
 if TYPE_CHECKING:  # the engine is imported in the background after start (see _warmup)
-    from gvsl_app.services.segment import SegmentReport, SegmentResult
+    from gvsl_app.services.segment_report import SegmentReport, SegmentResult
 
 COLUMNS = ("structure", "mL", "ref. mL", "Dice")  # short: the dock is 380 px and every column should show
 
@@ -128,7 +128,7 @@ def _summary_text(rep: SegmentReport) -> str:
     """The line under the table: which segmenter (unless given), the brain mask and volume
     warnings, mean Dice or structures found, time.
     """
-    from gvsl_app.services.segment import brain_notes
+    from gvsl_app.services.segment_brain import brain_notes
 
     secs = rep.seconds["total_s"]
     which = "" if "(given)" in rep.segmenter else f"{rep.segmenter}. "

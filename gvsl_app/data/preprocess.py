@@ -18,7 +18,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from gvsl_app.io.images import same_geometry, volume_to_sitk
+from gvsl_app.io.geometry import same_geometry
+from gvsl_app.io.images import volume_to_sitk
 from gvsl_app.io.volume import Volume
 
 logger = logging.getLogger(__name__)

@@ -18,30 +18,25 @@ import numpy as np
 import SimpleITK as sitk
 
 from gvsl_app.io.dicom import read_dicom_series
+from gvsl_app.io.geometry import geometry_differences
 from gvsl_app.io.itk_errors import VolumeReadError, first_line, read_quietly
 from gvsl_app.io.nifti import gzip_file, scan_nifti
 from gvsl_app.io.volume import Volume
-from gvsl_app.memory import FLOAT32, check_fits, check_volume_fits, gib, one_hot_bytes
+from gvsl_app.io.write_checks import verify_written
+from gvsl_app.memory import check_volume_fits
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "VolumeReadError",
-    "GEOMETRY_RTOL",
     "volume_to_sitk",
     "volume_from_sitk",
     "write_image",
     "write_volume",
     "read_volume",
     "read_labels",
-    "same_geometry",
-    "geometry_differences",
 ]
 
-#: Relative tolerance used when two grids are compared (spacing relative to itself, origin
-#: relative to the voxel size, direction cosines absolutely): files written by different
-#: tools round geometry differently (float32 NIfTI headers, DICOM decimal strings).
-GEOMETRY_RTOL = 1e-3
 
 # Formats whose writer produces a second file named after the header (header + raw data):
 # writing them to a temporary name and renaming would leave the header pointing at the
@@ -157,78 +152,6 @@ def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int
             f"cannot write {path}: {first_line(exc)}. Use an extension SimpleITK writes "
             "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable and the disk has room."
         ) from None
-
-
-def _gunzipped_size(path: Path) -> int:
-    import gzip
-
-    total = 0
-    with gzip.open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            total += len(chunk)
-    return total
-
-
-def _header_end(path: Path, marker: bytes) -> int | None:
-    """Where the data of a one-file MetaImage (``.mha``) or NRRD starts: after ``marker``."""
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    at = head.find(marker)
-    return None if at < 0 else at + len(marker)
-
-
-def verify_written(img: sitk.Image, written: str | os.PathLike) -> None:
-    """Check that ``written`` holds all of ``img``: its header reads back (SimpleITK's
-    ``ImageFileReader.ReadImageInformation``) with the image's size and components, and the
-    file (or its data file: the ``.raw`` an ``.mhd`` names) holds every byte of the voxels.
-    An :class:`~gvsl_app.io.outputs.IncompleteWriteError` names what is missing.
-    """
-    from gvsl_app.io.outputs import IncompleteWriteError
-
-    written = Path(written)
-    name = written.name.lower()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(written))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise IncompleteWriteError(
-            f"{written.name}: the written header cannot be read back ({first_line(exc)}); is the disk full?"
-        ) from None
-    size, comps = tuple(reader.GetSize()), reader.GetNumberOfComponents()
-    if size != tuple(img.GetSize()) or comps != img.GetNumberOfComponentsPerPixel():
-        raise IncompleteWriteError(
-            f"{written.name}: the written header says {size} x {comps} components, "
-            f"not {tuple(img.GetSize())} x {img.GetNumberOfComponentsPerPixel()}; is the disk full?"
-        )
-    expected = sitk.GetArrayViewFromImage(img).nbytes
-    if name.endswith((".nii", ".nii.gz")):
-        try:
-            scan_nifti(written)  # the data size the header promises against what the file holds
-        except (VolumeReadError, EOFError, OSError) as exc:
-            detail = first_line(exc).replace(f"{written}: ", "").split(";")[0]  # without the reader's advice
-            raise IncompleteWriteError(f"{written.name}: written incompletely ({detail}); is the disk full?") from None
-        return
-    if name.endswith(".gz"):
-        try:
-            have = _gunzipped_size(written)
-        except (EOFError, OSError) as exc:
-            raise IncompleteWriteError(f"{written.name}: written incompletely ({exc}); is the disk full?") from None
-        where, need = written, expected
-    elif name.endswith(".mhd"):
-        text = written.read_text(errors="replace")
-        data = next((ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("ElementDataFile")), "")
-        where = written.parent / data
-        have, need = (where.stat().st_size if where.is_file() else 0), expected
-    elif name.endswith((".mha", ".nrrd")):
-        start = _header_end(written, b"ElementDataFile = LOCAL\n" if name.endswith(".mha") else b"\n\n")
-        where, have = written, written.stat().st_size
-        need = expected + (start or 0)
-    else:  # other formats: every file written for it together
-        where = written
-        have, need = sum(f.stat().st_size for f in written.parent.iterdir() if f.is_file()), expected
-    if have < need:
-        raise IncompleteWriteError(f"{where.name}: only {have} of {need} bytes were written; is the disk full?")
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False) -> Path:
@@ -446,60 +369,3 @@ def read_labels(path: str | os.PathLike, reference: Volume | None = None) -> Vol
                 "nearest-neighbour interpolation (preprocess.resample_to(..., is_label=True))."
             )
     return vol
-
-
-def check_labels_fit(*maps: Volume) -> int:
-    """Refuse label maps whose structures are too many to compare one by one (Dice per label
-    makes a one-hot of each map, :func:`gvsl_app.memory.one_hot_bytes`), naming the file with
-    the most labels, the count and the estimate; returns the number of distinct labels.
-
-    Call it on the label maps of one comparison (matching's fixed and moving labels, a
-    segmentation and its reference) once they are read and before any per-label work.
-    """
-    present = [np.unique(m.array) for m in maps]
-    if not present:
-        return 0
-    union = np.unique(np.concatenate(present))
-    n_labels = int(np.count_nonzero(union))
-    n_voxels = max(m.array.size for m in maps)
-    worst = max(range(len(maps)), key=lambda i: np.count_nonzero(present[i]))
-    name = maps[worst].source or "the label map"
-    shape = " x ".join(str(s) for s in maps[worst].shape)
-    check_fits(
-        one_hot_bytes(n_labels, n_voxels),
-        f"{name} holds {int(np.count_nonzero(present[worst]))} distinct labels ({n_labels} in all): Dice per "
-        f"structure needs a {n_labels} x {shape} one-hot ({gib(n_labels * n_voxels * FLOAT32)} as float32, about "
-        f"{gib(one_hot_bytes(n_labels, n_voxels))} in all)",
-        "is it a label map? Merge or drop structures (keep those to compare) or crop it",
-    )
-    return n_labels
-
-
-def geometry_differences(a: Volume, b: Volume, rtol: float = GEOMETRY_RTOL) -> list[str]:
-    """Human-readable list of how ``a``'s grid differs from ``b``'s (empty when the same).
-
-    Spacing is compared relatively, origin relative to the larger voxel size (a thousandth
-    of a voxel is far below anything visible, but absolute millimetre tolerances would be
-    wrong for both 0.3 mm and 5 mm grids), direction cosines absolutely.
-    """
-    out = []
-    if a.shape != b.shape:
-        out.append(f"shape (z, y, x) {a.shape} vs {b.shape}")
-    sa, sb = np.asarray(a.spacing), np.asarray(b.spacing)
-    if not np.allclose(sa, sb, rtol=rtol, atol=0):
-        out.append(f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm")
-    voxel = max(float(sa.max()), float(sb.max()), 1e-9)
-    if not np.allclose(a.origin, b.origin, rtol=0, atol=rtol * voxel):
-        out.append(f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm")
-    if not np.allclose(a.direction, b.direction, rtol=0, atol=rtol):
-        out.append(f"direction {_fmt(a.direction)} vs {_fmt(b.direction)}")
-    return out
-
-
-def same_geometry(a: Volume, b: Volume, rtol: float = GEOMETRY_RTOL) -> bool:
-    """True when ``a`` and ``b`` share shape, spacing, origin and direction (see ``geometry_differences``)."""
-    return not geometry_differences(a, b, rtol)
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"

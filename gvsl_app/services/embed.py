@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gvsl_app.data.preprocess import normalise, resize_array
-from gvsl_app.io.images import geometry_differences
+from gvsl_app.io.geometry import geometry_differences
 from gvsl_app.io.jsonio import dumps_strict
 from gvsl_app.io.volume import Volume
 from gvsl_app.options import FeatureLevel

@@ -79,7 +79,7 @@ def _read_pair(pred: Path, ref: Path | None, resample: bool) -> tuple[Volume, Vo
     if not resample:
         return read_labels(pred, reference=reference), reference, notes  # refuses another grid, saying why
     label_map = read_labels(pred)
-    from gvsl_app.io.images import same_geometry
+    from gvsl_app.io.geometry import same_geometry
 
     if label_map.shape != reference.shape or not same_geometry(label_map, reference):
         from gvsl_app.data.preprocess import resample_to

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from gvsl_app.data.preprocess import Modality, detect_modality
-from gvsl_app.io.images import check_labels_fit
+from gvsl_app.io.label_maps import check_labels_fit
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.match_init import InitialAlignment
 from models import GVSL

@@ -176,7 +176,7 @@ def test_shipped_segmenters_fall_back_to_the_spacing_of_their_training_data(tmp_
     from gvsl_app.data.brain import make_brain_subject
     from gvsl_app.data.synthetic import make_cardiac_subject
     from gvsl_app.io.folders import split_names
-    from gvsl_app.services.segment import training_spacing
+    from gvsl_app.services.segment_spacing import training_spacing
     from gvsl_app.services.weights import DEMO_SEGMENTERS
 
     # `gvsl sample cardiac --n 10 --seed 5`: subject i has seed 5 * 100003 + i; the spacing is drawn per

@@ -355,7 +355,7 @@ def test_thick_slices_cover_every_spatial_axis_whatever_is_displayed(make_napari
 
 
 def test_the_table_says_n_a_for_a_structure_in_neither_map(make_napari_viewer):
-    from gvsl_app.services.segment import SegmentReport, SpacingReport
+    from gvsl_app.services.segment_report import SegmentReport, SpacingReport
     from napari_plugin._segmentation import SegmentationWidget
 
     viewer = make_napari_viewer()

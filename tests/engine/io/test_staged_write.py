@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gvsl_app.io.images import read_volume, verify_written, volume_to_sitk, write_volume
+from gvsl_app.io.images import read_volume, volume_to_sitk, write_volume
 from gvsl_app.io.outputs import STAGE_PREFIX, IncompleteWriteError, write_staged
 from gvsl_app.io.volume import Volume
+from gvsl_app.io.write_checks import verify_written
 
 FORMATS = [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gvsl_app.services.brain_mask import brain_mask, dark_grey_matter_to_csf
-from gvsl_app.services.segment import ADULT_RANGE_ML, volume_flags
+from gvsl_app.services.segment_brain import ADULT_RANGE_ML, volume_flags
 
 pytest.importorskip("nilearn")
 
