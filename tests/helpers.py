@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from gvsl_app.io.volume import Volume
 from gvsl_app.training.config import PretrainConfig
@@ -169,3 +170,32 @@ def in_file_order(array, record: dict):
 
     flipped = array[tuple(slice(None, None, -1) if f else slice(None) for f in record["flips"])]
     return np.transpose(flipped, (*np.argsort(record["axes"]), *range(3, np.ndim(array))))  # trailing axes stay
+
+
+def write_dicom_series(folder, array: np.ndarray, spacing, origin, series_uid: str, modality="CT", prefix="slice"):
+    """A DICOM series with one file per slice, positioned like a scanner would write it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    d = img.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        s = img[:, :, k]
+        tags = {
+            "0008|0060": modality,
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0010|0020": "PHANTOM",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0018|0050": f"{spacing[2]:.6f}",
+        }
+        for tag, value in tags.items():
+            s.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(s)

@@ -286,7 +286,7 @@ def test_embed_refuses_too_few_labelled_voxels_saying_how_many(small, gvsl_ckpt,
 
 
 def test_a_dicom_folder_of_two_series_is_read_by_the_uid_given(small, seg_ckpt, gvsl_ckpt, tmp_path, capsys, caplog):
-    from test_io_dicom_errors import write_dicom_series
+    from helpers import write_dicom_series
 
     caplog.set_level(logging.WARNING, logger="gvsl_app.io.dicom")
     folder = tmp_path / "study"
