@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import bending_energy, smoothness
-from .similarity import Similarity
+from .similarity import Similarity, data_weight
 from .spatial import jacobian_determinant, sampling_coordinates, warp
 
 StepFn = Callable[[float], bool]  # fraction done -> True to stop early
@@ -234,7 +234,7 @@ class _Pair:
         """The similarity of ``moving`` sampled at ``coords`` (voxels) against ``fixed``, over the
         fixed voxels whose point lies where the moving scan has data (all of them without a mask).
         """
-        weight = None if mask is None else (warp(mask, coords.detach()) > 0.99).float()
+        weight = None if mask is None else data_weight(mask, coords)
         return self.similarity.loss(warp(moving, coords), fixed, weight=weight)
 
 

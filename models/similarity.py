@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import local_ncc, masked_mean
+from .spatial import warp
 
 SIMILARITIES = ("ncc", "mind", "ngf")
 
@@ -87,6 +88,20 @@ def mind_loss(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = No
         spread = (a.detach().var() + b.detach().var()).clamp_min(1e-12)
         sq = (a - b).pow(2)
         return (sq.mean() if weight is None else masked_mean(sq, weight)) / spread - 1.0
+
+
+DATA_WEIGHT = 0.99
+"""Least share of a fixed voxel's interpolation weight that must come from the moving scan's data
+for the voxel to be compared: above it no voxel mixes in the background."""
+
+
+def data_weight(mask: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """1 where a fixed voxel's mapped point ``coords`` (voxels) lies in the moving scan's data
+    ``mask`` (trilinear weight > :data:`DATA_WEIGHT`), 0 elsewhere; no gradient flows through
+    it, so a map cannot improve its score by moving data out of view.
+    """
+    with torch.no_grad():
+        return (warp(mask, coords.detach()) > DATA_WEIGHT).float()
 
 
 @dataclass(frozen=True)

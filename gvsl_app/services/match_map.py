@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from models import local_ncc
-from models.similarity import Similarity
+from models.similarity import Similarity, data_weight
 from models.spatial import voxel_grid, warp
 
 Shape = tuple[int, int, int]
@@ -63,7 +63,7 @@ def scored(
     coords = coordinates.to(moving.device)
     warped = warp(moving, coords)
     w_before = None if mask is None else (mask > 0.5).float()
-    w_after = None if mask is None else (warp(mask, coords) > 0.99).float()
+    w_after = None if mask is None else data_weight(mask, coords)
     ncc_before = float(-local_ncc(moving, fixed, weight=w_before))
     ncc_after = float(-local_ncc(warped, fixed, weight=w_after))
     if similarity.name == "ncc":
