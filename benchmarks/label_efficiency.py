@@ -86,15 +86,31 @@ class Plan:
     patience: int  # validations without improvement before stopping
 
 
-def make_plan(smoke: bool, pre_iters: int | None = None) -> Plan:
-    """The full plan (the medium study's sizes, 34 subjects per task: 17 / 7 / 10) or the smoke one."""
+def make_plan(
+    smoke: bool, pre_iters: int | None = None, max_iters: int | None = None, patience: int | None = None
+) -> Plan:
+    """The full plan (the medium study's sizes, 34 subjects per task: 17 / 7 / 10) or the smoke one.
+
+    ``pre_iters`` shortens pre-training (its rate decays over the second half, as in the medium
+    study); ``max_iters`` caps fine-tuning (the minimum is a sixth of it) and ``patience`` is the
+    number of validations without gain before a run stops: the CPU-sized study uses all three.
+    """
     if smoke:
         budget = dataclasses.replace(BUDGETS["tiny"], n_synthetic=2)
         return Plan(budget, n_data=6, label_counts=(1, 2), max_iters=4, min_iters=2, val_every=1, patience=1)
     budget = BUDGETS["medium"]
     if pre_iters:
         budget = dataclasses.replace(budget, pre_iters=pre_iters, pre_decay_start=pre_iters // 2)
-    return Plan(budget, n_data=34, label_counts=LABEL_COUNTS, max_iters=600, min_iters=100, val_every=25, patience=6)
+    most = max_iters or 600
+    return Plan(
+        budget,
+        n_data=34,
+        label_counts=LABEL_COUNTS,
+        max_iters=most,
+        min_iters=most // 6,
+        val_every=25,
+        patience=patience or 6,
+    )
 
 
 def make_data(plan: Plan, work: Path, clock: Clock) -> dict[str, Path]:
@@ -119,6 +135,18 @@ def make_data(plan: Plan, work: Path, clock: Clock) -> dict[str, Path]:
             clock.say(f"data {task}: {plan.n_data} {DATA_KINDS[task]} subjects in {time.perf_counter() - t:.1f} s")
         out[task] = folder
     return out
+
+
+def check_plan(plan: Plan, work: Path) -> None:
+    """Record the plan in ``WORK/plan.json``; refuse a work folder whose cells ran under another."""
+    spec = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(plan, label_counts=()))))
+    marker = work / "plan.json"
+    if marker.is_file() and json.loads(marker.read_text()) != spec:
+        raise SystemExit(
+            f"{work} holds cells of another plan ({marker}); use a fresh --work folder or the same options"
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(spec, indent=1))
 
 
 def check_disjoint(plan: Plan, seeds: list[int]) -> None:
@@ -291,6 +319,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument(
         "--pre-iters", type=int, help="pre-training iterations per variant (default the medium study's 3000)"
     )
+    p.add_argument("--max-iters", type=int, help="fine-tuning iterations at most (default 600; the minimum is a sixth)")
+    p.add_argument("--patience", type=int, help="validations without gain before a fine-tuning stops (default 6)")
     p.add_argument(
         "--smoke", action="store_true", help="the plumbing at a tiny scale: 16^3, width 4, a few iterations, N = 1, 2"
     )
@@ -302,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.smoke and not args.work:
         raise SystemExit("--smoke needs --work (a scratch folder): its numbers mean nothing")
-    plan = make_plan(args.smoke, args.pre_iters)
+    plan = make_plan(args.smoke, args.pre_iters, args.max_iters, args.patience)
     if args.label_counts:
         most = round(plan.n_data * (1 - plan.budget.val_fraction - plan.budget.test_fraction))
         if not all(1 <= n <= most for n in args.label_counts):
@@ -319,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(dict.fromkeys(args.seeds))
     check_disjoint(plan, seeds)
     clock = Clock(args.quiet)
+    check_plan(plan, work)
     data = make_data(plan, work, clock)
     for seed in seeds:
         inits = {"scratch": "scratch"}

@@ -20,9 +20,9 @@ import SimpleITK as sitk
 from gvsl_app.io.dicom import read_dicom_series
 from gvsl_app.io.geometry import geometry_differences
 from gvsl_app.io.itk_errors import VolumeReadError, first_line, read_quietly
-from gvsl_app.io.nifti import gzip_file, scan_nifti
+from gvsl_app.io.nifti import gzip_file, scan_nifti, write_vector_nifti
 from gvsl_app.io.volume import Volume
-from gvsl_app.io.write_checks import verify_written
+from gvsl_app.io.write_checks import verify_layout, verify_written
 from gvsl_app.memory import check_volume_fits
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,37 @@ def write_image(img: sitk.Image, path: str | os.PathLike, compression_level: int
             f"cannot write {path}: {first_line(exc)}. Use an extension SimpleITK writes "
             "(.nii.gz, .nii, .mha, .mhd, .nrrd) and check that the folder is writable and the disk has room."
         ) from None
+
+
+def write_vector_field(field: np.ndarray, grid: Volume, path: str | os.PathLike, compression_level: int = 1) -> Path:
+    """Write a ``(z, y, x, 3)`` vector field (a displacement in mm) on ``grid``'s geometry as a
+    float64 vector image, the type ``sitk.DisplacementFieldTransform`` takes.
+
+    NIfTI (``.nii``, ``.nii.gz``) is written in slabs (:func:`gvsl_app.io.nifti.write_vector_nifti`:
+    no float64 copy of the whole field in memory); other formats through SimpleITK. Staged and
+    verified like :func:`write_image`.
+    """
+    from gvsl_app.io.outputs import IncompleteWriteError, write_staged
+
+    path = Path(path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        img = sitk.Cast(sitk.GetImageFromArray(field, isVector=True), sitk.sitkVectorFloat64)
+        img.SetSpacing(grid.spacing)
+        img.SetOrigin(grid.origin)
+        img.SetDirection(grid.direction)
+        return write_image(img, path, compression_level)
+    size, nbytes = tuple(int(n) for n in field.shape[2::-1]), int(np.prod(field.shape)) * 8
+    matrix = grid.index_to_physical_matrix()
+    try:
+        return write_staged(
+            path,
+            lambda staged: write_vector_nifti(field, matrix, staged, compression_level),
+            lambda staged: verify_layout(staged, size, 3, nbytes),
+        )
+    except IncompleteWriteError as exc:
+        raise IncompleteWriteError(f"cannot write {path}: {exc} Nothing at {path} was replaced.") from None
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc}. Check that the folder is writable and the disk has room.") from None
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False) -> Path:

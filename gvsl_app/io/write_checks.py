@@ -35,6 +35,14 @@ def verify_written(img: sitk.Image, written: str | os.PathLike) -> None:
     file (or its data file: the ``.raw`` an ``.mhd`` names) holds every byte of the voxels.
     An :class:`~gvsl_app.io.outputs.IncompleteWriteError` names what is missing.
     """
+    expected = sitk.GetArrayViewFromImage(img).nbytes
+    verify_layout(written, tuple(img.GetSize()), img.GetNumberOfComponentsPerPixel(), expected)
+
+
+def verify_layout(written: str | os.PathLike, size: tuple[int, ...], components: int, expected: int) -> None:
+    """:func:`verify_written` for an image known by its size (x, y, z), components per voxel
+    and data bytes rather than held in memory (one written in pieces).
+    """
     from gvsl_app.io.outputs import IncompleteWriteError
 
     written = Path(written)
@@ -47,13 +55,12 @@ def verify_written(img: sitk.Image, written: str | os.PathLike) -> None:
         raise IncompleteWriteError(
             f"{written.name}: the written header cannot be read back ({first_line(exc)}); is the disk full?"
         ) from None
-    size, comps = tuple(reader.GetSize()), reader.GetNumberOfComponents()
-    if size != tuple(img.GetSize()) or comps != img.GetNumberOfComponentsPerPixel():
+    got, comps = tuple(reader.GetSize()), reader.GetNumberOfComponents()
+    if got != tuple(size) or comps != components:
         raise IncompleteWriteError(
-            f"{written.name}: the written header says {size} x {comps} components, "
-            f"not {tuple(img.GetSize())} x {img.GetNumberOfComponentsPerPixel()}; is the disk full?"
+            f"{written.name}: the written header says {got} x {comps} components, "
+            f"not {tuple(size)} x {components}; is the disk full?"
         )
-    expected = sitk.GetArrayViewFromImage(img).nbytes
     if name.endswith((".nii", ".nii.gz")):
         try:
             scan_nifti(written)  # the data size the header promises against what the file holds

@@ -23,6 +23,7 @@ from gvsl_app.io.volume import Volume
 from gvsl_app.options import InitMode, MatchOptions
 from gvsl_app.services.match_choices import choose_schedule, choose_similarity, for_similarity
 from gvsl_app.services.match_geometry import map_on_fixed_grid, warped_result
+from gvsl_app.services.match_grid import analysis_volume
 from gvsl_app.services.match_init import InitialAlignment, PairScore, initial_alignment
 from gvsl_app.services.match_inputs import checked_inputs, coverage_warnings, flat_image_note, modality_warnings
 from gvsl_app.services.match_map import NetworkMap
@@ -70,9 +71,12 @@ def match(
     ``similarity`` (local NCC for one contrast, MIND-SSC across contrasts), and the whole map,
     initial alignment included, comes back to the fixed grid in millimetres. ``schedule``
     replaces the refinement preset by a schedule of one's own; ``should_stop`` returning True
-    ends the refinement early and keeps the map so far. The warped image is produced by
-    SimpleITK from the original moving volume and the exported displacement field, so
-    ``gvsl match`` outputs and a user's own ``sitk.Resample`` agree exactly. On CUDA
+    ends the refinement early and keeps the map so far. The warped image is the original moving
+    volume resampled through the exported displacement field as SimpleITK's ``Resample``
+    does it (same interpolation and borders, computed in slabs with torch), so ``gvsl match``
+    outputs and a user's own ``sitk.Resample`` agree to float32 rounding. A scan with a side
+    above 256 voxels is analysed on a grid of the same field of view capped at 256
+    (:mod:`match_grid`); only the final map and warp are computed at full resolution. On CUDA
     out-of-memory the network falls back to the CPU with a warning.
 
     With ``fallback`` (the default) a map never leaves the pair less alike than the initial
@@ -185,7 +189,7 @@ def _maps(
     similarity, reason = choose_similarity(opts, fixed, moving, start.init.correlation)
     schedule = for_similarity(schedule, similarity, preset)
     with clock.stage("preprocess", 0.1):
-        fixed_n, moving_n = normalise(fixed), normalise(start.moving_on_fixed)
+        fixed_n, moving_n = normalise(start.fixed_analysed), normalise(start.moving_on_fixed)
         cubes = (working_cube(fixed_n, (size,) * 3), working_cube(moving_n, (size,) * 3))
         mask = None if start.data_mask is None else working_cube(start.data_mask, (size,) * 3)
     with clock.stage("network", 0.25):
@@ -218,13 +222,15 @@ def _maps(
 
 @dataclass(frozen=True)
 class _Start:
-    """The pair as the network sees it: the initial alignment, the moving scan placed by it on
-    the fixed grid, the physical overlap of the files' own frames, and where on the fixed grid
-    the placed moving scan has data (``data_mask``, uint8, None when everywhere or when not
-    asked for; ``data_share``, the share of the fixed grid it covers).
+    """The pair as the network sees it: the initial alignment, the fixed scan on its analysis
+    grid (:mod:`match_grid`: itself unless a side exceeds 256 voxels), the moving scan placed
+    by the alignment on that grid, the physical overlap of the files' own frames, and where on
+    that grid the placed moving scan has data (``data_mask``, uint8, None when everywhere or
+    when not asked for; ``data_share``, the share of the grid it covers).
     """
 
     init: InitialAlignment
+    fixed_analysed: Volume
     moving_on_fixed: Volume
     overlap: float
     pair: PairScore
@@ -242,12 +248,14 @@ def _start(fixed: Volume, moving: Volume, opts: MatchOptions) -> _Start:
     # a scan with one value everywhere has nothing to align by: its files' frames stand
     mode = InitMode.NONE if flat_image_note(fixed, moving) else opts.init
     init = initial_alignment(fixed, moving, mode, pair)
-    placed = resample_to(moving, fixed, transform=init.matrix)
+    fixed_a, moving_a = analysis_volume(fixed), analysis_volume(moving)
+    placed = resample_to(moving_a, fixed_a, transform=init.matrix)
+    # the moving scan's own grid: a coarser one's voxels reach further past its field of view
     ones = moving.with_array(np.ones(moving.shape, np.uint8))
-    data = resample_to(ones, fixed, is_label=True, transform=init.matrix).array  # uint8: 1 byte a voxel
+    data = resample_to(ones, fixed_a, is_label=True, transform=init.matrix).array  # uint8: 1 byte a voxel
     share = float(data.mean(dtype=np.float64))
     mask = data if opts.overlap_mask and share < 1.0 else None
-    return _Start(init, placed, overlap, pair, mask, share)
+    return _Start(init, fixed_a, placed, overlap, pair, mask, share)
 
 
 def _judged(net: NetworkMap, fixed: Volume, moving: Volume, fallback: bool) -> tuple[NetworkMap, list[str], str]:
