@@ -29,7 +29,12 @@ when it finishes, and an invocation skips the cells that have one; a pre-trainin
 reused when its ``report.json`` says done, and resumed from ``last.pt`` when killed; a
 fine-tuning run killed mid-way is started again. ``--seeds`` adds seeds to the same work folder.
 
-Writes ``OUT/summary.md`` (the printed tables) and ``OUT/results.json`` as ``{"tasks": {TASK: {METHOD: {"N": [Dice per seed, in the order of
+Before any fine-tuning, every method's network (pre-trained, or the seeded random one for
+scratch) is also embedded on three heart test subjects: the silhouette and 5-NN accuracy of
+the seven structures at the last decoder level and in hypercolumns (``WORK/cells/clusters``).
+
+Writes ``OUT/summary.md`` (the printed tables, the clusters and the verdict), ``OUT/curves.png``
+and ``OUT/results.json`` as ``{"tasks": {TASK: {METHOD: {"N": [Dice per seed, in the order of
 --seeds; null where the cell has not run]}}}}`` and prints, per task and N, each method's mean ±
 std and GVSL's paired differences with scratch and restoration (Holm-adjusted over the task's
 comparisons, and the seeds a paired t-test would need for p < 0.05 as in the medium study).
@@ -55,6 +60,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from study.paired import holm, paired_difference
 from study.plan import BUDGETS, VARIANT_ENGINE, Budget
@@ -248,6 +255,131 @@ def finetune_cell(
     return cell
 
 
+CLUSTER_LEVELS = ("decoder-4", "hypercolumn")  # the declared level (the last decoder level) and all four
+CLUSTER_SUBJECTS = 3  # heart_seg test subjects embedded per seed and method
+
+
+def clusters_cell(plan: Plan, method: str, seed: int, init: str, data: Path, work: Path, device: str) -> dict:
+    """The silhouette and 5-NN accuracy of the seven heart structures in each pre-trained (or
+    random, for scratch) network's features, before any fine-tuning, on the first
+    ``CLUSTER_SUBJECTS`` test subjects of the seed's split, at the last decoder level and in
+    hypercolumns (``gvsl embed --level``'s measures); written to ``WORK/cells/clusters``.
+    """
+    import torch
+
+    from gvsl_app.data.preprocess import normalise
+    from gvsl_app.services.embed import decoder_features, features_per_level, sample_voxels, score_levels
+    from gvsl_app.services.weights import load_gvsl
+    from models import GVSL, resolve_device, widths_from_base
+
+    from study.clustering import _read_pair
+
+    path = work / "cells" / "clusters" / method / f"seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    dev = resolve_device(device)
+    if init == "scratch":
+        torch.manual_seed(seed)
+        model = GVSL(widths=widths_from_base(plan.budget.width)).eval()
+    else:
+        model = load_gvsl(init, dev)[0]
+    report = work / f"seed{seed}" / "heart_seg" / "scratch" / f"n{plan.label_counts[0]}" / "report.json"
+    subjects = json.loads(report.read_text())["splits"]["test"][:CLUSTER_SUBJECTS]
+    scores: dict[str, dict[str, list[float]]] = {lv: {"silhouette": [], "knn5": []} for lv in CLUSTER_LEVELS}
+    for name in subjects:
+        image, labels = _read_pair(data, name)
+        lab = np.asarray(labels.array)
+        vox = sample_voxels(lab, plan.budget.per_label, seed)
+        levels = decoder_features(model, normalise(image), plan.budget.size, dev)
+        scored = score_levels(features_per_level(levels, vox, image.shape), lab[tuple(vox.T)])
+        for lv in CLUSTER_LEVELS:
+            for key in ("silhouette", "knn5"):
+                scores[lv][key].append(float(scored[lv][key]))
+    cell = {
+        "method": method,
+        "seed": seed,
+        "subjects": subjects,
+        **{lv: {k: float(np.mean(v)) for k, v in m.items()} for lv, m in scores.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=1))
+    return cell
+
+
+def verdict(results: dict, seeds: list[int]) -> list[str]:
+    """Where GVSL beats scratch and restoration by more than the seed spread: the mean paired
+    difference above the standard deviation of the differences (fine-tuned Dice per task and
+    N; silhouette and 5-NN per level for the clusters), and the issue's bar (GVSL >= scratch +
+    0.05 at N = 1 and 2 on the heart set, on every seed) met or not.
+    """
+    lines = []
+    for task, methods in results["tasks"].items():
+        for ref in ("scratch", "restoration"):
+            won = []
+            for n, gv in methods["gvsl"].items():
+                d = [g - o for g, o in zip(gv, methods[ref][n]) if g is not None and o is not None]
+                if len(d) >= 2 and np.mean(d) > max(np.std(d, ddof=1), 0.0):
+                    won.append(n)
+            lines.append(
+                f"- {task}: GVSL beats {ref} by more than the seed spread at N = {', '.join(won)}"
+                if won
+                else f"- {task}: GVSL beats {ref} by more than the seed spread at no label count"
+            )
+    heart = results["tasks"]["heart_seg"]
+    for n in ("1", "2"):
+        d = [g - o for g, o in zip(heart["gvsl"].get(n, []), heart["scratch"].get(n, [])) if None not in (g, o)]
+        met = bool(d) and len(d) == len(seeds) and min(d) >= 0.05
+        worst = f"{min(d):+.3f}" if d else "-"
+        lines.append(
+            f"- heart_seg N = {n}: GVSL - scratch >= 0.05 on every seed: {'met' if met else 'NOT met'} (worst seed {worst})"
+        )
+    for lv, per in results.get("clusters", {}).items():
+        for key in ("silhouette", "knn5"):
+            g = per["gvsl"][key]
+            for ref in ("scratch", "restoration"):
+                d = [a - b for a, b in zip(g, per[ref][key]) if None not in (a, b)]
+                if len(d) >= 2:
+                    beat = np.mean(d) > np.std(d, ddof=1)
+                    lines.append(
+                        f"- clusters {lv} {key}: GVSL {'beats' if beat else 'does not beat'} {ref} by more than the "
+                        f"seed spread ({np.mean(d):+.3f} ± {np.std(d, ddof=1):.3f}, ahead on {sum(x > 0 for x in d)}/{len(d)})"
+                    )
+    return lines
+
+
+def figure(results: dict, out: Path) -> Path:
+    """``OUT/curves.png``: fine-tuned test Dice (mean ± std over seeds) against N, per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for ax, (task, methods) in zip(axes[0], tasks.items()):
+        for method, per_n in methods.items():
+            ns, mu, sd = [], [], []
+            for n, values in per_n.items():
+                v = [x for x in values if x is not None]
+                if v:
+                    ns.append(int(n))
+                    mu.append(float(np.mean(v)))
+                    sd.append(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+            if ns:
+                ax.errorbar(ns, mu, yerr=sd, marker="o", capsize=3, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled training subjects N")
+        ax.set_ylabel("test Dice (mean ± std over seeds)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def collect(work: Path, plan: Plan, seeds: list[int]) -> dict:
     """``{"tasks": {TASK: {METHOD: {"N": [Dice per seed in --seeds order, None if not run]}}}}``."""
     tasks: dict = {}
@@ -261,7 +393,14 @@ def collect(work: Path, plan: Plan, seeds: list[int]) -> dict:
                     path = cell_path(work, task, method, n, s)
                     values.append(json.loads(path.read_text())["dice"] if path.is_file() else None)
                 tasks[task][method][str(n)] = values
-    return {"tasks": tasks}
+    clusters: dict = {}
+    for lv in CLUSTER_LEVELS:
+        clusters[lv] = {}
+        for method in METHODS:
+            cells = [work / "cells" / "clusters" / method / f"seed{s}.json" for s in seeds]
+            per = [json.loads(c.read_text())[lv] if c.is_file() else None for c in cells]
+            clusters[lv][method] = {k: [p[k] if p else None for p in per] for k in ("silhouette", "knn5")}
+    return {"tasks": tasks, "clusters": clusters}
 
 
 def summary(results: dict, seeds: list[int]) -> list[str]:
@@ -362,10 +501,24 @@ def main(argv: list[str] | None = None) -> dict:
                     if cell_path(work, task, method, n, seed).is_file():
                         continue
                     finetune_cell(plan, task, method, n, seed, inits[method], data[task], work, args.device, clock)
+        for method in METHODS:
+            clusters_cell(plan, method, seed, inits[method], data["heart_seg"], work, args.device)
     results = collect(work, plan, seeds)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = summary(results, seeds)
+    lines += ["", "Clusters of the seven heart structures before fine-tuning (mean ± std over seeds):", ""]
+    lines += ["| level | measure | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
+    for lv, per in results["clusters"].items():
+        for key in ("silhouette", "knn5"):
+            cells = []
+            for m in METHODS:
+                mu, sd, k = mean_std(v for v in per[m][key] if v is not None)
+                cells.append(f"{mu:+.3f} ± {sd:.3f} ({k})" if k else "-")
+            lines.append(f"| {lv} | {key} | " + " | ".join(cells) + " |")
+    lines += ["", "Verdict (computed from the numbers above):", ""] + verdict(results, seeds)
+    results["verdict"] = verdict(results, seeds)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    figure(results, out)
     command = "python benchmarks/label_efficiency.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     head = [
         "# Label efficiency" + (" (smoke run: the numbers mean nothing)" if args.smoke else ""),

@@ -38,7 +38,13 @@ def test_results_json_is_tasks_methods_counts_seeds(smoke):
     le, _, work, results = smoke
     assert json.loads((work / "out" / "results.json").read_text()) == results
     assert "GVSL minus" in (work / "out" / "summary.md").read_text()
-    assert list(results) == ["tasks"] and list(results["tasks"]) == ["heart_seg", "brain_seg"]
+    assert list(results) == ["tasks", "clusters", "verdict"] and list(results["tasks"]) == ["heart_seg", "brain_seg"]
+    assert (work / "out" / "curves.png").stat().st_size > 10_000
+    for level in ("decoder-4", "hypercolumn"):  # every method's features embedded before fine-tuning
+        for method in METHODS:
+            scores = results["clusters"][level][method]
+            assert -1.0 <= scores["silhouette"][0] <= 1.0 and 0.0 <= scores["knn5"][0] <= 1.0
+    assert any("GVSL - scratch >= 0.05 on every seed" in line for line in results["verdict"])
     for methods in results["tasks"].values():
         assert list(methods) == METHODS
         for per_n in methods.values():
@@ -69,6 +75,12 @@ def test_a_second_invocation_runs_only_the_missing_cells(smoke):
     again = le.main(argv)
     assert gone.is_file() and kept.stat().st_mtime_ns == before
     assert again["tasks"]["heart_seg"] == results["tasks"]["heart_seg"]
+
+
+def test_a_work_folder_of_another_plan_is_refused(smoke):
+    le, argv, work, _ = smoke
+    with pytest.raises(SystemExit, match="another plan"):
+        le.check_plan(le.make_plan(False, pre_iters=800, max_iters=300, patience=4), work)
 
 
 def test_smoke_numbers_are_refused_in_docs(le, tmp_path):
