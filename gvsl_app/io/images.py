@@ -182,7 +182,8 @@ def write_vector_field(field: np.ndarray, grid: Volume, path: str | os.PathLike,
     except IncompleteWriteError as exc:
         raise IncompleteWriteError(f"cannot write {path}: {exc} Nothing at {path} was replaced.") from None
     except OSError as exc:
-        raise ValueError(f"cannot write {path}: {exc}. Check that the folder is writable and the disk has room.") from None
+        advice = "Check that the folder is writable and the disk has room."
+        raise ValueError(f"cannot write {path}: {exc}. {advice}") from None
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, is_label: bool = False) -> Path:

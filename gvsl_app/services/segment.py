@@ -13,6 +13,7 @@ import torch
 from gvsl_app.data.preprocess import detect_modality, normalise, resample_to
 from gvsl_app.io.geometry import geometry_differences
 from gvsl_app.io.label_maps import check_labels_fit
+from gvsl_app.io.orientation import axis_aligned, volume_in_file_frame
 from gvsl_app.io.volume import Volume
 from gvsl_app.services.inference import segment_array
 from gvsl_app.services.metrics import label_volumes_ml
@@ -107,12 +108,31 @@ def segment(
     skips both: the network alone on the whole image. The report says what it did
     (``brain_mask``) and flags grey and white matter volumes outside the healthy adult range
     (``volume_flags``, :data:`ADULT_RANGE_ML`).
+
+    A scan whose voxel axes run along other world axes (a coronal or sagittal acquisition) is
+    segmented with its voxels in world axis order (:func:`~gvsl_app.io.orientation.axis_aligned`,
+    exactly as the app's reader shows it, so ``gvsl segment`` and the app give the same labels),
+    and its labels are put back on the file's grid (the report's ``reoriented`` says so).
     """
     if skull_strip not in ("auto", "off"):
         raise ValueError(f"skull_strip must be 'auto' or 'off', got {skull_strip!r}")
     if reference is not None:
         _check_on_grid(reference, image)
         check_labels_fit(reference)  # Dice per structure: a one-hot of it
+    shown, turned = axis_aligned(image)
+    if shown is not image:  # voxel axes permuted against the world's: segment it as the network was trained
+        result = segment(
+            shown,
+            weights,
+            device=device,
+            reference=None if reference is None else axis_aligned(reference)[0],
+            label_names=label_names,
+            skull_strip=skull_strip,
+        )
+        result.record.image = image.source
+        result.record.reoriented = _reoriented_note(turned)
+        labels = volume_in_file_frame(result.labels, turned)
+        return SegmentResult(image.with_array(labels.array, source=result.labels.source), result.record)
     dev = resolve_device(device)
     clock = StageClock()
     with clock.stage("load", 0.1):
@@ -159,6 +179,17 @@ def segment(
             record.score_against(pred, reference, ids, image.spacing)
     record.seconds = clock.rounded()
     return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
+
+
+def _reoriented_note(record: dict | None) -> str:
+    """What was done to a scan whose voxel axes run along other world axes, for the report."""
+    order = "".join("zyx"[int(a)] for a in (record or {}).get("axes", (0, 1, 2)))
+    flips = [("zyx"[int(a)]) for a, f in zip((record or {}).get("axes", ()), (record or {}).get("flips", ())) if f]
+    return (
+        f"the scan's voxel axes run along other world axes (file axes in world z, y, x order: {order}"
+        + (f", reversed: {', '.join(flips)}" if flips else "")
+        + "): segmented in world axis order, as the app shows it, and the labels put back on the file's grid"
+    )
 
 
 def _check_on_grid(reference: Volume, image: Volume) -> None:

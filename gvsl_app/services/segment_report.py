@@ -86,6 +86,8 @@ class SegmentReport:
             (:class:`BrainMaskReport`); ``None`` (left out of :meth:`as_dict`) for others.
         volume_flags: Per label, a sentence when its volume lies outside the healthy adult
             range (:data:`ADULT_RANGE_ML`; left out of :meth:`as_dict` when none).
+        reoriented: For a scan whose voxel axes run along other world axes (a coronal or
+            sagittal acquisition), what was done (left out of :meth:`as_dict` otherwise).
     """
 
     image: str
@@ -104,6 +106,7 @@ class SegmentReport:
     seconds: dict[str, float] = field(default_factory=dict)
     brain_mask: BrainMaskReport | None = None
     volume_flags: dict[str, str] = field(default_factory=dict)
+    reoriented: str | None = None
 
     def score_against(
         self, pred: np.ndarray, reference: Volume, ids: list[int], spacing: tuple[float, float, float]
@@ -128,7 +131,7 @@ class SegmentReport:
                 del out[key]
         if not self.reference_labels_not_in_model:
             del out["reference_labels_not_in_model"]
-        for key in ("brain_mask", "volume_flags"):
+        for key in ("brain_mask", "volume_flags", "reoriented"):
             if not out[key]:
                 del out[key]
         return out

@@ -56,9 +56,7 @@ def test_a_field_cut_short_on_disk_is_an_incomplete_write(field_on_grid, tmp_pat
 
     field, grid = field_on_grid
     real = nifti.write_vector_nifti
-    monkeypatch.setattr(
-        "gvsl_app.io.images.write_vector_nifti", lambda f, m, path, level: real(f[:5], m, path, level)
-    )
+    monkeypatch.setattr("gvsl_app.io.images.write_vector_nifti", lambda f, m, path, level: real(f[:5], m, path, level))
     with pytest.raises(IncompleteWriteError, match="field.nii"):
         write_vector_field(field, grid, tmp_path / "field.nii")
     assert not (tmp_path / "field.nii").exists()
