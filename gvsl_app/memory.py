@@ -104,11 +104,25 @@ activations the backward pass keeps for both scans, the matching and the restora
 bytes measured at --size 48 --width 4 on a CPU, batch 1 against 8)."""
 
 
-def check_training_fits(batch: int, size: int, width: int, free: int | None = None, where: str = "") -> None:
-    """Refuse a pre-training batch whose activations cannot fit (``free`` bytes, default the
-    host's available memory), naming ``--batch``, ``--size`` and ``--width`` and the estimate.
+FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH = 80
+"""The same for one fine-tuning sample (one scan through the U-Net and its head): ~65 bytes
+measured at --size 48 with widths 4 and 8 on a CPU (batch 1 against 4)."""
+
+
+def check_training_fits(
+    batch: int,
+    size: int,
+    width: int,
+    free: int | None = None,
+    where: str = "",
+    per_voxel_width: int = PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH,
+) -> None:
+    """Refuse a training batch whose activations cannot fit (``free`` bytes, default the
+    host's available memory), naming ``--batch``, ``--size`` and ``--width`` and the estimate;
+    ``per_voxel_width`` is the job's bytes per sample, cube voxel and unit of base width
+    (pre-training's by default, :data:`FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH` for fine-tuning).
     """
-    needed = batch * size**3 * width * PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH
+    needed = batch * size**3 * width * per_voxel_width
     check_fits(
         needed,
         f"--batch {batch} at --size {size} and --width {width} needs about {gib(needed)} for training",

@@ -401,6 +401,7 @@ CASES = [
     # finetune / evaluate
     ("finetune-missing-data", _with(F, data="{data}/typo"), "typo", None),
     ("finetune-iters-zero", _with(F, iters="0"), "iters must be > 0", None),
+    ("finetune-batch-memory", _with(F, size="256") + ["--batch", "64"], "--batch 64 at --size 256 and", None),
     ("finetune-run-is-data", _with(F, run="{data}"), "is the data folder of --data", "data"),
     ("finetune-run-in-images", _with(F, run="{data}/images/run"), "the run's files would be mixed with the data", None),
     ("pretrain-run-in-labels", _with(P, data="{data}", run="{data}/labels/run"), "inside", None),
