@@ -160,24 +160,17 @@ def _paint_lookalikes(
             tubes.append(("pulmonary_vein", np.array([la, end]), [r, 0.8 * r], 1))
     t = heart.t_myo
     outer = heart.lv_semi + np.array([t, t, 0.8 * t]) + 1.5
-    heights = np.linspace(0.45, -0.85, 7)
+
+    def on_surface(h: float, angle: float) -> np.ndarray:
+        """The point of the ventricle's outer surface at height ``h`` (-1..1) and ``angle``."""
+        ring = np.sqrt(1 - h * h)
+        return heart.to_anat([outer[0] * ring * np.cos(angle), outer[1] * ring * np.sin(angle), outer[2] * h])
+
     theta = np.deg2rad(U(200, 230))  # the anterior interventricular groove
-    lad = [
-        heart.to_anat(
-            [outer[0] * np.sqrt(1 - h * h) * np.cos(theta), outer[1] * np.sqrt(1 - h * h) * np.sin(theta), outer[2] * h]
-        )
-        for h in heights
-    ]
+    lad = [on_surface(h, theta) for h in np.linspace(0.45, -0.85, 7)]
     rc = _u(rng, "coronary_radius_mm")
     tubes.append(("coronary", np.array(lad), np.linspace(rc, 0.7 * rc, len(lad)), 1))
-    angles = np.deg2rad(np.linspace(U(150, 170), U(-40, -20), 7))  # the circumflex in the AV groove
-    h = 0.45
-    lcx = [
-        heart.to_anat(
-            [outer[0] * np.sqrt(1 - h * h) * np.cos(g), outer[1] * np.sqrt(1 - h * h) * np.sin(g), outer[2] * h]
-        )
-        for g in angles
-    ]
+    lcx = [on_surface(0.45, g) for g in np.deg2rad(np.linspace(U(150, 170), U(-40, -20), 7))]  # the AV groove
     rc = _u(rng, "coronary_radius_mm")
     tubes.append(("coronary", np.array(lcx), np.linspace(rc, 0.7 * rc, len(lcx)), 1))
     counts: dict[str, int] = {}
