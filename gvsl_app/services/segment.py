@@ -120,19 +120,8 @@ def segment(
         _check_on_grid(reference, image)
         check_labels_fit(reference)  # Dice per structure: a one-hot of it
     shown, turned = axis_aligned(image)
-    if shown is not image:  # voxel axes permuted against the world's: segment it as the network was trained
-        result = segment(
-            shown,
-            weights,
-            device=device,
-            reference=None if reference is None else axis_aligned(reference)[0],
-            label_names=label_names,
-            skull_strip=skull_strip,
-        )
-        result.record.image = image.source
-        result.record.reoriented = _reoriented_note(turned)
-        labels = volume_in_file_frame(result.labels, turned)
-        return SegmentResult(image.with_array(labels.array, source=result.labels.source), result.record)
+    if shown is not image:  # voxel axes permuted against the world's: segment it as the app shows it
+        return _segment_shown(image, shown, turned, weights, device, reference, label_names, skull_strip)
     dev = resolve_device(device)
     clock = StageClock()
     with clock.stage("load", 0.1):
@@ -179,6 +168,33 @@ def segment(
             record.score_against(pred, reference, ids, image.spacing)
     record.seconds = clock.rounded()
     return SegmentResult(image.with_array(pred, source=f"segmentation of {image.source}"), record)
+
+
+def _segment_shown(
+    image: Volume,
+    shown: Volume,
+    turned: dict | None,
+    weights: str | os.PathLike | None,
+    device: str,
+    reference: Volume | None,
+    label_names: dict[int, str] | None,
+    skull_strip: str,
+) -> SegmentResult:
+    """:func:`segment` of ``shown`` (``image`` in world axis order, ``turned`` the record of
+    :func:`axis_aligned`), the labels put back on ``image``'s grid.
+    """
+    result = segment(
+        shown,
+        weights,
+        device=device,
+        reference=None if reference is None else axis_aligned(reference)[0],
+        label_names=label_names,
+        skull_strip=skull_strip,
+    )
+    result.record.image = image.source
+    result.record.reoriented = _reoriented_note(turned)
+    labels = volume_in_file_frame(result.labels, turned)
+    return SegmentResult(image.with_array(labels.array, source=result.labels.source), result.record)
 
 
 def _reoriented_note(record: dict | None) -> str:
