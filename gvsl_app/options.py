@@ -151,7 +151,7 @@ class MatchOptions:
 
     ``size`` is the network's working cube (None: the cube the weights were trained at);
     ``refine`` polishes the network's map on this pair with the ``refine_preset`` schedule
-    (``auto``: ``brain`` for ~1 mm MR of a head-sized field of view, else ``standard``);
+    (``auto``: ``brain`` for MR of a head-sized field of view at up to ~2 mm voxels, else ``standard``);
     ``init`` places the moving scan before the network (``auto`` tries the identity, the
     centres of the fields of view, the centres of intensity mass and the principal axes, and
     keeps the best by the similarity); ``similarity`` is what the refinement and the
@@ -176,9 +176,9 @@ class MatchOptions:
     )
     refine_preset: RefinePreset = option(
         RefinePreset.AUTO,
-        "the refinement's schedule: auto (default: brain for ~1 mm MR of a head, else standard), standard (CT "
-        "and large deformations) or brain (brain MR and other ~1 mm scans with small smooth deformations: "
-        "stiffer and finer, ~1.5x the time)",
+        "the refinement's schedule: auto (default: brain for MR of a head at up to ~2 mm voxels, else "
+        "standard), standard (CT and large deformations) or brain (brain MR and other ~1 mm scans with small "
+        "smooth deformations: stiffer and finer, ~1.5x the time)",
         choices=RefinePreset,
     )
     init: InitMode = option(

@@ -167,7 +167,9 @@ def test_the_refinement_preset_is_chosen_from_the_scans():
     head = scan((180, 200, 170), (1.0, 1.0, 1.0))
     assert auto_preset(head, head)[0] == "brain"
     name, why = auto_preset(scan((96, 96, 96), (1.7, 2.0, 1.7)), head)  # the 96^3 brain sample's voxels
-    assert name == "standard" and "1.3 mm" in why
+    assert name == "brain" and "2.1 mm" in why
+    name, why = auto_preset(scan((64, 64, 56), (3.0, 3.0, 3.0)), head)  # a 3 mm head: the standard schedule
+    assert name == "standard" and "2.1 mm" in why
     name, why = auto_preset(scan((96, 96, 96), (1.0, 1.0, 1.0), ct=True), head)
     assert name == "standard" and "not MR" in why
     name, why = auto_preset(scan((96, 96, 96), (1.0, 1.0, 1.0)), head)  # a 96 mm MR field of view: not a head
