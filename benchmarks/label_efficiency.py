@@ -177,6 +177,12 @@ def pretrain(plan: Plan, seed: int, variant: str, work: Path, device: str, clock
     return run / "checkpoints" / "last.pt"
 
 
+def _pretrained(run: Path) -> bool:
+    """Whether the pre-training run in ``run`` finished (its report says ``done``)."""
+    report = run / "report.json"
+    return report.is_file() and json.loads(report.read_text()).get("status") == "done"
+
+
 def cell_path(work: Path, task: str, method: str, n: int, seed: int) -> Path:
     """The JSON of one finished (task, seed, method, N) cell."""
     return work / "cells" / task / method / f"n{n}_seed{seed}.json"
@@ -463,6 +469,12 @@ def parse_args(argv: list[str] | None):
     p.add_argument(
         "--smoke", action="store_true", help="the plumbing at a tiny scale: 16^3, width 4, a few iterations, N = 1, 2"
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write results.json, summary.md and curves.png from the cells that exist "
+        "(null where a cell has not run), embedding the clusters of seeds whose pre-training finished",
+    )
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -492,6 +504,14 @@ def main(argv: list[str] | None = None) -> dict:
     data = make_data(plan, work, clock)
     for seed in seeds:
         inits = {"scratch": "scratch"}
+        if args.report_only:  # no training: the clusters of the seeds whose pre-training finished
+            done = {v: work / f"seed{seed}" / "pretrain" / v for v in VARIANTS}
+            split = work / f"seed{seed}" / "heart_seg" / "scratch" / f"n{plan.label_counts[0]}" / "report.json"
+            if split.is_file() and all(_pretrained(run) for run in done.values()):
+                inits.update({v: str(run / "checkpoints" / "last.pt") for v, run in done.items()})
+                for method in METHODS:
+                    clusters_cell(plan, method, seed, inits[method], data["heart_seg"], work, args.device)
+            continue
         for variant in VARIANTS:
             assert variant in VARIANT_ENGINE
             inits[variant] = str(pretrain(plan, seed, variant, work, args.device, clock))

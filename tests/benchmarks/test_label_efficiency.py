@@ -77,6 +77,17 @@ def test_a_second_invocation_runs_only_the_missing_cells(smoke):
     assert again["tasks"]["heart_seg"] == results["tasks"]["heart_seg"]
 
 
+def test_report_only_trains_nothing_and_reports_the_missing_seed_as_null(smoke):
+    le, argv, work, results = smoke
+    cells = sorted(p.stat().st_mtime_ns for p in (work / "cells").rglob("*.json"))
+    again = le.main([*argv[:-2], "--seeds", "0", "7", "--report-only"])  # seed 7 never ran
+    assert sorted(p.stat().st_mtime_ns for p in (work / "cells").rglob("*.json")) == cells
+    assert not (work / "seed7").exists()
+    heart = again["tasks"]["heart_seg"]["gvsl"]["1"]
+    assert heart[0] == results["tasks"]["heart_seg"]["gvsl"]["1"][0] and heart[1] is None
+    assert again["clusters"]["hypercolumn"]["gvsl"]["silhouette"][1] is None
+
+
 def test_a_work_folder_of_another_plan_is_refused(smoke):
     le, argv, work, _ = smoke
     with pytest.raises(SystemExit, match="another plan"):
