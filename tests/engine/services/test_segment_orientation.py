@@ -1,6 +1,6 @@
-"""A scan whose voxel axes run along other world axes (coronal, sagittal) is segmented as the
-network was trained, in world axis order, and its labels come back on the file's own grid:
-`gvsl segment` and the app (whose reader shows such a scan axis-aligned) give the same labels.
+"""A scan whose voxel axes run along other world axes (coronal, sagittal) is segmented in world
+axis order, as the app's reader shows it, and its labels come back on the file's own grid:
+`gvsl segment` and the app give the same labels.
 """
 
 from __future__ import annotations
