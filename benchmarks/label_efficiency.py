@@ -46,7 +46,10 @@ cube, width 8): pre-training ~9 min (restoration), ~9 min (matching), ~18 min (g
 iteration with validation, 2 tasks x 5 methods x 5 label counts = 50 runs of 100-600
 iterations, ~15-55 min per seed: about 75-110 min per seed, 6-9 h for five seeds. That holds
 on a quiet machine: on 2026-12-07, with the cores shared (load average ~8), one 32^3 fine-tuning
-ran at 2-3 s per iteration, some 20x slower.
+ran at 2-3 s per iteration, some 20x slower. The CPU plan recorded in docs/label_efficiency
+(``--pre-iters 800 --max-iters 300 --patience 4 --threads 1``, two seeds side by side, the cores
+shared with tests and benchmarks) took about 116 min per seed: ~30 min of pre-training and 50
+fine-tunings of 89-118 s, nearly all of them reaching the 300-iteration cap.
 """
 
 from __future__ import annotations
