@@ -211,32 +211,12 @@ def compose_coordinates(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor
     return then + warp(first - grid, then, padding_mode="border")
 
 
-def jacobian_determinant(coords: torch.Tensor, slab: int | None = None, displacement: bool = False) -> torch.Tensor:
+def jacobian_determinant(coords: torch.Tensor) -> torch.Tensor:
     """Determinant of the Jacobian of a voxel map ``(B, 3, D, H, W)`` -> ``(B, 1, D, H, W)``.
 
     Central differences inside, one-sided at the borders (``torch.gradient``); values
-    <= 0 mark folding. With ``displacement`` the input is the map's displacement ``u``
-    (the map is ``x + u``). ``slab`` computes it ``slab`` slices at a time (each with one slice
-    of its neighbours, so the result is the same): nine gradients of a whole 512 x 512 x 300
-    map would hold 11 GB at once.
+    <= 0 mark folding.
     """
-    depth = coords.shape[2]
-    if slab is None or slab >= depth:
-        return _jacobian_determinant(coords + voxel_grid(coords.shape[2:], coords.device) if displacement else coords)
-    out = torch.empty(coords.shape[0], 1, *coords.shape[2:], dtype=coords.dtype, device=coords.device)
-    for z0 in range(0, depth, slab):
-        z1 = min(depth, z0 + slab)
-        lo, hi = max(0, z0 - 1), min(depth, z1 + 1)
-        part = coords[:, :, lo:hi]
-        if displacement:  # a grid's offset does not change its differences: the slab's own grid will do
-            part = part + voxel_grid(part.shape[2:], part.device)
-        out[:, :, z0:z1] = _jacobian_determinant(part)[:, :, z0 - lo : z0 - lo + (z1 - z0)]
-    return out
-
-
-def _jacobian_determinant(coords: torch.Tensor) -> torch.Tensor:
-    if coords.shape[2] < 2:
-        raise ValueError("a Jacobian needs at least two slices")
     grads = [torch.gradient(coords[:, i], dim=(1, 2, 3)) for i in range(3)]
     (a, b, c), (d, e, f), (g, h, i) = grads  # row = component, column = derivative axis
     # Explicit cofactor expansion: several times faster than batched linalg.det on CPU.
