@@ -32,15 +32,18 @@ except ImportError:  # pragma: no cover - isal ships wheels for the platforms we
 FAST_GZIP = _gzip is not gzip
 
 
-def gzip_file(src: Path, dst: Path, level: int = 1) -> None:
-    """Write ``src`` to ``dst`` as one gzip member.
-
-    ISA-L has levels 0-3: a higher level means 3 and a negative one (zlib's "default") its
-    default, 2.
+def _gzip_level(level: int) -> int:
+    """``level`` as the gzip in use takes it: ISA-L has levels 0-3, so a higher level means 3
+    and a negative one (zlib's "default") its default, 2.
     """
     if FAST_GZIP:
-        level = 2 if level < 0 else min(level, 3)
-    with open(src, "rb") as fin, _gzip.open(dst, "wb", compresslevel=level) as fout:
+        return 2 if level < 0 else min(level, 3)
+    return level
+
+
+def gzip_file(src: Path, dst: Path, level: int = 1) -> None:
+    """Write ``src`` to ``dst`` as one gzip member (at :func:`_gzip_level` of ``level``)."""
+    with open(src, "rb") as fin, _gzip.open(dst, "wb", compresslevel=_gzip_level(level)) as fout:
         shutil.copyfileobj(fin, fout, 1 << 22)
 
 
@@ -75,9 +78,7 @@ def write_vector_nifti(
     header.set_xyzt_units("mm", "sec")
     header["vox_offset"] = 352
     gz = path.name.lower().endswith(".gz")
-    if FAST_GZIP:
-        level = 2 if level < 0 else min(level, 3)
-    with _gzip.open(path, "wb", compresslevel=level) if gz else open(path, "wb") as fh:
+    with _gzip.open(path, "wb", compresslevel=_gzip_level(level)) if gz else open(path, "wb") as fh:
         fh.write(header.binaryblock)
         fh.write(b"\0" * (352 - len(header.binaryblock)))  # no extensions
         for c in range(3):
