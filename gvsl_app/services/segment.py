@@ -121,6 +121,7 @@ def segment(
         check_labels_fit(reference)  # Dice per structure: a one-hot of it
     shown, turned = axis_aligned(image)
     if shown is not image:  # voxel axes permuted against the world's: segment it as the app shows it
+        assert turned is not None  # axis_aligned records every reordering it makes
         return _segment_shown(image, shown, turned, weights, device, reference, label_names, skull_strip)
     dev = resolve_device(device)
     clock = StageClock()
@@ -173,7 +174,7 @@ def segment(
 def _segment_shown(
     image: Volume,
     shown: Volume,
-    turned: dict | None,
+    turned: dict,
     weights: str | os.PathLike | None,
     device: str,
     reference: Volume | None,
@@ -191,16 +192,15 @@ def _segment_shown(
         label_names=label_names,
         skull_strip=skull_strip,
     )
-    result.record.image = image.source
     result.record.reoriented = _reoriented_note(turned)
     labels = volume_in_file_frame(result.labels, turned)
     return SegmentResult(image.with_array(labels.array, source=result.labels.source), result.record)
 
 
-def _reoriented_note(record: dict | None) -> str:
+def _reoriented_note(record: dict) -> str:
     """What was done to a scan whose voxel axes run along other world axes, for the report."""
-    order = "".join("zyx"[int(a)] for a in (record or {}).get("axes", (0, 1, 2)))
-    flips = [("zyx"[int(a)]) for a, f in zip((record or {}).get("axes", ()), (record or {}).get("flips", ())) if f]
+    order = "".join("zyx"[int(a)] for a in record["axes"])
+    flips = ["zyx"[int(a)] for a, f in zip(record["axes"], record["flips"]) if f]
     return (
         f"the scan's voxel axes run along other world axes (file axes in world z, y, x order: {order}"
         + (f", reversed: {', '.join(flips)}" if flips else "")
