@@ -114,9 +114,8 @@ def silhouettes(weights: str | None, subject_seed: int, shape: int, per_label: i
 
 def sample_levels(weights: str | None, random_seeds: list[int], per_label: int, size: int, seed: int) -> list[dict]:
     """Rows (subject, network, level, feature_dim, silhouette, knn5) on the app's cardiac sample pair."""
-    from gvsl_app.data.preprocess import normalise
     from gvsl_app.data.samples import sample_pair
-    from gvsl_app.services.embed import decoder_features, features_per_level, sample_voxels, score_levels
+    from gvsl_app.services.embed import level_scores, sample_voxels
     from gvsl_app.services.weights import load_gvsl
     from models import GVSL, widths_from_base
 
@@ -135,8 +134,7 @@ def sample_levels(weights: str | None, random_seeds: list[int], per_label: int, 
         lab = lab_arr[tuple(vox.T)]
         table = {}
         for name, net in nets:
-            levels = decoder_features(net, normalise(image), size, torch.device("cpu"))
-            table[name] = score_levels(features_per_level(levels, vox, image.shape), lab)
+            table[name] = level_scores(net, image, lab_arr, per_label, seed, size, torch.device("cpu"))
         names = [n for n, _ in nets]
         seeds = pair["seeds"][0 if subject == "fixed" else 1]
         print(f"\n  cardiac {subject} (subject seed {seeds}), {len(lab)} voxels: silhouette / 5-NN accuracy")

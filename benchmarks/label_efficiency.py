@@ -274,33 +274,25 @@ def clusters_cell(plan: Plan, method: str, seed: int, init: str, data: Path, wor
     ``CLUSTER_SUBJECTS`` test subjects of the seed's split, at the last decoder level and in
     hypercolumns (``gvsl embed --level``'s measures); written to ``WORK/cells/clusters``.
     """
-    import torch
-
-    from gvsl_app.data.preprocess import normalise
-    from gvsl_app.services.embed import decoder_features, features_per_level, sample_voxels, score_levels
+    from gvsl_app.services.embed import level_scores
     from gvsl_app.services.weights import load_gvsl
-    from models import GVSL, resolve_device, widths_from_base
+    from models import resolve_device
 
-    from study.clustering import _read_pair
+    from study.clustering import _read_pair, _scratch_gvsl
 
     path = work / "cells" / "clusters" / method / f"seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
     dev = resolve_device(device)
-    if init == "scratch":
-        torch.manual_seed(seed)
-        model = GVSL(widths=widths_from_base(plan.budget.width)).eval()
-    else:
-        model = load_gvsl(init, dev)[0]
+    model = _scratch_gvsl(plan.budget, seed) if init == "scratch" else load_gvsl(init, dev)[0]
     report = work / f"seed{seed}" / "heart_seg" / "scratch" / f"n{plan.label_counts[0]}" / "report.json"
     subjects = json.loads(report.read_text())["splits"]["test"][:CLUSTER_SUBJECTS]
     scores: dict[str, dict[str, list[float]]] = {lv: {"silhouette": [], "knn5": []} for lv in CLUSTER_LEVELS}
     for name in subjects:
         image, labels = _read_pair(data, name)
-        lab = np.asarray(labels.array)
-        vox = sample_voxels(lab, plan.budget.per_label, seed)
-        levels = decoder_features(model, normalise(image), plan.budget.size, dev)
-        scored = score_levels(features_per_level(levels, vox, image.shape), lab[tuple(vox.T)])
+        scored = level_scores(
+            model, image, np.asarray(labels.array), plan.budget.per_label, seed, plan.budget.size, dev
+        )
         for lv in CLUSTER_LEVELS:
             for key in ("silhouette", "knn5"):
                 scores[lv][key].append(float(scored[lv][key]))

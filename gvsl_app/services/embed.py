@@ -294,6 +294,18 @@ def score_levels(per_level: dict[str, np.ndarray], labels: np.ndarray) -> dict[s
     return out
 
 
+def level_scores(
+    model: GVSL, image: Volume, labels: np.ndarray, per_label: int, seed: int, size: int, device: torch.device
+) -> dict[str, dict[str, Any]]:
+    """:func:`score_levels` of ``model`` on ``image`` for the structures of ``labels`` (its
+    array), on the voxels :func:`embed` samples with the same ``per_label`` and ``seed``: every
+    level's silhouette and 5-NN accuracy without the t-SNE.
+    """
+    vox = sample_voxels(labels, per_label, seed)
+    levels = decoder_features(model, normalise(image), size, device)
+    return score_levels(features_per_level(levels, vox, image.shape), labels[tuple(vox.T)])
+
+
 TSNE_PARALLEL_FROM = 5000
 """Below this many points openTSNE runs on one thread: its thread pool costs seconds for nothing
 on small sets (84 points: 0.2 s with n_jobs=1, 12 s with n_jobs=-1 on a busy 2-core machine)."""
