@@ -19,14 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gvsl_app.io.orientation import (  # noqa: F401  (the plugin's modules import them from here)
-    SNAP_ATOL,
-    axis_aligned,
-    file_frame,
-    geometry_from_matrix,
-    grid_in_file_order,
-    volume_in_file_frame,
-)
+from gvsl_app.io.orientation import geometry_from_matrix
 from gvsl_app.io.volume import Volume
 
 _REV = np.eye(3)[::-1]  # swaps (x, y, z) <-> (z, y, x)

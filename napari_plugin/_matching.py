@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from gvsl_app.io.orientation import grid_in_file_order, volume_in_file_frame
 from gvsl_app.jobs.state import JobState, shared_checkpoints
 from gvsl_app.options import MatchOptions
 
@@ -34,13 +35,7 @@ from ._common import (
     random_model,
     thick_slices,
 )
-from ._geometry import (
-    ORIENTATION_KEY,
-    grid_in_file_order,
-    layer_geometry,
-    volume_from_layer,
-    volume_in_file_frame,
-)
+from ._geometry import ORIENTATION_KEY, layer_geometry, volume_from_layer
 from ._jobs import JobControls, refuse, start_job
 from ._layers import (
     copy_label_style,

@@ -8,7 +8,7 @@ Unreadable inputs raise the engine's ``VolumeReadError``, whose message napari s
 A scan whose voxel axes are permuted relative to the world axes (acquired coronally or
 sagittally) is shown with its voxels transposed and flipped to the world axes, as
 ``SimpleITK.DICOMOrient(image, "LPS")`` would
-(:func:`~napari_plugin._geometry.axis_aligned`: napari cannot slice it otherwise), physically
+(:func:`~gvsl_app.io.orientation.axis_aligned`: napari cannot slice it otherwise), physically
 identical; ``layer.metadata["gvsl_orientation"]`` records it, and the writer saves such a
 layer (and results on its grid) on the file's own voxel grid again. An oblique scan is also
 shown closest to the world axes, its remaining rotation kept in the layer's affine and
@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from gvsl_app.io.images import read_labels, read_volume
+from gvsl_app.io.orientation import axis_aligned
 from gvsl_app.io.volume import Volume
 
-from ._geometry import ORIENTATION_KEY, axis_aligned
+from ._geometry import ORIENTATION_KEY
 from ._layers import image_layer_data, labels_layer_data
 
 SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")

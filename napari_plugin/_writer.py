@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from gvsl_app.io.images import write_volume
+from gvsl_app.io.orientation import file_frame
 from gvsl_app.io.volume import Volume
 
-from ._geometry import ORIENTATION_KEY, file_frame, state_matrix
+from ._geometry import ORIENTATION_KEY, state_matrix
 
 EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd")
 
