@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 GIB = 1024**3
 
@@ -110,18 +111,23 @@ measured at --size 48 with widths 4 and 8 on a CPU (batch 1 against 4)."""
 
 
 def check_training_fits(
-    batch: int,
-    size: int,
-    width: int,
-    free: int | None = None,
-    where: str = "",
-    per_voxel_width: int = PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH,
+    batch: int, size: int, width: int, device: Any, per_voxel_width: int = PRETRAIN_BYTES_PER_SAMPLE_VOXEL_WIDTH
 ) -> None:
-    """Refuse a training batch whose activations cannot fit (``free`` bytes, default the
-    host's available memory), naming ``--batch``, ``--size`` and ``--width`` and the estimate;
-    ``per_voxel_width`` is the job's bytes per sample, cube voxel and unit of base width
-    (pre-training's by default, :data:`FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH` for fine-tuning).
+    """Refuse a training batch whose activations cannot fit on ``device`` (a ``torch.device``:
+    the GPU's free memory for CUDA, the host's available memory for the CPU; other devices are
+    not checked), naming ``--batch``, ``--size`` and ``--width`` and the estimate, before
+    anything is allocated. ``per_voxel_width`` is the job's bytes per sample, cube voxel and
+    unit of base width (pre-training's by default, :data:`FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH`
+    for fine-tuning).
     """
+    if device.type == "cuda":
+        import torch
+
+        free, where = int(torch.cuda.mem_get_info(device)[0]), f" on {device}"
+    elif device.type == "cpu":
+        free, where = None, ""
+    else:
+        return
     needed = batch * size**3 * width * per_voxel_width
     check_fits(
         needed,

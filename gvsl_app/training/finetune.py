@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from gvsl_app.data.loading import close_loader, step_loader
+from gvsl_app.memory import FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH, check_training_fits
 from gvsl_app.services.metrics import auc, dice_per_label, mean_dice, mean_dice_over_cases
 from gvsl_app.training.config import FinetuneConfig, as_dict, given_options
 from gvsl_app.training.progress import Progress, StopFlag
@@ -150,7 +151,7 @@ class _Session:
         self.config = config
         self.run = RunFolder(config.run)
         self.device = resolve_device(config.device)
-        _check_memory(config, self.device)
+        check_training_fits(config.batch, config.size, config.width, self.device, FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH)
         torch.manual_seed(config.seed)
         self.train, self.val, self.test = _splits(config)
         self.dataset, self.n_out, self.val_data, self.test_data = _split_data(config, self.train, self.val, self.test)
@@ -348,18 +349,6 @@ def _loss_function(task: str) -> nn.Module:
 
         return DiceCELoss(to_onehot_y=True, softmax=True)
     return nn.BCEWithLogitsLoss()
-
-
-def _check_memory(config: FinetuneConfig, device: torch.device) -> None:
-    """Refuse a batch whose activations cannot fit on ``device`` before any data is read."""
-    from gvsl_app.memory import FINETUNE_BYTES_PER_SAMPLE_VOXEL_WIDTH as PER
-    from gvsl_app.memory import check_training_fits
-
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        check_training_fits(config.batch, config.size, config.width, int(free), f" on {device}", PER)
-    elif device.type == "cpu":
-        check_training_fits(config.batch, config.size, config.width, per_voxel_width=PER)
 
 
 def _evaluate(model: nn.Module, data, config: FinetuneConfig, n_out: int, device: torch.device) -> dict[str, float]:

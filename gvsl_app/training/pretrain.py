@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gvsl_app.data.loading import close_loader, step_loader
+from gvsl_app.memory import check_training_fits
 from gvsl_app.training import distributed
 from gvsl_app.training.config import PretrainConfig, as_dict
 from gvsl_app.training.objective import PretrainObjective
@@ -294,7 +295,7 @@ class _Session:
 def _pretrain(
     config: PretrainConfig, stop: StopFlag, info: distributed.DistInfo, device: torch.device, changed: dict
 ) -> Iterator[Progress]:
-    _check_memory(config, device)
+    check_training_fits(config.batch, config.size, config.width, device)
     session = _Session(config, info, device)
     if info.is_main:
         session.run.remove_stale_temporaries()
@@ -352,17 +353,6 @@ def _pretrain(
     finally:
         close_loader(it)
     yield session.finish(step, status, time.perf_counter() - t_start)
-
-
-def _check_memory(config: PretrainConfig, device: torch.device) -> None:
-    """Refuse a batch whose activations cannot fit on ``device`` before anything is allocated."""
-    from gvsl_app.memory import check_training_fits
-
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        check_training_fits(config.batch, config.size, config.width, int(free), f" on {device}")
-    elif device.type == "cpu":
-        check_training_fits(config.batch, config.size, config.width)
 
 
 @torch.no_grad()
