@@ -69,7 +69,11 @@ class RefineSchedule:
     (:func:`models.losses.bending_energy`: squared second differences of the control grid,
     summed over the nine second derivatives, in the same voxels as ``smoothness``) on the
     whole field at every deformable level: zero for any affine field, it lets a large smooth
-    deformation stand and charges only its curvature.
+    deformation stand and charges only its curvature. ``points`` > 0 compares a pointwise
+    similarity (MIND) on that many fixed voxels per step, drawn afresh at every step (with a
+    generator seeded by ``seed``, so a refinement is repeatable), on levels that have more
+    voxels: stochastic sampling as elastix's random coordinate sampler does it. Local NCC and
+    NGF need each voxel's neighbours and always compare every voxel.
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
@@ -89,6 +93,8 @@ class RefineSchedule:
     whole_field: bool = True
     tolerance: float = 3e-4
     patience: int = 10
+    points: int = 0
+    seed: int = 0
 
     @property
     def total_steps(self) -> int:
@@ -195,6 +201,8 @@ def refine_coordinates(
     sim = Similarity(similarity, window=schedule.window)
     mask = None if moving_mask is None else sim.prepare_mask(moving_mask.to(dev))
     pair = _Pair(sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()), sim, mask)
+    if schedule.points and sim.pointwise:
+        pair.points, pair.generator = schedule.points, torch.Generator().manual_seed(schedule.seed)
     affine_plan = _plan([(side, n) for side, n in schedule.affine_levels], shape)
     deform_plan = _plan([(side, n) for side, _, n in schedule.deformable_levels], shape)
     clock = _Clock(
@@ -223,19 +231,70 @@ class _Pair:
     fixed: torch.Tensor
     similarity: Similarity
     mask: torch.Tensor | None = None
+    points: int = 0
+    generator: torch.Generator | None = None
 
     def at(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mask = None if self.mask is None else _resize(self.mask, shape)
         return _resize(self.moving, shape), _resize(self.fixed, shape), mask
 
+    def sample(self, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """This step's fixed voxels as flat indices into ``shape``, or None to compare all of them.
+
+        Jittered: the grid is cut into about ``points`` blocks and one voxel is drawn in each, so
+        the sample covers the scan evenly (less noise in the loss than as many voxels drawn
+        anywhere) and comes in memory order (the warp reads the features nearly sequentially).
+        """
+        n = _work(shape)
+        if not self.points or n <= self.points:
+            return None
+        side = (n / self.points) ** (1.0 / 3.0)  # a block's side in voxels
+        counts = [max(1, round(length / side)) for length in shape]
+        flat = torch.zeros(counts, dtype=torch.long)
+        stride = 1
+        for axis in (2, 1, 0):
+            length, blocks = shape[axis], counts[axis]
+            edges = torch.div(torch.arange(blocks + 1) * length, blocks, rounding_mode="floor")
+            view = [1, 1, 1]
+            view[axis] = blocks
+            start, width = edges[:-1].view(view), (edges[1:] - edges[:-1]).view(view)
+            jitter = torch.rand(counts, generator=self.generator)  # each block its own voxel
+            flat += (start + (jitter * width).long()) * stride
+            stride *= length
+        return flat.reshape(-1).to(self.fixed.device)
+
     def loss(
-        self, moving: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor | None, coords: torch.Tensor
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        mask: torch.Tensor | None,
+        coords: torch.Tensor,
+        points: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The similarity of ``moving`` sampled at ``coords`` (voxels) against ``fixed``, over the
-        fixed voxels whose point lies where the moving scan has data (all of them without a mask).
+        fixed voxels whose point lies where the moving scan has data (all of them without a mask);
+        with ``points`` (from :meth:`sample`) ``coords`` are those voxels' points only.
         """
+        if points is not None:
+            fixed = _take(fixed, points)
         weight = None if mask is None else data_weight(mask, coords)
         return self.similarity.loss(warp(moving, coords), fixed, weight=weight)
+
+
+def _take(x: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The values of ``x`` (1, C, D, H, W) at flat voxel indices ``points``, as (1, C, N, 1, 1)."""
+    return x.reshape(1, x.shape[1], -1).index_select(2, points).reshape(1, x.shape[1], -1, 1, 1)
+
+
+def _grid_at(field: torch.Tensor, points: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``_resize(field, shape)`` at flat voxel indices ``points`` of ``shape`` only, as (1, C, N, 1, 1):
+    trilinear with aligned corners is the same interpolation as ``warp`` at those voxels.
+    """
+    d, h, w = shape
+    index = torch.stack([points // (h * w), points // w % h, points % w]).float()
+    to_field = torch.tensor([(g - 1) / max(n - 1, 1) for g, n in zip(field.shape[2:], shape, strict=True)])
+    coords = (index * to_field.to(index.device).view(3, 1)).reshape(1, 3, -1, 1, 1)
+    return warp(field, coords, padding_mode="border")
 
 
 class _Moved:
@@ -271,7 +330,15 @@ def _affine_stage(
         bb = _resize(base, lv)
         uu = 0.0 if field is None else _resize(field, lv)
         s = half_extent(lv).to(base.device)
-        clock.minimise("affine", lv, opt, steps, lambda: pair.loss(mm, ff, kk, (moved(bb) + uu + 1.0) * s))
+
+        def loss() -> torch.Tensor:
+            points = pair.sample(lv)
+            if points is None:
+                return pair.loss(mm, ff, kk, (moved(bb) + uu + 1.0) * s)
+            u = uu if field is None else _take(uu, points)
+            return pair.loss(mm, ff, kk, (moved(_take(bb, points)) + u + 1.0) * s, points)
+
+        clock.minimise("affine", lv, opt, steps, loss)
     return moved
 
 
@@ -305,8 +372,12 @@ def _deformable_stage(
         stiff = schedule.fine_smoothness if max(lv) > schedule.fine_side else 0.0
 
         def loss() -> torch.Tensor:
-            mapped = (aa + _resize(residual, lv) + 1.0) * s
-            value = pair.loss(mm, ff, kk, mapped)
+            points = pair.sample(lv)
+            if points is None:
+                mapped = (aa + _resize(residual, lv) + 1.0) * s
+            else:
+                mapped = (_take(aa, points) + _grid_at(residual, points, lv) + 1.0) * s
+            value = pair.loss(mm, ff, kk, mapped, points)
             # smoothness() averages the three axes' mean squared differences; the weight is
             # defined on their sum
             value = value + schedule.smoothness * 3.0 * smoothness(residual * to_voxels)
@@ -315,7 +386,8 @@ def _deformable_stage(
             if schedule.bending:
                 value = value + schedule.bending * 9.0 * bending_energy(residual * to_voxels)
             if schedule.folding:
-                folded = mapped if fold_shape == lv else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
+                dense = fold_shape == lv and points is None
+                folded = mapped if dense else (aa_fold + _resize(residual, fold_shape) + 1.0) * s_fold
                 value = value + schedule.folding * F.relu(-jacobian_determinant(folded)).mean()
             return value
 

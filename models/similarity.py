@@ -115,6 +115,13 @@ class Similarity:
         if self.name not in SIMILARITIES:
             raise ValueError(f"unknown similarity {self.name!r}: choose one of {', '.join(SIMILARITIES)}")
 
+    @property
+    def pointwise(self) -> bool:
+        """True when the loss compares voxel by voxel (MIND's descriptors), so that it can be
+        evaluated on a sample of the voxels; local NCC and NGF need each voxel's neighbours.
+        """
+        return self.name == "mind"
+
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """What is warped and compared: the image, or its MIND-SSC descriptors."""
         return mind_ssc(image) if self.name == "mind" else image
@@ -143,10 +150,19 @@ class Similarity:
             return mind_loss(warped, fixed, weight=weight)
         return local_ncc(warped, fixed, window=self.window, weight=weight)
 
-    def score(self, moving: torch.Tensor, fixed: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    def score(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        fixed_features: torch.Tensor | None = None,
+    ) -> float:
         """How alike two images are by this similarity (higher is better), features computed here;
         ``weight`` as in :meth:`loss`, for ``moving`` as given (its data mask, prepared here).
+        ``fixed_features``: ``prepare(fixed)`` when the caller has it already (MIND's
+        descriptors of a large scan take a while).
         """
         with torch.no_grad():
             w = None if weight is None else self.prepare_mask(weight)
-            return float(-self.loss(self.prepare(moving), self.prepare(fixed), weight=w))
+            f = self.prepare(fixed) if fixed_features is None else fixed_features
+            return float(-self.loss(self.prepare(moving), f, weight=w))

@@ -55,19 +55,24 @@ def scored(
     fixed: torch.Tensor,
     similarity: Similarity,
     mask: torch.Tensor | None = None,
+    before: NetworkMap | None = None,
 ) -> NetworkMap:
     """A map of ``moving`` (1, 1, D, H, W) onto ``fixed`` with its scores before and after;
     ``mask`` (on ``moving``'s grid, 1 where it has data) restricts each score to the fixed
-    voxels where the (warped) moving scan has data.
+    voxels where the (warped) moving scan has data. ``before``: a map of the same pair whose
+    scores before are taken instead of computed again.
     """
     coords = coordinates.to(moving.device)
     warped = warp(moving, coords)
-    w_before = None if mask is None else (mask > 0.5).float()
     w_after = None if mask is None else data_weight(mask, coords)
-    ncc_before = float(-local_ncc(moving, fixed, weight=w_before))
     ncc_after = float(-local_ncc(warped, fixed, weight=w_after))
-    if similarity.name == "ncc":
-        before, after = ncc_before, ncc_after
+    own = similarity.name == "ncc"
+    features = None if own else similarity.prepare(fixed)
+    if before is not None:
+        ncc_before, score_before = before.ncc_before, before.score_before
     else:
-        before, after = similarity.score(moving, fixed, w_before), similarity.score(warped, fixed, w_after)
-    return NetworkMap(coordinates.float().cpu(), affine.float().cpu(), ncc_before, ncc_after, before, after)
+        w_before = None if mask is None else (mask > 0.5).float()
+        ncc_before = float(-local_ncc(moving, fixed, weight=w_before))
+        score_before = ncc_before if own else similarity.score(moving, fixed, w_before, features)
+    score_after = ncc_after if own else similarity.score(warped, fixed, w_after, features)
+    return NetworkMap(coordinates.float().cpu(), affine.float().cpu(), ncc_before, ncc_after, score_before, score_after)

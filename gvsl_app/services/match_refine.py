@@ -148,7 +148,7 @@ def refine_map(
             moving_mask=None if k_r is None else k_r.to(dev),
         )
     refined = scored(
-        coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity, k_r
+        coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity, k_r, begin
     )
     if refined.score_after < begin.score_after and fallback:
         note = (

@@ -232,3 +232,26 @@ def test_bending_keeps_a_large_smooth_deformation_that_smoothness_pulls_back(ima
     assert err["smooth"] > 0.5, err  # the first-difference penalty gives up part of the stretch
     assert err["bending"] < 0.4 * err["smooth"], err  # the bending energy keeps it
     assert rough["bending"] < rough["free"], rough  # and the correction it adds is smoother
+
+
+def test_mind_compares_a_seeded_sample_of_voxels_and_still_recovers_a_translation(image):
+    from models.instance_optimisation import _grid_at, _resize
+
+    field = torch.randn(1, 3, 8, 8, 8)
+    points = torch.randint(SHAPE[0] ** 3, (300,))
+    dense = _resize(field, SHAPE).reshape(1, 3, -1)[:, :, points]
+    torch.testing.assert_close(_grid_at(field, points, SHAPE).reshape(1, 3, -1), dense, atol=1e-5, rtol=0)
+
+    moving, true = _shifted(image, (2.0, -1.5, 1.0))
+    start = voxel_grid(SHAPE)[None]
+    sampled = dataclasses.replace(SMALL, points=3000)
+    a, _ = refine_coordinates(moving, image, start, sampled, similarity="mind")
+    b, _ = refine_coordinates(moving, image, start, sampled, similarity="mind")
+    other, _ = refine_coordinates(moving, image, start, dataclasses.replace(sampled, seed=1), similarity="mind")
+    assert torch.equal(a, b) and not torch.equal(a, other)
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6), slice(6, -6))
+    err_before = (start - true)[inner].norm(dim=1).mean()
+    assert (a - true)[inner].norm(dim=1).mean() < 0.35 * err_before
+    # local NCC needs each voxel's window: it compares every voxel whatever the schedule says
+    ncc, _ = refine_coordinates(moving, image, start, sampled)
+    assert torch.equal(ncc, refine_coordinates(moving, image, start, SMALL)[0])
