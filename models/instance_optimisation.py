@@ -73,7 +73,10 @@ class RefineSchedule:
     similarity (MIND) on that many fixed voxels per step, drawn afresh at every step (with a
     generator seeded by ``seed``, so a refinement is repeatable), on levels that have more
     voxels: stochastic sampling as elastix's random coordinate sampler does it. Local NCC and
-    NGF need each voxel's neighbours and always compare every voxel.
+    NGF need each voxel's neighbours and always compare every voxel. On a sampled level the
+    step size falls linearly to ``sampled_lr_end`` times its start over the level's steps (the
+    decaying gain of stochastic gradient descent, as elastix's), so that the sample's noise
+    does not leave the map jittering about its optimum.
     """
 
     affine_levels: tuple[tuple[int, int], ...] = ((24, 150), (48, 30))
@@ -95,6 +98,7 @@ class RefineSchedule:
     patience: int = 10
     points: int = 0
     seed: int = 0
+    sampled_lr_end: float = 0.1
 
     @property
     def total_steps(self) -> int:
@@ -238,6 +242,10 @@ class _Pair:
         mask = None if self.mask is None else _resize(self.mask, shape)
         return _resize(self.moving, shape), _resize(self.fixed, shape), mask
 
+    def samples(self, shape: tuple[int, ...]) -> bool:
+        """Whether a level of ``shape`` compares a sample of its voxels rather than all of them."""
+        return bool(self.points) and _work(shape) > self.points
+
     def sample(self, shape: tuple[int, ...]) -> torch.Tensor | None:
         """This step's fixed voxels as flat indices into ``shape``, or None to compare all of them.
 
@@ -245,9 +253,9 @@ class _Pair:
         the sample covers the scan evenly (less noise in the loss than as many voxels drawn
         anywhere) and comes in memory order (the warp reads the features nearly sequentially).
         """
-        n = _work(shape)
-        if not self.points or n <= self.points:
+        if not self.samples(shape):
             return None
+        n = _work(shape)
         side = (n / self.points) ** (1.0 / 3.0)  # a block's side in voxels
         counts = [max(1, round(length / side)) for length in shape]
         flat = torch.zeros(counts, dtype=torch.long)
@@ -338,7 +346,7 @@ def _affine_stage(
             u = uu if field is None else _take(uu, points)
             return pair.loss(mm, ff, kk, (moved(_take(bb, points)) + u + 1.0) * s, points)
 
-        clock.minimise("affine", lv, opt, steps, loss)
+        clock.minimise("affine", lv, opt, steps, loss, pair.samples(lv))
     return moved
 
 
@@ -394,7 +402,7 @@ def _deformable_stage(
         lr = schedule.deformable_lr
         if schedule.lr_side and max(lv) > schedule.lr_side:
             lr *= schedule.lr_side / max(lv)  # the same step in voxels of this level's images
-        clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=lr), steps, loss)
+        clock.minimise("deformable", lv, torch.optim.Adam([residual], lr=lr), steps, loss, pair.samples(lv))
     return residual
 
 
@@ -425,12 +433,21 @@ class _Clock:
         opt: torch.optim.Optimizer,
         steps: int,
         loss: Callable[[], torch.Tensor],
+        sampled: bool = False,
     ) -> None:
+        """Run up to ``steps`` Adam steps of ``loss``; on a ``sampled`` level the step size falls
+        linearly to ``schedule.sampled_lr_end`` of its start (and is restored afterwards).
+        """
         t0, ran, history = time.perf_counter(), 0, []
         k, tol = self.schedule.patience, self.schedule.tolerance
-        for _ in range(steps):
+        start_lr = [group["lr"] for group in opt.param_groups]
+        end = self.schedule.sampled_lr_end if sampled else 1.0
+        for i in range(steps):
             if self.stopped:
                 break
+            if end != 1.0:
+                for group, lr in zip(opt.param_groups, start_lr, strict=True):
+                    group["lr"] = lr * (1.0 - (1.0 - end) * i / max(steps - 1, 1))
             value = loss()
             opt.zero_grad(set_to_none=True)
             value.backward()
@@ -445,6 +462,8 @@ class _Clock:
             if len(history) >= 2 * k:
                 if sum(history[-2 * k : -k]) / k - sum(history[-k:]) / k < tol:
                     break
+        for group, lr in zip(opt.param_groups, start_lr, strict=True):
+            group["lr"] = lr
         self.done += _work(shape) * (steps - ran)  # a level that converged early is work done
         if self.record is not None:
             self.record.append(LevelRecord(stage, shape, ran, steps, time.perf_counter() - t0))

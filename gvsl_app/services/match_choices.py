@@ -14,7 +14,6 @@ from models import RefineSchedule, refine_preset
 from models.similarity import Similarity
 
 __all__ = [
-    "MIND_FINE_STEPS",
     "MIND_FOLDING",
     "MIND_POINTS",
     "for_similarity",
@@ -110,29 +109,20 @@ folded 2.5 % of its voxels; at 50 it folds 0.46 % (Dice 0.830 -> 0.818; another 
 
 MIND_POINTS = 32768
 """Fixed voxels a MIND refinement compares per step on levels that have more (one per block of a
-jittered grid, drawn afresh each step; ``RefineSchedule.points``), with the steps of the levels
-finer than 48 voxels doubled (:data:`MIND_FINE_STEPS`). MIND warps 12 descriptor channels, so at
-96^3 a step on every voxel costs ~6x a local NCC step. On T1-against-T2 brain pairs at 96^3 this
-took the match from 27-37 s to 12-14 s at -0.001 Dice (0.8231 -> 0.8219); on three CT-MR cardiac
-pairs at 64^3 the Dice moved 0.8506 -> 0.8514 and the time little (docs/results/matching.md
-section 8, fourth round)."""
-
-MIND_FINE_STEPS = 2
-"""How many times a preset's steps a sampled MIND refinement runs on its levels finer than 48 voxels."""
+jittered grid, drawn afresh each step, the step size decaying over the level;
+``RefineSchedule.points``). MIND warps 12 descriptor channels, so at 96^3 a step on every voxel
+costs ~6x a local NCC step. On two T1-against-T2 brain pairs at 96^3 the Dice stayed 0.8231 ->
+0.8229 and the match took about half the time; on three CT-MR cardiac pairs at 64^3 the Dice went
+0.8506 -> 0.8531 and the folding down (docs/results/matching.md section 8, fourth round)."""
 
 
 def for_similarity(
     schedule: RefineSchedule | None, similarity: Similarity, preset: str | None
 ) -> RefineSchedule | None:
-    """A preset's schedule adapted to the similarity (MIND: :data:`MIND_FOLDING`, and
-    :data:`MIND_POINTS` sampled voxels per step with :data:`MIND_FINE_STEPS` times the fine
-    levels' steps); a schedule of the caller's own (``preset`` None) is used as given.
+    """A preset's schedule adapted to the similarity (MIND: :data:`MIND_FOLDING` and
+    :data:`MIND_POINTS` sampled voxels per step); a schedule of the caller's own (``preset``
+    None) is used as given.
     """
     if schedule is None or preset is None or similarity.name != "mind":
         return schedule
-    levels = tuple(
-        (side, grid, steps * (MIND_FINE_STEPS if side > 48 else 1)) for side, grid, steps in schedule.deformable_levels
-    )
-    return dataclasses.replace(
-        schedule, folding=max(schedule.folding, MIND_FOLDING), points=MIND_POINTS, deformable_levels=levels
-    )
+    return dataclasses.replace(schedule, folding=max(schedule.folding, MIND_FOLDING), points=MIND_POINTS)

@@ -255,3 +255,23 @@ def test_mind_compares_a_seeded_sample_of_voxels_and_still_recovers_a_translatio
     # local NCC needs each voxel's window: it compares every voxel whatever the schedule says
     ncc, _ = refine_coordinates(moving, image, start, sampled)
     assert torch.equal(ncc, refine_coordinates(moving, image, start, SMALL)[0])
+
+
+def test_a_sampled_level_decays_its_step_size_and_gives_it_back():
+    from models.instance_optimisation import _Clock
+
+    x = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.5)
+    seen = []
+
+    def loss():
+        seen.append(opt.param_groups[0]["lr"])
+        return (x - 1.0).pow(2).sum()
+
+    clock = _Clock(10.0, None, RefineSchedule(tolerance=0.0, sampled_lr_end=0.1), None)
+    clock.minimise("affine", (2, 2, 2), opt, 10, loss, sampled=True)
+    assert seen[0] == 0.5 and seen[-1] == pytest.approx(0.05) and seen == sorted(seen, reverse=True)
+    assert opt.param_groups[0]["lr"] == 0.5  # the next level starts from the schedule's own step
+    seen.clear()
+    clock.minimise("affine", (2, 2, 2), opt, 5, loss)
+    assert seen == [0.5] * 5

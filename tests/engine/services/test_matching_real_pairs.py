@@ -233,16 +233,12 @@ def test_auto_leaves_a_move_below_one_coarse_voxel_to_the_refinement():
 
 
 def test_a_preset_refining_by_mind_folds_less_samples_voxels_and_a_schedule_of_ones_own_is_kept():
-    from gvsl_app.services.match_choices import MIND_FINE_STEPS, MIND_FOLDING, MIND_POINTS, for_similarity
+    from gvsl_app.services.match_choices import MIND_FOLDING, MIND_POINTS, for_similarity
 
     standard = RefineSchedule()
     mind = for_similarity(standard, Similarity("mind"), "standard")
     assert mind.folding == MIND_FOLDING > standard.folding and mind.points == MIND_POINTS > standard.points == 0
-    # the sampled fine levels run longer, the coarse ones (all voxels) as planned
-    planned = {side: steps for side, _, steps in standard.deformable_levels}
-    assert {side: steps for side, _, steps in mind.deformable_levels} == {
-        side: steps * (MIND_FINE_STEPS if side > 48 else 1) for side, steps in planned.items()
-    }
+    assert mind.deformable_levels == standard.deformable_levels
     assert for_similarity(standard, Similarity("ncc"), "standard") is standard
     assert for_similarity(SHORT, Similarity("mind"), None) is SHORT
     assert for_similarity(None, Similarity("mind"), None) is None
