@@ -336,15 +336,14 @@ def _affine_stage(
     for lv, steps, _ in plan:
         mm, ff, kk = pair.at(lv)
         bb = _resize(base, lv)
-        uu = 0.0 if field is None else _resize(field, lv)
+        uu = torch.zeros_like(bb) if field is None else _resize(field, lv)
         s = half_extent(lv).to(base.device)
 
         def loss() -> torch.Tensor:
             points = pair.sample(lv)
             if points is None:
                 return pair.loss(mm, ff, kk, (moved(bb) + uu + 1.0) * s)
-            u = uu if field is None else _take(uu, points)
-            return pair.loss(mm, ff, kk, (moved(_take(bb, points)) + u + 1.0) * s, points)
+            return pair.loss(mm, ff, kk, (moved(_take(bb, points)) + _take(uu, points) + 1.0) * s, points)
 
         clock.minimise("affine", lv, opt, steps, loss, pair.samples(lv))
     return moved
