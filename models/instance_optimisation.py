@@ -172,6 +172,7 @@ def refine_coordinates(
     record: list[LevelRecord] | None = None,
     similarity: str = "ncc",
     moving_mask: torch.Tensor | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine a sampling map ``coords`` (1, 3, D, H, W) of ``moving`` onto ``fixed`` (both (1, 1, D, H, W)).
 
@@ -189,8 +190,10 @@ def refine_coordinates(
     ``record``, when given, receives one :class:`LevelRecord` per level run. ``moving_mask``
     (1, 1, D, H, W on ``moving``'s grid, 1 where the moving scan has data) restricts the
     similarity to the fixed voxels whose mapped point lies in it, so that a partial field of
-    view is matched where it has data and its edge pulls on nothing. Runs under
-    ``torch.enable_grad`` on the inputs' device, in fp32.
+    view is matched where it has data and its edge pulls on nothing. ``features``: the
+    similarity's features of ``moving`` and ``fixed`` (``Similarity.prepare``, e.g. MIND's
+    descriptors) when the caller has them already. Runs under ``torch.enable_grad`` on the
+    inputs' device, in fp32.
     """
     if moving.shape[0] != 1 or fixed.shape[0] != 1 or coords.shape[0] != 1:
         raise ValueError("refine_coordinates works on one pair (batch size 1)")
@@ -204,7 +207,9 @@ def refine_coordinates(
         base, field = linear_part, base - linear_part
     sim = Similarity(similarity, window=schedule.window)
     mask = None if moving_mask is None else sim.prepare_mask(moving_mask.to(dev))
-    pair = _Pair(sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()), sim, mask)
+    if features is None:
+        features = (sim.prepare(moving.detach().float()), sim.prepare(fixed.detach().float()))
+    pair = _Pair(features[0].to(dev), features[1].to(dev), sim, mask)
     if schedule.points and sim.pointwise:
         pair.points, pair.generator = schedule.points, torch.Generator().manual_seed(schedule.seed)
     affine_plan = _plan([(side, n) for side, n in schedule.affine_levels], shape)

@@ -155,14 +155,15 @@ class Similarity:
         moving: torch.Tensor,
         fixed: torch.Tensor,
         weight: torch.Tensor | None = None,
-        fixed_features: torch.Tensor | None = None,
+        features: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> float:
         """How alike two images are by this similarity (higher is better), features computed here;
         ``weight`` as in :meth:`loss`, for ``moving`` as given (its data mask, prepared here).
-        ``fixed_features``: ``prepare(fixed)`` when the caller has it already (MIND's
-        descriptors of a large scan take a while).
+        ``features``: ``prepare(moving)`` and ``prepare(fixed)``, each where the caller has it
+        already (MIND's descriptors of a large scan take a while).
         """
         with torch.no_grad():
             w = None if weight is None else self.prepare_mask(weight)
-            f = self.prepare(fixed) if fixed_features is None else fixed_features
-            return float(-self.loss(self.prepare(moving), f, weight=w))
+            m = self.prepare(moving) if features[0] is None else features[0]
+            f = self.prepare(fixed) if features[1] is None else features[1]
+            return float(-self.loss(m, f, weight=w))

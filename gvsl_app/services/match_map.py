@@ -56,23 +56,28 @@ def scored(
     similarity: Similarity,
     mask: torch.Tensor | None = None,
     before: NetworkMap | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> NetworkMap:
     """A map of ``moving`` (1, 1, D, H, W) onto ``fixed`` with its scores before and after;
     ``mask`` (on ``moving``'s grid, 1 where it has data) restricts each score to the fixed
     voxels where the (warped) moving scan has data. ``before``: a map of the same pair whose
-    scores before are taken instead of computed again.
+    scores before are taken instead of computed again; ``features``: the similarity's features
+    of ``moving`` and ``fixed`` when the caller has them (computed here otherwise).
     """
     coords = coordinates.to(moving.device)
     warped = warp(moving, coords)
     w_after = None if mask is None else data_weight(mask, coords)
     ncc_after = float(-local_ncc(warped, fixed, weight=w_after))
     own = similarity.name == "ncc"
-    features = None if own else similarity.prepare(fixed)
+    moving_features, fixed_features = features or (None, None)
+    if not own and fixed_features is None:
+        fixed_features = similarity.prepare(fixed)
     if before is not None:
         ncc_before, score_before = before.ncc_before, before.score_before
     else:
         w_before = None if mask is None else (mask > 0.5).float()
         ncc_before = float(-local_ncc(moving, fixed, weight=w_before))
-        score_before = ncc_before if own else similarity.score(moving, fixed, w_before, features)
-    score_after = ncc_after if own else similarity.score(warped, fixed, w_after, features)
+        given = (moving_features, fixed_features)
+        score_before = ncc_before if own else similarity.score(moving, fixed, w_before, given)
+    score_after = ncc_after if own else similarity.score(warped, fixed, w_after, (None, fixed_features))
     return NetworkMap(coordinates.float().cpu(), affine.float().cpu(), ncc_before, ncc_after, score_before, score_after)

@@ -121,7 +121,10 @@ def refine_map(
         m_r = torch.from_numpy(resize_array(moving_n, grid))[None, None]
     k_r = None if moving_mask is None else torch.from_numpy(resize_array(moving_mask, grid))[None, None]
     begin_affine = regrid_affine(start.affine, working, grid)
-    begin = scored(regrid_coordinates(start.coordinates, working, grid), begin_affine, m_r, f_r, similarity, k_r)
+    # MIND's descriptors of both scans, computed once for the scores and the refinement
+    features = None if similarity.name == "ncc" else (similarity.prepare(m_r), similarity.prepare(f_r))
+    begin_map = regrid_coordinates(start.coordinates, working, grid)
+    begin = scored(begin_map, begin_affine, m_r, f_r, similarity, k_r, features=features)
     dev = used if used.type != "mps" else torch.device("cpu")  # MPS lacks 3D grid_sample backward
     stop = should_stop or (lambda: False)
     done, stopped = [0], [False]
@@ -146,10 +149,10 @@ def refine_map(
             record=levels,
             similarity=similarity.name,
             moving_mask=None if k_r is None else k_r.to(dev),
+            features=features,
         )
-    refined = scored(
-        coords.cpu(), compose_affines(correction[0].cpu(), begin_affine[0])[None], m_r, f_r, similarity, k_r, begin
-    )
+    correction_affine = compose_affines(correction[0].cpu(), begin_affine[0])[None]
+    refined = scored(coords.cpu(), correction_affine, m_r, f_r, similarity, k_r, begin, features)
     if refined.score_after < begin.score_after and fallback:
         note = (
             f"the refinement lowered the {similarity.name.upper()} similarity ({begin.score_after:.4f} -> "

@@ -121,11 +121,19 @@ def test_a_head_against_a_heart_is_a_failed_match_with_its_score(model):
     )
 
 
-def test_ct_against_mr_is_compared_by_mind_and_matched(model):
+def test_ct_against_mr_is_compared_by_mind_and_matched(model, monkeypatch):
+    import models.similarity
+
     fixed, fl = make_cardiac_subject(21, (40, 40, 40))
     moving, ml = make_cardiac_subject(22, (40, 40, 40), contrast="mr")
     assert moving.array.min() >= 0 and np.array_equal(ml.array, make_cardiac_subject(22, (40, 40, 40))[1].array)
+    grids = []
+    descriptors = models.similarity.mind_ssc
+    monkeypatch.setattr(models.similarity, "mind_ssc", lambda image: grids.append(image.shape) or descriptors(image))
     res = match(fixed, moving, model=model, moving_labels=ml, fixed_labels=fl, schedule=SHORT)
+    # per grid: each scan once, and each warped scan a score compares (the network's map, the
+    # refinement's start and result)
+    assert len(grids) == 7, grids
     rep = res.report
     assert rep.similarity == "mind" and "CT" in rep.similarity_reason and "MR" in rep.similarity_reason
     assert rep.mean_dice_after > rep.mean_dice_before + 0.1
