@@ -151,8 +151,8 @@ def refine_map(
             moving_mask=None if k_r is None else k_r.to(dev),
             features=features,
         )
-    correction_affine = compose_affines(correction[0].cpu(), begin_affine[0])[None]
-    refined = scored(coords.cpu(), correction_affine, m_r, f_r, similarity, k_r, begin, features)
+    refined_affine = compose_affines(correction[0].cpu(), begin_affine[0])[None]
+    refined = scored(coords.cpu(), refined_affine, m_r, f_r, similarity, k_r, begin, features)
     if refined.score_after < begin.score_after and fallback:
         note = (
             f"the refinement lowered the {similarity.name.upper()} similarity ({begin.score_after:.4f} -> "
